@@ -1,0 +1,43 @@
+# Conveyor: `make dev` runs the service, `make test` runs the tests. Both set up what they need.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: install services dev test test-fast lint format loadtest bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
+	touch $@
+
+services:
+	scripts/services.sh
+
+dev: install services
+	$(BIN)/conveyor dev
+
+test: install services
+	scripts/browser.sh
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not faults and not browser" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+loadtest: install
+	$(BIN)/conveyor loadtest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The HTTP API: accepting jobs, reading them, steering them, and watching the service."""

@@ -1,0 +1,37 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import app.tasks  # noqa: F401  (registers the public tasks the API accepts)
+from app.api import errors, health, jobs
+from app.api.guard import BodyGuard
+from app.db.engine import dispose_async_engines
+from app.logs import configure_logging
+from app.settings import get_settings
+
+
+@asynccontextmanager
+async def lifespan(application: FastAPI) -> AsyncIterator[None]:
+    yield
+    await dispose_async_engines()
+
+
+def create_app() -> FastAPI:
+    configure_logging()
+    settings = get_settings()
+    application = FastAPI(
+        title="Conveyor",
+        version="1.0.0",
+        summary="Background jobs you can trust: a ledger, an outbox, retries and dead letters.",
+        lifespan=lifespan,
+    )
+    errors.install(application)
+    application.include_router(jobs.router)
+    application.include_router(health.router)
+    application.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes)
+    return application

@@ -1,0 +1,36 @@
+"""Dependencies of the routes, as Annotated aliases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db.engine import async_engine
+from app.settings import Settings, get_settings
+
+
+async def _transaction() -> AsyncIterator[AsyncConnection]:
+    async with async_engine().begin() as conn:
+        yield conn
+
+
+async def _read_only() -> AsyncIterator[AsyncConnection]:
+    async with async_engine().connect() as conn:
+        yield conn
+
+
+TxDep = Annotated[AsyncConnection, Depends(_transaction)]
+ReadDep = Annotated[AsyncConnection, Depends(_read_only)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+IdempotencyKeyDep = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Repeat a POST safely: the same key and body return the first job.",
+    ),
+]

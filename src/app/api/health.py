@@ -1,0 +1,45 @@
+"""Liveness, readiness and the metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app import health
+from app.registry import all_tasks
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/health/ready",
+    responses={503: {"description": "A dependency failed; the body names which and why"}},
+)
+async def ready() -> JSONResponse:
+    queues = sorted({spec.queue for spec in all_tasks()})
+    database, broker, worker = await asyncio.gather(
+        asyncio.to_thread(health.check_database),
+        asyncio.to_thread(health.check_broker, None, queues),
+        asyncio.to_thread(health.check_workers),
+    )
+    checks = {"database": database, "broker": broker, "worker": worker}
+    ok = all(check.ok for check in checks.values())
+    body: dict[str, Any] = {
+        "status": "ok" if ok else "fail",
+        "checks": {name: check.as_json() for name, check in checks.items()},
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

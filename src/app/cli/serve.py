@@ -1,0 +1,139 @@
+"""The long-running processes: api, worker, relay; and migrate, and dev (all three at once)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from app.settings import get_settings
+
+
+def api(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    import uvicorn
+
+    from app.logs import configure_logging
+
+    configure_logging()
+    uvicorn.run(
+        "app.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+def worker(
+    processes: Annotated[int | None, typer.Option(help="Worker processes")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads per process")] = None,
+    queues: Annotated[list[str] | None, typer.Option("--queue", "-Q", help="Only these queues")] = None,
+) -> None:
+    """Run a Dramatiq worker (the same as `dramatiq app.worker`)."""
+    from dramatiq.cli import main as dramatiq_main
+    from dramatiq.cli import make_argument_parser
+
+    settings = get_settings()
+    argv = [
+        "app.worker",
+        "--processes",
+        str(processes or settings.worker_processes),
+        "--threads",
+        str(threads or settings.worker_threads),
+        "--worker-shutdown-timeout",
+        str(int(settings.worker_shutdown_seconds * 1000)),
+        "--skip-logging",
+    ]
+    if queues:
+        argv += ["--queues", *queues]
+    if settings.worker_prefetch:
+        os.environ["dramatiq_queue_prefetch"] = str(settings.worker_prefetch)  # noqa: SIM112
+    sys.exit(dramatiq_main(make_argument_parser().parse_args(argv)))  # type: ignore[no-untyped-call]
+
+
+def relay() -> None:
+    """Publish committed jobs from the ledger to RabbitMQ (the outbox relay)."""
+    from app.logs import configure_logging
+    from app.outbox import Relay
+    from app.worker import broker
+
+    configure_logging()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    Relay(broker).run(stop)  # type: ignore[arg-type]
+
+
+def migrate() -> None:
+    """Create the database if needed and apply the ledger's migrations."""
+    from app.db.migrate import upgrade
+
+    upgrade()
+    typer.echo("database migrated")
+
+
+def dev(
+    host: Annotated[str, typer.Option(help="Interface the API binds")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port the API binds")] = 8000,
+) -> None:
+    """Migrate, then run api, relay and worker together until Ctrl-C."""
+    migrate()
+    exe = [sys.executable, "-m", "app"]
+    commands = {
+        "api": [*exe, "api", "--host", host, "--port", str(port)],
+        "relay": [*exe, "relay"],
+        "worker": [*exe, "worker"],
+    }
+    children = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+    base = f"http://{host}:{port}"
+    settings = get_settings()
+    typer.echo(
+        "\nConveyor is running:\n"
+        f"  API          {base}/api/v1/jobs\n"
+        f"  API docs     {base}/docs\n"
+        f"  dashboard    {base}/dashboard\n"
+        f"  health       {base}/health/ready\n"
+        f"  metrics      {base}/metrics (worker: http://127.0.0.1:{settings.worker_metrics_port}/metrics)\n"
+        "Press Ctrl-C to stop.\n"
+    )
+    try:
+        while all(child.poll() is None for child in children.values()):
+            time.sleep(0.5)
+        dead = [name for name, child in children.items() if child.poll() is not None]
+        typer.echo(f"{', '.join(dead)} exited; stopping the others", err=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children.values():
+            try:
+                child.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def register(cli: typer.Typer) -> None:
+    for command in (api, worker, relay, migrate, dev):
+        cli.command()(command)

@@ -1,0 +1,1 @@
+"""The ledger's storage: tables and engines."""

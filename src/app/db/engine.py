@@ -1,0 +1,52 @@
+"""Pooled engines, one per process and URL: sync for the worker, relay and CLI; async for the API."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.settings import get_settings
+
+_sync: dict[str, Engine] = {}
+_async: dict[str, AsyncEngine] = {}
+
+
+def sync_engine(url: str | None = None) -> Engine:
+    settings = get_settings()
+    url = url or settings.database_url
+    if url not in _sync:
+        _sync[url] = create_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+    return _sync[url]
+
+
+def async_engine(url: str | None = None) -> AsyncEngine:
+    settings = get_settings()
+    url = url or settings.database_url
+    if url not in _async:
+        _async[url] = create_async_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+    return _async[url]
+
+
+def dispose_sync_engines() -> None:
+    """Drop pooled connections, e.g. in a forked child or after the URL changed."""
+    for engine in _sync.values():
+        engine.dispose(close=False)
+    _sync.clear()
+
+
+async def dispose_async_engines() -> None:
+    for engine in _async.values():
+        await engine.dispose()
+    _async.clear()

@@ -1,0 +1,56 @@
+"""The error tree of Conveyor. The API maps these to HTTP answers in one handler."""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base class for every error Conveyor raises on purpose."""
+
+
+class TaskError(ConveyorError):
+    """Base class for errors a task raises to steer what happens to its job."""
+
+
+class TransientError(TaskError):
+    """Raised by a task when a later attempt may succeed: the job is retried with backoff."""
+
+
+class PermanentError(TaskError):
+    """Raised by a task when no retry can help: the job goes dead at once."""
+
+
+class LeaseLost(ConveyorError):
+    """Raised when a worker's write is refused because another attempt now owns the job."""
+
+
+class UnknownTask(ConveyorError):
+    """Raised when a request names a task that is not registered as public."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown task {name!r}; known tasks: {', '.join(sorted(known))}")
+        self.name = name
+
+
+class JobNotFound(ConveyorError):
+    """Raised when no job has the requested id."""
+
+    def __init__(self, job_id: object) -> None:
+        super().__init__(f"job {job_id} not found")
+
+
+class InvalidTransition(ConveyorError):
+    """Raised when a job's state does not allow the requested operation (replay, cancel)."""
+
+    def __init__(self, job_id: object, state: str, operation: str, allowed: str) -> None:
+        super().__init__(f"cannot {operation} job {job_id}: it is {state}; only {allowed} jobs can be")
+        self.state = state
+
+
+class IdempotencyConflict(ConveyorError):
+    """Raised when an Idempotency-Key is reused with a different request body."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used with a different request; "
+            "use a new key for a new request"
+        )

@@ -1,0 +1,1 @@
+"""Operations on jobs that the API, the dashboard and the CLI share."""

@@ -1,0 +1,66 @@
+"""Settings: the only module that reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of Conveyor, read from environment variables or a `.env` file."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    environment: Literal["development", "production", "test"] = "development"
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/conveyor"
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_from: str = "Conveyor <noreply@conveyor.localhost>"
+    smtp_timeout: float = 10.0
+
+    retry_max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_backoff_base: float = Field(default=1.0, ge=0.0)
+    retry_backoff_max: float = Field(default=300.0, ge=0.0)
+
+    lease_seconds: float = Field(default=30.0, gt=0.0)
+    heartbeat_seconds: float = Field(default=5.0, gt=0.0)
+    # A worker is live while its last heartbeat is younger than this many intervals.
+    heartbeat_liveness_intervals: float = 3.0
+
+    relay_batch_size: int = Field(default=500, ge=1)
+    relay_sweep_seconds: float = Field(default=1.0, gt=0.0)
+    # A message published this long ago whose job was never claimed is published again:
+    # the claim is idempotent, so a lost message costs a delay, never the job.
+    republish_after_seconds: float = Field(default=900.0, gt=0.0)
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    api_base_url: str = "http://127.0.0.1:8000"
+
+    worker_processes: int = Field(default=1, ge=1)
+    worker_threads: int = Field(default=8, ge=1)
+    worker_prefetch: int = Field(default=0, ge=0)
+    worker_metrics_port: int = 9191
+    worker_shutdown_seconds: float = 30.0
+
+    db_pool_size: int = 10
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @property
+    def sync_database_url(self) -> str:
+        return self.database_url
+
+    @property
+    def libpq_url(self) -> str:
+        """The URL without SQLAlchemy's driver suffix, for plain psycopg connections."""
+        return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

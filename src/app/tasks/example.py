@@ -1,0 +1,170 @@
+"""The example tasks: an email, a long export, a flaky task, the cheapest echo, and a sleep."""
+
+from __future__ import annotations
+
+import csv
+import io
+import smtplib
+import time
+from email.message import EmailMessage
+from typing import Any
+
+from pydantic import EmailStr, Field
+from sqlalchemy import and_, func, select, tuple_
+
+from app.db.engine import sync_engine
+from app.db.schema import JobState, job_artifacts, jobs
+from app.errors import PermanentError, TransientError
+from app.logs import get_logger
+from app.registry import Payload, Queue, task
+from app.runtime import JobContext
+from app.settings import get_settings
+from app.worker import broker  # noqa: F401  (the broker is set before actors are declared)
+
+log = get_logger("conveyor.tasks")
+
+
+class EmailPayload(Payload):
+    to: EmailStr
+    subject: str = Field(min_length=1, max_length=998)
+    body: str = Field(max_length=100_000)
+
+
+@task(EmailPayload, queue=Queue.EMAIL, max_attempts=5)
+def send_email(payload: EmailPayload, job: JobContext) -> dict[str, Any]:
+    """Send one message over SMTP: connection errors and 4xx replies retry, 5xx replies are final."""
+    settings = get_settings()
+    message = EmailMessage()
+    message["From"] = settings.smtp_from
+    message["To"] = payload.to
+    message["Subject"] = payload.subject
+    # A stable Message-ID lets a receiver drop the copy a crashed attempt may have sent.
+    message["Message-ID"] = f"<{job.job_id}@conveyor>"
+    message.set_content(payload.body)
+    try:
+        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout) as smtp:
+            smtp.send_message(message)
+    except smtplib.SMTPRecipientsRefused as error:
+        codes = [code for code, _ in error.recipients.values()]
+        if all(500 <= code < 600 for code in codes):
+            log.error("smtp refused the recipient for good", codes=codes)
+            raise PermanentError(f"recipient refused: {error.recipients}") from error
+        log.warning("smtp refused the recipient for now", codes=codes)
+        raise TransientError(f"recipient deferred: {error.recipients}") from error
+    except smtplib.SMTPResponseException as error:
+        reply = f"{error.smtp_code} {error.smtp_error!r}"
+        if 500 <= error.smtp_code < 600:
+            log.error("smtp rejected the message for good", reply=reply)
+            raise PermanentError(f"SMTP {reply}") from error
+        log.warning("smtp deferred the message", reply=reply)
+        raise TransientError(f"SMTP {reply}") from error
+    except (TimeoutError, smtplib.SMTPException, OSError) as error:
+        log.warning("smtp server unreachable", error=str(error))
+        raise TransientError(f"SMTP connection failed: {error}") from error
+    log.info("email sent", to=payload.to)
+    return {"to": payload.to, "message_id": message["Message-ID"]}
+
+
+class ExportPayload(Payload):
+    state: JobState | None = None
+    task: str | None = Field(default=None, max_length=200)
+    chunk_size: int = Field(default=1000, ge=10, le=10_000)
+
+
+EXPORT_COLUMNS = (
+    "id",
+    "task",
+    "state",
+    "attempts",
+    "max_attempts",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "last_error",
+)
+
+
+@task(ExportPayload, queue=Queue.EXPORTS, max_attempts=3, time_limit_seconds=3600)
+def export_jobs(payload: ExportPayload, job: JobContext) -> dict[str, Any]:
+    """Write the job history as CSV in chunks, reporting progress; the file is kept with the job."""
+    filters = []
+    if payload.state is not None:
+        filters.append(jobs.c.state == payload.state.value)
+    if payload.task is not None:
+        filters.append(jobs.c.task == payload.task)
+    where = and_(True, *filters)
+    columns = [jobs.c[name] for name in EXPORT_COLUMNS]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_COLUMNS)
+    with sync_engine().connect() as conn:
+        total = conn.execute(select(func.count()).select_from(jobs).where(where)).scalar_one()
+        written, after = 0, None
+        while True:
+            query = select(*columns).where(where)
+            if after is not None:
+                query = query.where(tuple_(jobs.c.created_at, jobs.c.id) > tuple_(*after))
+            query = query.order_by(jobs.c.created_at, jobs.c.id).limit(payload.chunk_size)
+            rows = conn.execute(query).all()
+            if not rows:
+                break
+            writer.writerows(rows)
+            written += len(rows)
+            after = (rows[-1].created_at, rows[-1].id)
+            job.progress(100 * written / max(total, 1) * 0.99)
+    content = buffer.getvalue().encode()
+    with job.transaction() as effects:
+        effects.execute(job_artifacts.delete().where(job_artifacts.c.job_id == job.token.job_id))
+        effects.execute(
+            job_artifacts.insert().values(
+                job_id=job.token.job_id,
+                name=f"jobs-{job.job_id}.csv",
+                content_type="text/csv",
+                content=content,
+            )
+        )
+    return {
+        "rows": written,
+        "bytes": len(content),
+        "artifact_url": f"/api/v1/jobs/{job.job_id}/artifact",
+    }
+
+
+class FlakyPayload(Payload):
+    fail_times: int = Field(ge=0, le=100)
+    permanent: bool = False
+
+
+@task(FlakyPayload)
+def flaky(payload: FlakyPayload, job: JobContext) -> dict[str, Any]:
+    """Fail the first `fail_times` attempts (transiently, or permanently), then succeed."""
+    if job.attempt <= payload.fail_times:
+        if payload.permanent:
+            raise PermanentError(f"flaky: permanent failure on attempt {job.attempt}")
+        raise TransientError(f"flaky: failure {job.attempt} of {payload.fail_times}")
+    return {"attempts": job.attempt}
+
+
+class EchoPayload(Payload):
+    message: str = Field(max_length=10_000)
+
+
+@task(EchoPayload)
+def echo(payload: EchoPayload, job: JobContext) -> dict[str, Any]:
+    """Return the message: the cheapest task, for load tests."""
+    return {"message": payload.message}
+
+
+class SleepPayload(Payload):
+    seconds: float = Field(ge=0, le=3600)
+
+
+@task(SleepPayload, max_attempts=3, time_limit_seconds=3700)
+def sleep(payload: SleepPayload, job: JobContext) -> dict[str, Any]:
+    """Sleep, reporting progress: a long job for demos and fault tests."""
+    deadline = time.monotonic() + payload.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.5))
+        done = payload.seconds - max(deadline - time.monotonic(), 0)
+        job.progress(100 * done / payload.seconds)
+    return {"slept": payload.seconds}

@@ -1,0 +1,36 @@
+"""The worker's Prometheus metrics (served on the worker's exporter port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOBS_STARTED = Counter("conveyor_worker_jobs_started_total", "Attempts started", ["task", "queue"])
+JOBS_SUCCEEDED = Counter("conveyor_worker_jobs_succeeded_total", "Attempts that succeeded", ["task", "queue"])
+JOBS_RETRIED = Counter(
+    "conveyor_worker_jobs_retried_total",
+    "Attempts that failed and were scheduled again",
+    ["task", "queue"],
+)
+JOBS_DEAD = Counter("conveyor_worker_jobs_dead_total", "Jobs that went dead", ["task", "queue"])
+JOBS_SKIPPED = Counter(
+    "conveyor_worker_messages_skipped_total",
+    "Messages acknowledged without running (duplicate, finished, cancelled or not yet due)",
+    ["queue"],
+)
+JOBS_FENCED = Counter(
+    "conveyor_worker_late_writes_refused_total",
+    "Results refused because the attempt had lost its lease",
+    ["task", "queue"],
+)
+JOBS_IN_PROGRESS = Gauge(
+    "conveyor_worker_jobs_in_progress",
+    "Jobs running now",
+    ["task", "queue"],
+    multiprocess_mode="livesum",
+)
+JOB_DURATION = Histogram(
+    "conveyor_worker_job_duration_seconds",
+    "Time a task ran, per attempt",
+    ["task", "queue"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
