@@ -200,19 +200,6 @@ REAP_EXPIRED_LEASES: TextClause = text(
     """
 )
 
-REPLAY: TextClause = text(
-    f"""
-    WITH r AS (
-        UPDATE jobs SET state = 'queued', run = run + 1, attempts = 0, progress = 0,
-               available_at = now(), published_at = NULL, started_at = NULL, finished_at = NULL,
-               last_error = NULL, result = NULL, worker_id = NULL, updated_at = now()
-        WHERE id = :id AND state = 'dead'
-        RETURNING id
-    )
-    SELECT r.id, pg_notify('{NOTIFY_CHANNEL}', '') FROM r
-    """
-)
-
 CANCEL: TextClause = text(
     """
     UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now()

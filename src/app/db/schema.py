@@ -74,6 +74,7 @@ jobs = Table(
         postgresql_where=text("published_at IS NULL AND state IN ('queued', 'retrying')"),
     ),
     Index("ix_jobs_leases", "lease_expires_at", postgresql_where=text("state = 'running'")),
+    Index("ix_jobs_finished", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
     Index(
         "ux_jobs_idempotency_key",
         "idempotency_key",

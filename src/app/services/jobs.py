@@ -11,11 +11,11 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import Row, and_, func, select, text, tuple_
+from sqlalchemy import Row, and_, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import ledger
-from app.db.schema import JobState, job_artifacts, job_attempts, jobs
+from app.db.schema import NOTIFY_CHANNEL, JobState, job_artifacts, job_attempts, jobs
 from app.errors import IdempotencyConflict, InvalidTransition, JobNotFound
 
 JOB_COLUMNS = [
@@ -159,7 +159,7 @@ async def page(
 
 
 async def replay(conn: AsyncConnection, job_id: UUID) -> None:
-    if (await conn.execute(ledger.REPLAY, {"id": job_id})).first() is None:
+    if not await replay_dead(conn, ids=[job_id], limit=1):
         state = await _state_of(conn, job_id)
         raise InvalidTransition(job_id, state, "replay", "dead")
 
@@ -182,13 +182,53 @@ async def artifact(conn: AsyncConnection, job_id: UUID) -> Row[Any] | None:
     return (await conn.execute(query)).first()
 
 
-async def counts_by_state(conn: AsyncConnection) -> dict[str, int]:
-    rows = (await conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))).all()
-    counts = {state.value: 0 for state in JobState}
-    counts.update({row[0]: int(row[1]) for row in rows})
-    return counts
-
-
 async def now(conn: AsyncConnection) -> datetime:
     value: datetime = (await conn.execute(text("SELECT now()"))).scalar_one()
     return value
+
+
+REPLAY_DEAD = text(
+    f"""
+    WITH r AS (
+        UPDATE jobs SET state = 'queued', run = run + 1, attempts = 0, progress = 0,
+               available_at = now(), published_at = NULL, started_at = NULL, finished_at = NULL,
+               last_error = NULL, result = NULL, worker_id = NULL, updated_at = now()
+        WHERE id IN (
+            SELECT id FROM jobs WHERE state = 'dead'
+              AND (CAST(:task AS text) IS NULL OR task = :task)
+              AND (CAST(:ids AS uuid[]) IS NULL OR id = ANY(:ids))
+            ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED
+        )
+        RETURNING id
+    )
+    SELECT r.id, pg_notify('{NOTIFY_CHANNEL}', '') FROM r
+    """
+)
+
+DISCARD_DEAD = text(
+    """
+    DELETE FROM jobs WHERE id IN (
+        SELECT id FROM jobs WHERE state = 'dead'
+          AND (CAST(:task AS text) IS NULL OR task = :task)
+          AND (CAST(:ids AS uuid[]) IS NULL OR id = ANY(:ids))
+        ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id
+    """
+)
+
+
+async def replay_dead(
+    conn: AsyncConnection, *, task: str | None = None, ids: list[UUID] | None = None, limit: int = 1000
+) -> list[UUID]:
+    """Replay up to `limit` dead jobs (all, one task's, or the given ids); their ids."""
+    params = {"task": task, "ids": ids, "limit": limit}
+    return [row.id for row in (await conn.execute(REPLAY_DEAD, params)).all()]
+
+
+async def discard_dead(
+    conn: AsyncConnection, *, task: str | None = None, ids: list[UUID] | None = None, limit: int = 1000
+) -> list[UUID]:
+    """Delete up to `limit` dead jobs and their history from the ledger; their ids."""
+    params = {"task": task, "ids": ids, "limit": limit}
+    return [row.id for row in (await conn.execute(DISCARD_DEAD, params)).all()]

@@ -67,6 +67,11 @@ CREATE INDEX ix_jobs_created ON jobs (created_at, id)
     )
     op.execute(
         """
+CREATE INDEX ix_jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL
+"""
+    )
+    op.execute(
+        """
 CREATE UNIQUE INDEX ux_jobs_idempotency_key ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL
 """
     )

@@ -1,0 +1,125 @@
+"""Test set-up: the real PostgreSQL and RabbitMQ, with a database and vhost of this run's own.
+
+Unit tests need neither. Integration, end-to-end and fault tests use both; locally they
+skip when a service is down, in CI (CI=true) they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import infra as services
+
+INFRA = services.new_infra()
+SMTP_PORT = services.free_port()
+
+# Settings are read from the environment: set it before anything imports the app. Tests
+# shrink time (leases, backoff, heartbeats) so failure paths run in seconds.
+TEST_ENV = {
+    "ENVIRONMENT": "test",
+    "DATABASE_URL": INFRA.database_url,
+    "BROKER_URL": INFRA.broker_url,
+    "SMTP_HOST": "127.0.0.1",
+    "SMTP_PORT": str(SMTP_PORT),
+    "SMTP_TIMEOUT": "5",
+    "RETRY_BACKOFF_BASE": "0.1",
+    "RETRY_BACKOFF_MAX": "1.0",
+    "LEASE_SECONDS": "3",
+    "HEARTBEAT_SECONDS": "0.5",
+    "RELAY_SWEEP_SECONDS": "0.2",
+    "WORKER_SHUTDOWN_SECONDS": "10",
+    "LOG_FORMAT": "json",
+    "LOG_LEVEL": "INFO",
+}
+os.environ.update(TEST_ENV)
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _needs_services(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(m) for m in ("integration", "e2e", "faults", "browser"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        for folder, marker in (("integration", "integration"), ("e2e", "e2e"), ("faults", "faults")):
+            if folder in path.parts:
+                item.add_marker(getattr(pytest.mark, marker))
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[services.Infra]:
+    missing = [
+        name
+        for name, up in (("PostgreSQL", services.postgres_up), ("RabbitMQ", services.rabbitmq_up))
+        if not up()
+    ]
+    if missing:
+        message = f"{' and '.join(missing)} not reachable on 127.0.0.1 (run scripts/services.sh)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    services.create(INFRA)
+    try:
+        from app.db.migrate import upgrade
+
+        upgrade(INFRA.database_url)
+        yield INFRA
+    finally:
+        from app.db.engine import dispose_sync_engines
+
+        dispose_sync_engines()
+        services.drop(INFRA)
+
+
+@pytest.fixture
+def clean_ledger(infra: services.Infra) -> Iterator[services.Infra]:
+    """An empty ledger and empty queues for the test."""
+    _reset(infra)
+    yield infra
+
+
+def _reset(infra: services.Infra) -> None:
+    import pika
+    import psycopg
+
+    with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE jobs, job_attempts, workers, job_artifacts CASCADE")
+    connection = pika.BlockingConnection(pika.URLParameters(infra.broker_url))
+    try:
+        for queue in ("default", "email", "exports"):
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                channel = connection.channel()
+                try:
+                    channel.queue_purge(name)
+                    channel.close()
+                except pika.exceptions.ChannelClosedByBroker:
+                    pass  # not declared yet
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[object]:
+    from tests.support.smtp import SmtpServer
+
+    with SmtpServer(SMTP_PORT) as server:
+        yield server
+
+
+@pytest.fixture
+def stack(clean_ledger: services.Infra, tmp_path: Path) -> Iterator[object]:
+    """api + relay + worker as subprocesses against this run's database and vhost."""
+    from tests.support.stack import Stack
+
+    running = Stack(workdir=tmp_path, env=dict(os.environ))
+    try:
+        running.start_all()
+        yield running
+    finally:
+        running.stop()

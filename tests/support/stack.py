@@ -1,0 +1,197 @@
+"""The real processes (api, relay, worker) started as subprocesses with the compose commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.infra import free_port
+
+CONVEYOR = str(Path(sys.executable).with_name("conveyor"))
+TERMINAL = frozenset({"succeeded", "dead", "cancelled"})
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the whole process group: a Dramatiq worker is a parent with forked children."""
+        if self.alive():
+            os.killpg(self.pid, sig)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.popen is None:
+            return None
+        if self.alive():
+            self.signal_group(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal_group(signal.SIGKILL)
+                self.popen.wait(10)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL every process of the group at once: no shutdown hook runs."""
+        if self.alive():
+            self.signal_group(signal.SIGKILL)
+            assert self.popen is not None
+            self.popen.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Stack:
+    """api + relay + worker(s), each a subprocess running the same command as compose does."""
+
+    workdir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=10.0, **kwargs)
+
+    def _process(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
+        merged = {**self.env, **(env or {})}
+        process = Process(name, [CONVEYOR, *args], self.workdir / f"{name}.log", merged)
+        self.processes[name] = process
+        return process.start()
+
+    def start_api(self, env: dict[str, str] | None = None) -> Process:
+        return self._process("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)], env)
+
+    def start_relay(self, name: str = "relay", env: dict[str, str] | None = None) -> Process:
+        return self._process(name, ["relay"], env)
+
+    def start_worker(
+        self, name: str = "worker", *, processes: int = 1, threads: int = 4,
+        env: dict[str, str] | None = None,
+    ) -> Process:
+        args = ["worker", "--processes", str(processes), "--threads", str(threads)]
+        return self._process(name, args, env)
+
+    def start_all(self) -> Stack:
+        self.start_api()
+        self.start_relay()
+        self.start_worker()
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                try:
+                    response = client.get("/health/ready")
+                    last = response.json()
+                    if response.status_code == 200:
+                        return dict(last)
+                except httpx.HTTPError as error:
+                    last = repr(error)
+                time.sleep(0.2)
+        raise AssertionError(f"stack not ready after {timeout}s: {last}\n{self.logs()}")
+
+    def wait_api(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                try:
+                    if client.get("/health/live").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+        raise AssertionError(f"api not live after {timeout}s\n{self.logs()}")
+
+    def _check_alive(self) -> None:
+        for process in self.processes.values():
+            if process.popen is not None and process.popen.poll() is not None and process.name == "api":
+                raise AssertionError(f"{process.name} exited early:\n{process.log()[-4000:]}")
+
+    def post_job(self, task: str, payload: dict[str, Any], **extra: Any) -> str:
+        with self.client() as client:
+            response = client.post("/api/v1/jobs", json={"task": task, "payload": payload, **extra})
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        with self.client() as client:
+            response = client.get(f"/api/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_for(
+        self, job_ids: Iterable[str], states: Iterable[str] = TERMINAL, timeout: float = 60.0
+    ) -> dict[str, dict[str, Any]]:
+        """Poll until every job is in one of `states`; the jobs as the API shows them."""
+        wanted = set(states)
+        pending = list(job_ids)
+        done: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while pending and time.monotonic() < deadline:
+                still = []
+                for job_id in pending:
+                    body = client.get(f"/api/v1/jobs/{job_id}").json()
+                    if body.get("state") in wanted:
+                        done[job_id] = body
+                    else:
+                        still.append(job_id)
+                pending = still
+                if pending:
+                    time.sleep(0.1)
+        if pending:
+            raise AssertionError(
+                f"{len(pending)} jobs not in {sorted(wanted)} after {timeout}s, e.g. "
+                f"{self.job(pending[0])}\n{self.logs()}"
+            )
+        return done
+
+    def logs(self, tail: int = 3000) -> str:
+        return "\n".join(
+            f"--- {name} ---\n{process.log()[-tail:]}" for name, process in self.processes.items()
+        )
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop(timeout=15)
