@@ -13,7 +13,7 @@ from pydantic import EmailStr, Field
 from sqlalchemy import and_, func, select, tuple_
 
 from app.db.engine import sync_engine
-from app.db.schema import JobState, job_artifacts, jobs
+from app.db.schema import JobState, job_artifacts, job_attempts, jobs
 from app.errors import PermanentError, TransientError
 from app.logs import get_logger
 from app.registry import Payload, Queue, task
@@ -137,12 +137,19 @@ class FlakyPayload(Payload):
 
 @task(FlakyPayload)
 def flaky(payload: FlakyPayload, job: JobContext) -> dict[str, Any]:
-    """Fail the first `fail_times` attempts (transiently, or permanently), then succeed."""
-    if job.attempt <= payload.fail_times:
+    """Fail the first `fail_times` attempts (transiently, or permanently), then succeed.
+
+    Attempts are counted over every run of the job, so a replay after the last failure
+    succeeds: the dead-letter demo in one task.
+    """
+    with sync_engine().connect() as conn:
+        count = select(func.count()).where(job_attempts.c.job_id == job.token.job_id)
+        attempt = int(conn.execute(count).scalar_one())
+    if attempt <= payload.fail_times:
         if payload.permanent:
-            raise PermanentError(f"flaky: permanent failure on attempt {job.attempt}")
-        raise TransientError(f"flaky: failure {job.attempt} of {payload.fail_times}")
-    return {"attempts": job.attempt}
+            raise PermanentError(f"flaky: permanent failure on attempt {attempt}")
+        raise TransientError(f"flaky: failure {attempt} of {payload.fail_times}")
+    return {"attempts": attempt}
 
 
 class EchoPayload(Payload):

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support.infra import Infra
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def api(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
+    """The API application in this process, on this run's database; no broker on the path."""
+    from app.api.app import create_app
+    from app.db.engine import dispose_async_engines
+
+    transport = httpx.ASGITransport(app=create_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as client:
+        yield client
+    await dispose_async_engines()
+
+
+def count_jobs(infra: Infra) -> int:
+    with psycopg.connect(infra.libpq_url) as conn:
+        row = conn.execute("SELECT count(*) FROM jobs").fetchone()
+        assert row is not None
+        return int(row[0])

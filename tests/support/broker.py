@@ -1,0 +1,33 @@
+"""Looking into RabbitMQ from a test: queue depths, and publishing a job's message by hand."""
+
+from __future__ import annotations
+
+import pika
+import pika.exceptions
+
+from tests.support.infra import Infra
+
+
+def depth(infra: Infra, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(infra.broker_url))
+    try:
+        channel = connection.channel()
+        try:
+            count: int = channel.queue_declare(queue, passive=True).method.message_count
+            return count
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0
+    finally:
+        connection.close()
+
+
+def publish_raw(infra: Infra, queue: str, body: bytes, content_type: str | None = None) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(infra.broker_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            "", queue, body, pika.BasicProperties(delivery_mode=2, content_type=content_type)
+        )
+    finally:
+        connection.close()
