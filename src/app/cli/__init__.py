@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import serve
+from app.cli import load, serve
 
 cli = typer.Typer(
     name="conveyor",
@@ -13,6 +13,7 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 serve.register(cli)
+load.register(cli)
 
 
 def main() -> None:
