@@ -32,6 +32,8 @@ TEST_ENV = {
     "HEARTBEAT_SECONDS": "0.5",
     "RELAY_SWEEP_SECONDS": "0.2",
     "WORKER_SHUTDOWN_SECONDS": "10",
+    # Several stacks may run on one machine (max_connections is 100): keep pools small.
+    "DB_POOL_SIZE": "4",
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "INFO",
 }
