@@ -46,6 +46,10 @@ class InvalidTransition(ConveyorError):
         self.state = state
 
 
+class LedgerUnavailable(ConveyorError):
+    """Raised when the ledger cannot store an accepted job; the request is refused with 503."""
+
+
 class IdempotencyConflict(ConveyorError):
     """Raised when an Idempotency-Key is reused with a different request body."""
 

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.errors import IdempotencyConflict, InvalidTransition, JobNotFound, UnknownTask
+from app.errors import IdempotencyConflict, InvalidTransition, JobNotFound, LedgerUnavailable, UnknownTask
 
 
 def field_errors(errors: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
@@ -48,7 +48,12 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": [{"loc": loc, "msg": str(exc), "type": kind}]}, status_code=422)
 
 
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(LedgerUnavailable, _unavailable)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(InvalidTransition, _conflict)

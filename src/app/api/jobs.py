@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Response, status
+import orjson
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Row
 
 from app.api.deps import IdempotencyKeyDep, ReadDep, TxDep
@@ -24,14 +26,17 @@ from app.api.schemas import (
     RetryPolicyView,
     TaskView,
 )
+from app.db.engine import async_engine
 from app.db.schema import JobState
 from app.errors import JobNotFound, UnknownTask
-from app.registry import TaskSpec, get_task, public_tasks
+from app.registry import Payload, TaskSpec, get_task, public_tasks
 from app.services import jobs as service
+from app.services.intake import Intake, NewJob
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 EMAIL_TASK = "app.tasks.example.send_email"
+M = TypeVar("M", bound=BaseModel)
 
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed JSON"},
@@ -68,43 +73,69 @@ def job_view(row: Row[Any]) -> JobView:
     )
 
 
-def _validated(spec: TaskSpec[Any], payload: dict[str, Any], loc: tuple[str, ...]) -> dict[str, Any]:
+def _parse(model: type[M], body: bytes) -> M:
+    """Validate a request body straight from its bytes (malformed JSON → 400, invalid → 422)."""
     try:
-        validated: dict[str, Any] = spec.payload_model.model_validate(payload).model_dump(mode="json")
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        raise RequestValidationError(field_errors(error.errors(), ("body",))) from None
+
+
+def _payload(spec: TaskSpec[Any], payload: dict[str, Any], loc: tuple[str, ...]) -> Payload:
+    try:
+        validated: Payload = spec.payload_model.model_validate(payload)
         return validated
     except ValidationError as error:
         raise RequestValidationError(field_errors(error.errors(), loc)) from None
 
 
+def _intake(request: Request) -> Intake:
+    intake: Intake | None = getattr(request.app.state, "intake", None)
+    if intake is None:
+        intake = request.app.state.intake = Intake(async_engine())
+    return intake
+
+
 async def _accept(
-    conn: TxDep,
-    response: Response,
+    request: Request,
     spec: TaskSpec[Any],
-    payload: dict[str, Any],
+    payload: Payload,
     key: str | None,
-    route: str,
-    fingerprint_body: dict[str, Any],
+    fingerprint_body: Callable[[], dict[str, Any]],
     delay_seconds: int = 0,
     priority: int = 0,
-) -> JobAccepted:
-    accepted = await service.accept(
-        conn,
-        task=spec.name,
-        queue=spec.queue,
-        payload=payload,
-        max_attempts=spec.retry.resolved_max_attempts(),
-        delay_seconds=delay_seconds,
-        priority=priority,
-        idempotency_key=key,
-        fingerprint=service.request_fingerprint(route, fingerprint_body) if key else None,
-    )
-    status_url = f"/api/v1/jobs/{accepted.id}"
-    response.headers["Location"] = status_url
-    if accepted.duplicate:
-        response.headers["Idempotent-Replayed"] = "true"
+) -> Response:
+    max_attempts = spec.retry.resolved_max_attempts()
+    if key is None:
+        job = NewJob(spec.name, spec.queue, payload.model_dump_json(), max_attempts, delay_seconds, priority)
+        job_id, state, duplicate = await _intake(request).submit(job), "queued", False
+    else:
+        async with async_engine().begin() as conn:
+            accepted = await service.accept(
+                conn,
+                task=spec.name,
+                queue=spec.queue,
+                payload=payload.model_dump(mode="json"),
+                max_attempts=max_attempts,
+                delay_seconds=delay_seconds,
+                priority=priority,
+                idempotency_key=key,
+                fingerprint=service.request_fingerprint(request.url.path, fingerprint_body()),
+            )
+        job_id, state, duplicate = accepted.id, accepted.state, accepted.duplicate
+    status_url = f"/api/v1/jobs/{job_id}"
+    headers = {"Location": status_url}
+    if duplicate:
+        headers["Idempotent-Replayed"] = "true"
     else:
         JOBS_ACCEPTED.labels(spec.name).inc()
-    return JobAccepted(id=accepted.id, task=accepted.task, state=accepted.state, status_url=status_url)
+    body = {"id": job_id, "task": spec.name, "state": state, "status_url": status_url}
+    return Response(orjson.dumps(body), status_code=202, headers=headers, media_type="application/json")
+
+
+def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
+    schema = {"content": {"application/json": {"schema": model.model_json_schema()}}, "required": True}
+    return {"requestBody": schema}
 
 
 @router.post(
@@ -113,24 +144,22 @@ async def _accept(
     response_model=JobAccepted,
     responses=BODY_ERRORS,
     summary="Enqueue a job of any public task",
+    openapi_extra=_documented_body(JobRequest),
 )
-async def enqueue(
-    request: JobRequest, conn: TxDep, response: Response, key: IdempotencyKeyDep = None
-) -> JobAccepted:
-    spec = get_task(request.task)
+async def enqueue(request: Request, key: IdempotencyKeyDep = None) -> Response:
+    job = _parse(JobRequest, await request.body())
+    spec = get_task(job.task)
     if spec is None or not spec.public:
-        raise UnknownTask(request.task, [t.name for t in public_tasks()])
-    payload = _validated(spec, request.payload, ("body", "payload"))
+        raise UnknownTask(job.task, [t.name for t in public_tasks()])
+    payload = _payload(spec, job.payload, ("body", "payload"))
     return await _accept(
-        conn,
-        response,
+        request,
         spec,
         payload,
         key,
-        "/api/v1/jobs",
-        request.model_dump(mode="json"),
-        delay_seconds=request.delay_seconds,
-        priority=request.priority,
+        lambda: job.model_dump(mode="json"),
+        delay_seconds=job.delay_seconds,
+        priority=job.priority,
     )
 
 
@@ -140,15 +169,15 @@ async def enqueue(
     response_model=JobAccepted,
     responses=BODY_ERRORS,
     summary="Send an email in the background",
+    openapi_extra=_documented_body(EmailRequest),
 )
-async def send_email(
-    request: EmailRequest, conn: TxDep, response: Response, key: IdempotencyKeyDep = None
-) -> JobAccepted:
+async def send_email(request: Request, key: IdempotencyKeyDep = None) -> Response:
+    email = _parse(EmailRequest, await request.body())
     spec = get_task(EMAIL_TASK)
     assert spec is not None
-    body = request.model_dump(mode="json")
-    payload = _validated(spec, body, ("body",))
-    return await _accept(conn, response, spec, payload, key, "/api/v1/emails", body)
+    body = email.model_dump(mode="json")
+    payload = _payload(spec, body, ("body",))
+    return await _accept(request, spec, payload, key, lambda: body)
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}})

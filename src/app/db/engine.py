@@ -1,4 +1,9 @@
-"""Pooled engines, one per process and URL: sync for the worker, relay and CLI; async for the API."""
+"""Pooled engines, one per process and URL: sync for the worker, relay and CLI; async for the API.
+
+No pre-ping: it would cost a round trip per checkout on the hot paths. A connection the
+database dropped fails its statement, SQLAlchemy then invalidates the pool, and callers
+retry (the worker and relay retry ledger writes; the API answers 503).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,6 @@ def sync_engine(url: str | None = None) -> Engine:
             url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_size,
-            pool_pre_ping=True,
             pool_recycle=1800,
         )
     return _sync[url]
@@ -33,7 +37,6 @@ def async_engine(url: str | None = None) -> AsyncEngine:
             url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_size,
-            pool_pre_ping=True,
             pool_recycle=1800,
         )
     return _async[url]
