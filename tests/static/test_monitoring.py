@@ -1,0 +1,114 @@
+"""The monitoring profile: Prometheus scrapes the API and every worker; Grafana shows the key metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from app.settings import Settings
+from tests.static.shipping import DEPLOY, argv, parse_conveyor, service
+
+pytestmark = pytest.mark.static
+
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+GRAFANA = DEPLOY / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "conveyor.json"
+
+# What the dashboard must show (the counters, the histogram, the HTTP and ledger metrics).
+KEY_METRICS = {
+    "conveyor_jobs_accepted_total",
+    "conveyor_worker_jobs_started_total",
+    "conveyor_worker_jobs_succeeded_total",
+    "conveyor_worker_jobs_retried_total",
+    "conveyor_worker_jobs_dead_total",
+    "conveyor_worker_job_duration_seconds_bucket",
+    "conveyor_http_requests_total",
+    "conveyor_http_request_duration_seconds_bucket",
+    "conveyor_jobs",
+    "conveyor_outbox_backlog",
+    "conveyor_queue_depth",
+    "conveyor_dead_letter_depth",
+}
+METRIC_NAME = re.compile(r"\bconveyor_[a-z0-9_]+")
+
+
+def prometheus() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    return loaded
+
+
+def scrape(job_suffix: str) -> dict[str, Any]:
+    (job,) = [job for job in prometheus()["scrape_configs"] if job["job_name"].endswith(job_suffix)]
+    found: dict[str, Any] = job
+    return found
+
+
+def test_prometheus_scrapes_the_api_where_compose_serves_it() -> None:
+    api = scrape("api")
+    assert api.get("metrics_path", "/metrics") == "/metrics"
+    targets = [t for config in api["static_configs"] for t in config["targets"]]
+    port = parse_conveyor(argv(service("api")["command"]))["port"]
+    assert targets == [f"api:{port}"]
+
+
+def test_prometheus_scrapes_every_worker_replica_on_the_exporter_port() -> None:
+    worker = scrape("worker")
+    assert worker.get("metrics_path", "/metrics") == "/metrics"
+    (discovery,) = worker["dns_sd_configs"]
+    assert discovery["names"] == ["worker"], "the compose service name resolves to every replica"
+    assert discovery["type"] == "A"
+    assert discovery["port"] == Settings.model_fields["worker_metrics_port"].default == 9191
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)")
+def test_promtool_accepts_the_prometheus_config() -> None:
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_grafana_reads_prometheus_through_the_datasource_the_dashboard_names() -> None:
+    provisioned = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    (source,) = provisioned["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    uids = {
+        target["datasource"]["uid"]
+        for panel in json.loads(DASHBOARD.read_text())["panels"]
+        for target in panel.get("targets", [])
+    }
+    assert uids == {source["uid"]}
+
+
+def test_grafana_loads_dashboards_from_where_compose_mounts_them() -> None:
+    provisioned = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "conveyor.yml").read_text())
+    (provider,) = provisioned["providers"]
+    mounts = {
+        str(v).split(":")[1]: str(v).split(":")[0] for v in service("grafana")["volumes"] if ":" in str(v)
+    }
+    assert mounts[provider["options"]["path"]] == "./deploy/grafana/dashboards"
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def test_the_dashboard_charts_every_key_metric() -> None:
+    used = {name for expr in dashboard_expressions() for name in METRIC_NAME.findall(expr)}
+    assert used >= KEY_METRICS, KEY_METRICS - used
+
+
+def test_every_dashboard_panel_has_a_unique_id_and_a_title() -> None:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids))
+    assert all(panel["title"] for panel in panels)
