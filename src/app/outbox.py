@@ -1,4 +1,4 @@
-"""The relay: publishes committed, due jobs to RabbitMQ with publisher confirms.
+"""The relay: publishes committed, due jobs to RabbitMQ, durably, in batches.
 
 It is woken by NOTIFY right after a job commits and also sweeps on a timer, so a broker
 outage delays jobs but never loses them. Rows are taken FOR UPDATE SKIP LOCKED, so any
@@ -13,17 +13,16 @@ import threading
 import time
 
 import orjson
-import pika
 import psycopg
 from dramatiq import Message
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.common import xq_name
 from sqlalchemy.exc import OperationalError
 
 from app import ledger
 from app.db.engine import sync_engine
 from app.db.schema import NOTIFY_CHANNEL
 from app.logs import get_logger
+from app.publisher import BatchPublisher
 from app.settings import Settings, get_settings
 
 log = get_logger("conveyor.relay")
@@ -47,6 +46,7 @@ class Relay:
 
     def __init__(self, broker: RabbitmqBroker, settings: Settings | None = None) -> None:
         self.broker = broker
+        self.publisher = BatchPublisher(broker)
         self.settings = settings or get_settings()
         self.published = 0
         self.reaped = 0
@@ -56,8 +56,7 @@ class Relay:
         """Publish one batch of due jobs; the rows stay locked until the broker confirmed them."""
         with sync_engine().begin() as conn:
             batch = ledger.take_publishable(conn, self.settings.relay_batch_size)
-            for job in batch:
-                self.broker.enqueue(message_for(job, job.priority))
+            self.publisher.publish([(message_for(job, job.priority), job.priority) for job in batch])
             ledger.mark_published(conn, [job.id for job in batch])
         self.published += len(batch)
         return len(batch)
@@ -66,9 +65,8 @@ class Relay:
         """Hand back expired leases; bury jobs whose attempts a crash used up."""
         with sync_engine().begin() as conn:
             reaped = ledger.reap_expired_leases(conn)
-            for job in reaped:
-                if job.state == "dead":
-                    self._dead_letter(job)
+            buried = [(message_for(job), 0) for job in reaped if job.state == "dead"]
+            self.publisher.publish(buried, dead=True)
             if time.monotonic() - self._last_rearm > REARM_EVERY_SECONDS:
                 self._last_rearm = time.monotonic()
                 rearmed = ledger.rearm_stale_publications(conn, self.settings.republish_after_seconds)
@@ -84,15 +82,6 @@ class Relay:
             )
         self.reaped += len(reaped)
         return len(reaped)
-
-    def _dead_letter(self, job: ledger.Reaped) -> None:
-        self.broker.declare_queue(job.queue, ensure=True)
-        self.broker.channel.basic_publish(
-            exchange="",
-            routing_key=xq_name(job.queue),
-            body=message_for(job).encode(),
-            properties=pika.BasicProperties(delivery_mode=2),
-        )
 
     def next_wait(self) -> float:
         with sync_engine().connect() as conn:
@@ -128,10 +117,12 @@ class Relay:
                 pause = min(pause * 2, 5.0)
             except Exception as error:
                 log.warning("broker unavailable; relay retrying", error=repr(error))
+                self.publisher.close()
                 _reset_broker(self.broker)
                 stop.wait(pause)
                 pause = min(pause * 2, 5.0)
         _close(listener)
+        self.publisher.close()
         log.info("relay stopped", published=self.published, reaped=self.reaped)
 
 
