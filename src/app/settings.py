@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     republish_after_seconds: float = Field(default=900.0, gt=0.0)
 
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+    # Registers app.tasks.diagnostics (fault-test tasks); never on in production.
+    diagnostic_tasks: bool = False
     api_base_url: str = "http://127.0.0.1:8000"
 
     worker_processes: int = Field(default=1, ge=1)
