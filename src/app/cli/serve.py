@@ -46,10 +46,13 @@ def worker(
     queues: Annotated[list[str] | None, typer.Option("--queue", "-Q", help="Only these queues")] = None,
 ) -> None:
     """Run a Dramatiq worker (the same as `dramatiq app.worker`)."""
+    settings = get_settings()
+    if settings.worker_prefetch:
+        # Dramatiq reads this once, when dramatiq.worker is first imported (below).
+        os.environ["dramatiq_queue_prefetch"] = str(settings.worker_prefetch)  # noqa: SIM112
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
-    settings = get_settings()
     argv = [
         "app.worker",
         "--processes",
@@ -62,8 +65,6 @@ def worker(
     ]
     if queues:
         argv += ["--queues", *queues]
-    if settings.worker_prefetch:
-        os.environ["dramatiq_queue_prefetch"] = str(settings.worker_prefetch)  # noqa: SIM112
     sys.exit(dramatiq_main(make_argument_parser().parse_args(argv)))  # type: ignore[no-untyped-call]
 
 
