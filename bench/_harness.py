@@ -1,0 +1,392 @@
+"""What every benchmark needs: scratch databases and vhosts, child processes, CPU and memory readings.
+
+Everything here talks to 127.0.0.1 only. Each process a benchmark starts runs in a session of
+its own and is stopped by its process-group id, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import psutil
+import psycopg
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+VENV_BIN = Path(sys.executable).parent
+CONVEYOR = str(VENV_BIN / "conveyor")
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_BASE = PG_ADMIN.rsplit("/", 1)[0]
+AMQP_BASE = os.environ.get("BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
+MIB = 1024 * 1024
+
+# The payload every system gets for one job: the shape of Conveyor's `echo` task.
+ECHO_TASK = "app.tasks.example.echo"
+ECHO_PAYLOAD = {"message": "bench"}
+
+
+# -- scratch infrastructure ------------------------------------------------------------------
+
+
+def database_url(database: str) -> str:
+    return f"{PG_BASE.replace('postgresql://', 'postgresql+psycopg://', 1)}/{database}"
+
+
+def libpq_url(database: str) -> str:
+    return f"{PG_BASE}/{database}"
+
+
+def broker_url(vhost: str) -> str:
+    return f"{AMQP_BASE}/{quote(vhost, safe='')}"
+
+
+def rabbitmqctl(*args: str) -> None:
+    exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    subprocess.run([exe, "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+def pg_connect(url: str, timeout: float = 120.0) -> psycopg.Connection[tuple[object, ...]]:
+    """Connect, waiting while the shared server has no free connection slot."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as error:
+            if "too many clients" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def drop_database(name: str) -> None:
+    with pg_connect(PG_ADMIN) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def create_database(name: str) -> None:
+    drop_database(name)
+    with pg_connect(PG_ADMIN) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def delete_vhost(name: str) -> None:
+    with contextlib.suppress(subprocess.CalledProcessError):  # it did not exist
+        rabbitmqctl("delete_vhost", name)
+
+
+def create_vhost(name: str) -> None:
+    delete_vhost(name)
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+
+
+@contextmanager
+def scratch_vhost(name: str, keep: bool = False) -> Iterator[str]:
+    """A vhost of the benchmark's own, deleted afterwards; yields its broker URL."""
+    create_vhost(name)
+    try:
+        yield broker_url(name)
+    finally:
+        if not keep:
+            delete_vhost(name)
+
+
+def queue_depth(url: str, queue: str) -> int:
+    """Messages ready in a queue (a passive declare: creates nothing)."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        frame = connection.channel().queue_declare(queue=queue, passive=True)
+        return int(frame.method.message_count)
+    finally:
+        connection.close()
+
+
+def purge_queue(url: str, queue: str) -> None:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_purge(queue=queue)
+    finally:
+        connection.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def work_dir(prefix: str) -> Path:
+    """A fresh directory for logs and profiles; also the children's cwd, so no `.env` leaks in."""
+    base = Path(os.environ.get("BENCH_OUT", tempfile.gettempdir())) / "conveyor-bench"
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=base))
+
+
+# -- child processes -------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """A child process in a session of its own, logging to a file."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.cwd / f"{self.name}.log"
+
+    def start(self) -> Proc:
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited early; its log:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def tree(self) -> list[psutil.Process]:
+        """This process and its descendants (a worker's forked children)."""
+        try:
+            root = psutil.Process(self.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.popen is None or not self.alive():
+            return
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Procs:
+    """Every process a benchmark started; `stop_all` ends them in reverse order."""
+
+    started: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Proc:
+        proc = Proc(name, argv, env, cwd).start()
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+        self.started.clear()
+
+
+@contextmanager
+def processes() -> Iterator[Procs]:
+    procs = Procs()
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child: ours, with `bench/` importable and no stray Conveyor settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "BROKER_", "LOG_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH", "")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.1) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# -- readings --------------------------------------------------------------------------------
+
+
+def cpu_seconds(procs: Sequence[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def rss_mib(proc: psutil.Process) -> float:
+    try:
+        return float(proc.memory_info().rss) / MIB
+    except psutil.NoSuchProcess:
+        return float("nan")
+
+
+def busiest(procs: Sequence[psutil.Process]) -> psutil.Process:
+    """The process of a tree that used the most CPU: the one doing the work."""
+    return max(procs, key=lambda p: cpu_seconds([p]))
+
+
+def pg_backends(database: str) -> list[psutil.Process]:
+    """PostgreSQL backend processes serving one database (their title names it)."""
+    pattern = re.compile(rf"^postgres: (?:\S+: )?\S+ {re.escape(database)} ")
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if cmdline and pattern.match(" ".join(cmdline)):
+            found.append(proc)
+    return found
+
+
+def rabbitmq_server() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["name"]) if p.info.get("name") == "beam.smp"]
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds of a changing set of processes, between two readings."""
+
+    label: str
+    lookup: object
+    _start: dict[int, float] = field(default_factory=dict)
+
+    def _read(self) -> dict[int, float]:
+        assert callable(self.lookup)
+        return {p.pid: cpu_seconds([p]) for p in self.lookup()}
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def elapsed(self) -> float:
+        now = self._read()
+        # A process born after start counts from zero; one that died is lost (pools keep theirs).
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in now.items())
+
+
+def pg_counters(database: str) -> dict[str, int]:
+    """Commits, rollbacks and row writes of one database, from pg_stat_database."""
+    query = """
+        SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted, tup_returned
+        FROM pg_stat_database WHERE datname = %s
+    """
+    with pg_connect(PG_ADMIN) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(query, (database,)).fetchone()
+    names = ("xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted", "tup_returned")
+    return dict(zip(names, (int(v) for v in row or (0,) * 6), strict=True))
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def source_version() -> str:
+    """The commit measured, and whether src/ had changes not committed yet (a shared tree)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return f"{sha}" + (f" + uncommitted changes in {len(dirty)} src files" if dirty else "")
+
+
+def machine() -> str:
+    cpu = psutil.cpu_count(logical=True)
+    mem = psutil.virtual_memory().total / (1024**3)
+    return f"{cpu} cores, {mem:.0f} GiB, Python {sys.version.split()[0]}, {os.uname().sysname}"
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table, readable as plain text too."""
+    cells = [[str(h) for h in headers], *[[_fmt(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return (
+            "| "
+            + " | ".join(
+                c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+            + " |"
+        )
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), rule, *[line(r) for r in cells[1:]]])
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    return str(value)
+
+
+def verdict(ratio: float | None, target: float) -> str:
+    if ratio is None:
+        return "n/a"
+    return f"{ratio:.2f}x (target >= {target:g}x: {'met' if ratio >= target else 'NOT met'})"

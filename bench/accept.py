@@ -1,0 +1,475 @@
+"""Accept: POST /api/v1/jobs → 202 per second, one uvicorn process each, Conveyor beside its peers.
+
+    python bench/accept.py                         # bare, celery, conveyor, conveyor-no-relay
+    python bench/accept.py --duration 30 --connections 64
+    python bench/accept.py --systems conveyor --profile   # py-spy on the API under load
+
+Each server runs alone (one at a time), one uvicorn process with uvloop and httptools, on a
+port of its own; wrk (one thread, from another process) drives it with the same JSON body:
+
+- bare: a FastAPI endpoint that validates the body with pydantic and answers 202 (the ceiling).
+- celery: the same endpoint calling Celery's `.delay()` on an amqp broker (its own vhost).
+- conveyor: `conveyor api` on a scratch database (conveyor_bench) with `conveyor relay`
+  running beside it, publishing what the API accepts, as it is deployed.
+- conveyor-no-relay: the API alone (a diagnostic: the accept path without the relay's load).
+
+After its run, Conveyor's API also gets --rejected (200) bodies of --rejected-mb (50) MB,
+half with Content-Length, half chunked, and its RSS is read before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+from _harness import (
+    BENCH_DIR,
+    CONVEYOR,
+    ECHO_PAYLOAD,
+    ECHO_TASK,
+    CpuMeter,
+    Proc,
+    child_env,
+    create_database,
+    database_url,
+    drop_database,
+    free_port,
+    libpq_url,
+    load_average,
+    machine,
+    pg_backends,
+    pg_connect,
+    processes,
+    queue_depth,
+    rabbitmq_server,
+    rss_mib,
+    scratch_vhost,
+    source_version,
+    table,
+    verdict,
+    wait_until,
+    work_dir,
+)
+from _profile import API_MARKERS, Recorder, report
+
+DATABASE = "conveyor_bench"
+SYSTEMS = ("bare", "celery", "conveyor", "conveyor-no-relay")
+WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"
+BODY = json.dumps({"task": ECHO_TASK, "payload": ECHO_PAYLOAD})
+
+
+@dataclass
+class Options:
+    duration: int
+    warmup: int
+    connections: int
+    rejected: int
+    rejected_mb: int
+    keep: bool
+    profile: bool
+
+
+@dataclass
+class AcceptResult:
+    system: str
+    requests: int
+    seconds: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    errors: int  # non-2xx answers, socket errors and timeouts
+    server_cpu: float  # cores the server process used on average
+    db_cpu: float | None  # cores the PostgreSQL backends of the scratch database used
+    relay_cpu: float | None
+    broker_cpu: float  # cores RabbitMQ used (shared with anyone else)
+    wrk_cpu: float  # cores wrk used: well under 1 means it was not the bottleneck
+    rss_mib: float  # the server after the run
+    load_before: str
+    load_after: str
+    stored: str = ""  # what a 202 left behind: rows in the ledger, messages in the queue
+    rejected: dict[str, float] = field(default_factory=dict)
+    profile: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+# -- load --------------------------------------------------------------------------------------
+
+
+def wrk(port: int, seconds: int, connections: int) -> tuple[dict[str, float], float]:
+    """One wrk run; its summary and the CPU seconds wrk itself used."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(WRK_SCRIPT)]
+    argv.append(f"http://127.0.0.1:{port}/api/v1/jobs")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 60, env={**os.environ, "BENCH_BODY": BODY}
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    for line in done.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            return json.loads(line.removeprefix("WRK_JSON ")), used
+    raise RuntimeError(f"wrk printed no summary:\n{done.stdout}\n{done.stderr}")
+
+
+def wait_live(proc: Proc, port: int, timeout: float = 60.0) -> None:
+    def live() -> bool:
+        proc.check_alive()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(live, timeout, f"{proc.name} to answer /health/live")
+
+
+def uvicorn_argv(app: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def measure(
+    system: str,
+    server: Proc,
+    port: int,
+    opts: Options,
+    out: Path,
+    db: bool = False,
+    relay: Proc | None = None,
+) -> AcceptResult:
+    wait_live(server, port)
+    wrk(port, opts.warmup, opts.connections)
+    load_before = load_average()
+    meters = {
+        "server": CpuMeter("server", server.tree),
+        "broker": CpuMeter("broker", rabbitmq_server),
+        **({"db": CpuMeter("db", lambda: pg_backends(DATABASE))} if db else {}),
+        **({"relay": CpuMeter("relay", relay.tree)} if relay else {}),
+    }
+    for meter in meters.values():
+        meter.start()
+    recorder = None
+    if opts.profile:
+        recorder = Recorder(server.pid, out / f"{system}-profile.txt", duration=opts.duration)
+    summary, wrk_seconds = wrk(port, opts.duration, opts.connections)
+    seconds = summary["duration_us"] / 1e6
+    used = {name: meter.elapsed() / seconds for name, meter in meters.items()}
+    server.check_alive()
+    profile = ""
+    if recorder is not None:
+        profile = report(recorder.finish(API_MARKERS), f"{system} API under wrk -c{opts.connections}")
+    errors = sum(int(summary[k]) for k in ("connect_errors", "read_errors", "write_errors", "status_errors"))
+    return AcceptResult(
+        system=system,
+        requests=int(summary["requests"]),
+        seconds=seconds,
+        p50_ms=summary["p50_us"] / 1000,
+        p90_ms=summary["p90_us"] / 1000,
+        p99_ms=summary["p99_us"] / 1000,
+        errors=errors + int(summary["timeouts"]),
+        server_cpu=used["server"],
+        db_cpu=used.get("db"),
+        relay_cpu=used.get("relay"),
+        broker_cpu=used["broker"],
+        wrk_cpu=wrk_seconds / seconds,
+        rss_mib=rss_mib(server.tree()[0]),
+        load_before=load_before,
+        load_after=load_average(),
+        profile=profile,
+    )
+
+
+# -- rejected bodies ---------------------------------------------------------------------------
+
+
+def send_rejected(port: int, size: int, chunked: bool, timeout: float = 30.0) -> tuple[str, int]:
+    """Stream a `size`-byte body until the server answers; (status or failure, bytes sent)."""
+    head = "POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {size}\r\n\r\n"
+    piece = b"x" * 65536
+    deadline = time.monotonic() + timeout
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head.encode())
+        pending = b""
+        try:
+            while time.monotonic() < deadline:
+                readable, writable, _ = select.select([sock], [sock], [], 1.0)
+                if readable:
+                    break  # the server answered (or closed) before the whole body was sent
+                if not writable:
+                    continue
+                if not pending:
+                    if sent >= size:
+                        if chunked:
+                            sock.sendall(b"0\r\n\r\n")
+                        break
+                    body = piece[: min(len(piece), size - sent)]
+                    pending = (f"{len(body):x}\r\n".encode() + body + b"\r\n") if chunked else body
+                    sent += len(body)
+                written = sock.send(pending)
+                pending = pending[written:]
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed on us mid-body: the answer may still be readable
+        return _status(sock, deadline), sent
+
+
+def _status(sock: socket.socket, deadline: float) -> str:
+    answer = b""
+    try:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    except (ConnectionResetError, TimeoutError, OSError):
+        pass
+    parts = answer.split(b" ", 2)
+    return parts[1].decode() if len(parts) > 1 and parts[1].isdigit() else "reset before an answer"
+
+
+def rejected_bodies(server: Proc, port: int, count: int, megabytes: int) -> dict[str, float]:
+    """RSS of the API before, during (peak) and after `count` oversized bodies."""
+    proc = server.tree()[0]
+    before = rss_mib(proc)
+    peak = [before]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], rss_mib(proc))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    outcomes: dict[str, int] = {}
+    sent_total = 0
+    started = time.monotonic()
+    try:
+        for i in range(count):
+            status, sent = send_rejected(port, megabytes * 1_000_000, chunked=bool(i % 2))
+            outcomes[status] = outcomes.get(status, 0) + 1
+            sent_total += sent
+    finally:
+        stop.set()
+        watcher.join()
+    wait_live(server, port)
+    after = rss_mib(proc)
+    return {
+        "bodies": count,
+        "MB each": megabytes,
+        "RSS before MiB": before,
+        "RSS peak MiB": peak[0],
+        "RSS after MiB": after,
+        "MiB sent per body (avg)": sent_total / count / (1024 * 1024),
+        "seconds": time.monotonic() - started,
+        **{f"answers {k}": float(v) for k, v in sorted(outcomes.items())},
+    }
+
+
+# -- the systems -------------------------------------------------------------------------------
+
+
+def run_bare(opts: Options) -> AcceptResult:
+    out = work_dir("accept-bare")
+    port = free_port()
+    with processes() as procs:
+        server = procs.start("bare", uvicorn_argv("peers.bare_api:app", port) + QUIET, child_env(), out)
+        return measure("bare", server, port, opts, out)
+
+
+def run_celery(opts: Options) -> AcceptResult:
+    out = work_dir("accept-celery")
+    port = free_port()
+    with scratch_vhost("conveyor_bench_celery_api", opts.keep) as broker, processes() as procs:
+        env = child_env(BENCH_BROKER_URL=broker)
+        server = procs.start("celery-api", uvicorn_argv("peers.celery_api:app", port) + QUIET, env, out)
+        result = measure("celery", server, port, opts, out)
+        time.sleep(1.0)
+        result.stored = f"{queue_depth(broker, 'celery'):,} messages in the queue"
+        return result
+
+
+def run_conveyor(opts: Options, relay: bool) -> AcceptResult:
+    system = "conveyor" if relay else "conveyor-no-relay"
+    out = work_dir(f"accept-{system}")
+    port = free_port()
+    with scratch_vhost("conveyor_bench", opts.keep) as broker, processes() as procs:
+        create_database(DATABASE)
+        try:
+            env = child_env(DATABASE_URL=database_url(DATABASE), BROKER_URL=broker, LOG_FORMAT="json")
+            subprocess.run(
+                [CONVEYOR, "migrate"], env=env, cwd=out, check=True, capture_output=True, timeout=120
+            )
+            relay_proc = procs.start("relay", [CONVEYOR, "relay"], env, out) if relay else None
+            argv = [CONVEYOR, "api", "--host", "127.0.0.1", "--port", str(port)]
+            server = procs.start("api", argv, env, out)
+            result = measure(system, server, port, opts, out, db=True, relay=relay_proc)
+            result.stored = _ledger_rows()
+            if relay and opts.rejected:
+                result.rejected = rejected_bodies(server, port, opts.rejected, opts.rejected_mb)
+            return result
+        finally:
+            procs.stop_all()
+            if not opts.keep:
+                drop_database(DATABASE)
+
+
+def _ledger_rows() -> str:
+    with pg_connect(libpq_url(DATABASE)) as conn:
+        row = conn.execute("SELECT count(*), count(published_at) FROM jobs").fetchone()
+    total, published = (int(row[0]), int(row[1])) if row else (0, 0)
+    return f"{total:,} rows in the ledger ({published:,} published so far)"
+
+
+QUIET = ["--no-access-log", "--log-level", "warning", "--no-server-header"]
+
+
+def run(system: str, opts: Options) -> AcceptResult:
+    if system == "bare":
+        return run_bare(opts)
+    if system == "celery":
+        return run_celery(opts)
+    return run_conveyor(opts, relay=system == "conveyor")
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def render(results: list[AcceptResult], opts: Options) -> str:
+    headers = [
+        "system",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "errors",
+        "server CPU",
+        "PG CPU",
+        "relay CPU",
+        "RabbitMQ CPU*",
+        "wrk CPU",
+        "RSS MiB",
+        "load before -> after",
+    ]
+    rows = [
+        [
+            r.system,
+            r.rate,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            r.errors,
+            r.server_cpu,
+            r.db_cpu,
+            r.relay_cpu,
+            r.broker_cpu,
+            r.wrk_cpu,
+            r.rss_mib,
+            f"{r.load_before} -> {r.load_after}",
+        ]
+        for r in results
+    ]
+    lines = [
+        f"## Accept: POST /api/v1/jobs, wrk -t1 -c{opts.connections} -d{opts.duration}s"
+        f" (after {opts.warmup}s of warm-up)",
+        "",
+        f"Machine: {machine()}. Source: {source_version()}.",
+        "",
+        table(headers, rows),
+        "",
+        "CPU columns are cores used on average during the run (1.00 = one core busy).",
+        "*RabbitMQ's CPU includes whatever else uses the same server meanwhile.",
+    ]
+    lines += [f"- {r.system}: {r.stored}" for r in results if r.stored]
+    by = {r.system: r for r in results}
+    conveyor = by.get("conveyor") or by.get("conveyor-no-relay")
+    if conveyor:
+        lines += ["", f"Against the budget (DESIGN.md, Performance budget), {conveyor.system}:"]
+        lines += _ratios(conveyor, by)
+    for r in results:
+        if r.rejected:
+            lines += ["", f"Rejected bodies ({r.system} API):"]
+            lines += [f"- {k}: {v:,.1f}" for k, v in r.rejected.items()]
+            grew = r.rejected["RSS after MiB"] - r.rejected["RSS before MiB"]
+            lines.append(f"- RSS grew by {grew:.1f} MiB over {r.rejected['bodies']:.0f} bodies")
+    return "\n".join(lines) + "\n"
+
+
+def _ratios(conveyor: AcceptResult, by: dict[str, AcceptResult]) -> list[str]:
+    def ratio(peer: str) -> float | None:
+        other = by.get(peer)
+        return conveyor.rate / other.rate if other and other.rate else None
+
+    return [
+        f"- vs FastAPI + Celery .delay(): {verdict(ratio('celery'), 2.0)}",
+        f"- vs bare FastAPI 202: {verdict(ratio('bare'), 0.5)}",
+        f"- vs the reference numbers in DESIGN.md: {conveyor.rate / 670:.2f}x Celery's ~670 req/s,"
+        f" {conveyor.rate / 3800:.2f}x bare's ~3.8k req/s",
+    ]
+
+
+def parse(argv: list[str] | None = None) -> tuple[list[str], Options, Path | None]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help=f"comma-separated, of {', '.join(SYSTEMS)}"
+    )
+    parser.add_argument("--duration", type=int, default=20, help="seconds of measured load (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up load (default 3)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument(
+        "--rejected", type=int, default=200, help="oversized bodies for the RSS check (0: skip)"
+    )
+    parser.add_argument("--rejected-mb", type=int, default=50, help="size of each oversized body, MB")
+    parser.add_argument("--profile", action="store_true", help="run py-spy on each server (slows it down)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database and vhosts")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    if not (0 < args.duration <= 600 and 0 <= args.rejected <= 1000 and 0 < args.rejected_mb <= 1000):
+        parser.error("--duration 1..600, --rejected 0..1000, --rejected-mb 1..1000")
+    opts = Options(
+        args.duration, args.warmup, args.connections, args.rejected, args.rejected_mb, args.keep, args.profile
+    )
+    return systems, opts, args.json
+
+
+def main(argv: list[str] | None = None) -> list[AcceptResult]:
+    systems, opts, json_path = parse(argv)
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk (Debian's package)")
+    results = []
+    for system in systems:
+        print(f"accept: {system} (load {load_average()}) …", file=sys.stderr, flush=True)
+        result = run(system, opts)
+        print(f"accept: {system}: {result.rate:,.0f} req/s", file=sys.stderr, flush=True)
+        results.append(result)
+    print(render(results, opts))
+    for result in results:
+        if result.profile:
+            print(result.profile)
+    if json_path:
+        json_path.write_text(json.dumps([asdict(r) | {"rate": r.rate} for r in results], indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,511 @@
+"""Drain: how fast ONE worker process empties a queue of N pre-loaded jobs, Conveyor beside its peers.
+
+    python bench/drain.py                      # 10,000 jobs; conveyor, dramatiq, celery
+    python bench/drain.py --jobs 2000 --systems conveyor,dramatiq
+    python bench/drain.py --systems conveyor --profile   # py-spy on the worker while it drains
+
+Each system gets the same work: N messages already in RabbitMQ (a vhost of its own), then
+one worker process with 8 threads is started and timed from the first job it starts to
+the last one it finishes.
+
+- conveyor: N rows inserted into the ledger (database conveyor_bench), published by
+  `conveyor relay`, which is then stopped; `conveyor worker --processes 1 --threads 8`
+  runs `app.tasks.example.echo`: claim, run, succeed, all recorded in the ledger.
+- conveyor-quiet: the same with LOG_LEVEL=WARNING (a diagnostic: the cost of per-job logs).
+- dramatiq: a noop actor on a RabbitmqBroker with Dramatiq's default middleware,
+  `dramatiq peers.dramatiq_noop --processes 1 --threads 8`.
+- celery: a noop task over amqp, `celery worker -P threads -c 8`: one OS process with 8
+  threads, like the others. celery-prefork (`-P prefork -c 1`) is there for reference:
+  it is two processes (a consumer and a child that runs tasks), so it uses two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+from _harness import (
+    CONVEYOR,
+    ECHO_PAYLOAD,
+    ECHO_TASK,
+    VENV_BIN,
+    CpuMeter,
+    Proc,
+    Procs,
+    busiest,
+    child_env,
+    create_database,
+    database_url,
+    drop_database,
+    free_port,
+    libpq_url,
+    load_average,
+    machine,
+    pg_backends,
+    pg_connect,
+    pg_counters,
+    processes,
+    queue_depth,
+    rabbitmq_server,
+    rss_mib,
+    scratch_vhost,
+    source_version,
+    table,
+    verdict,
+    wait_until,
+    work_dir,
+)
+from _profile import WORKER_MARKERS, Recorder, report
+
+DATABASE = "conveyor_bench"
+CONVEYOR_QUEUE = "default"  # app.registry.Queue.DEFAULT, where echo runs
+ECHO_MAX_ATTEMPTS = 5  # RETRY_MAX_ATTEMPTS' default; echo sets none of its own
+SYSTEMS = ("conveyor", "conveyor-quiet", "dramatiq", "celery", "celery-prefork")
+DEFAULT_SYSTEMS = "conveyor,conveyor-quiet,dramatiq,celery,celery-prefork"
+POLL_SECONDS = 0.1
+
+
+@dataclass
+class DrainResult:
+    system: str
+    jobs: int
+    seconds: float  # first job started → last job finished
+    wall_seconds: float  # worker started → last job finished (boot included)
+    worker_rss_mib: float  # the process that ran the jobs, after the drain
+    tree_rss_mib: float  # every process of the worker command
+    worker_cpu_ms: float  # CPU per job of the worker command's processes
+    db_cpu_ms: float | None  # CPU per job of the PostgreSQL backends serving the ledger
+    broker_cpu_ms: float  # CPU per job of the RabbitMQ server (shared with anyone else using it)
+    load_before: str
+    load_after: str
+    extra: dict[str, float] = field(default_factory=dict)
+    profile: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Options:
+    jobs: int
+    threads: int
+    timeout: float
+    keep: bool
+    profile: bool
+
+
+# -- shared steps ------------------------------------------------------------------------------
+
+
+@contextmanager
+def scratch_database(name: str, keep: bool) -> Iterator[str]:
+    create_database(name)
+    try:
+        yield name
+    finally:
+        if not keep:
+            drop_database(name)
+
+
+@dataclass
+class Window:
+    """Readings taken when the first job has run, so that the worker's boot is not counted."""
+
+    done_at_start: int
+    worker: CpuMeter
+    db: CpuMeter | None
+    broker: CpuMeter
+    recorder: Recorder | None
+
+
+def open_window(
+    worker: Proc, done: int, db_lookup: Callable[[], list[psutil.Process]] | None, opts: Options, out: Path
+) -> Window:
+    meters = [CpuMeter("worker", worker.tree), CpuMeter("broker", rabbitmq_server)]
+    db = CpuMeter("db", db_lookup) if db_lookup else None
+    for meter in [*meters, *([db] if db else [])]:
+        meter.start()
+    recorder = None
+    if opts.profile:
+        target = working_process(worker)
+        recorder = Recorder(target.pid, out / "worker-profile.txt", duration=int(opts.timeout))
+    return Window(done, meters[0], db, meters[1], recorder)
+
+
+def close_window(window: Window, result_jobs: int) -> tuple[float, float | None, float]:
+    counted = max(1, result_jobs - window.done_at_start)
+    worker = 1000 * window.worker.elapsed() / counted
+    db = 1000 * window.db.elapsed() / counted if window.db else None
+    broker = 1000 * window.broker.elapsed() / counted
+    return worker, db, broker
+
+
+def working_process(worker: Proc) -> psutil.Process:
+    """The process that runs the jobs: Dramatiq's CLI forks it; Celery's may run them itself."""
+    tree = worker.tree()
+    return busiest(tree[1:] if len(tree) > 1 and "celery" not in worker.argv[0] else tree)
+
+
+def worker_memory(worker: Proc) -> tuple[float, float]:
+    tree = worker.tree()
+    if not tree:
+        return float("nan"), float("nan")
+    return rss_mib(working_process(worker)), sum(rss_mib(p) for p in tree)
+
+
+def finish_profile(window: Window, title: str) -> str:
+    """Read the profile; py-spy writes it when the worker (stopped by now) exits."""
+    if window.recorder is None:
+        return ""
+    return report(window.recorder.finish(WORKER_MARKERS), title)
+
+
+# -- conveyor ----------------------------------------------------------------------------------
+
+
+def conveyor_env(broker: str, **extra: str) -> dict[str, str]:
+    return child_env(
+        DATABASE_URL=database_url(DATABASE),
+        BROKER_URL=broker,
+        WORKER_METRICS_PORT=str(free_port()),
+        LOG_FORMAT="json",
+        **extra,
+    )
+
+
+def preload_ledger(n: int) -> None:
+    with pg_connect(libpq_url(DATABASE)) as conn:
+        conn.execute(
+            """
+            INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at)
+            SELECT gen_random_uuid(), %s, %s, %s::jsonb, 'queued', 0, %s, now()
+            FROM generate_series(1, %s)
+            """,
+            (ECHO_TASK, CONVEYOR_QUEUE, json.dumps(ECHO_PAYLOAD), ECHO_MAX_ATTEMPTS, n),
+        )
+
+
+def relay_publish(procs: Procs, env: dict[str, str], n: int, out: Path, timeout: float) -> float:
+    """Run `conveyor relay` until every row is published; its publish rate (jobs/s)."""
+    relay = procs.start("relay", [CONVEYOR, "relay"], env, out)
+    first: tuple[float, int] | None = None
+    deadline = time.monotonic() + timeout
+    with pg_connect(libpq_url(DATABASE)) as conn:
+        while time.monotonic() < deadline:
+            relay.check_alive()
+            row = conn.execute("SELECT count(*) FROM jobs WHERE published_at IS NULL").fetchone()
+            left = int(row[0]) if row else n
+            if first is None and left < n:
+                first = (time.monotonic(), left)
+            if left == 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise TimeoutError(f"relay did not publish {n} jobs in {timeout:.0f}s")
+    done = time.monotonic()
+    relay.stop()
+    if first is None or done <= first[0]:
+        return float("nan")
+    return first[1] / (done - first[0])
+
+
+def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
+    out = work_dir(f"drain-{system}")
+    extra = {"LOG_LEVEL": "WARNING"} if system == "conveyor-quiet" else {}
+    vhost = "conveyor_bench"
+    with (
+        scratch_vhost(vhost, opts.keep) as broker,
+        scratch_database(DATABASE, opts.keep),
+        processes() as procs,
+    ):
+        env = conveyor_env(broker, **extra)
+        subprocess.run([CONVEYOR, "migrate"], env=env, cwd=out, check=True, capture_output=True, timeout=120)
+        preload_ledger(opts.jobs)
+        relay_rate = relay_publish(procs, env, opts.jobs, out, opts.timeout)
+        depth = queue_depth(broker, CONVEYOR_QUEUE)
+        if depth != opts.jobs:
+            raise RuntimeError(f"expected {opts.jobs} messages in {CONVEYOR_QUEUE}, found {depth}")
+
+        with pg_connect(libpq_url(DATABASE)) as poll:
+            poller_pid = poll.execute("SELECT pg_backend_pid()").fetchone()
+            skip = int(poller_pid[0]) if poller_pid else -1
+
+            def db_lookup() -> list[psutil.Process]:
+                return [p for p in pg_backends(DATABASE) if p.pid != skip]
+
+            load_before = load_average()
+            counters = pg_counters(DATABASE)
+            argv = [CONVEYOR, "worker", "--processes", "1", "--threads", str(opts.threads)]
+            started = time.monotonic()
+            worker = procs.start("worker", argv, env, out)
+            window: Window | None = None
+            polls = 0
+            deadline = started + opts.timeout
+            while True:
+                worker.check_alive()
+                polls += 1
+                row = poll.execute(
+                    "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
+                    " count(*) FILTER (WHERE state IN ('dead', 'cancelled', 'retrying')) FROM jobs"
+                ).fetchone()
+                done, failed = (int(row[0]), int(row[1])) if row else (0, 0)
+                if failed:
+                    raise RuntimeError(f"{failed} jobs did not succeed; see {worker.log_path}")
+                if window is None and done > 0:
+                    window = open_window(worker, done, db_lookup, opts, out)
+                if done >= opts.jobs:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{done}/{opts.jobs} jobs done after {opts.timeout:.0f}s")
+                time.sleep(POLL_SECONDS)
+            wall = time.monotonic() - started
+            assert window is not None
+            worker_ms, db_ms, broker_ms = close_window(window, opts.jobs)
+            rss, tree_rss = worker_memory(worker)
+            load_after = load_average()
+            span = poll.execute("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs")
+            seconds = float(span.fetchone()[0])  # type: ignore[index]
+        # Backends flush their statistics when they exit: stop the worker before reading them.
+        worker.stop()
+        after = pg_counters(DATABASE)
+        profile = finish_profile(window, f"{system} worker, {opts.jobs} echo jobs")
+        polls += 2  # the two queries above, on the same database
+        ledger = {
+            "transactions per job": (after["xact_commit"] + after["xact_rollback"] - polls)
+            - (counters["xact_commit"] + counters["xact_rollback"]),
+            "rows inserted per job": after["tup_inserted"] - counters["tup_inserted"],
+            "rows updated per job": after["tup_updated"] - counters["tup_updated"],
+        }
+        per_job = {k: v / opts.jobs for k, v in ledger.items()}
+        return DrainResult(
+            system=system,
+            jobs=opts.jobs,
+            seconds=seconds,
+            wall_seconds=wall,
+            worker_rss_mib=rss,
+            tree_rss_mib=tree_rss,
+            worker_cpu_ms=worker_ms,
+            db_cpu_ms=db_ms,
+            broker_cpu_ms=broker_ms,
+            load_before=load_before,
+            load_after=load_after,
+            extra={"relay publish jobs/s": relay_rate, **per_job},
+            profile=profile,
+        )
+
+
+# -- peers -------------------------------------------------------------------------------------
+
+
+def peer_worker_argv(system: str, threads: int) -> list[str]:
+    if system == "dramatiq":
+        return [
+            str(VENV_BIN / "dramatiq"),
+            "peers.dramatiq_noop",
+            "--processes",
+            "1",
+            "--threads",
+            str(threads),
+        ]
+    celery = [str(VENV_BIN / "celery"), "-A", "peers.celery_noop", "worker", "-l", "warning", "-Q", "celery"]
+    # No gossip, mingle or heartbeat: cluster chatter that a one-worker benchmark does not need.
+    celery += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if system == "celery-prefork":
+        return [*celery, "-P", "prefork", "-c", "1"]
+    return [*celery, "-P", "threads", "-c", str(threads)]
+
+
+def read_marks(path: Path) -> dict[int, float]:
+    if not path.exists():
+        return {}
+    marks = {}
+    for line in path.read_text().splitlines():
+        n, _, at = line.partition(" ")
+        if n.isdigit() and at:
+            marks[int(n)] = float(at)
+    return marks
+
+
+def run_peer(opts: Options, system: str) -> DrainResult:
+    out = work_dir(f"drain-{system}")
+    kind = "dramatiq" if system == "dramatiq" else "celery"
+    queue = "default" if kind == "dramatiq" else "celery"
+    with scratch_vhost(f"conveyor_bench_{kind}", opts.keep) as broker, processes() as procs:
+        marks_path = out / "marks.txt"
+        env = child_env(BENCH_BROKER_URL=broker, BENCH_N=str(opts.jobs), BENCH_MARK_FILE=str(marks_path))
+        preload = [sys.executable, "-m", "peers.preload", kind, str(opts.jobs)]
+        subprocess.run(preload, env=env, cwd=out, check=True, capture_output=True, timeout=opts.timeout)
+        depth = queue_depth(broker, queue)
+        if depth != opts.jobs:
+            raise RuntimeError(f"expected {opts.jobs} messages in {queue}, found {depth}")
+        load_before = load_average()
+        started = time.monotonic()
+        worker = procs.start("worker", peer_worker_argv(system, opts.threads), env, out)
+        window: Window | None = None
+        deadline = started + opts.timeout
+        while True:
+            worker.check_alive()
+            marks = read_marks(marks_path)
+            if window is None and 1 in marks:
+                window = open_window(worker, 1, None, opts, out)
+            if opts.jobs in marks:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{system}: not drained after {opts.timeout:.0f}s")
+            time.sleep(POLL_SECONDS / 5)
+        wall = time.monotonic() - started
+        assert window is not None
+        worker_ms, _, broker_ms = close_window(window, opts.jobs)
+        wait_until(lambda: queue_depth(broker, queue) == 0, 30, f"{queue} to be empty")
+        rss, tree_rss = worker_memory(worker)
+        load_after = load_average()
+        worker.stop()
+        profile = finish_profile(window, f"{system} worker, {opts.jobs} noop tasks")
+        return DrainResult(
+            system=system,
+            jobs=opts.jobs,
+            seconds=marks[opts.jobs] - marks[1],
+            wall_seconds=wall,
+            worker_rss_mib=rss,
+            tree_rss_mib=tree_rss,
+            worker_cpu_ms=worker_ms,
+            db_cpu_ms=None,
+            broker_cpu_ms=broker_ms,
+            load_before=load_before,
+            load_after=load_after,
+            profile=profile,
+        )
+
+
+def run(system: str, opts: Options) -> DrainResult:
+    if system.startswith("conveyor"):
+        return run_conveyor(opts, system)
+    return run_peer(opts, system)
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def render(results: list[DrainResult], opts: Options) -> str:
+    by = {r.system: r for r in results}
+    headers = [
+        "system",
+        "jobs",
+        "drain s",
+        "jobs/s",
+        "worker CPU ms/job",
+        "PG CPU ms/job",
+        "RabbitMQ CPU ms/job*",
+        "worker RSS MiB",
+        "all procs RSS MiB",
+        "load before -> after",
+    ]
+    rows = [
+        [
+            r.system,
+            r.jobs,
+            r.seconds,
+            r.rate,
+            r.worker_cpu_ms,
+            r.db_cpu_ms,
+            r.broker_cpu_ms,
+            r.worker_rss_mib,
+            r.tree_rss_mib,
+            f"{r.load_before} -> {r.load_after}",
+        ]
+        for r in results
+    ]
+    lines = [
+        f"## Drain: one worker process, {opts.jobs:,} jobs, {opts.threads} threads",
+        "",
+        f"Machine: {machine()}. Source: {source_version()}.",
+        "",
+        table(headers, rows),
+        "",
+        "*RabbitMQ's CPU includes whatever else uses the same server meanwhile.",
+    ]
+    conveyor = by.get("conveyor")
+    if conveyor:
+        extra = ", ".join(f"{v:.2f} {k}" for k, v in conveyor.extra.items() if "per job" in k)
+        relay = conveyor.extra.get("relay publish jobs/s", float("nan"))
+        lines += [
+            "",
+            f"Conveyor's relay published at {relay:,.0f} jobs/s (before the worker started).",
+            f"Ledger activity (pg_stat_database, worker boot and shutdown included): {extra}.",
+            "",
+            "Against the budget (DESIGN.md, Performance budget), measured side by side:",
+        ]
+        lines += _ratios(conveyor, by)
+    return "\n".join(lines) + "\n"
+
+
+def _ratios(conveyor: DrainResult, by: dict[str, DrainResult]) -> list[str]:
+    def ratio(peer: str) -> float | None:
+        other = by.get(peer)
+        return conveyor.rate / other.rate if other and other.rate else None
+
+    lines = [
+        f"- vs Celery noop (threads, one process): {verdict(ratio('celery'), 1.0)}",
+        f"- vs Celery noop (prefork -c 1, two processes): {verdict(ratio('celery-prefork'), 1.0)}",
+        f"- vs raw Dramatiq: {verdict(ratio('dramatiq'), 0.8)}",
+        f"- vs the reference numbers in DESIGN.md: {conveyor.rate / 1450:.2f}x Celery's ~1.45k/s,"
+        f" {conveyor.rate / 1750:.2f}x Dramatiq's ~1.75k/s",
+    ]
+    rss = conveyor.worker_rss_mib
+    line = f"- worker RSS after draining: {rss:.1f} MiB (budget < 80 MiB: {'met' if rss < 80 else 'NOT met'}"
+    if "dramatiq" in by:
+        line += f"; raw Dramatiq here: {by['dramatiq'].worker_rss_mib:.1f} MiB"
+    lines.append(line + ")")
+    return lines
+
+
+def parse(argv: list[str] | None = None) -> tuple[list[str], Options, Path | None]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs to drain (default 10000)")
+    parser.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    parser.add_argument(
+        "--systems", default=DEFAULT_SYSTEMS, help=f"comma-separated, of {', '.join(SYSTEMS)}"
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per step (default 300)")
+    parser.add_argument("--profile", action="store_true", help="run py-spy on each worker (slows it down)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database and vhosts")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    opts = Options(args.jobs, args.threads, args.timeout, args.keep, args.profile)
+    return systems, opts, args.json
+
+
+def main(argv: list[str] | None = None) -> list[DrainResult]:
+    systems, opts, json_path = parse(argv)
+    results = []
+    for system in systems:
+        print(f"drain: {system} ({opts.jobs} jobs, load {load_average()}) …", file=sys.stderr, flush=True)
+        result = run(system, opts)
+        print(f"drain: {system}: {result.rate:,.0f} jobs/s", file=sys.stderr, flush=True)
+        results.append(result)
+    print(render(results, opts))
+    for result in results:
+        if result.profile:
+            print(result.profile)
+    if json_path:
+        json_path.write_text(json.dumps([asdict(r) | {"rate": r.rate} for r in results], indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
