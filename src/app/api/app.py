@@ -10,6 +10,7 @@ from fastapi import FastAPI
 import app.tasks  # noqa: F401  (registers the public tasks the API accepts)
 from app.api import errors, health, jobs
 from app.api.guard import BodyGuard
+from app.dashboard import router as dashboard_router
 from app.db.engine import dispose_async_engines
 from app.logs import configure_logging
 from app.settings import get_settings
@@ -33,5 +34,6 @@ def create_app() -> FastAPI:
     errors.install(application)
     application.include_router(jobs.router)
     application.include_router(health.router)
+    application.include_router(dashboard_router)
     application.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes)
     return application

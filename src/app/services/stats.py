@@ -87,3 +87,77 @@ async def workers(conn: AsyncConnection, limit: int = 100) -> list[dict[str, Any
     window = settings.heartbeat_seconds * settings.heartbeat_liveness_intervals
     rows = (await conn.execute(WORKERS, {"window": window, "limit": limit})).mappings().all()
     return [dict(row) for row in rows]
+
+# --- bounded counts for the dashboard: a refresh costs the same with any ledger size ---
+
+# Up to this many jobs per state are counted exactly (an index-only scan that stops at the
+# cap); a state with more shows the planner's estimate, which is what an operator needs at
+# that size and costs a catalog lookup instead of a scan of the whole ledger.
+EXACT_COUNT_CAP = 10_000
+
+CAPPED_COUNTS_BY_STATE = text(
+    """
+    SELECT s.state, c.n FROM unnest(CAST(:states AS text[])) AS s(state)
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM (SELECT 1 FROM jobs WHERE jobs.state = s.state LIMIT :cap) AS capped
+    ) AS c
+    """
+)
+
+DEAD_BY_TASK = text(
+    """
+    SELECT task, count(*) AS jobs FROM jobs WHERE state = 'dead'
+    GROUP BY task ORDER BY count(*) DESC, task LIMIT :limit
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StateCount:
+    count: int
+    exact: bool
+
+
+async def counts_by_state_bounded(
+    conn: AsyncConnection, exact_up_to: int = EXACT_COUNT_CAP
+) -> dict[str, StateCount]:
+    """Jobs per state: exact up to `exact_up_to`, the planner's estimate above it."""
+    states = [state.value for state in JobState]
+    rows = (await conn.execute(CAPPED_COUNTS_BY_STATE, {"states": states, "cap": exact_up_to + 1})).all()
+    counts: dict[str, StateCount] = {}
+    for state, count in rows:
+        if int(count) <= exact_up_to:
+            counts[str(state)] = StateCount(int(count), exact=True)
+        else:
+            estimate = await _estimated_rows(conn, str(state))
+            counts[str(state)] = StateCount(max(estimate, exact_up_to + 1), exact=False)
+    return counts
+
+
+async def _estimated_rows(conn: AsyncConnection, state: str) -> int:
+    # EXPLAIN takes no bind parameters; the state is one of JobState's literals, never input.
+    assert state in {s.value for s in JobState}
+    plan = await conn.execute(text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM jobs WHERE state = '{state}'"))
+    return int(plan.scalar_one()[0]["Plan"]["Plan Rows"])
+
+
+async def dead_by_task(conn: AsyncConnection, limit: int = 100) -> dict[str, int]:
+    """Dead jobs per task, most first; costs as much as there are dead jobs."""
+    rows = (await conn.execute(DEAD_BY_TASK, {"limit": limit})).all()
+    return {str(row.task): int(row.jobs) for row in rows}
+
+
+THROUGHPUT_SINCE = text(
+    """
+    SELECT date_trunc('minute', finished_at) AS minute, state, count(*) AS jobs FROM jobs
+    WHERE finished_at >= :since
+    GROUP BY 1, 2 ORDER BY 1
+    """
+)
+
+
+async def throughput_since(conn: AsyncConnection, since: datetime) -> list[MinuteCount]:
+    """Jobs finished per minute and state from `since` on (an index range scan)."""
+    rows = (await conn.execute(THROUGHPUT_SINCE, {"since": since})).all()
+    return [MinuteCount(r.minute, r.state, int(r.jobs)) for r in rows]
+

@@ -1,0 +1,13 @@
+"""The web dashboard at /dashboard: server-rendered pages over the ledger, kept live by htmx."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.dashboard import actions, pages
+
+router = APIRouter()
+router.include_router(pages.router)
+router.include_router(actions.router)
+
+__all__ = ["router"]

@@ -1,0 +1,180 @@
+"""The dashboard's pages and the fragments htmx polls to keep them current.
+
+Every query here uses an index and reads a bounded number of rows, so a refresh costs
+the same with a hundred jobs in the ledger or a hundred thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.responses import FileResponse
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import ReadDep
+from app.dashboard.queues import queue_depths
+from app.dashboard.rendering import query, render
+from app.dashboard.throughput import minute_counts
+from app.dashboard.views import HERE, throughput_chart
+from app.db.schema import TERMINAL_STATES, JobState
+from app.errors import JobNotFound
+from app.registry import public_tasks
+from app.services import jobs as service
+from app.services import stats
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+
+PAGE_SIZE = 50
+RUNNING_SHOWN = 10
+STATIC = {path.name: path for path in (HERE / "static").iterdir() if path.is_file()}
+TaskFilter = Annotated[str, Query(max_length=200)]
+CursorParam = Annotated[str, Query(max_length=200)]
+
+
+async def overview_context(request: Request, conn: AsyncConnection) -> dict[str, Any]:
+    broker = asyncio.ensure_future(run_in_threadpool(queue_depths))
+    counts = await stats.counts_by_state_bounded(conn)
+    now = await service.now(conn)
+    throughput = await minute_counts(request.app).last_hour(conn, now)
+    workers = await stats.workers(conn, limit=50)
+    running, _ = await service.page(conn, state=JobState.RUNNING, limit=RUNNING_SHOWN)
+    return {
+        "counts": counts,
+        "backlog": await stats.outbox_backlog(conn),
+        "oldest_waiting": await stats.oldest_waiting_seconds(conn),
+        "chart": throughput_chart(throughput, now),
+        "workers": workers,
+        "live_workers": sum(1 for w in workers if w["live"]),
+        "running": running,
+        "broker": await broker,
+    }
+
+
+@router.get("")
+async def overview(request: Request, conn: ReadDep) -> Response:
+    return render(request, "overview.html", {"nav": "overview", **await overview_context(request, conn)})
+
+
+@router.get("/fragments/overview")
+async def overview_fragment(request: Request, conn: ReadDep) -> Response:
+    return render(request, "_overview.html", await overview_context(request, conn), page=False)
+
+
+def _state(value: str) -> JobState | None:
+    if not value:
+        return None
+    try:
+        return JobState(value)
+    except ValueError:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown state {value!r}") from None
+
+
+async def jobs_context(
+    conn: AsyncConnection, state: str, task: str, cursor: str, *, dead_only: bool = False
+) -> dict[str, Any]:
+    chosen = JobState.DEAD if dead_only else _state(state)
+    try:
+        rows, next_cursor = await service.page(
+            conn, state=chosen, task=task or None, limit=PAGE_SIZE, cursor=cursor or None
+        )
+    except ValueError:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "invalid cursor") from None
+    filters = {"state": "" if dead_only else chosen or "", "task": task}
+    return {
+        "rows": rows,
+        "filters": filters,
+        "cursor": cursor,
+        "this_query": query(**filters, cursor=cursor),
+        "next_query": query(**filters, cursor=next_cursor) if next_cursor else None,
+        "first_query": query(**filters),
+        "tasks": sorted(spec.name for spec in public_tasks()),
+        "states": [s.value for s in JobState],
+    }
+
+
+@router.get("/jobs")
+async def jobs_page(
+    request: Request, conn: ReadDep, state: str = "", task: TaskFilter = "", cursor: CursorParam = ""
+) -> Response:
+    context = await jobs_context(conn, state, task, cursor)
+    context["counts"] = await stats.counts_by_state_bounded(conn)
+    return render(request, "jobs.html", {"nav": "jobs", **context})
+
+
+@router.get("/fragments/jobs")
+async def jobs_fragment(
+    request: Request, conn: ReadDep, state: str = "", task: TaskFilter = "", cursor: CursorParam = ""
+) -> Response:
+    return render(request, "_jobs.html", await jobs_context(conn, state, task, cursor), page=False)
+
+
+async def job_context(conn: AsyncConnection, job_id: UUID) -> dict[str, Any]:
+    job = await service.get(conn, job_id)
+    return {
+        "job": job,
+        "attempts": await service.attempts_of(conn, job_id),
+        "terminal": job.state in TERMINAL_STATES,
+        "can_replay": job.state == JobState.DEAD,
+        "can_cancel": job.state in (JobState.QUEUED, JobState.RETRYING),
+    }
+
+
+@router.get("/jobs/{job_id}")
+async def job_page(request: Request, conn: ReadDep, job_id: UUID) -> Response:
+    try:
+        context = await job_context(conn, job_id)
+    except JobNotFound:
+        return render(request, "missing.html", {"nav": "jobs", "job_id": job_id}, status_code=404)
+    return render(request, "job.html", {"nav": "jobs", **context})
+
+
+@router.get("/fragments/jobs/{job_id}")
+async def job_fragment(request: Request, conn: ReadDep, job_id: UUID) -> Response:
+    try:
+        context = await job_context(conn, job_id)
+    except JobNotFound:
+        return render(request, "missing.html", {"job_id": job_id}, page=False, status_code=404)
+    return render(request, "_job.html", context, page=False)
+
+
+async def dead_context(conn: AsyncConnection, task: str, cursor: str) -> dict[str, Any]:
+    context = await jobs_context(conn, "", task, cursor, dead_only=True)
+    by_task = await stats.dead_by_task(conn)
+    return {**context, "by_task": by_task, "total": sum(by_task.values())}
+
+
+@router.get("/dead")
+async def dead_page(
+    request: Request, conn: ReadDep, task: TaskFilter = "", cursor: CursorParam = ""
+) -> Response:
+    return render(request, "dead.html", {"nav": "dead", **await dead_context(conn, task, cursor)})
+
+
+@router.get("/fragments/dead")
+async def dead_fragment(
+    request: Request, conn: ReadDep, task: TaskFilter = "", cursor: CursorParam = ""
+) -> Response:
+    return render(request, "_dead.html", await dead_context(conn, task, cursor), page=False)
+
+
+@router.get("/dead/confirm")
+async def confirm_bulk(
+    request: Request, conn: ReadDep, action: Literal["replay", "discard"], task: TaskFilter = ""
+) -> Response:
+    by_task = await stats.dead_by_task(conn)
+    count = by_task.get(task, 0) if task else sum(by_task.values())
+    context = {"nav": "dead", "action": action, "task": task, "count": count}
+    return render(request, "confirm.html", context)
+
+
+@router.get("/static/{name}")
+async def static_file(name: str) -> FileResponse:
+    path = STATIC.get(name)
+    if path is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no static file {name!r}")
+    # Pages link assets with ?v=<mtime>, so a long cache never serves a stale file.
+    return FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})

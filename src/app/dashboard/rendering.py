@@ -1,0 +1,89 @@
+"""Rendering pages and fragments, and the one-shot notice an action leaves for the next page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+from fastapi import Request, Response
+
+from app.dashboard.security import harden
+from app.dashboard.views import make_templates
+from app.db.schema import JobState
+
+templates = make_templates()
+
+NOTICE_COOKIE = "conveyor_notice"
+DASHBOARD = "/dashboard"
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """What an action did, carried to the page it redirects to. Only codes travel, never text."""
+
+    kind: str
+    count: int = 0
+    state: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.kind != "refused"
+
+    def text(self) -> str:
+        jobs = "job" if self.count == 1 else "jobs"
+        if self.kind == "replayed":
+            return f"Replayed {self.count:,} {jobs}: queued again, with their history kept."
+        if self.kind == "discarded":
+            return f"Discarded {self.count:,} dead {jobs} and their history."
+        if self.kind == "cancelled":
+            return "Cancelled the job: it will not run."
+        return f"Nothing done: the job is {self.state or 'gone'} now."
+
+    def encode(self) -> str:
+        return quote(f"{self.kind}|{self.count}|{self.state}")
+
+    @classmethod
+    def decode(cls, raw: str) -> Notice | None:
+        kind, _, rest = unquote(raw).partition("|")
+        count, _, state = rest.partition("|")
+        valid_state = state == "" or state in {s.value for s in JobState}
+        if kind not in {"replayed", "discarded", "cancelled", "refused"} or not count.isdigit():
+            return None
+        return cls(kind, int(count), state) if valid_state else None
+
+
+def render(
+    request: Request, template: str, context: dict[str, Any], *, page: bool = True, status_code: int = 200
+) -> Response:
+    """A full page (which also shows and clears a pending notice) or a fragment for htmx."""
+    notice = Notice.decode(request.cookies.get(NOTICE_COOKIE, "")) if page else None
+    response = templates.TemplateResponse(
+        request, template, {**context, "notice": notice}, status_code=status_code
+    )
+    if page and NOTICE_COOKIE in request.cookies:
+        response.delete_cookie(NOTICE_COOKIE, path=DASHBOARD)
+    return harden(response)
+
+
+def leave_notice(response: Response, notice: Notice) -> None:
+    response.set_cookie(
+        NOTICE_COOKIE, notice.encode(), max_age=60, path=DASHBOARD, httponly=True, samesite="strict"
+    )
+
+
+def query(**params: str | None) -> str:
+    """`?a=1&b=2` from the parameters that have a value; '' when none has."""
+    kept = {key: value for key, value in params.items() if value}
+    return "?" + urlencode(kept) if kept else ""
+
+
+def safe_next(target: str | None, default: str) -> str:
+    """A redirect target inside the dashboard; anything else (another host, a scheme) is ignored."""
+    if not target:
+        return default
+    parts = urlsplit(target)
+    inside = parts.path == DASHBOARD or parts.path.startswith(DASHBOARD + "/")
+    if parts.scheme or parts.netloc or not inside or "\\" in target:
+        return default
+    return target

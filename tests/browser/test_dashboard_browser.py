@@ -1,0 +1,96 @@
+"""The dashboard in a real browser against the real processes (api, relay, worker)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import BrowserErrors
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.browser
+
+FLAKY = "app.tasks.example.flaky"
+ECHO = "app.tasks.example.echo"
+SLEEP = "app.tasks.example.sleep"
+
+
+def test_an_operator_sees_a_dead_job_replays_it_and_watches_it_succeed(
+    stack: Stack, page: Page, browser_errors: BrowserErrors
+) -> None:
+    # flaky counts attempts over every run: it fails its 5 attempts, and its replay succeeds.
+    job_id = stack.post_job(FLAKY, {"fail_times": 5})
+    stack.wait_for([job_id], states={"dead"})
+
+    page.goto(f"{stack.base_url}/dashboard")
+    expect(page.locator('[data-state="dead"]')).to_have_text("1")
+    page.get_by_role("link", name=re.compile("^dead")).click()
+
+    expect(page).to_have_url(f"{stack.base_url}/dashboard/dead")
+    row = page.locator(f'tr[data-job="{job_id}"]')
+    expect(row).to_contain_text("flaky: failure 5 of 5")
+    expect(row).to_contain_text("5/5")
+    row.get_by_role("button", name="Replay").click()
+
+    expect(page.get_by_role("status")).to_have_text(re.compile("Replayed 1 job"))
+    expect(page.locator(f'tr[data-job="{job_id}"]')).to_have_count(0)
+
+    page.get_by_role("navigation", name="Dashboard").get_by_role("link", name="Jobs").click()
+    listed = page.locator(f'tr[data-job="{job_id}"]')
+    expect(listed.locator(".badge")).to_have_text("succeeded", timeout=30_000)
+
+    listed.get_by_role("link").click()
+    expect(page.locator("#job")).to_have_attribute("data-state", "succeeded")
+    expect(page.locator(".attempts tbody tr")).to_have_count(6)
+    expect(page.locator(".attempts tbody tr").last).to_contain_text("succeeded")
+    expect(page.get_by_text("(run 2, replayed 1 time)")).to_be_visible()
+    assert stack.job(job_id)["state"] == "succeeded"
+    assert browser_errors == []
+
+
+def test_every_page_renders_live_without_script_errors(
+    stack: Stack, page: Page, browser_errors: BrowserErrors, screenshots: Path
+) -> None:
+    running = stack.post_job(SLEEP, {"seconds": 10})
+    for message in ("hello", "world", "again"):
+        stack.post_job(ECHO, {"message": message})
+    dead = [stack.post_job(FLAKY, {"fail_times": 5}) for _ in range(2)]
+    dead.append(stack.post_job(FLAKY, {"fail_times": 1, "permanent": True}))
+    stack.post_job(ECHO, {"message": "later"}, delay_seconds=3600)
+    replayed = stack.post_job(FLAKY, {"fail_times": 5})
+    stack.wait_for([*dead, replayed], states={"dead"})
+    with stack.client() as client:
+        assert client.post(f"/api/v1/jobs/{replayed}/replay").status_code == 202
+    stack.wait_for([replayed, running], states={"succeeded", "running"})
+
+    page.goto(f"{stack.base_url}/dashboard")
+    expect(page.locator('[data-vital="workers"]')).to_have_text("1 live")
+    expect(page.locator('[data-state="dead"]')).to_have_text("3")
+    # The overview polls: the running job's progress rises without a reload.
+    bar = page.locator(f'a[href="/dashboard/jobs/{running}"]').locator("xpath=../..").locator("progress")
+    expect(bar).to_have_attribute("value", re.compile(r"^[1-9]\d*$"), timeout=10_000)
+    assert page.evaluate("typeof window.htmx") == "object"
+    page.screenshot(path=str(screenshots / "overview.png"), full_page=True)
+
+    page.goto(f"{stack.base_url}/dashboard/jobs")
+    expect(page.locator("tr[data-job]")).to_have_count(9)
+    page.screenshot(path=str(screenshots / "jobs.png"), full_page=True)
+
+    page.goto(f"{stack.base_url}/dashboard/jobs/{replayed}")
+    expect(page.locator(".attempts tbody tr")).to_have_count(6)
+    page.screenshot(path=str(screenshots / "job.png"), full_page=True)
+
+    page.goto(f"{stack.base_url}/dashboard/dead")
+    expect(page.locator("tr[data-job]")).to_have_count(3)
+    page.screenshot(path=str(screenshots / "dead-letters.png"), full_page=True)
+
+    page.get_by_role("link", name="Replay all…").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Replay 3 dead jobs?")
+    page.screenshot(path=str(screenshots / "confirm.png"), full_page=True)
+    page.get_by_role("button", name="Yes, replay them").click()
+    expect(page.get_by_role("status")).to_have_text(re.compile("Replayed 3 jobs"))
+    stack.wait_for(dead, states={"succeeded"})
+    assert browser_errors == []
