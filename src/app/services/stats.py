@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -88,6 +89,7 @@ async def workers(conn: AsyncConnection, limit: int = 100) -> list[dict[str, Any
     rows = (await conn.execute(WORKERS, {"window": window, "limit": limit})).mappings().all()
     return [dict(row) for row in rows]
 
+
 # --- bounded counts for the dashboard: a refresh costs the same with any ledger size ---
 
 # Up to this many jobs per state are counted exactly (an index-only scan that stops at the
@@ -161,3 +163,81 @@ async def throughput_since(conn: AsyncConnection, since: datetime) -> list[Minut
     rows = (await conn.execute(THROUGHPUT_SINCE, {"since": since})).all()
     return [MinuteCount(r.minute, r.state, int(r.jobs)) for r in rows]
 
+
+# -- operator queries of the metrics and the CLI (each is bounded by an index or a small set) ---
+
+OLDEST_DUE = text(
+    """
+    SELECT extract(epoch FROM now() - min(available_at)) FROM jobs
+    WHERE state IN ('queued', 'retrying') AND available_at <= now()
+    """
+)
+
+LIVE_WORKERS = text(
+    """
+    SELECT count(*) FROM workers
+    WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => :window)
+    """
+)
+
+COUNT_DEAD = text(
+    "SELECT count(*) FROM jobs WHERE state = 'dead' AND (CAST(:task AS text) IS NULL OR task = :task)"
+)
+
+DEAD_LETTERS = text(
+    """
+    SELECT id, queue, created_at FROM jobs
+    WHERE state = 'dead' AND (CAST(:task AS text) IS NULL OR task = :task)
+      AND (CAST(:after_created AS timestamptz) IS NULL
+           OR (created_at, id) > (CAST(:after_created AS timestamptz), CAST(:after_id AS uuid)))
+    ORDER BY created_at, id LIMIT :limit
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: UUID
+    queue: str
+    created_at: datetime
+
+
+async def oldest_due_seconds(conn: AsyncConnection) -> float | None:
+    """How long the job that has waited longest since it became due (queued or retrying) has waited.
+
+    Unlike `oldest_waiting_seconds` it counts from `available_at`, so a delayed job does not
+    count before its time and a replayed job counts from its replay, not from its creation.
+    """
+    value = (await conn.execute(OLDEST_DUE)).scalar()
+    return None if value is None else max(0.0, float(value))
+
+
+def liveness_window_seconds() -> float:
+    settings = get_settings()
+    return settings.heartbeat_seconds * settings.heartbeat_liveness_intervals
+
+
+async def live_workers(conn: AsyncConnection) -> int:
+    return int((await conn.execute(LIVE_WORKERS, {"window": liveness_window_seconds()})).scalar_one())
+
+
+async def count_dead(conn: AsyncConnection, task: str | None = None) -> int:
+    return int((await conn.execute(COUNT_DEAD, {"task": task})).scalar_one())
+
+
+async def dead_letters(
+    conn: AsyncConnection,
+    *,
+    task: str | None = None,
+    after: DeadLetter | None = None,
+    limit: int = 500,
+) -> list[DeadLetter]:
+    """Dead jobs oldest first, keyset-paged: a bulk operation walks them once, in chunks."""
+    params = {
+        "task": task,
+        "after_created": after.created_at if after else None,
+        "after_id": after.id if after else None,
+        "limit": limit,
+    }
+    rows = (await conn.execute(DEAD_LETTERS, params)).all()
+    return [DeadLetter(row.id, row.queue, row.created_at) for row in rows]
