@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     worker_processes: int = Field(default=1, ge=1)
     worker_threads: int = Field(default=8, ge=1)
     worker_prefetch: int = Field(default=0, ge=0)
-    worker_metrics_port: int = 9191
+    worker_metrics_port: int = 9191  # 0: no exporter
+    worker_metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, to be scraped
     worker_shutdown_seconds: float = 30.0
 
     db_pool_size: int = 10

@@ -22,6 +22,7 @@ from dramatiq.middleware import (
 
 from app.logs import configure_logging
 from app.settings import get_settings
+from app.worker_exporter import WorkerExporter
 from app.worker_middleware import LedgerMiddleware
 
 # RabbitMQ priority queues must be declared with their maximum up front; 0-9 like the API.
@@ -36,6 +37,7 @@ def build_broker(url: str) -> Broker:
         Pipelines(),
         CurrentMessage(),
         LedgerMiddleware(),
+        WorkerExporter(),
     ]
     if url.startswith("stub"):
         return StubBroker(middleware=middleware)
