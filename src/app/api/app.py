@@ -10,6 +10,7 @@ from fastapi import FastAPI
 import app.tasks  # noqa: F401  (registers the public tasks the API accepts)
 from app.api import errors, health, jobs
 from app.api.guard import BodyGuard
+from app.api.metrics import HttpMetrics
 from app.dashboard import router as dashboard_router
 from app.db.engine import dispose_async_engines
 from app.logs import configure_logging
@@ -36,4 +37,5 @@ def create_app() -> FastAPI:
     application.include_router(health.router)
     application.include_router(dashboard_router)
     application.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes)
+    application.add_middleware(HttpMetrics)  # outermost: counts what the guard refuses too
     return application

@@ -7,9 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import health
+from app.api.metrics import render_metrics
 from app.registry import all_tasks
 
 router = APIRouter(tags=["health"])
@@ -40,6 +41,11 @@ async def ready() -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+)
 async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # The ledger and broker gauges query at scrape time, with timeouts: off the event loop.
+    return Response(await asyncio.to_thread(render_metrics), media_type=CONTENT_TYPE_LATEST)
