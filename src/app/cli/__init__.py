@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import load, serve
+from app.cli import load, ops, serve
 
 cli = typer.Typer(
     name="conveyor",
@@ -14,6 +14,7 @@ cli = typer.Typer(
 )
 serve.register(cli)
 load.register(cli)
+ops.register(cli)
 
 
 def main() -> None:
