@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Dialog, Page, expect
 
 from tests.browser.conftest import BrowserErrors
 from tests.support.stack import Stack
@@ -87,10 +87,22 @@ def test_every_page_renders_live_without_script_errors(
     expect(page.locator("tr[data-job]")).to_have_count(3)
     page.screenshot(path=str(screenshots / "dead-letters.png"), full_page=True)
 
+    asked: list[str] = []
+
+    def accept(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    page.locator(f'tr[data-job="{dead[2]}"]').get_by_role("button", name="Discard").click()
+    expect(page.get_by_role("status")).to_have_text(re.compile("Discarded 1 dead job"))
+    assert asked == ["Discard this dead job and its history for good?"]
+    expect(page.locator("tr[data-job]")).to_have_count(2)
+
     page.get_by_role("link", name="Replay all…").click()
-    expect(page.get_by_role("heading", level=1)).to_have_text("Replay 3 dead jobs?")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Replay 2 dead jobs?")
     page.screenshot(path=str(screenshots / "confirm.png"), full_page=True)
     page.get_by_role("button", name="Yes, replay them").click()
-    expect(page.get_by_role("status")).to_have_text(re.compile("Replayed 3 jobs"))
-    stack.wait_for(dead, states={"succeeded"})
+    expect(page.get_by_role("status")).to_have_text(re.compile("Replayed 2 jobs"))
+    stack.wait_for(dead[:2], states={"succeeded"})
     assert browser_errors == []
