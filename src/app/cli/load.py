@@ -14,15 +14,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from app.settings import get_settings
+# httpx and Rich load on use: `conveyor health` runs every few seconds in each container.
+if TYPE_CHECKING:
+    import httpx
+    from rich.progress import Progress
+    from rich.table import Table
 
 ECHO_TASK = "app.tasks.example.echo"
 TERMINAL_STATES = ("succeeded", "dead", "cancelled")
@@ -117,6 +117,8 @@ def summarize(
 
 
 def render(summary: Summary) -> Table:
+    from rich.table import Table
+
     def ms(values: Sequence[float]) -> str:
         return " / ".join(f"{percentile(values, q) * 1000:.0f}" for q in (50, 95, 99))
 
@@ -149,6 +151,8 @@ async def post_jobs(
     progress: Progress,
 ) -> PostResult:
     """POST `jobs` jobs, job i at start + i/rate, never more than `concurrency` in flight."""
+    import httpx
+
     result = PostResult()
     bar = progress.add_task("posting", total=jobs)
     slots = asyncio.Semaphore(concurrency)
@@ -239,6 +243,8 @@ async def await_terminal(
     progress: Progress,
 ) -> dict[str, Outcome]:
     """Poll the API until every job is terminal or `wait_seconds` pass; the jobs that ended."""
+    import httpx
+
     pending = set(job_ids)
     found: dict[str, Outcome] = {}
     bar = progress.add_task("terminal", total=len(pending))
@@ -267,6 +273,10 @@ async def run(
     concurrency: int,
     wait_seconds: float,
 ) -> Summary:
+    import httpx
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     since = time.time() - CLOCK_SLACK_SECONDS
     started = time.monotonic()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -307,6 +317,10 @@ def loadtest(
             raise typer.BadParameter(f"not JSON: {error}", param_hint="--payload") from None
     if not isinstance(body, dict):
         raise typer.BadParameter("must be a JSON object", param_hint="--payload")
+    from rich.console import Console
+
+    from app.settings import get_settings
+
     base = (api or get_settings().api_base_url).rstrip("/")
     summary = asyncio.run(run(base, task, body, jobs, rate, concurrency, timeout))
     Console().print(render(summary))
