@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from dramatiq.common import xq_name
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import Connection, text
 
 from app import health
 from app.db.schema import JobState
 from app.logs import get_logger
 from app.services.stats import (
-    COUNTS_BY_STATE,
+    CAPPED_COUNTS_BY_STATE,
     LIVE_WORKERS,
     OLDEST_DUE,
     OUTBOX_BACKLOG,
@@ -33,6 +34,9 @@ log = get_logger("conveyor.metrics")
 
 # Scrapes are seconds apart; answers this young are as good as new.
 LEDGER_CACHE_SECONDS = 1.0
+# Counting a state stops here (about 50 ms of index scan on 2 cores); above it the gauge
+# is the planner's estimate, which is what a state this large needs.
+EXACT_UP_TO = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +49,35 @@ class LedgerSnapshot:
 
 def read_ledger(database_url: str) -> LedgerSnapshot:
     with health.probe_engine(database_url).connect() as conn:
-        states = {state.value: 0 for state in JobState}
-        for state, count in conn.execute(COUNTS_BY_STATE).all():
-            states[str(state)] = int(count)
+        states = count_states(conn)
         backlog = int(conn.execute(OUTBOX_BACKLOG).scalar_one())
         oldest = conn.execute(OLDEST_DUE).scalar()
         live = int(conn.execute(LIVE_WORKERS, {"window": liveness_window_seconds()}).scalar_one())
     return LedgerSnapshot(states, backlog, max(0.0, float(oldest or 0.0)), live)
+
+
+def count_states(conn: Connection, exact_up_to: int = EXACT_UP_TO) -> dict[str, int]:
+    """Jobs per state: exact up to `exact_up_to`, the planner's estimate above it.
+
+    A count stops at the cap (an index scan of at most that many entries per state), so a
+    scrape costs the same with ten million finished jobs as with a hundred thousand.
+    """
+    names = [state.value for state in JobState]
+    rows = conn.execute(CAPPED_COUNTS_BY_STATE, {"states": names, "cap": exact_up_to + 1}).all()
+    counts = {str(state): int(count) for state, count in rows}
+    for state, count in counts.items():
+        if count > exact_up_to:
+            counts[state] = max(_estimated_rows(conn, state), count)
+    return counts
+
+
+def _estimated_rows(conn: Connection, state: str) -> int:
+    # EXPLAIN takes no bind parameters; the state is one of JobState's values, never input.
+    assert state in {s.value for s in JobState}
+    plan = conn.execute(
+        text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM jobs WHERE state = '{state}'")
+    ).scalar_one()
+    return int(plan[0]["Plan"]["Plan Rows"])
 
 
 def ledger_probe(database_url: str) -> health.Probe[LedgerSnapshot]:
@@ -106,7 +132,11 @@ def _outcome(future: Future[health.T], source: str) -> health.T | None:
 
 
 def _ledger_metrics(snapshot: LedgerSnapshot) -> Iterator[Metric]:
-    jobs = GaugeMetricFamily("conveyor_jobs", "Jobs in the ledger, by state", labels=["state"])
+    jobs = GaugeMetricFamily(
+        "conveyor_jobs",
+        f"Jobs in the ledger, by state (exact up to {EXACT_UP_TO}, estimated above)",
+        labels=["state"],
+    )
     for state, count in sorted(snapshot.jobs_by_state.items()):
         jobs.add_metric([state], float(count))
     yield jobs

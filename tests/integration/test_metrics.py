@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from app import health
-from app.settings import Settings
+from app.settings import Settings, get_settings
 from app.state_metrics import StateCollector
 from tests.support.exposition import UUID_PATTERN, Samples, parse, value
 from tests.support.infra import Infra, free_port
@@ -134,3 +134,17 @@ def test_a_hung_broker_holds_a_scrape_no_longer_than_the_probe_timeout(
         assert time.monotonic() - started < 1.5
     assert value(samples, "conveyor_metrics_source_up", source="broker") == 0
     assert value(samples, "conveyor_metrics_source_up", source="ledger") == 1
+
+
+def test_state_counts_are_exact_up_to_the_cap_and_estimated_above_it(clean_ledger: Infra) -> None:
+    from app.state_metrics import count_states
+
+    for _ in range(5):
+        insert_job(clean_ledger, state="succeeded")
+    insert_job(clean_ledger, state="dead")
+    with health.probe_engine(get_settings().database_url).connect() as conn:
+        exact = count_states(conn)
+        capped = count_states(conn, exact_up_to=2)
+    assert exact == {"queued": 0, "running": 0, "retrying": 0, "succeeded": 5, "dead": 1, "cancelled": 0}
+    assert capped["dead"] == 1
+    assert capped["succeeded"] > 2  # the planner's estimate, never below what was counted
