@@ -23,7 +23,7 @@ from dramatiq.broker import Broker
 from dramatiq.middleware import Middleware
 from dramatiq.worker import Worker
 
-from app.logs import get_logger
+from app.logs import configure_logging, get_logger
 from app.settings import get_settings
 
 log = get_logger("conveyor.worker.metrics")
@@ -85,6 +85,7 @@ def serve() -> int:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    configure_logging()
     settings = get_settings()
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(run_directory()))  # type: ignore[no-untyped-call]

@@ -61,7 +61,7 @@ def print_json(value: Any) -> None:
 
 def with_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """Run `work` against the ledger in a fresh event loop, with an engine of its own."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
@@ -83,6 +83,8 @@ def with_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except (OperationalError, InterfaceError) as error:
         fail(f"database unreachable: {first_line(error.orig or error)}")
+    except DBAPIError as error:  # e.g. not migrated: say so in one line, not a traceback
+        fail(f"database error: {first_line(error.orig or error)}")
 
 
 def task_spec(name: str) -> TaskSpec[Any]:
