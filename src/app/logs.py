@@ -18,6 +18,7 @@ def configure_logging() -> None:
         return
     _configured = True
     settings = get_settings()
+    level = settings.log_level.upper()
     as_json = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -35,7 +36,8 @@ def configure_logging() -> None:
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        # Filters below the level before any processor runs: a skipped line costs a call.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -50,15 +52,18 @@ def configure_logging() -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
+    root.setLevel(level)
     for noisy in ("pika", "httpx", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Dramatiq warns on every skipped message; here a skip is a normal outcome (a duplicate
+    # or a finished job), which the ledger middleware logs itself.
+    logging.getLogger("dramatiq.worker.WorkerThread").setLevel(logging.ERROR)
 
 
 def _identity(logger: object, name: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
     return event
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from app import ledger
 from app import worker_metrics as metrics
 from app.backoff import backoff_seconds
-from app.db.engine import sync_engine
+from app.db.engine import autocommit_engine, sync_engine
 from app.errors import LeaseLost, PermanentError
 from app.logs import get_logger
 from app.registry import get_task
@@ -228,7 +228,7 @@ class LedgerMiddleware(Middleware):
 
     def _write(self, fn: Callable[[Any], bool], ctx: JobContext) -> bool:
         def attempt() -> bool:
-            with sync_engine().begin() as conn:
+            with autocommit_engine().connect() as conn:
                 return fn(conn)
 
         try:
@@ -290,7 +290,7 @@ def _job_id_of(message: MessageProxy) -> UUID | None:
 
 
 def _claim(job_id: UUID, worker_id: str) -> ledger.Claim | None:
-    with sync_engine().begin() as conn:
+    with autocommit_engine().connect() as conn:
         return ledger.claim(conn, job_id, worker_id, get_settings().lease_seconds)
 
 

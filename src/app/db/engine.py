@@ -14,6 +14,7 @@ from app.settings import get_settings
 
 _sync: dict[str, Engine] = {}
 _async: dict[str, AsyncEngine] = {}
+_autocommit: dict[str, Engine] = {}
 
 
 def sync_engine(url: str | None = None) -> Engine:
@@ -27,6 +28,14 @@ def sync_engine(url: str | None = None) -> Engine:
             pool_recycle=1800,
         )
     return _sync[url]
+
+
+def autocommit_engine(url: str | None = None) -> Engine:
+    """The sync pool, for single statements that are transactions of their own (one round trip)."""
+    key = url or get_settings().database_url
+    if key not in _autocommit:
+        _autocommit[key] = sync_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    return _autocommit[key]
 
 
 def async_engine(url: str | None = None) -> AsyncEngine:
@@ -47,6 +56,7 @@ def dispose_sync_engines() -> None:
     for engine in _sync.values():
         engine.dispose(close=False)
     _sync.clear()
+    _autocommit.clear()
 
 
 async def dispose_async_engines() -> None:
