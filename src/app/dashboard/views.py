@@ -13,6 +13,7 @@ from markupsafe import Markup, escape
 from starlette.templating import Jinja2Templates
 
 from app.services.stats import MinuteCount, StateCount
+from app.settings import get_settings
 
 HERE = Path(__file__).parent
 TASK_PREFIX = "app.tasks."
@@ -59,8 +60,10 @@ def ago(moment: datetime | None) -> Markup:
     """A relative age, with the absolute time on hover and for machines."""
     if moment is None:
         return Markup('<span class="muted">—</span>')
-    return Markup('<time datetime="{}" title="{}">{}</time>').format(
-        moment.isoformat(), absolute_text(moment), age_text(moment, datetime.now(UTC))
+    # Every row has a few of these: plain escaping is several times faster than Markup.format.
+    iso, absolute = escape(moment.isoformat()), escape(absolute_text(moment))
+    return Markup(
+        f'<time datetime="{iso}" title="{absolute}">{escape(age_text(moment, datetime.now(UTC)))}</time>'
     )
 
 
@@ -172,7 +175,8 @@ def make_templates() -> Jinja2Templates:
         duration_text=duration_text,
         asset_version=_asset_version(),
     )
-    templates.env.filters["escape"] = escape
     templates.env.trim_blocks = True
     templates.env.lstrip_blocks = True
+    # Outside development the templates never change: skip checking their files on each render.
+    templates.env.auto_reload = get_settings().environment == "development"
     return templates
