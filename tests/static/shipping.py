@@ -14,7 +14,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
 import typer.main
 import yaml
 
@@ -66,13 +65,6 @@ def conveyor_cli() -> Any:
     from app.cli import cli
 
     return typer.main.get_command(cli)
-
-
-def needs_subcommand(name: str) -> pytest.MarkDecorator:
-    """Skip while a subcommand another change is adding is not part of the CLI yet."""
-    return pytest.mark.skipif(
-        name not in conveyor_cli().commands, reason=f"`conveyor {name}` is not part of the CLI yet"
-    )
 
 
 def parse_conveyor(args: list[str]) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from tests.static.shipping import (
     compose,
     compose_schema,
     healthcheck_argv,
-    needs_subcommand,
     options_of,
     parse_conveyor,
     service,
@@ -106,13 +105,11 @@ def test_api_worker_postgres_and_rabbitmq_have_healthchecks() -> None:
         assert healthcheck_argv(check["test"]), name
 
 
-@needs_subcommand("health")
 @pytest.mark.parametrize("name", ["api", "worker"])
 def test_the_app_healthchecks_are_real_conveyor_commands(name: str) -> None:
     parse_conveyor(healthcheck_argv(service(name)["healthcheck"]["test"]))
 
 
-@needs_subcommand("health")
 def test_the_worker_healthcheck_asks_about_the_worker() -> None:
     options = parse_conveyor(healthcheck_argv(service("worker")["healthcheck"]["test"]))
     assert str(options["component"]).rsplit(".", 1)[-1].lower() == "worker"

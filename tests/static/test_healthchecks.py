@@ -13,7 +13,6 @@ from tests.static.shipping import (
     DOCKERFILE,
     dockerfile_stages,
     healthcheck_argv,
-    needs_subcommand,
     service,
 )
 from tests.support.infra import Infra
@@ -22,9 +21,6 @@ from tests.support.stack import CONVEYOR, Stack
 pytestmark = pytest.mark.static
 
 CHECK_TIMEOUT_SECONDS = 30
-
-
-needs_conveyor_health = needs_subcommand("health")
 
 
 def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -48,7 +44,6 @@ def image_check() -> list[str]:
 
 
 @pytest.mark.e2e
-@needs_conveyor_health
 def test_the_api_worker_and_image_healthchecks_pass_against_a_running_stack(stack: Stack) -> None:
     for command in (compose_check("api"), compose_check("worker"), image_check()):
         result = run(command, stack_env(stack))
@@ -56,7 +51,6 @@ def test_the_api_worker_and_image_healthchecks_pass_against_a_running_stack(stac
 
 
 @pytest.mark.e2e
-@needs_conveyor_health
 def test_the_worker_healthcheck_fails_once_the_worker_has_stopped(stack: Stack) -> None:
     stack.processes["worker"].stop()
     result = run(compose_check("worker"), stack_env(stack))

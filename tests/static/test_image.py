@@ -14,7 +14,6 @@ from tests.static.shipping import (
     dockerfile_instructions,
     dockerfile_stages,
     dockerignore_excludes,
-    needs_subcommand,
     parse_conveyor,
     service,
 )
@@ -72,7 +71,6 @@ def test_the_final_stage_runs_as_an_unprivileged_user() -> None:
     assert user not in {"root", "0"}
 
 
-@needs_subcommand("health")
 def test_the_image_healthcheck_is_a_real_conveyor_command() -> None:
     checks = final().all("HEALTHCHECK")
     assert len(checks) == 1

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import yaml
 
 from app.settings import Settings
 from tests.static.shipping import DEPLOY, argv, parse_conveyor, service
+from tests.support.infra import Infra
 
 pytestmark = pytest.mark.static
 
@@ -112,3 +114,42 @@ def test_every_dashboard_panel_has_a_unique_id_and_a_title() -> None:
     ids = [panel["id"] for panel in panels]
     assert len(ids) == len(set(ids))
     assert all(panel["title"] for panel in panels)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)")
+def test_promtool_accepts_every_dashboard_query(tmp_path: Path) -> None:
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"conveyor:dashboard_query_{n}", "expr": expr}
+                    for n, expr in enumerate(dashboard_expressions())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+@pytest.mark.integration
+def test_every_metric_the_dashboard_queries_is_one_conveyor_exports(infra: Infra) -> None:
+    from prometheus_client import REGISTRY
+
+    import app.api.metrics
+    import app.worker_metrics  # the worker's exporter serves these
+
+    families = [*REGISTRY.collect(), *app.api.metrics.STATE.collect()]
+    exported = {
+        family.name + suffix for family in families for suffix in SAMPLE_SUFFIXES.get(family.type, ("",))
+    }
+    used = {name for expr in dashboard_expressions() for name in METRIC_NAME.findall(expr)}
+    assert used <= exported, used - exported
