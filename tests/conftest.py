@@ -83,7 +83,7 @@ def infra() -> Iterator[services.Infra]:
 def clean_ledger(infra: services.Infra) -> Iterator[services.Infra]:
     """An empty ledger and empty queues for the test."""
     _reset(infra)
-    yield infra
+    return infra
 
 
 def _reset(infra: services.Infra) -> None:

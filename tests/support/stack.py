@@ -101,7 +101,11 @@ class Stack:
         return self._process(name, ["relay"], env)
 
     def start_worker(
-        self, name: str = "worker", *, processes: int = 1, threads: int = 4,
+        self,
+        name: str = "worker",
+        *,
+        processes: int = 1,
+        threads: int = 4,
         env: dict[str, str] | None = None,
     ) -> Process:
         args = ["worker", "--processes", str(processes), "--threads", str(threads)]
