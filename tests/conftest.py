@@ -80,7 +80,7 @@ def infra() -> Iterator[services.Infra]:
 
 
 @pytest.fixture
-def clean_ledger(infra: services.Infra) -> Iterator[services.Infra]:
+def clean_ledger(infra: services.Infra) -> services.Infra:
     """An empty ledger and empty queues for the test."""
     _reset(infra)
     return infra
