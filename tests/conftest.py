@@ -56,13 +56,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def infra() -> Iterator[services.Infra]:
-    missing = [
-        name
-        for name, up in (("PostgreSQL", services.postgres_up), ("RabbitMQ", services.rabbitmq_up))
-        if not up()
-    ]
-    if missing:
-        message = f"{' and '.join(missing)} not reachable on 127.0.0.1 (run scripts/services.sh)"
+    problems = [p for p in (services.postgres_problem(), services.rabbitmq_problem()) if p]
+    if problems:
+        message = "; ".join(problems) + " (scripts/services.sh starts stopped local services)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

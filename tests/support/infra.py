@@ -39,20 +39,22 @@ def new_infra() -> Infra:
     return Infra(database=f"conveyor_test_{run}", vhost=f"conveyor_test_{run}")
 
 
-def postgres_up() -> bool:
+def postgres_problem() -> str | None:
+    """None when PostgreSQL answers; else why not."""
     try:
         psycopg.connect(PG_ADMIN, connect_timeout=3).close()
-        return True
-    except psycopg.Error:
-        return False
+        return None
+    except psycopg.Error as error:
+        return f"PostgreSQL on 127.0.0.1:5432: {str(error).strip().splitlines()[-1]}"
 
 
-def rabbitmq_up() -> bool:
+def rabbitmq_problem() -> str | None:
+    """None when RabbitMQ accepts connections; else why not."""
     try:
         socket.create_connection(AMQP_HOSTPORT, timeout=3).close()
-        return True
-    except OSError:
-        return False
+        return None
+    except OSError as error:
+        return f"RabbitMQ on 127.0.0.1:5672: {error}"
 
 
 def rabbitmqctl(*args: str) -> None:
