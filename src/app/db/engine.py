@@ -7,6 +7,8 @@ retry (the worker and relay retry ledger writes; the API answers 503).
 
 from __future__ import annotations
 
+import threading
+
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -15,18 +17,23 @@ from app.settings import get_settings
 _sync: dict[str, Engine] = {}
 _async: dict[str, AsyncEngine] = {}
 _autocommit: dict[str, Engine] = {}
+# A worker's threads all reach for the engine with their first message: without the lock
+# each made a pool of its own, and a hundred threads ran the server out of connections.
+_create_lock = threading.Lock()
 
 
 def sync_engine(url: str | None = None) -> Engine:
     settings = get_settings()
     url = url or settings.database_url
     if url not in _sync:
-        _sync[url] = create_engine(
-            url,
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_pool_size,
-            pool_recycle=1800,
-        )
+        with _create_lock:
+            if url not in _sync:
+                _sync[url] = create_engine(
+                    url,
+                    pool_size=settings.db_pool_size,
+                    max_overflow=settings.db_pool_size,
+                    pool_recycle=1800,
+                )
     return _sync[url]
 
 
@@ -34,7 +41,9 @@ def autocommit_engine(url: str | None = None) -> Engine:
     """The sync pool, for single statements that are transactions of their own (one round trip)."""
     key = url or get_settings().database_url
     if key not in _autocommit:
-        _autocommit[key] = sync_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+        engine = sync_engine(url)
+        with _create_lock:
+            _autocommit.setdefault(key, engine.execution_options(isolation_level="AUTOCOMMIT"))
     return _autocommit[key]
 
 
