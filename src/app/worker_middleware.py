@@ -23,7 +23,9 @@ import structlog
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.worker import Worker
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import ledger
 from app import worker_metrics as metrics
@@ -60,6 +62,7 @@ class LedgerMiddleware(Middleware):
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._queues: list[str] = []
+        self._beat_engine: Engine | None = None
 
     # -- process and worker life ---------------------------------------------------------
 
@@ -145,7 +148,10 @@ class LedgerMiddleware(Middleware):
         finally:
             set_current(None)
             with self._lock:
-                self._in_flight.pop(ctx.token.job_id, None)
+                # Only our own entry: after a lost lease this worker may be running the job's
+                # next attempt too, and that one's lease must go on being renewed.
+                if self._in_flight.get(ctx.token.job_id) is ctx:
+                    del self._in_flight[ctx.token.job_id]
                 self.processed += 1
             metrics.JOBS_IN_PROGRESS.labels(ctx.task, message.queue_name).dec()
             structlog.contextvars.clear_contextvars()
@@ -243,7 +249,7 @@ class LedgerMiddleware(Middleware):
         while True:
             try:
                 return fn()
-            except OperationalError:
+            except (OperationalError, PoolTimeout):  # the database is down, or busy everywhere
                 if time.monotonic() > deadline:
                     raise
                 log.warning(f"database unavailable during {what}; retrying", job_id=str(job_id))
@@ -266,7 +272,11 @@ class LedgerMiddleware(Middleware):
         with self._lock:
             job_ids = list(self._in_flight)
         settings = get_settings()
-        with sync_engine().begin() as conn:
+        if self._beat_engine is None:
+            # Lease renewal must never queue behind the task threads it protects: with the
+            # shared pool busy, leases of healthy jobs expired and their work was thrown away.
+            self._beat_engine = create_engine(settings.database_url, pool_size=1, max_overflow=0)
+        with self._beat_engine.begin() as conn:
             conn.execute(
                 ledger.UPSERT_WORKER,
                 {
