@@ -20,18 +20,20 @@ from tests.support.faults import (
 
 # The suite's lease (tests/conftest.py): a job not renewed for this long is handed back.
 LEASE_SECONDS = 3.0
+# A hundred task threads need more than the suite's two pooled connections.
+BIG_POOL = {"DB_POOL_SIZE": "5"}
 
 
 def test_a_sigkilled_worker_loses_no_job_and_doubles_no_effect(conveyor: Conveyor) -> None:
     ledger = conveyor.ledger
-    worker = conveyor.workers.start(threads=100)
+    worker = conveyor.workers.start(threads=100, env=BIG_POOL)
     ids = post_many(conveyor.base_url, EFFECT_TASK, [{"sleep_seconds": 4}] * 100)
     ledger.wait_until(lambda: ledger.running(ids) >= 90, timeout=40, what="90 jobs running at once")
 
     worker.kill()
     killed_mid_job = ledger.running(ids)
     assert killed_mid_job >= 90
-    conveyor.workers.start(threads=100)
+    conveyor.workers.start(threads=100, env=BIG_POOL)
     jobs = ledger.wait_terminal(ids, timeout=90)
 
     assert Counter(job["state"] for job in jobs.values()) == {"succeeded": 100}

@@ -16,13 +16,17 @@ soak runs, and a production ledger should not carry it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.db.engine import sync_engine
 from app.logs import get_logger
@@ -35,6 +39,9 @@ log = get_logger("conveyor.diagnostics")
 EFFECTS_TABLE = "diagnostic_effects"
 # Exit status of a worker process that a diagnostics task ended on purpose.
 CRASH_EXIT_CODE = 86
+# How long a diagnostics task keeps retrying its own writes while the database refuses
+# connections: the fault tests measure the pipeline, not how busy a shared server is.
+WRITE_RETRY_SECONDS = 30.0
 # Serialises CREATE TABLE IF NOT EXISTS across worker processes (it races otherwise).
 _DDL_LOCK_KEY = 0x636F6E76  # "conv"
 
@@ -78,8 +85,7 @@ def effect(payload: EffectPayload, job: JobContext) -> dict[str, Any]:
     """Write one effect row in the job's fenced transaction: exactly once per succeeded job."""
     _record(job, "started")
     _sleep(payload, job)
-    with job.transaction() as conn:
-        _insert(conn, job, "effect")
+    _retrying(lambda: _insert_in_transaction(job), undo=lambda: _forget_effects(job))
     _maybe_crash(payload, job)
     return {"attempt": job.attempt, "pid": os.getpid()}
 
@@ -112,13 +118,48 @@ def _maybe_crash(payload: EffectPayload, job: JobContext) -> None:
 
 
 def _record(job: JobContext, kind: str) -> None:
-    _ensure_table()
-    with sync_engine().begin() as conn:
-        _insert(conn, job, kind)
+    # Before taking a connection: waiting for a second one while holding the first
+    # deadlocks a pool that every task thread is doing the same with.
+    _retrying(_ensure_table)
+
+    def write() -> None:
+        with sync_engine().begin() as conn:
+            _insert(conn, job, kind)
+
+    _retrying(write)
+
+
+def _insert_in_transaction(job: JobContext) -> None:
+    with job.transaction() as conn:
+        _insert(conn, job, "effect")
+
+
+def _forget_effects(job: JobContext) -> None:
+    """Drop a transaction whose connection broke; the next try opens a new one."""
+    conn, job.effects = job.effects, None
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def _retrying(write: Callable[[], None], undo: Callable[[], None] | None = None) -> None:
+    deadline = time.monotonic() + WRITE_RETRY_SECONDS
+    pause = 0.1
+    while True:
+        try:
+            write()
+            return
+        except (OperationalError, PoolTimeout):
+            if undo is not None:
+                with contextlib.suppress(Exception):
+                    undo()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
 
 
 def _insert(conn: Connection, job: JobContext, kind: str) -> None:
-    _ensure_table()
     params = {
         "job_id": job.token.job_id,
         "run": job.token.run,
