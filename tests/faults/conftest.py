@@ -87,6 +87,6 @@ def conveyor(base_stack: Stack, infra: Infra, rabbit_proxy: TcpProxy) -> Iterato
         yield Conveyor(base_stack, infra, rabbit_proxy, ledger, workers)
     finally:
         rabbit_proxy.restore()
-        workers.stop_all()
+        workers.kill_all()  # the test is over: nothing left to finish gracefully
         for name in [n for n in base_stack.processes if n.startswith("worker-")]:
             del base_stack.processes[name]

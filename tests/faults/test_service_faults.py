@@ -77,10 +77,10 @@ def test_rabbitmq_restarting_three_times_under_load_loses_no_job_and_doubles_no_
     poster = Poster(conveyor.base_url, short_job, RATE).start()
     try:
         for mode in modes:
-            time.sleep(3)
+            time.sleep(2)
             with faults.rabbitmq_down(mode):
-                time.sleep(2)
-        time.sleep(3)
+                time.sleep(1)
+        time.sleep(2)
     finally:
         poster.stop()
         faults.ensure_rabbitmq()

@@ -186,6 +186,10 @@ class Workers:
             except subprocess.TimeoutExpired:
                 process.kill()
 
+    def kill_all(self) -> None:
+        for process in self.started:
+            process.kill()
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log()[-3000:]}" for p in self.started)
 
