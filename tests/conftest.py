@@ -30,6 +30,8 @@ TEST_ENV = {
     "RETRY_BACKOFF_MAX": "1.0",
     "LEASE_SECONDS": "3",
     "HEARTBEAT_SECONDS": "0.5",
+    # No worker exporter (several workers run at once here); a metrics test picks a free port.
+    "WORKER_METRICS_PORT": "0",
     "RELAY_SWEEP_SECONDS": "0.2",
     "WORKER_SHUTDOWN_SECONDS": "10",
     # Several stacks may run on one machine (max_connections is 100): keep pools small.

@@ -42,3 +42,5 @@ def test_each_component_is_healthy_while_the_stack_runs_and_the_worker_check_fai
     assert result.returncode == 1
     assert result.stderr.startswith(f"unhealthy: worker: no worker on host {socket.gethostname()}")
     assert conveyor_health(stack, "--component", "api").returncode == 0
+    # The test environment sets WORKER_METRICS_PORT=0: no exporter process was started.
+    assert "worker metrics export" not in stack.processes["worker"].log()
