@@ -50,10 +50,12 @@ class Process:
             os.killpg(self.pid, sig)
 
     def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM the main process only (Dramatiq's parent passes it on to its children: a
+        second SIGTERM would mean "kill now" to them); SIGKILL the group after `timeout`."""
         if self.popen is None:
             return None
         if self.alive():
-            self.signal_group(signal.SIGTERM)
+            self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
