@@ -1,0 +1,254 @@
+"""Soak: post jobs at a steady rate while workers are SIGKILLed and RabbitMQ and PostgreSQL
+restart on a schedule; then count, Jepsen-style, what became of every accepted job.
+
+    .venv/bin/python bench/soak.py [--duration 180] [--rate 20] [--json out.json]
+
+It runs the real processes (api, relay, two supervised workers) against a database and a
+vhost of its own, restarts the machine's real RabbitMQ and PostgreSQL (each brought back in
+a `finally`), and exits 1 if any accepted job was lost or any effect happened twice. Not
+part of CI: it restarts shared services and takes minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import faults, infra  # noqa: E402
+from tests.support.stack import CONVEYOR, Stack  # noqa: E402
+
+FAULTS = ("worker-sigkill", "rabbitmq-restart", "postgres-restart")
+SOAK_ENV = {
+    "ENVIRONMENT": "test",
+    "DIAGNOSTIC_TASKS": "true",
+    "LEASE_SECONDS": "5",
+    "HEARTBEAT_SECONDS": "1",
+    "RETRY_BACKOFF_BASE": "0.2",
+    "RETRY_BACKOFF_MAX": "2",
+    "RELAY_SWEEP_SECONDS": "0.5",
+    "REPUBLISH_AFTER_SECONDS": "30",
+    "WORKER_SHUTDOWN_SECONDS": "5",
+    "WORKER_METRICS_PORT": "0",
+    "DB_POOL_SIZE": "3",
+    "LOG_FORMAT": "json",
+    "LOG_LEVEL": "INFO",
+}
+
+
+@dataclass
+class Fault:
+    kind: str
+    injected_at: float  # wall clock, comparable with the ledger's timestamps (same host)
+    restored_at: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    duration_s: float
+    rate_per_s: float
+    accepted: int = 0
+    refused_during_outages: dict[str, int] = field(default_factory=dict)
+    succeeded: int = 0
+    dead: int = 0
+    cancelled: int = 0
+    lost: int = 0
+    missing_from_ledger: int = 0
+    stuck_non_terminal: int = 0
+    duplicated_effects: int = 0
+    executions: int = 0
+    re_executions: int = 0
+    max_non_terminal_s: float = 0.0
+    p99_accept_to_done_s: float = 0.0
+    worker_restarts: int = 0
+    faults: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.duplicated_effects == 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=180.0, help="seconds of posting and faults")
+    parser.add_argument("--rate", type=float, default=20.0, help="jobs posted per second")
+    parser.add_argument("--fault-every", type=float, default=25.0, help="seconds between faults")
+    parser.add_argument("--drain-timeout", type=float, default=180.0, help="seconds to wait for the end")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args()
+
+    scratch = infra.new_infra()
+    infra.create(scratch)
+    workdir = Path(tempfile.mkdtemp(prefix="conveyor-soak-"))
+    env = (
+        dict(os.environ) | SOAK_ENV | {"DATABASE_URL": scratch.database_url, "BROKER_URL": scratch.broker_url}
+    )
+    subprocess.run([CONVEYOR, "migrate"], env=env, check=True, capture_output=True, timeout=120)
+    stack = Stack(workdir=workdir, env=env)
+    try:
+        report = soak(stack, faults.Ledger(scratch.libpq_url), args)
+    finally:
+        stack.stop()
+        faults.ensure_rabbitmq()
+        faults.wait_postgres()
+        infra.drop(scratch)
+    print_report(report, workdir)
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=2, default=str))
+    return 0 if report.ok else 1
+
+
+def soak(stack: Stack, ledger: faults.Ledger, args: argparse.Namespace) -> Report:
+    stack.start_api()
+    stack.start_relay()
+    stack.wait_api()
+    workers = faults.Workers(stack)
+    supervised = contextlib.ExitStack()
+    supervisors = [
+        supervised.enter_context(faults.Supervisor(workers, max_restarts=50, threads=8)) for _ in range(2)
+    ]
+    ledger.wait_until(lambda: live_workers(ledger) >= 2, timeout=90, what="two live workers")
+    poster = faults.Poster(stack.base_url, lambda n: {"sleep_seconds": (n % 10) / 20}, args.rate)
+    injected: list[Fault] = []
+    try:
+        poster.start()
+        started = time.monotonic()
+        number = 0
+        while (left := args.duration - (time.monotonic() - started)) > 0:
+            time.sleep(min(args.fault_every, left))
+            if args.duration - (time.monotonic() - started) < args.fault_every / 2:
+                break  # leave the last stretch fault-free, to see the system settle
+            kind = FAULTS[number % len(FAULTS)]
+            hard = number // len(FAULTS) % 2 == 1
+            injected.append(inject(kind, supervisors[number % 2], hard))
+            number += 1
+        remaining = args.duration - (time.monotonic() - started)
+        time.sleep(max(0.0, remaining))
+    finally:
+        poster.stop()
+    try:
+        ledger.wait_terminal(poster.ids, timeout=args.drain_timeout)
+    except AssertionError as stragglers:
+        print(f"not everything finished: {stragglers}", file=sys.stderr)
+    finally:
+        supervised.close()
+    report = tally(ledger, poster, injected, args)
+    report.worker_restarts = sum(s.restarts for s in supervisors)
+    return report
+
+
+def live_workers(ledger: faults.Ledger) -> int:
+    rows = ledger.query(
+        "SELECT count(*) AS n FROM workers WHERE stopped_at IS NULL AND last_seen > now() - interval '5 s'"
+    )
+    return int(rows[0]["n"])
+
+
+def inject(kind: str, supervisor: faults.Supervisor, hard: bool) -> Fault:
+    fault = Fault(kind, time.time())
+    if kind == "worker-sigkill":
+        supervisor.current.kill()
+        fault.detail = "SIGKILL of a worker's process group; its supervisor starts another"
+    elif kind == "rabbitmq-restart":
+        mode = "kill" if hard and faults.rabbitmq_hard_kill_allowed() else "app"
+        with faults.rabbitmq_down(mode):
+            time.sleep(1)
+        fault.detail = (
+            "SIGKILL of the Erlang VM, then rabbitmq-server" if mode == "kill" else "stop_app/start_app"
+        )
+    else:
+        away = faults.restart_postgres()
+        fault.detail = f"pg_ctlcluster restart (fast), {away:.1f}s"
+    fault.restored_at = time.time()
+    print(f"{time.strftime('%H:%M:%S')} fault: {kind} ({fault.detail})", flush=True)
+    return fault
+
+
+def tally(
+    ledger: faults.Ledger, poster: faults.Poster, injected: list[Fault], args: argparse.Namespace
+) -> Report:
+    ids = poster.ids
+    jobs = ledger.jobs(ids)
+    states = {job_id: job["state"] for job_id, job in jobs.items()}
+    executions = ledger.effects("started")
+    effects = ledger.effects()
+    report = Report(duration_s=args.duration, rate_per_s=args.rate, accepted=len(ids))
+    report.refused_during_outages = dict(poster.refused)
+    report.succeeded = sum(1 for s in states.values() if s == "succeeded")
+    report.dead = sum(1 for s in states.values() if s == "dead")
+    report.cancelled = sum(1 for s in states.values() if s == "cancelled")
+    report.missing_from_ledger = len(set(ids) - set(jobs))
+    report.stuck_non_terminal = sum(1 for s in states.values() if s not in faults.TERMINAL)
+    report.lost = report.missing_from_ledger + report.stuck_non_terminal
+    report.duplicated_effects = sum(1 for n in effects.values() if n > 1)
+    report.executions = sum(executions.values())
+    report.re_executions = report.executions - len(executions)
+    spans = sorted(
+        (job["finished_at"] - job["created_at"]).total_seconds()
+        for job in jobs.values()
+        if job["finished_at"]
+    )
+    report.max_non_terminal_s = round(spans[-1], 2) if spans else 0.0
+    report.p99_accept_to_done_s = round(spans[int(0.99 * (len(spans) - 1))], 2) if spans else 0.0
+    for fault in injected:
+        report.faults.append(asdict(fault) | recovery(ledger, fault))
+    return report
+
+
+def recovery(ledger: faults.Ledger, fault: Fault) -> dict[str, float | None]:
+    """How long the service was away, and how long after it was back every job accepted
+    until then was finished: the jobs the fault interrupted and the backlog it built."""
+    row = ledger.query(
+        "SELECT extract(epoch FROM max(finished_at)) AS done FROM jobs"
+        " WHERE created_at < to_timestamp(%(at)s)",
+        {"at": fault.restored_at},
+    )[0]
+    caught_up = None if row["done"] is None else round(max(0.0, float(row["done"]) - fault.restored_at), 2)
+    return {"away_s": round(fault.restored_at - fault.injected_at, 2), "recovery_s": caught_up}
+
+
+def print_report(report: Report, workdir: Path) -> None:
+    verdict = "OK" if report.ok else "FAILED"
+    print(f"\n== soak: {report.duration_s:.0f}s at {report.rate_per_s:g} jobs/s — {verdict}")
+    rows = [
+        ("accepted (202)", report.accepted),
+        ("succeeded", report.succeeded),
+        ("dead", report.dead),
+        ("cancelled", report.cancelled),
+        ("lost", f"{report.lost} (missing {report.missing_from_ledger}, stuck {report.stuck_non_terminal})"),
+        ("duplicated effects", report.duplicated_effects),
+        ("executions (re-executions)", f"{report.executions} ({report.re_executions})"),
+        ("max time non-terminal", f"{report.max_non_terminal_s}s"),
+        ("p99 accept → done", f"{report.p99_accept_to_done_s}s"),
+        ("refused while the database was away", report.refused_during_outages or "none"),
+        ("worker restarts", report.worker_restarts),
+    ]
+    for name, value in rows:
+        print(f"  {name:<38} {value}")
+    print("  faults:")
+    for fault in report.faults:
+        print(
+            f"    {fault['kind']:<18} away {fault['away_s']:5.1f}s, then every job accepted so far done"
+            f" within {fault['recovery_s']}s — {fault['detail']}"
+        )
+    print(f"  logs: {workdir}")
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "soak"
+    sys.exit(main())
