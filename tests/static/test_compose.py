@@ -157,6 +157,7 @@ def test_the_api_and_worker_send_mail_to_mailpit() -> None:
 
 def test_the_worker_metrics_port_is_the_one_prometheus_scrapes() -> None:
     assert _environment("worker")["WORKER_METRICS_PORT"] == "9191"
+    assert _environment("worker")["WORKER_METRICS_HOST"] == "0.0.0.0", "reachable from Prometheus"
     assert "9191" in [str(port) for port in service("worker")["expose"]]
 
 
