@@ -21,7 +21,7 @@ dev: install services
 	$(BIN)/conveyor dev
 
 test: install services
-	scripts/browser.sh
+	scripts/test-tools.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install

@@ -1,6 +1,6 @@
 """Headless Chromium from the system (Debian's package), driven through Playwright's sync API.
 
-Playwright's own browser download is not used: `scripts/browser.sh` installs chromium.
+Playwright's own browser download is not used: `scripts/test-tools.sh` installs chromium.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ VIEWPORT: ViewportSize = {"width": 1360, "height": 900}
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing (run scripts/browser.sh)"
+        message = f"{CHROMIUM} is missing (run scripts/test-tools.sh)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
