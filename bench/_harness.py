@@ -15,11 +15,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psutil
@@ -54,21 +56,121 @@ def broker_url(vhost: str) -> str:
     return f"{AMQP_BASE}/{quote(vhost, safe='')}"
 
 
-def rabbitmqctl(*args: str) -> None:
-    exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    subprocess.run([exe, "-q", *args], check=True, capture_output=True, timeout=120)
-
-
 def pg_connect(url: str, timeout: float = 120.0) -> psycopg.Connection[tuple[object, ...]]:
-    """Connect, waiting while the shared server has no free connection slot."""
+    """Connect, waiting while the shared server has no free connection slot or is restarting."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return psycopg.connect(url, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as error:
-            if "too many clients" not in str(error) or time.monotonic() > deadline:
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
+
+
+class Query:
+    """One autocommit connection that reconnects when the shared server drops it (tests restart it)."""
+
+    def __init__(self, url: str, patience: float = 120.0) -> None:
+        self.url = url
+        self.patience = patience
+        self.conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self.backend_pid = -1
+
+    def all(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        deadline = time.monotonic() + self.patience
+        while True:
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = pg_connect(self.url)
+                    pid = self.conn.execute("SELECT pg_backend_pid()").fetchone()
+                    self.backend_pid = int(pid[0]) if pid else -1  # type: ignore[call-overload]
+                return [tuple(row) for row in self.conn.execute(sql, params).fetchall()]
+            except psycopg.OperationalError:
+                self.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    def one(self, sql: str, params: tuple[object, ...] = ()) -> tuple[Any, ...]:
+        rows = self.all(sql, params)
+        return rows[0] if rows else ()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None
+
+    def __enter__(self) -> Query:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def migrate(env: dict[str, str], cwd: Path, attempts: int = 3) -> None:
+    """`conveyor migrate` on the scratch database (retried: the shared server may be restarting)."""
+    for attempt in range(1, attempts + 1):
+        done = subprocess.run(
+            [CONVEYOR, "migrate"], env=env, cwd=cwd, capture_output=True, text=True, timeout=180
+        )
+        if done.returncode == 0:
+            return
+        if attempt == attempts:
+            raise RuntimeError(f"conveyor migrate failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+        time.sleep(3.0)
+
+
+class WaitSampler:
+    """Samples what the PostgreSQL backends of one database are doing, from pg_stat_activity.
+
+    An active backend with no wait event is on the CPU; IO:WALSync is a commit's fsync;
+    LWLock:WALWrite is waiting for another backend's WAL flush; Lock:object on a database
+    is the cluster-wide lock every NOTIFYing transaction takes at commit.
+    """
+
+    QUERY = """
+        SELECT state, coalesce(wait_event_type || ':' || wait_event, 'CPU (no wait event)')
+        FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()
+    """
+
+    def __init__(self, database: str, interval: float = 0.02) -> None:
+        self.database = database
+        self.interval = interval
+        self.samples = 0
+        self.active: dict[str, int] = {}
+        self.states: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> WaitSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with Query(libpq_url(self.database), patience=5.0) as query:
+            while not self._stop.wait(self.interval):
+                try:
+                    rows = query.all(self.QUERY, (self.database,))
+                except psycopg.Error:
+                    continue
+                self.samples += 1
+                for state, wait in rows:
+                    self.states[str(state)] = self.states.get(str(state), 0) + 1
+                    if state == "active":
+                        self.active[str(wait)] = self.active.get(str(wait), 0) + 1
+
+    def stop(self) -> dict[str, float]:
+        """Mean backends per state, and the share of active time per wait event."""
+        self._stop.set()
+        self._thread.join(10)
+        n = max(1, self.samples)
+        busy = max(1, sum(self.active.values()))
+        summary = {f"backends {k} (mean)": v / n for k, v in sorted(self.states.items())}
+        ranked = sorted(self.active.items(), key=lambda kv: -kv[1])
+        summary |= {f"active: {k} (share)": v / busy for k, v in ranked}
+        return summary
 
 
 def drop_database(name: str) -> None:
@@ -82,9 +184,27 @@ def create_database(name: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def rabbitmqctl(*args: str, attempts: int = 10) -> None:
+    """Run rabbitmqctl, waiting out a broker that is restarting (the fault tests restart it)."""
+    exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    for attempt in range(attempts):
+        try:
+            subprocess.run([exe, "-q", *args], check=True, capture_output=True, timeout=120)
+            return
+        except subprocess.CalledProcessError as error:
+            output = (error.stderr or b"") + (error.stdout or b"")
+            if b"does not exist" in output or attempt == attempts - 1:
+                raise
+            time.sleep(3.0)
+
+
 def delete_vhost(name: str) -> None:
-    with contextlib.suppress(subprocess.CalledProcessError):  # it did not exist
+    try:
         rabbitmqctl("delete_vhost", name)
+    except subprocess.CalledProcessError as error:
+        output = (error.stderr or b"") + (error.stdout or b"")
+        if b"does not exist" not in output:
+            print(f"could not delete vhost {name}: {output!r}", file=sys.stderr)
 
 
 def create_vhost(name: str) -> None:
@@ -104,26 +224,25 @@ def scratch_vhost(name: str, keep: bool = False) -> Iterator[str]:
             delete_vhost(name)
 
 
-def queue_depth(url: str, queue: str) -> int:
-    """Messages ready in a queue (a passive declare: creates nothing)."""
+def queue_depth(url: str, queue: str, patience: float = 60.0) -> int:
+    """Messages ready in a queue (a passive declare: creates nothing); waits out a broker restart."""
     import pika
+    import pika.exceptions
 
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        frame = connection.channel().queue_declare(queue=queue, passive=True)
-        return int(frame.method.message_count)
-    finally:
-        connection.close()
-
-
-def purge_queue(url: str, queue: str) -> None:
-    import pika
-
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        connection.channel().queue_purge(queue=queue)
-    finally:
-        connection.close()
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(url))
+        except pika.exceptions.AMQPConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+            continue
+        try:
+            frame = connection.channel().queue_declare(queue=queue, passive=True)
+            return int(frame.method.message_count)
+        finally:
+            connection.close()
 
 
 def free_port() -> int:

@@ -61,6 +61,18 @@ WORKER_MARKERS = (
     Marker("Dramatiq message decode/dispatch", r"^(?:_WorkerThread\.process_message|Message\.decode) "),
 )
 
+RELAY_MARKERS = (
+    Marker("Relay.publish_due (one batch)", r"^Relay\.publish_due "),
+    Marker("broker.enqueue (one message)", r"^RabbitmqBroker\.enqueue "),
+    Marker("basic_publish + wait for its confirm", r"^BlockingChannel\.basic_publish "),
+    Marker("message encode (Dramatiq JSON)", r"^(?:Message\.encode|JSONEncoder\.encode) "),
+    Marker("take_publishable (SELECT … FOR UPDATE SKIP LOCKED)", r"^take_publishable "),
+    Marker("mark_published (UPDATE … = ANY(ids))", r"^mark_published "),
+    Marker("database client (sqlalchemy + psycopg frames)", r"/(?:sqlalchemy|psycopg)/"),
+    Marker("pika", r"/pika/"),
+    Marker("log calls (structlog/logging, anywhere)", r"\((?:[^)]*/structlog/|[^)]*/logging/)"),
+)
+
 API_MARKERS = (
     Marker("uvicorn/httptools protocol (parse, send)", r"/uvicorn/protocols/"),
     Marker("HttpMetrics middleware", r"^HttpMetrics\."),

@@ -8,7 +8,10 @@ Each server runs alone (one at a time), one uvicorn process with uvloop and http
 port of its own; wrk (one thread, from another process) drives it with the same JSON body:
 
 - bare: a FastAPI endpoint that validates the body with pydantic and answers 202 (the ceiling).
-- celery: the same endpoint calling Celery's `.delay()` on an amqp broker (its own vhost).
+- celery: the same endpoint calling Celery's `.delay()` on an amqp broker (its own vhost), as
+  a plain `def`, so FastAPI runs the blocking publish in its thread pool (FastAPI's advice).
+- celery-async: the same as an `async def` publishing on the event loop: less CPU per
+  request, worse tail latency; the budget is checked against both.
 - conveyor: `conveyor api` on a scratch database (conveyor_bench) with `conveyor relay`
   running beside it, publishing what the API accepts, as it is deployed.
 - conveyor-no-relay: the API alone (a diagnostic: the accept path without the relay's load).
@@ -41,6 +44,8 @@ from _harness import (
     ECHO_TASK,
     CpuMeter,
     Proc,
+    Query,
+    WaitSampler,
     child_env,
     create_database,
     database_url,
@@ -49,8 +54,8 @@ from _harness import (
     libpq_url,
     load_average,
     machine,
+    migrate,
     pg_backends,
-    pg_connect,
     processes,
     queue_depth,
     rabbitmq_server,
@@ -65,7 +70,7 @@ from _harness import (
 from _profile import API_MARKERS, Recorder, report
 
 DATABASE = "conveyor_bench"
-SYSTEMS = ("bare", "celery", "conveyor", "conveyor-no-relay")
+SYSTEMS = ("bare", "celery", "celery-async", "conveyor", "conveyor-no-relay")
 WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"
 BODY = json.dumps({"task": ECHO_TASK, "payload": ECHO_PAYLOAD})
 
@@ -99,12 +104,24 @@ class AcceptResult:
     load_before: str
     load_after: str
     stored: str = ""  # what a 202 left behind: rows in the ledger, messages in the queue
+    pg_waits: dict[str, float] = field(default_factory=dict)
+    accepted: int = 0  # 202s over warm-up and run
     rejected: dict[str, float] = field(default_factory=dict)
     profile: str = ""
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def server_ms(self) -> float:
+        """CPU milliseconds the server process spent per request."""
+        return 1000.0 * self.server_cpu / self.rate if self.rate else 0.0
+
+    @property
+    def ceiling(self) -> float:
+        """Requests/s if the server had one core to itself (one uvicorn process uses one)."""
+        return 1000.0 / self.server_ms if self.server_ms else 0.0
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -151,7 +168,7 @@ def measure(
     relay: Proc | None = None,
 ) -> AcceptResult:
     wait_live(server, port)
-    wrk(port, opts.warmup, opts.connections)
+    warm, _ = wrk(port, opts.warmup, opts.connections)
     load_before = load_average()
     meters = {
         "server": CpuMeter("server", server.tree),
@@ -164,14 +181,18 @@ def measure(
     recorder = None
     if opts.profile:
         recorder = Recorder(server.pid, out / f"{system}-profile.txt", duration=opts.duration)
+    sampler = WaitSampler(DATABASE).start() if db else None
     summary, wrk_seconds = wrk(port, opts.duration, opts.connections)
     seconds = summary["duration_us"] / 1e6
     used = {name: meter.elapsed() / seconds for name, meter in meters.items()}
+    pg_waits = sampler.stop() if sampler else {}
     server.check_alive()
     profile = ""
     if recorder is not None:
         profile = report(recorder.finish(API_MARKERS), f"{system} API under wrk -c{opts.connections}")
     errors = sum(int(summary[k]) for k in ("connect_errors", "read_errors", "write_errors", "status_errors"))
+    # wrk counts every answer it read; status_errors are those >= 400. The rest were 202s.
+    accepted = sum(int(run["requests"]) - int(run["status_errors"]) for run in (warm, summary))
     return AcceptResult(
         system=system,
         requests=int(summary["requests"]),
@@ -188,7 +209,9 @@ def measure(
         rss_mib=rss_mib(server.tree()[0]),
         load_before=load_before,
         load_after=load_average(),
+        pg_waits=pg_waits,
         profile=profile,
+        accepted=accepted,
     )
 
 
@@ -291,15 +314,17 @@ def run_bare(opts: Options) -> AcceptResult:
         return measure("bare", server, port, opts, out)
 
 
-def run_celery(opts: Options) -> AcceptResult:
-    out = work_dir("accept-celery")
+def run_celery(opts: Options, system: str) -> AcceptResult:
+    out = work_dir(f"accept-{system}")
     port = free_port()
+    endpoint = "async" if system == "celery-async" else "sync"
     with scratch_vhost("conveyor_bench_celery_api", opts.keep) as broker, processes() as procs:
-        env = child_env(BENCH_BROKER_URL=broker)
-        server = procs.start("celery-api", uvicorn_argv("peers.celery_api:app", port) + QUIET, env, out)
-        result = measure("celery", server, port, opts, out)
+        env = child_env(BENCH_BROKER_URL=broker, BENCH_CELERY_ENDPOINT=endpoint)
+        server = procs.start(system, uvicorn_argv("peers.celery_api:app", port) + QUIET, env, out)
+        result = measure(system, server, port, opts, out)
         time.sleep(1.0)
-        result.stored = f"{queue_depth(broker, 'celery'):,} messages in the queue"
+        depth = queue_depth(broker, "celery")
+        result.stored = f"{result.accepted:,} answers 202 -> {depth:,} messages in the queue"
         return result
 
 
@@ -311,14 +336,12 @@ def run_conveyor(opts: Options, relay: bool) -> AcceptResult:
         create_database(DATABASE)
         try:
             env = child_env(DATABASE_URL=database_url(DATABASE), BROKER_URL=broker, LOG_FORMAT="json")
-            subprocess.run(
-                [CONVEYOR, "migrate"], env=env, cwd=out, check=True, capture_output=True, timeout=120
-            )
+            migrate(env, out)
             relay_proc = procs.start("relay", [CONVEYOR, "relay"], env, out) if relay else None
             argv = [CONVEYOR, "api", "--host", "127.0.0.1", "--port", str(port)]
             server = procs.start("api", argv, env, out)
             result = measure(system, server, port, opts, out, db=True, relay=relay_proc)
-            result.stored = _ledger_rows()
+            result.stored = f"{result.accepted:,} answers 202 counted by wrk -> {_ledger_rows()}"
             if relay and opts.rejected:
                 result.rejected = rejected_bodies(server, port, opts.rejected, opts.rejected_mb)
             return result
@@ -329,9 +352,9 @@ def run_conveyor(opts: Options, relay: bool) -> AcceptResult:
 
 
 def _ledger_rows() -> str:
-    with pg_connect(libpq_url(DATABASE)) as conn:
-        row = conn.execute("SELECT count(*), count(published_at) FROM jobs").fetchone()
-    total, published = (int(row[0]), int(row[1])) if row else (0, 0)
+    with Query(libpq_url(DATABASE)) as query:
+        row = query.one("SELECT count(*), count(published_at) FROM jobs")
+    total, published = int(row[0]), int(row[1])
     return f"{total:,} rows in the ledger ({published:,} published so far)"
 
 
@@ -341,8 +364,8 @@ QUIET = ["--no-access-log", "--log-level", "warning", "--no-server-header"]
 def run(system: str, opts: Options) -> AcceptResult:
     if system == "bare":
         return run_bare(opts)
-    if system == "celery":
-        return run_celery(opts)
+    if system.startswith("celery"):
+        return run_celery(opts, system)
     return run_conveyor(opts, relay=system == "conveyor")
 
 
@@ -358,6 +381,8 @@ def render(results: list[AcceptResult], opts: Options) -> str:
         "p99 ms",
         "errors",
         "server CPU",
+        "server CPU ms/req",
+        "1-core ceiling req/s",
         "PG CPU",
         "relay CPU",
         "RabbitMQ CPU*",
@@ -374,6 +399,8 @@ def render(results: list[AcceptResult], opts: Options) -> str:
             r.p99_ms,
             r.errors,
             r.server_cpu,
+            r.server_ms,
+            r.ceiling,
             r.db_cpu,
             r.relay_cpu,
             r.broker_cpu,
@@ -392,14 +419,27 @@ def render(results: list[AcceptResult], opts: Options) -> str:
         table(headers, rows),
         "",
         "CPU columns are cores used on average during the run (1.00 = one core busy).",
+        "The 1-core ceiling is 1000 / server CPU ms per request: the rate the server reaches when it",
+        "has a core to itself and nothing else (database, relay) holds it back. It is much less",
+        "sensitive to the machine's load than req/s, so compare ceilings when the load is high.",
         "*RabbitMQ's CPU includes whatever else uses the same server meanwhile.",
     ]
     lines += [f"- {r.system}: {r.stored}" for r in results if r.stored]
+    if any(r.stored for r in results):
+        in_flight = 2 * opts.connections
+        lines.append(f"  (wrk does not count answers in flight when it stops: up to {in_flight} per system)")
     by = {r.system: r for r in results}
     conveyor = by.get("conveyor") or by.get("conveyor-no-relay")
     if conveyor:
         lines += ["", f"Against the budget (DESIGN.md, Performance budget), {conveyor.system}:"]
         lines += _ratios(conveyor, by)
+    for r in results:
+        if r.pg_waits:
+            lines += [
+                "",
+                f"PostgreSQL backends of the ledger during the {r.system} run (pg_stat_activity, 50/s):",
+            ]
+            lines += [f"- {k}: {v:.2f}" for k, v in r.pg_waits.items() if v >= 0.005]
     for r in results:
         if r.rejected:
             lines += ["", f"Rejected bodies ({r.system} API):"]
@@ -414,9 +454,16 @@ def _ratios(conveyor: AcceptResult, by: dict[str, AcceptResult]) -> list[str]:
         other = by.get(peer)
         return conveyor.rate / other.rate if other and other.rate else None
 
+    def cpu_ratio(peer: str) -> str:
+        other = by.get(peer)
+        if not (other and other.ceiling):
+            return ""
+        return f"; by 1-core ceiling {conveyor.ceiling / other.ceiling:.2f}x"
+
     return [
-        f"- vs FastAPI + Celery .delay(): {verdict(ratio('celery'), 2.0)}",
-        f"- vs bare FastAPI 202: {verdict(ratio('bare'), 0.5)}",
+        f"- vs FastAPI + Celery .delay(): {verdict(ratio('celery'), 2.0)}{cpu_ratio('celery')}",
+        f"- vs the same, async def: {verdict(ratio('celery-async'), 2.0)}{cpu_ratio('celery-async')}",
+        f"- vs bare FastAPI 202: {verdict(ratio('bare'), 0.5)}{cpu_ratio('bare')}",
         f"- vs the reference numbers in DESIGN.md: {conveyor.rate / 670:.2f}x Celery's ~670 req/s,"
         f" {conveyor.rate / 3800:.2f}x bare's ~3.8k req/s",
     ]
@@ -457,12 +504,20 @@ def main(argv: list[str] | None = None) -> list[AcceptResult]:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk (Debian's package)")
     results = []
+    failures: list[str] = []
     for system in systems:
         print(f"accept: {system} (load {load_average()}) …", file=sys.stderr, flush=True)
-        result = run(system, opts)
+        try:
+            result = run(system, opts)
+        except Exception as error:  # one system failing (a shared service restarting) spoils only its row
+            print(f"accept: {system} FAILED: {error!r}", file=sys.stderr, flush=True)
+            failures.append(f"- {system}: FAILED ({type(error).__name__}: {str(error)[:300]})")
+            continue
         print(f"accept: {system}: {result.rate:,.0f} req/s", file=sys.stderr, flush=True)
         results.append(result)
     print(render(results, opts))
+    if failures:
+        print("\n".join(["Runs that failed (see their logs under the work directory):", *failures, ""]))
     for result in results:
         if result.profile:
             print(result.profile)

@@ -40,6 +40,8 @@ from _harness import (
     CpuMeter,
     Proc,
     Procs,
+    Query,
+    WaitSampler,
     busiest,
     child_env,
     create_database,
@@ -49,6 +51,7 @@ from _harness import (
     libpq_url,
     load_average,
     machine,
+    migrate,
     pg_backends,
     pg_connect,
     pg_counters,
@@ -63,7 +66,7 @@ from _harness import (
     wait_until,
     work_dir,
 )
-from _profile import WORKER_MARKERS, Recorder, report
+from _profile import RELAY_MARKERS, WORKER_MARKERS, Recorder, report
 
 DATABASE = "conveyor_bench"
 CONVEYOR_QUEUE = "default"  # app.registry.Queue.DEFAULT, where echo runs
@@ -80,6 +83,7 @@ class DrainResult:
     seconds: float  # first job started → last job finished
     wall_seconds: float  # worker started → last job finished (boot included)
     worker_rss_mib: float  # the process that ran the jobs, after the drain
+    worker_rss_first_mib: float  # the same, when its first job had run
     tree_rss_mib: float  # every process of the worker command
     worker_cpu_ms: float  # CPU per job of the worker command's processes
     db_cpu_ms: float | None  # CPU per job of the PostgreSQL backends serving the ledger
@@ -87,11 +91,17 @@ class DrainResult:
     load_before: str
     load_after: str
     extra: dict[str, float] = field(default_factory=dict)
+    pg_waits: dict[str, float] = field(default_factory=dict)
     profile: str = ""
 
     @property
     def rate(self) -> float:
         return self.jobs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ceiling(self) -> float:
+        """Jobs/s if the worker had one core to itself: its GIL lets it use no more."""
+        return 1000.0 / self.worker_cpu_ms if self.worker_cpu_ms > 0 else 0.0
 
 
 @dataclass
@@ -125,6 +135,8 @@ class Window:
     db: CpuMeter | None
     broker: CpuMeter
     recorder: Recorder | None
+    sampler: WaitSampler | None
+    rss_at_start: float
 
 
 def open_window(
@@ -138,7 +150,9 @@ def open_window(
     if opts.profile:
         target = working_process(worker)
         recorder = Recorder(target.pid, out / "worker-profile.txt", duration=int(opts.timeout))
-    return Window(done, meters[0], db, meters[1], recorder)
+    sampler = WaitSampler(DATABASE).start() if db_lookup else None
+    rss = rss_mib(working_process(worker))
+    return Window(done, meters[0], db, meters[1], recorder, sampler, rss)
 
 
 def close_window(window: Window, result_jobs: int) -> tuple[float, float | None, float]:
@@ -194,18 +208,21 @@ def preload_ledger(n: int) -> None:
         )
 
 
-def relay_publish(procs: Procs, env: dict[str, str], n: int, out: Path, timeout: float) -> float:
-    """Run `conveyor relay` until every row is published; its publish rate (jobs/s)."""
+def relay_publish(procs: Procs, env: dict[str, str], n: int, out: Path, opts: Options) -> tuple[float, str]:
+    """Run `conveyor relay` until every row is published; its publish rate (jobs/s) and profile."""
+    timeout = opts.timeout
     relay = procs.start("relay", [CONVEYOR, "relay"], env, out)
+    recorder: Recorder | None = None
     first: tuple[float, int] | None = None
     deadline = time.monotonic() + timeout
-    with pg_connect(libpq_url(DATABASE)) as conn:
+    with Query(libpq_url(DATABASE)) as query:
         while time.monotonic() < deadline:
             relay.check_alive()
-            row = conn.execute("SELECT count(*) FROM jobs WHERE published_at IS NULL").fetchone()
-            left = int(row[0]) if row else n
+            left = int(query.one("SELECT count(*) FROM jobs WHERE published_at IS NULL")[0])
             if first is None and left < n:
                 first = (time.monotonic(), left)
+                if opts.profile:
+                    recorder = Recorder(relay.pid, out / "relay-profile.txt", duration=int(timeout))
             if left == 0:
                 break
             time.sleep(0.05)
@@ -213,9 +230,12 @@ def relay_publish(procs: Procs, env: dict[str, str], n: int, out: Path, timeout:
             raise TimeoutError(f"relay did not publish {n} jobs in {timeout:.0f}s")
     done = time.monotonic()
     relay.stop()
+    profile = (
+        report(recorder.finish(RELAY_MARKERS), f"conveyor relay publishing {n} jobs") if recorder else ""
+    )
     if first is None or done <= first[0]:
-        return float("nan")
-    return first[1] / (done - first[0])
+        return float("nan"), profile
+    return first[1] / (done - first[0]), profile
 
 
 def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
@@ -228,19 +248,17 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
         processes() as procs,
     ):
         env = conveyor_env(broker, **extra)
-        subprocess.run([CONVEYOR, "migrate"], env=env, cwd=out, check=True, capture_output=True, timeout=120)
+        migrate(env, out)
         preload_ledger(opts.jobs)
-        relay_rate = relay_publish(procs, env, opts.jobs, out, opts.timeout)
+        relay_rate, relay_profile = relay_publish(procs, env, opts.jobs, out, opts)
         depth = queue_depth(broker, CONVEYOR_QUEUE)
         if depth != opts.jobs:
             raise RuntimeError(f"expected {opts.jobs} messages in {CONVEYOR_QUEUE}, found {depth}")
 
-        with pg_connect(libpq_url(DATABASE)) as poll:
-            poller_pid = poll.execute("SELECT pg_backend_pid()").fetchone()
-            skip = int(poller_pid[0]) if poller_pid else -1
+        with Query(libpq_url(DATABASE)) as poll:
 
             def db_lookup() -> list[psutil.Process]:
-                return [p for p in pg_backends(DATABASE) if p.pid != skip]
+                return [p for p in pg_backends(DATABASE) if p.pid != poll.backend_pid]
 
             load_before = load_average()
             counters = pg_counters(DATABASE)
@@ -253,11 +271,11 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             while True:
                 worker.check_alive()
                 polls += 1
-                row = poll.execute(
+                row = poll.one(
                     "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
                     " count(*) FILTER (WHERE state IN ('dead', 'cancelled', 'retrying')) FROM jobs"
-                ).fetchone()
-                done, failed = (int(row[0]), int(row[1])) if row else (0, 0)
+                )
+                done, failed = int(row[0]), int(row[1])
                 if failed:
                     raise RuntimeError(f"{failed} jobs did not succeed; see {worker.log_path}")
                 if window is None and done > 0:
@@ -270,10 +288,11 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             wall = time.monotonic() - started
             assert window is not None
             worker_ms, db_ms, broker_ms = close_window(window, opts.jobs)
+            pg_waits = window.sampler.stop() if window.sampler else {}
             rss, tree_rss = worker_memory(worker)
             load_after = load_average()
-            span = poll.execute("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs")
-            seconds = float(span.fetchone()[0])  # type: ignore[index]
+            span = poll.one("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs")
+            seconds = float(span[0])
         # Backends flush their statistics when they exit: stop the worker before reading them.
         worker.stop()
         after = pg_counters(DATABASE)
@@ -292,6 +311,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             seconds=seconds,
             wall_seconds=wall,
             worker_rss_mib=rss,
+            worker_rss_first_mib=window.rss_at_start,
             tree_rss_mib=tree_rss,
             worker_cpu_ms=worker_ms,
             db_cpu_ms=db_ms,
@@ -299,7 +319,8 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             load_before=load_before,
             load_after=load_after,
             extra={"relay publish jobs/s": relay_rate, **per_job},
-            profile=profile,
+            pg_waits=pg_waits,
+            profile=profile + relay_profile,
         )
 
 
@@ -343,7 +364,9 @@ def run_peer(opts: Options, system: str) -> DrainResult:
         marks_path = out / "marks.txt"
         env = child_env(BENCH_BROKER_URL=broker, BENCH_N=str(opts.jobs), BENCH_MARK_FILE=str(marks_path))
         preload = [sys.executable, "-m", "peers.preload", kind, str(opts.jobs)]
-        subprocess.run(preload, env=env, cwd=out, check=True, capture_output=True, timeout=opts.timeout)
+        done = subprocess.run(preload, env=env, cwd=out, capture_output=True, text=True, timeout=opts.timeout)
+        if done.returncode:
+            raise RuntimeError(f"pre-loading {kind} failed:\n{done.stderr[-3000:]}")
         depth = queue_depth(broker, queue)
         if depth != opts.jobs:
             raise RuntimeError(f"expected {opts.jobs} messages in {queue}, found {depth}")
@@ -376,6 +399,7 @@ def run_peer(opts: Options, system: str) -> DrainResult:
             seconds=marks[opts.jobs] - marks[1],
             wall_seconds=wall,
             worker_rss_mib=rss,
+            worker_rss_first_mib=window.rss_at_start,
             tree_rss_mib=tree_rss,
             worker_cpu_ms=worker_ms,
             db_cpu_ms=None,
@@ -403,9 +427,10 @@ def render(results: list[DrainResult], opts: Options) -> str:
         "drain s",
         "jobs/s",
         "worker CPU ms/job",
+        "1-core ceiling jobs/s",
         "PG CPU ms/job",
         "RabbitMQ CPU ms/job*",
-        "worker RSS MiB",
+        "worker RSS MiB: 1st job -> end",
         "all procs RSS MiB",
         "load before -> after",
     ]
@@ -416,9 +441,10 @@ def render(results: list[DrainResult], opts: Options) -> str:
             r.seconds,
             r.rate,
             r.worker_cpu_ms,
+            r.ceiling,
             r.db_cpu_ms,
             r.broker_cpu_ms,
-            r.worker_rss_mib,
+            f"{r.worker_rss_first_mib:.1f} -> {r.worker_rss_mib:.1f}",
             r.tree_rss_mib,
             f"{r.load_before} -> {r.load_after}",
         ]
@@ -432,6 +458,9 @@ def render(results: list[DrainResult], opts: Options) -> str:
         table(headers, rows),
         "",
         "*RabbitMQ's CPU includes whatever else uses the same server meanwhile.",
+        "The 1-core ceiling is 1000 / worker CPU ms per job: the rate the worker reaches when it has",
+        "a core to itself (one Python process cannot use more). It is much less sensitive to",
+        "the machine's load than jobs/s, so compare ceilings when the load average is high.",
     ]
     conveyor = by.get("conveyor")
     if conveyor:
@@ -445,6 +474,13 @@ def render(results: list[DrainResult], opts: Options) -> str:
             "Against the budget (DESIGN.md, Performance budget), measured side by side:",
         ]
         lines += _ratios(conveyor, by)
+    for r in results:
+        if r.pg_waits:
+            lines += [
+                "",
+                f"PostgreSQL backends of the ledger while {r.system} drained (pg_stat_activity, 50/s):",
+            ]
+            lines += [f"- {k}: {v:.2f}" for k, v in r.pg_waits.items() if v >= 0.005]
     return "\n".join(lines) + "\n"
 
 
@@ -453,10 +489,16 @@ def _ratios(conveyor: DrainResult, by: dict[str, DrainResult]) -> list[str]:
         other = by.get(peer)
         return conveyor.rate / other.rate if other and other.rate else None
 
+    def cpu_ratio(peer: str) -> str:
+        other = by.get(peer)
+        if not (other and other.ceiling):
+            return ""
+        return f"; by 1-core ceiling {conveyor.ceiling / other.ceiling:.2f}x"
+
     lines = [
-        f"- vs Celery noop (threads, one process): {verdict(ratio('celery'), 1.0)}",
+        f"- vs Celery noop (threads, one process): {verdict(ratio('celery'), 1.0)}{cpu_ratio('celery')}",
         f"- vs Celery noop (prefork -c 1, two processes): {verdict(ratio('celery-prefork'), 1.0)}",
-        f"- vs raw Dramatiq: {verdict(ratio('dramatiq'), 0.8)}",
+        f"- vs raw Dramatiq: {verdict(ratio('dramatiq'), 0.8)}{cpu_ratio('dramatiq')}",
         f"- vs the reference numbers in DESIGN.md: {conveyor.rate / 1450:.2f}x Celery's ~1.45k/s,"
         f" {conveyor.rate / 1750:.2f}x Dramatiq's ~1.75k/s",
     ]
@@ -493,12 +535,20 @@ def parse(argv: list[str] | None = None) -> tuple[list[str], Options, Path | Non
 def main(argv: list[str] | None = None) -> list[DrainResult]:
     systems, opts, json_path = parse(argv)
     results = []
+    failures: list[str] = []
     for system in systems:
         print(f"drain: {system} ({opts.jobs} jobs, load {load_average()}) …", file=sys.stderr, flush=True)
-        result = run(system, opts)
+        try:
+            result = run(system, opts)
+        except Exception as error:  # one system failing (a shared service restarting) spoils only its row
+            print(f"drain: {system} FAILED: {error!r}", file=sys.stderr, flush=True)
+            failures.append(f"- {system}: FAILED ({type(error).__name__}: {str(error)[:300]})")
+            continue
         print(f"drain: {system}: {result.rate:,.0f} jobs/s", file=sys.stderr, flush=True)
         results.append(result)
     print(render(results, opts))
+    if failures:
+        print("\n".join(["Runs that failed (see their logs under the work directory):", *failures, ""]))
     for result in results:
         if result.profile:
             print(result.profile)

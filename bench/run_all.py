@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile:
             print("# Profiles (py-spy, GIL-holding samples; profiled runs are slower)\n")
             drain.main([*drain_args, "--systems", "conveyor,dramatiq", "--profile"])
-            accept.main([*accept_args, "--systems", "conveyor", "--rejected", "0", "--profile"])
+            accept.main([*accept_args, "--systems", "bare,conveyor", "--rejected", "0", "--profile"])
         print(f"At the end: `{uptime()}`; {time.monotonic() - started:.0f} s in all.")
     if args.markdown:
         args.markdown.write_text(out.getvalue())
