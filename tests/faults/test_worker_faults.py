@@ -50,7 +50,7 @@ def test_a_sigtermed_worker_finishes_or_hands_back_its_jobs_within_the_grace_per
     grace = 4.0  # WORKER_SHUTDOWN_SECONDS of the suite
     worker = conveyor.workers.start(threads=5)
     long = post(conveyor.base_url, EFFECT_TASK, {"sleep_seconds": 10, "progress_every": 0.5})
-    short = post_many(conveyor.base_url, EFFECT_TASK, [{"sleep_seconds": 2}] * 4)
+    short = post_many(conveyor.base_url, EFFECT_TASK, [{"sleep_seconds": 3}] * 4)
     ledger.wait_until(lambda: ledger.running([long, *short]) == 5, timeout=30, what="5 jobs running")
     waiting = post_many(conveyor.base_url, EFFECT_TASK, [{"sleep_seconds": 0.2}] * 6)
     time.sleep(0.5)  # let the worker prefetch them
