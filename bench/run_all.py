@@ -1,4 +1,4 @@
-"""Every benchmark, one after the other: `python bench/run_all.py` (about 5 minutes on 2 cores).
+"""Every benchmark, one after the other: `python bench/run_all.py` (4 to 8 minutes on 2 cores).
 
     python bench/run_all.py                  # drain (10,000 jobs) then accept (20 s per system)
     python bench/run_all.py --quick          # 2,000 jobs, 8 s runs, 20 rejected bodies: a smoke run
