@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import faults, infra  # noqa: E402
+from tests.support import faults, infra, outages  # noqa: E402
 from tests.support.stack import CONVEYOR, Stack  # noqa: E402
 
 FAULTS = ("worker-sigkill", "rabbitmq-restart", "postgres-restart")
@@ -104,8 +104,8 @@ def main() -> int:
         report = soak(stack, faults.Ledger(scratch.libpq_url), args)
     finally:
         stack.stop()
-        faults.ensure_rabbitmq()
-        faults.wait_postgres()
+        outages.ensure_rabbitmq()
+        outages.wait_postgres()
         infra.drop(scratch)
     print_report(report, workdir)
     if args.json:
@@ -165,14 +165,14 @@ def inject(kind: str, supervisor: faults.Supervisor, hard: bool) -> Fault:
         supervisor.current.kill()
         fault.detail = "SIGKILL of a worker's process group; its supervisor starts another"
     elif kind == "rabbitmq-restart":
-        mode = "kill" if hard and faults.rabbitmq_hard_kill_allowed() else "app"
-        with faults.rabbitmq_down(mode):
+        mode = "kill" if hard and outages.rabbitmq_hard_kill_allowed() else "app"
+        with outages.rabbitmq_down(mode):
             time.sleep(1)
         fault.detail = (
             "SIGKILL of the Erlang VM, then rabbitmq-server" if mode == "kill" else "stop_app/start_app"
         )
     else:
-        away = faults.restart_postgres()
+        away = outages.restart_postgres()
         fault.detail = f"pg_ctlcluster restart (fast), {away:.1f}s"
     fault.restored_at = time.time()
     print(f"{time.strftime('%H:%M:%S')} fault: {kind} ({fault.detail})", flush=True)

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support import faults
+from tests.support import faults, outages
 from tests.support.infra import Infra
 from tests.support.proxy import TcpProxy
 from tests.support.stack import Stack
@@ -77,8 +77,8 @@ def base_stack(
 @pytest.fixture
 def conveyor(base_stack: Stack, infra: Infra, rabbit_proxy: TcpProxy) -> Iterator[Conveyor]:
     ledger = faults.Ledger(infra.libpq_url)
-    faults.ensure_rabbitmq()
-    faults.wait_postgres()
+    outages.ensure_rabbitmq()
+    outages.wait_postgres()
     rabbit_proxy.restore()
     ledger.reset()
     faults.purge_queues(infra.broker_url)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.faults.conftest import Conveyor
-from tests.support import faults
+from tests.support import outages
 from tests.support.faults import EFFECT_TASK, Poster
 
 RATE = 10.0  # jobs/s: steady, well below what one worker drains, so backlogs show the fault
@@ -77,17 +77,17 @@ def test_rabbitmq_restarting_three_times_under_load_loses_no_job_and_doubles_no_
 ) -> None:
     ledger = conveyor.ledger
     worker = conveyor.workers.start(threads=8)
-    modes = ["app", "app", "kill" if faults.rabbitmq_hard_kill_allowed() else "app"]
+    modes = ["app", "app", "kill" if outages.rabbitmq_hard_kill_allowed() else "app"]
     poster = Poster(conveyor.base_url, half_second_job, RATE).start()
     try:
         for mode in modes:
             time.sleep(2)
-            with faults.rabbitmq_down(mode):
+            with outages.rabbitmq_down(mode):
                 time.sleep(1)
         time.sleep(2)
     finally:
         poster.stop()
-        faults.ensure_rabbitmq()
+        outages.ensure_rabbitmq()
 
     jobs = ledger.wait_terminal(poster.ids, timeout=120)
     skipped = sum(count_in_logs(w.log(), "message skipped") for w in conveyor.workers.started)
@@ -140,7 +140,7 @@ def test_a_202_is_never_answered_for_a_job_whose_commit_failed(conveyor: Conveyo
     assert ledger.query("SELECT count(*) AS n FROM jobs")[0]["n"] == 1
 
 
-@pytest.mark.skipif(not faults.postgres_restart_allowed(), reason="pg_ctlcluster is not available")
+@pytest.mark.skipif(not outages.postgres_restart_allowed(), reason="pg_ctlcluster is not available")
 def test_postgresql_restarting_under_load_loses_no_accepted_job(
     conveyor: Conveyor, record_property: Any
 ) -> None:
@@ -150,13 +150,13 @@ def test_postgresql_restarting_under_load_loses_no_accepted_job(
     try:
         time.sleep(3)
         accepted_before = len(poster.accepted)
-        away = faults.restart_postgres()
+        away = outages.restart_postgres()
         restarted_at = len(poster.accepted)
         ledger.wait_until(lambda: len(poster.accepted) > restarted_at + 10, timeout=60, what="202s again")
         time.sleep(2)
     finally:
         poster.stop()
-        faults.wait_postgres()
+        outages.wait_postgres()
 
     jobs = ledger.wait_terminal(poster.ids, timeout=120)
     record_property("postgres_away_seconds", round(away, 2))
