@@ -20,9 +20,14 @@ async def api(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
     from app.api.app import create_app
     from app.db.engine import dispose_async_engines
 
-    transport = httpx.ASGITransport(app=create_app())
+    application = create_app()
+    transport = httpx.ASGITransport(app=application)
     async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as client:
         yield client
+    # ASGITransport runs no lifespan: close what the app opened, as its shutdown would.
+    intake = getattr(application.state, "intake", None)
+    if intake is not None:
+        await intake.close()
     await dispose_async_engines()
 
 

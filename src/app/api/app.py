@@ -20,6 +20,9 @@ from app.settings import get_settings
 @asynccontextmanager
 async def lifespan(application: FastAPI) -> AsyncIterator[None]:
     yield
+    intake = getattr(application.state, "intake", None)
+    if intake is not None:
+        await intake.close()
     await dispose_async_engines()
 
 
@@ -31,6 +34,9 @@ def create_app() -> FastAPI:
         version="1.0.0",
         summary="Background jobs you can trust: a ledger, an outbox, retries and dead letters.",
         lifespan=lifespan,
+        # FastAPI's built-in telemetry looks up OpenTelemetry providers on every request;
+        # Conveyor exports Prometheus metrics instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(application)
     application.include_router(jobs.router)

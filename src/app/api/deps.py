@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.engine import async_engine
@@ -25,12 +25,3 @@ async def _read_only() -> AsyncIterator[AsyncConnection]:
 TxDep = Annotated[AsyncConnection, Depends(_transaction)]
 ReadDep = Annotated[AsyncConnection, Depends(_read_only)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-IdempotencyKeyDep = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="Repeat a POST safely: the same key and body return the first job.",
-    ),
-]

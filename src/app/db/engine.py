@@ -8,9 +8,12 @@ retry (the worker and relay retry ledger writes; the API answers 503).
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:  # the async layer pulls in sqlalchemy.orm: only the API process loads it
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.settings import get_settings
 
@@ -48,6 +51,8 @@ def autocommit_engine(url: str | None = None) -> Engine:
 
 
 def async_engine(url: str | None = None) -> AsyncEngine:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     settings = get_settings()
     url = url or settings.database_url
     if url not in _async:

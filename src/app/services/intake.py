@@ -4,17 +4,24 @@ Under load, requests that arrive while a batch is being written wait for the nex
 so the database sees one statement per batch instead of one transaction per request. A
 request is answered only after its batch committed: a 202 still means the job is durable.
 With no load a batch is one job and nothing waits.
+
+This is the API's hottest path, so it talks to psycopg directly (a small pool of its own,
+autocommit, prepared statement) rather than through SQLAlchemy's async layer. The relay is
+woken by a NOTIFY sent after the batch committed, at most one at a time: the relay takes
+every due row when it wakes, and it sweeps on a timer as well.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
 from app.db.schema import NOTIFY_CHANNEL
 from app.errors import LedgerUnavailable
@@ -22,21 +29,15 @@ from app.logs import get_logger
 
 log = get_logger("conveyor.intake")
 
-INSERT_BATCH = text(
-    f"""
-    WITH ins AS (
-        INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at)
-        SELECT t.id, t.task, t.queue, CAST(t.payload AS jsonb), 'queued', t.priority,
-               t.max_attempts, now() + make_interval(secs => t.delay)
-        FROM unnest(CAST(:ids AS uuid[]), CAST(:tasks AS text[]), CAST(:queues AS text[]),
-                    CAST(:payloads AS text[]), CAST(:priorities AS smallint[]),
-                    CAST(:max_attempts AS integer[]), CAST(:delays AS float8[]))
-             AS t(id, task, queue, payload, priority, max_attempts, delay)
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM ins) AS inserted, pg_notify('{NOTIFY_CHANNEL}', '')
-    """
-)
+INSERT_BATCH = """
+    INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at)
+    SELECT t.id, t.task, t.queue, CAST(t.payload AS jsonb), 'queued', t.priority,
+           t.max_attempts, now() + make_interval(secs => t.delay)
+    FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(queues)s::text[], %(payloads)s::text[],
+                %(priorities)s::smallint[], %(max_attempts)s::integer[], %(delays)s::float8[])
+         AS t(id, task, queue, payload, priority, max_attempts, delay)
+"""
+NOTIFY = f"NOTIFY {NOTIFY_CHANNEL}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +50,27 @@ class NewJob:
     priority: int = 0
 
 
+Pending = tuple[UUID, NewJob, "asyncio.Future[None]"]
+
+
 class Intake:
     """Writes accepted jobs in batches; `submit` returns once the job is committed."""
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 500, concurrency: int = 2) -> None:
-        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    def __init__(self, conninfo: str, *, max_batch: int = 500, concurrency: int = 2) -> None:
         self.max_batch = max_batch
         self.concurrency = concurrency
-        self._pending: list[tuple[UUID, NewJob, asyncio.Future[None]]] = []
+        self.pool = AsyncConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=concurrency + 1,  # one more for the NOTIFY
+            kwargs={"autocommit": True},
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+        )
+        self._opened = False
+        self._pending: list[Pending] = []
         self._in_flight = 0
+        self._notify_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, job: NewJob) -> UUID:
@@ -68,16 +81,29 @@ class Intake:
         await done
         return job_id
 
+    async def close(self) -> None:
+        if self._opened:
+            await self.pool.close()
+
     def _kick(self) -> None:
         while self._pending and self._in_flight < self.concurrency:
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
             self._in_flight += 1
-            task = asyncio.create_task(self._write(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._write(batch))
 
-    async def _write(self, batch: list[tuple[UUID, NewJob, asyncio.Future[None]]]) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connection_pool(self) -> AsyncConnectionPool[AsyncConnection[tuple[object, ...]]]:
+        if not self._opened:
+            self._opened = True
+            await self.pool.open()
+        return self.pool
+
+    async def _write(self, batch: list[Pending]) -> None:
         try:
             jobs = [job for _, job, _ in batch]
             params = {
@@ -89,10 +115,11 @@ class Intake:
                 "max_attempts": [j.max_attempts for j in jobs],
                 "delays": [j.delay_seconds for j in jobs],
             }
-            async with self.engine.connect() as conn:
-                inserted = (await conn.execute(INSERT_BATCH, params)).scalar_one()
-            if inserted != len(batch):
-                raise RuntimeError(f"inserted {inserted} of {len(batch)} jobs")
+            pool = await self._connection_pool()
+            async with pool.connection(timeout=10) as conn:
+                cursor = await conn.execute(INSERT_BATCH, params, prepare=True)
+                if cursor.rowcount != len(batch):
+                    raise RuntimeError(f"inserted {cursor.rowcount} of {len(batch)} jobs")
         except Exception as error:
             log.error("could not store accepted jobs", jobs=len(batch), error=repr(error))
             failure = LedgerUnavailable("the job ledger is unavailable; nothing was stored, retry later")
@@ -103,6 +130,18 @@ class Intake:
             for _, _, done in batch:
                 if not done.done():
                     done.set_result(None)
+            if not self._notify_pending:
+                self._notify_pending = True
+                self._spawn(self._notify())
         finally:
             self._in_flight -= 1
             self._kick()
+
+    async def _notify(self) -> None:
+        try:
+            async with self.pool.connection(timeout=10) as conn:
+                self._notify_pending = False  # a batch committed from now on needs a new one
+                await conn.execute(NOTIFY)
+        except Exception as error:
+            self._notify_pending = False
+            log.warning("could not wake the relay; its sweep will publish", error=repr(error))
