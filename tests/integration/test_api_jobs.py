@@ -169,3 +169,39 @@ async def test_concurrent_requests_with_one_idempotency_key_make_one_job(
     assert {answer.status_code for answer in answers} == {202}
     assert len({answer.json()["id"] for answer in answers}) == 1
     assert count_jobs(clean_ledger) == 1
+
+
+REFUSE_AT_COMMIT = """
+CREATE OR REPLACE FUNCTION refuse_replayed_job() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.run > OLD.run THEN RAISE EXCEPTION 'refused at commit (test)'; END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER refuse_replayed_job AFTER UPDATE ON jobs
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_replayed_job();
+"""
+
+
+async def test_a_replay_whose_commit_fails_is_not_answered_202(clean_ledger: Infra) -> None:
+    """The transaction commits before the answer is sent: a refused COMMIT is never a 202."""
+    from app.api.app import create_app
+    from app.db.engine import dispose_async_engines
+
+    application = create_app()
+    transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as client:
+        job_id = (await post_echo(client)).json()["id"]
+        set_state(clean_ledger, job_id, "dead")
+        with psycopg.connect(clean_ledger.libpq_url, autocommit=True) as conn:
+            conn.execute(REFUSE_AT_COMMIT)
+        try:
+            response = await client.post(f"/api/v1/jobs/{job_id}/replay")
+        finally:
+            with psycopg.connect(clean_ledger.libpq_url, autocommit=True) as conn:
+                conn.execute("DROP TRIGGER refuse_replayed_job ON jobs; DROP FUNCTION refuse_replayed_job")
+        assert response.status_code >= 500, response.text
+        assert (await client.get(f"/api/v1/jobs/{job_id}")).json()["state"] == "dead"
+    intake = getattr(application.state, "intake", None)
+    if intake is not None:
+        await intake.close()
+    await dispose_async_engines()

@@ -22,6 +22,8 @@ async def _read_only() -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
-TxDep = Annotated[AsyncConnection, Depends(_transaction)]
+# scope="function": the transaction commits before the response is sent, so a client never
+# hears of a change the database then refused.
+TxDep = Annotated[AsyncConnection, Depends(_transaction, scope="function")]
 ReadDep = Annotated[AsyncConnection, Depends(_read_only)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
