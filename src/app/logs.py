@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import orjson
 import structlog
 
 from app.settings import get_settings
@@ -13,6 +15,9 @@ _configured = False
 
 
 def configure_logging() -> None:
+    """Our lines go straight through structlog (orjson, no stdlib LogRecord: the worker logs
+    two lines per job); Dramatiq's, uvicorn's and alembic's stdlib lines go through the
+    same processors and renderer, so everything reads alike."""
     global _configured
     if _configured:
         return
@@ -22,30 +27,37 @@ def configure_logging() -> None:
     as_json = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if as_json
-        else structlog.dev.ConsoleRenderer(
-            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
-        )
+    console = structlog.dev.ConsoleRenderer(
+        colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
     )
+    native: list[structlog.typing.Processor]
+    if as_json:
+        native = [
+            *shared,
+            _logger_key,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(_orjson),
+        ]
+    else:
+        native = [*shared, _logger_key, console]
+    # A text stream: Dramatiq's worker processes replace stderr with a pipe that has no .buffer.
+    factory = structlog.WriteLoggerFactory(sys.stderr)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=native,
+        logger_factory=factory,
         # Filters below the level before any processor runs: a skipped line costs a call.
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if as_json else _identity,
-            renderer,
+            structlog.processors.JSONRenderer() if as_json else console,
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -60,10 +72,23 @@ def configure_logging() -> None:
     logging.getLogger("dramatiq.worker.WorkerThread").setLevel(logging.ERROR)
 
 
+_NAME_KEY = "logger_name"  # `logger` itself is a parameter of structlog.get_logger
+
+
+def _logger_key(logger: object, name: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    event["logger"] = event.pop(_NAME_KEY, None)
+    return event
+
+
+def _orjson(value: object, **kwargs: Any) -> str:
+    return orjson.dumps(value, default=kwargs.get("default")).decode()
+
+
 def _identity(logger: object, name: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
     return event
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    # Initial values keep the proxy lazy: it assembles on first use, after configure_logging().
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(**{_NAME_KEY: name})
     return logger

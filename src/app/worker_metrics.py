@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 JOBS_STARTED = Counter("conveyor_worker_jobs_started_total", "Attempts started", ["task", "queue"])
@@ -34,3 +38,29 @@ JOB_DURATION = Histogram(
     ["task", "queue"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMetrics:
+    """One task's labelled metrics, looked up once: `.labels()` costs a lock and a dict per call."""
+
+    started: Any
+    succeeded: Any
+    retried: Any
+    dead: Any
+    fenced: Any
+    in_progress: Any
+    duration: Any
+
+
+@lru_cache(maxsize=4096)
+def for_task(task: str, queue: str) -> TaskMetrics:
+    return TaskMetrics(
+        started=JOBS_STARTED.labels(task, queue),
+        succeeded=JOBS_SUCCEEDED.labels(task, queue),
+        retried=JOBS_RETRIED.labels(task, queue),
+        dead=JOBS_DEAD.labels(task, queue),
+        fenced=JOBS_FENCED.labels(task, queue),
+        in_progress=JOBS_IN_PROGRESS.labels(task, queue),
+        duration=JOB_DURATION.labels(task, queue),
+    )

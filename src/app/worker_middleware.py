@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
+import psycopg
 import pydantic
 import structlog
 from dramatiq.broker import Broker, MessageProxy
@@ -32,6 +33,7 @@ from app import worker_metrics as metrics
 from app.backoff import backoff_seconds
 from app.db.engine import autocommit_engine, sync_engine
 from app.errors import LeaseLost, PermanentError
+from app.ledger_batch import Batcher, claim_batch, succeed_batch
 from app.logs import get_logger
 from app.registry import get_task
 from app.runtime import JobContext, peek_current, set_current
@@ -63,6 +65,8 @@ class LedgerMiddleware(Middleware):
         self._heartbeat: threading.Thread | None = None
         self._queues: list[str] = []
         self._beat_engine: Engine | None = None
+        self._claims: Batcher[UUID, ledger.Claim | None] | None = None
+        self._successes: Batcher[tuple[ledger.Token, str], bool] | None = None
 
     # -- process and worker life ---------------------------------------------------------
 
@@ -76,14 +80,25 @@ class LedgerMiddleware(Middleware):
         declared = {q for q in broker.get_declared_queues() if not q.endswith(".DQ")}
         self._queues = sorted(worker.consumer_whitelist or declared)
         self._stop.clear()
+        self._start_batchers()
         self._heartbeat = threading.Thread(
             target=self._heartbeat_loop, name="conveyor-heartbeat", daemon=True
         )
         self._heartbeat.start()
         log.info("worker started", worker_id=self.worker_id, queues=self._queues)
 
+    def _start_batchers(self) -> None:
+        settings = get_settings()
+        self._claims = Batcher(
+            "claims", settings.libpq_url, claim_batch(self.worker_id, settings.lease_seconds)
+        )
+        self._successes = Batcher("successes", settings.libpq_url, succeed_batch)
+
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         self._stop.set()
+        for batcher in (self._claims, self._successes):
+            if batcher is not None:
+                batcher.close()
         with self._lock:
             left = list(self._in_flight)
         try:
@@ -109,7 +124,7 @@ class LedgerMiddleware(Middleware):
             message.fail()
             return
         try:
-            claim = self._with_db_retry(lambda: _claim(job_id, self.worker_id), what="claim", job_id=job_id)
+            claim = self._with_db_retry(lambda: self._claim(job_id), what="claim", job_id=job_id)
         except Exception:
             log.exception("could not claim job; the relay will publish it again", job_id=str(job_id))
             raise SkipMessage("claim failed") from None
@@ -128,8 +143,9 @@ class LedgerMiddleware(Middleware):
         structlog.contextvars.bind_contextvars(
             job_id=str(job_id), task=claim.task, attempt=claim.token.attempt, run=claim.token.run
         )
-        metrics.JOBS_STARTED.labels(claim.task, message.queue_name).inc()
-        metrics.JOBS_IN_PROGRESS.labels(claim.task, message.queue_name).inc()
+        task_metrics = metrics.for_task(claim.task, message.queue_name)
+        task_metrics.started.inc()
+        task_metrics.in_progress.inc()
         log.info("job started", max_attempts=claim.max_attempts)
 
     def after_process_message(
@@ -153,7 +169,7 @@ class LedgerMiddleware(Middleware):
                 if self._in_flight.get(ctx.token.job_id) is ctx:
                     del self._in_flight[ctx.token.job_id]
                 self.processed += 1
-            metrics.JOBS_IN_PROGRESS.labels(ctx.task, message.queue_name).dec()
+            metrics.for_task(ctx.task, message.queue_name).in_progress.dec()
             structlog.contextvars.clear_contextvars()
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
@@ -164,7 +180,8 @@ class LedgerMiddleware(Middleware):
     def _finish(self, ctx: JobContext, message: MessageProxy, exc: BaseException | None) -> None:
         duration = time.monotonic() - ctx.started
         labels = (ctx.task, message.queue_name)
-        metrics.JOB_DURATION.labels(*labels).observe(duration)
+        task_metrics = metrics.for_task(*labels)
+        task_metrics.duration.observe(duration)
         if exc is None:
             try:
                 result_json = orjson.dumps(ctx.result).decode()
@@ -172,7 +189,7 @@ class LedgerMiddleware(Middleware):
                 exc = PermanentError(f"the task returned a result that is not JSON: {not_json}")
             else:
                 if self._succeed(ctx, result_json):
-                    metrics.JOBS_SUCCEEDED.labels(*labels).inc()
+                    task_metrics.succeeded.inc()
                     log.info("job succeeded", duration_s=round(duration, 4))
                 else:
                     self._refused(ctx, labels)
@@ -189,13 +206,13 @@ class LedgerMiddleware(Middleware):
                 self._refused(ctx, labels)
                 return
             message.fail()  # nack: RabbitMQ dead-letters it to <queue>.XQ
-            metrics.JOBS_DEAD.labels(*labels).inc()
+            task_metrics.dead.inc()
             reason = "permanent error" if permanent else "attempts used up"
             log.error("job dead", reason=reason, error=error, duration_s=round(duration, 4))
             return
         delay = _retry_delay(ctx)
         if self._write(lambda conn: ledger.retry(conn, ctx.token, error, delay), ctx):
-            metrics.JOBS_RETRIED.labels(*labels).inc()
+            task_metrics.retried.inc()
             log.warning(
                 f"job retrying in {delay:.3f}s",
                 retry_in_s=round(delay, 3),
@@ -223,10 +240,30 @@ class LedgerMiddleware(Middleware):
                 return self._write(lambda c: ledger.retry(c, ctx.token, msg, delay), ctx)
             ctx.discard_effects()
             return False
-        return self._write(lambda conn: ledger.succeed(conn, ctx.token, result_json), ctx)
+        try:
+            return self._with_db_retry(
+                lambda: self._batchers()[1].submit((ctx.token, result_json)),
+                what="finish",
+                job_id=ctx.token.job_id,
+            )
+        except Exception:
+            log.exception("could not record the outcome; the lease will expire and it will rerun")
+            return False
+
+    def _claim(self, job_id: UUID) -> ledger.Claim | None:
+        return self._batchers()[0].submit(job_id)
+
+    def _batchers(
+        self,
+    ) -> tuple[Batcher[UUID, ledger.Claim | None], Batcher[tuple[ledger.Token, str], bool]]:
+        if self._claims is None or self._successes is None:
+            self._start_batchers()  # a broker used without `dramatiq`'s worker boot (tests)
+        assert self._claims is not None
+        assert self._successes is not None
+        return self._claims, self._successes
 
     def _refused(self, ctx: JobContext, labels: tuple[str, str]) -> None:
-        metrics.JOBS_FENCED.labels(*labels).inc()
+        metrics.for_task(*labels).fenced.inc()
         log.warning(
             "late write refused: this attempt lost its lease and another owns the job",
             worker_id=self.worker_id,
@@ -249,7 +286,7 @@ class LedgerMiddleware(Middleware):
         while True:
             try:
                 return fn()
-            except (OperationalError, PoolTimeout):  # the database is down, or busy everywhere
+            except (OperationalError, PoolTimeout, psycopg.OperationalError):  # down, or busy everywhere
                 if time.monotonic() > deadline:
                     raise
                 log.warning(f"database unavailable during {what}; retrying", job_id=str(job_id))
@@ -297,11 +334,6 @@ def _job_id_of(message: MessageProxy) -> UUID | None:
         return UUID(str(message.options["job_id"]))
     except (KeyError, ValueError, TypeError):
         return None
-
-
-def _claim(job_id: UUID, worker_id: str) -> ledger.Claim | None:
-    with autocommit_engine().connect() as conn:
-        return ledger.claim(conn, job_id, worker_id, get_settings().lease_seconds)
 
 
 def _retry_delay(ctx: JobContext) -> float:
