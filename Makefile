@@ -4,14 +4,14 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install services dev test test-fast lint format loadtest bench clean
+.PHONY: install services dev test test-fast lint format loadtest locust clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,load]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 services:
@@ -38,6 +38,10 @@ format: install
 
 loadtest: install
 	$(BIN)/conveyor loadtest
+
+locust: install
+	$(BIN)/python -m pip install --quiet -e '.[load]'
+	$(BIN)/locust -f locustfile.py --host http://127.0.0.1:8000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
