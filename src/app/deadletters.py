@@ -18,6 +18,9 @@ import pika.exceptions
 from dramatiq.common import xq_name
 
 from app.health import PROBE_TIMEOUT_SECONDS
+from app.logs import get_logger
+
+log = get_logger("conveyor.deadletters")
 
 Progress = Callable[[int], None]
 
@@ -105,3 +108,13 @@ def job_id_of(body: bytes) -> str | None:
         return str(message["options"]["job_id"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
+
+
+def remove_quietly(broker_url: str, queue: str, job_ids: Collection[UUID]) -> None:
+    """`remove`, for after a replay or discard has committed: the ledger is the truth, so a
+    broker that is away only leaves a stale copy behind (a message for a job that is no
+    longer dead never runs), and that is logged rather than raised."""
+    try:
+        remove(broker_url, queue, job_ids)
+    except Exception as error:
+        log.warning("could not remove stale dead-letter copies", queue=queue, error=repr(error))

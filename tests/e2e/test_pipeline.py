@@ -94,6 +94,10 @@ def test_a_job_that_always_fails_dies_after_max_attempts_into_the_dead_letter_qu
         (1, "dead"),
         (2, "succeeded"),
     ]
+    deadline = time.monotonic() + 10
+    while broker.depth(infra, "default.XQ") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert broker.depth(infra, "default.XQ") == 0, "the replay took the dead run's copy out of .XQ"
 
 
 def test_a_permanent_smtp_refusal_kills_the_job_after_one_attempt(

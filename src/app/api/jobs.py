@@ -7,11 +7,12 @@ from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Row
 
+from app import deadletters
 from app.api.deps import ReadDep, TxDep
 from app.api.errors import field_errors
 from app.api.metrics import JOBS_ACCEPTED
@@ -279,9 +280,13 @@ async def list_jobs(
         409: {"model": ErrorBody, "description": "Job is not dead"},
     },
 )
-async def replay_job(job_id: UUID, conn: TxDep, response: Response) -> JobAccepted:
+async def replay_job(
+    job_id: UUID, conn: TxDep, response: Response, background: BackgroundTasks
+) -> JobAccepted:
     await service.replay(conn, job_id)
     row = await service.get(conn, job_id)
+    # After the commit and the answer: take the dead run's copy out of <queue>.XQ.
+    background.add_task(deadletters.remove_quietly, get_settings().broker_url, row.queue, [job_id])
     status_url = f"/api/v1/jobs/{job_id}"
     response.headers["Location"] = status_url
     return JobAccepted(id=row.id, task=row.task, state=row.state, status_url=status_url)

@@ -11,9 +11,10 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request, status
 from fastapi.responses import RedirectResponse
 
+from app import deadletters
 from app.api.deps import TxDep
 from app.dashboard.rendering import Notice, leave_notice, safe_next
 from app.dashboard.security import require_same_origin
@@ -21,6 +22,7 @@ from app.dashboard.throughput import minute_counts
 from app.db.engine import async_engine
 from app.errors import InvalidTransition, JobNotFound
 from app.services import jobs as service
+from app.settings import get_settings
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False, dependencies=[Depends(require_same_origin)])
 
@@ -34,6 +36,11 @@ BULK_ACTIONS: dict[str, tuple[Bulk, str]] = {
     "replay": (service.replay_dead, "replayed"),
     "discard": (service.discard_dead, "discarded"),
 }
+
+
+def forget_dead_letter(background: BackgroundTasks, queue: str, job_id: UUID) -> None:
+    """After the commit and the redirect, take the job's copy out of <queue>.XQ."""
+    background.add_task(deadletters.remove_quietly, get_settings().broker_url, queue, [job_id])
 
 
 async def form_fields(request: Request) -> dict[str, str]:
@@ -67,9 +74,12 @@ async def _one(request: Request, job_id: UUID, act: Callable[[], Awaitable[Notic
 
 
 @router.post("/jobs/{job_id}/replay")
-async def replay(request: Request, job_id: UUID, conn: TxDep) -> RedirectResponse:
+async def replay(
+    request: Request, job_id: UUID, conn: TxDep, background: BackgroundTasks
+) -> RedirectResponse:
     async def act() -> Notice:
         await service.replay(conn, job_id)
+        forget_dead_letter(background, (await service.get(conn, job_id)).queue, job_id)
         return Notice("replayed", 1)
 
     return await _one(request, job_id, act)
@@ -85,11 +95,15 @@ async def cancel(request: Request, job_id: UUID, conn: TxDep) -> RedirectRespons
 
 
 @router.post("/jobs/{job_id}/discard")
-async def discard(request: Request, job_id: UUID, conn: TxDep) -> RedirectResponse:
+async def discard(
+    request: Request, job_id: UUID, conn: TxDep, background: BackgroundTasks
+) -> RedirectResponse:
     async def act() -> Notice:
+        queue = (await service.get(conn, job_id)).queue
         if not await service.discard_dead(conn, ids=[job_id], limit=1):
             state = (await service.get(conn, job_id)).state
             raise InvalidTransition(job_id, state, "discard", "dead")
+        forget_dead_letter(background, queue, job_id)
         return Notice("discarded", 1)
 
     return await _one(request, job_id, act)
