@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from tests.support import broker
 from tests.support.infra import Infra
 
 pytestmark = pytest.mark.anyio
@@ -358,11 +359,26 @@ async def test_bulk_replay_by_task_replays_that_tasks_dead_jobs_after_a_confirma
     assert listed(response.text) == [echo]
 
 
+def dead_letter_copies(infra: Infra, job_ids: list[str]) -> None:
+    """Put a copy of each job's message in default.XQ, as RabbitMQ does when a job dies."""
+    from dramatiq import Message
+
+    from app.worker import broker as dramatiq_broker
+
+    dramatiq_broker.declare_queue("default", ensure=True)
+    for job_id in job_ids:
+        message = Message(
+            queue_name="default", actor_name=ECHO, args=(), kwargs={}, options={"job_id": str(job_id)}
+        )
+        broker.publish_raw(infra, "default.XQ", message.encode())
+
+
 async def test_bulk_discard_of_every_dead_job_needs_confirm_and_spares_the_living(
-    dashboard: httpx.AsyncClient, ledger: psycopg.Connection[Any]
+    dashboard: httpx.AsyncClient, ledger: psycopg.Connection[Any], clean_ledger: Infra
 ) -> None:
     dead = [add_job(ledger, task=task, state="dead") for task in (ECHO, FLAKY, ECHO)]
     alive = add_job(ledger, state="succeeded", finished_ago=timedelta(minutes=1))
+    dead_letter_copies(clean_ledger, [*dead, alive])
     unconfirmed = await dashboard.post(
         "/dashboard/dead/bulk", data={"action": "discard", "task": ""}, headers=SAME_ORIGIN
     )
@@ -378,6 +394,7 @@ async def test_bulk_discard_of_every_dead_job_needs_confirm_and_spares_the_livin
     assert (response.status_code, response.headers["location"]) == (303, "/dashboard/dead")
     assert [state_of(ledger, job) for job in dead] == [None] * 3
     assert state_of(ledger, alive) == "succeeded"
+    assert broker.depth(clean_ledger, "default.XQ") == 1, "the discarded jobs' .XQ copies went too"
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from app.dashboard.security import require_same_origin
 from app.dashboard.throughput import minute_counts
 from app.db.engine import async_engine
 from app.errors import InvalidTransition, JobNotFound
+from app.registry import all_tasks, get_task
 from app.services import jobs as service
 from app.settings import get_settings
 
@@ -110,7 +111,7 @@ async def discard(
 
 
 @router.post("/dead/bulk")
-async def bulk(request: Request) -> RedirectResponse:
+async def bulk(request: Request, background: BackgroundTasks) -> RedirectResponse:
     fields = await form_fields(request)
     chosen = BULK_ACTIONS.get(fields.get("action", ""))
     if chosen is None:
@@ -119,11 +120,16 @@ async def bulk(request: Request) -> RedirectResponse:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "a bulk action needs confirm=yes")
     act, done = chosen
     task = fields.get("task") or None
-    total = 0
-    while total < BULK_MAX:
+    affected: list[UUID] = []
+    while len(affected) < BULK_MAX:
         async with async_engine().begin() as conn:
-            batch = await act(conn, task=task, limit=min(BULK_BATCH, BULK_MAX - total))
-        total += len(batch)
+            batch = await act(conn, task=task, limit=min(BULK_BATCH, BULK_MAX - len(affected)))
+        affected += batch
         if len(batch) < BULK_BATCH:
             break
-    return back(request, fields, "/dashboard/dead", Notice(done, total))
+    if affected:
+        spec = get_task(task) if task else None
+        queues = {spec.queue} if spec else {each.queue for each in all_tasks()}
+        for queue in sorted(queues):
+            background.add_task(deadletters.remove_quietly, get_settings().broker_url, queue, affected)
+    return back(request, fields, "/dashboard/dead", Notice(done, len(affected)))
