@@ -106,6 +106,8 @@ def dev(
         "worker": [*exe, "worker"],
     }
     children = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+    # SIGTERM (a supervisor, `kill`) stops the children too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     base = f"http://{host}:{port}"
     settings = get_settings()
     typer.echo(
@@ -133,6 +135,10 @@ def dev(
                 child.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def register(cli: typer.Typer) -> None:
