@@ -85,23 +85,13 @@ def clean_ledger(infra: services.Infra) -> services.Infra:
 
 
 def _reset(infra: services.Infra) -> None:
-    import pika
     import psycopg
+
+    from tests.support.faults import purge_queues
 
     with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
         conn.execute("TRUNCATE jobs, job_attempts, workers, job_artifacts CASCADE")
-    connection = pika.BlockingConnection(pika.URLParameters(infra.broker_url))
-    try:
-        for queue in ("default", "email", "exports"):
-            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-                channel = connection.channel()
-                try:
-                    channel.queue_purge(name)
-                    channel.close()
-                except pika.exceptions.ChannelClosedByBroker:
-                    pass  # not declared yet
-    finally:
-        connection.close()
+    purge_queues(infra.broker_url)
 
 
 @pytest.fixture(scope="session")
