@@ -7,6 +7,7 @@ its own and is stopped by its process-group id, never by name.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -17,11 +18,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import psutil
@@ -509,3 +510,50 @@ def verdict(ratio: float | None, target: float) -> str:
     if ratio is None:
         return "n/a"
     return f"{ratio:.2f}x (target >= {target:g}x: {'met' if ratio >= target else 'NOT met'})"
+
+
+class Measured(Protocol):
+    """What a benchmark's result row offers the shared runner."""
+
+    profile: str
+
+    @property
+    def rate(self) -> float: ...
+
+
+R = TypeVar("R", bound=Measured)
+
+
+def run_systems(
+    name: str,
+    unit: str,
+    systems: Sequence[str],
+    run: Callable[[str], R],
+    render: Callable[[list[R]], str],
+    json_path: Path | None,
+    detail: str = "",
+) -> list[R]:
+    """Run each system once, print the table, the failures and the profiles; one failing
+    system (a shared service restarting) spoils only its own row."""
+    results: list[R] = []
+    failures: list[str] = []
+    for system in systems:
+        print(f"{name}: {system} ({detail}load {load_average()}) …", file=sys.stderr, flush=True)
+        try:
+            result = run(system)
+        except Exception as error:
+            print(f"{name}: {system} FAILED: {error!r}", file=sys.stderr, flush=True)
+            failures.append(f"- {system}: FAILED ({type(error).__name__}: {str(error)[:300]})")
+            continue
+        print(f"{name}: {system}: {result.rate:,.0f} {unit}", file=sys.stderr, flush=True)
+        results.append(result)
+    print(render(results))
+    if failures:
+        print("\n".join(["Runs that failed (see their logs under the work directory):", *failures, ""]))
+    for result in results:
+        if result.profile:
+            print(result.profile)
+    if json_path:
+        rows = [asdict(r) | {"rate": r.rate} for r in results]  # type: ignore[call-overload]
+        json_path.write_text(json.dumps(rows, indent=2))
+    return results

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -60,6 +60,7 @@ from _harness import (
     queue_depth,
     rabbitmq_server,
     rss_mib,
+    run_systems,
     scratch_vhost,
     source_version,
     table,
@@ -503,27 +504,15 @@ def main(argv: list[str] | None = None) -> list[AcceptResult]:
     systems, opts, json_path = parse(argv)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk (Debian's package)")
-    results = []
-    failures: list[str] = []
-    for system in systems:
-        print(f"accept: {system} (load {load_average()}) …", file=sys.stderr, flush=True)
-        try:
-            result = run(system, opts)
-        except Exception as error:  # one system failing (a shared service restarting) spoils only its row
-            print(f"accept: {system} FAILED: {error!r}", file=sys.stderr, flush=True)
-            failures.append(f"- {system}: FAILED ({type(error).__name__}: {str(error)[:300]})")
-            continue
-        print(f"accept: {system}: {result.rate:,.0f} req/s", file=sys.stderr, flush=True)
-        results.append(result)
-    print(render(results, opts))
-    if failures:
-        print("\n".join(["Runs that failed (see their logs under the work directory):", *failures, ""]))
-    for result in results:
-        if result.profile:
-            print(result.profile)
-    if json_path:
-        json_path.write_text(json.dumps([asdict(r) | {"rate": r.rate} for r in results], indent=2))
-    return results
+    return run_systems(
+        "accept",
+        "req/s",
+        systems,
+        lambda system: run(system, opts),
+        lambda results: render(results, opts),
+        json_path,
+        "",
+    )
 
 
 if __name__ == "__main__":

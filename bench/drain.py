@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -59,6 +59,7 @@ from _harness import (
     queue_depth,
     rabbitmq_server,
     rss_mib,
+    run_systems,
     scratch_vhost,
     source_version,
     table,
@@ -538,27 +539,15 @@ def parse(argv: list[str] | None = None) -> tuple[list[str], Options, Path | Non
 
 def main(argv: list[str] | None = None) -> list[DrainResult]:
     systems, opts, json_path = parse(argv)
-    results = []
-    failures: list[str] = []
-    for system in systems:
-        print(f"drain: {system} ({opts.jobs} jobs, load {load_average()}) …", file=sys.stderr, flush=True)
-        try:
-            result = run(system, opts)
-        except Exception as error:  # one system failing (a shared service restarting) spoils only its row
-            print(f"drain: {system} FAILED: {error!r}", file=sys.stderr, flush=True)
-            failures.append(f"- {system}: FAILED ({type(error).__name__}: {str(error)[:300]})")
-            continue
-        print(f"drain: {system}: {result.rate:,.0f} jobs/s", file=sys.stderr, flush=True)
-        results.append(result)
-    print(render(results, opts))
-    if failures:
-        print("\n".join(["Runs that failed (see their logs under the work directory):", *failures, ""]))
-    for result in results:
-        if result.profile:
-            print(result.profile)
-    if json_path:
-        json_path.write_text(json.dumps([asdict(r) | {"rate": r.rate} for r in results], indent=2))
-    return results
+    return run_systems(
+        "drain",
+        "jobs/s",
+        systems,
+        lambda system: run(system, opts),
+        lambda results: render(results, opts),
+        json_path,
+        f"{opts.jobs} jobs, ",
+    )
 
 
 if __name__ == "__main__":
