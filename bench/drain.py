@@ -70,7 +70,7 @@ from _harness import (
 from _profile import RELAY_MARKERS, WORKER_MARKERS, Recorder, report
 
 DATABASE = "conveyor_bench"
-CONVEYOR_QUEUE = "default"  # app.registry.Queue.DEFAULT, where echo runs
+CONVEYOR_QUEUE = "default"  # app.jobs.registry.Queue.DEFAULT, where echo runs
 ECHO_MAX_ATTEMPTS = 5  # RETRY_MAX_ATTEMPTS' default; echo sets none of its own
 SYSTEMS = ("conveyor", "conveyor-quiet", "dramatiq", "celery", "celery-prefork")
 DEFAULT_SYSTEMS = "conveyor,conveyor-quiet,dramatiq,celery,celery-prefork"

@@ -51,7 +51,13 @@ def _needs_services(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.fspath))
-        for folder, marker in (("integration", "integration"), ("e2e", "e2e"), ("faults", "faults")):
+        folders = (
+            ("integration", "integration"),
+            ("ledger", "integration"),
+            ("e2e", "e2e"),
+            ("faults", "faults"),
+        )
+        for folder, marker in folders:
             if folder in path.parts:
                 item.add_marker(getattr(pytest.mark, marker))
 
@@ -66,12 +72,12 @@ def infra() -> Iterator[services.Infra]:
         pytest.skip(message)
     services.create(INFRA)
     try:
-        from app.db.migrate import upgrade
+        from app.ledger.migrate import upgrade
 
         upgrade(INFRA.database_url)
         yield INFRA
     finally:
-        from app.db.engine import dispose_sync_engines
+        from app.ledger.engines import dispose_sync_engines
 
         dispose_sync_engines()
         services.drop(INFRA)

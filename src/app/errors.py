@@ -58,3 +58,7 @@ class IdempotencyConflict(ConveyorError):
             f"Idempotency-Key {key!r} was already used with a different request; "
             "use a new key for a new request"
         )
+
+
+class PublishFailed(ConveyorError):
+    """Raised when RabbitMQ did not take every message of a batch; none of it counts as published."""

@@ -55,10 +55,6 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @property
-    def sync_database_url(self) -> str:
-        return self.database_url
-
-    @property
     def libpq_url(self) -> str:
         """The URL without SQLAlchemy's driver suffix, for plain psycopg connections."""
         return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)

@@ -1,8 +1,10 @@
-"""The broker and its middleware. `dramatiq app.worker` (or `conveyor worker`) starts a worker.
+"""The worker's broker and middleware. `dramatiq app.worker` (or `conveyor worker`) starts a worker.
 
-The broker is created and set here before any task module is imported, so every actor
-is declared on it. Retries, AgeLimit and Dramatiq's delay queue are left out: the ledger
-schedules retries and delays, and the ledger middleware decides what a message does.
+This module builds the broker, imports `app.tasks` (which only registers task specs) and
+binds every registered task to the broker as an actor. Nothing else builds a broker: the
+API and the relay read the same task specs and publish with plain AMQP. Retries, AgeLimit
+and Dramatiq's delay queue are left out: the ledger schedules retries and delays, and the
+ledger middleware decides what a message does.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+import app.tasks  # noqa: F401  (registers every task spec)
+from app.execution.actors import bind
+from app.execution.exporter import WorkerExporter
+from app.execution.middleware import LedgerMiddleware
+from app.jobs.registry import MAX_PRIORITY, all_tasks
 from app.logs import configure_logging
 from app.settings import get_settings
-from app.worker_exporter import WorkerExporter
-from app.worker_middleware import LedgerMiddleware
-
-# RabbitMQ priority queues must be declared with their maximum up front; 0-9 like the API.
-MAX_PRIORITY = 9
 
 
 def build_broker(url: str) -> Broker:
@@ -47,5 +49,4 @@ def build_broker(url: str) -> Broker:
 configure_logging()
 broker = build_broker(get_settings().broker_url)
 dramatiq.set_broker(broker)
-
-import app.tasks  # noqa: E402,F401  (registers every actor on the broker above)
+bind(broker, all_tasks())

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.health import BROKER_CACHE_SECONDS
-from app.state_metrics import LEDGER_CACHE_SECONDS
+from app.operate.gauges import LEDGER_CACHE_SECONDS
+from app.operate.health import BROKER_CACHE_SECONDS
 from tests.support.exposition import UUID_PATTERN, Samples, parse, value
 from tests.support.infra import Infra, free_port
 from tests.support.stack import Stack

@@ -17,8 +17,8 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def api(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
     """The API application in this process, on this run's database; no broker on the path."""
-    from app.api.app import create_app
-    from app.db.engine import dispose_async_engines
+    from app.asgi import create_app
+    from app.ledger.engines import dispose_async_engines
 
     application = create_app()
     transport = httpx.ASGITransport(app=application)

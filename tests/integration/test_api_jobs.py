@@ -184,8 +184,8 @@ CREATE CONSTRAINT TRIGGER refuse_replayed_job AFTER UPDATE ON jobs
 
 async def test_a_replay_whose_commit_fails_is_not_answered_202(clean_ledger: Infra) -> None:
     """The transaction commits before the answer is sent: a refused COMMIT is never a 202."""
-    from app.api.app import create_app
-    from app.db.engine import dispose_async_engines
+    from app.asgi import create_app
+    from app.ledger.engines import dispose_async_engines
 
     application = create_app()
     transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)

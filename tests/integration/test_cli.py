@@ -211,9 +211,9 @@ def test_dlq_replay_by_task_asks_first_and_does_nothing_when_refused(ledger: Inf
 def test_dlq_bulk_operations_walk_every_dead_job_in_chunks(
     ledger: Infra, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.cli import dlq
+    from app.operate import actions
 
-    monkeypatch.setattr(dlq, "CHUNK_SIZE", 2)
+    monkeypatch.setattr(actions, "BATCH", 2)
     dead = [insert_job(ledger) for _ in range(5)]
     alive = insert_job(ledger, state="queued")
     result = conveyor("dlq", "replay", "--all", "--yes")

@@ -31,8 +31,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def dashboard(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
-    from app.api.app import create_app
-    from app.db.engine import dispose_async_engines
+    from app.asgi import create_app
+    from app.ledger.engines import dispose_async_engines
 
     transport = httpx.ASGITransport(app=create_app())
     async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
@@ -161,7 +161,7 @@ async def test_closed_minutes_of_the_chart_are_read_once_and_forgotten_on_reques
     clean_ledger: Infra, ledger: psycopg.Connection[Any]
 ) -> None:
     from app.dashboard.throughput import MinuteCounts
-    from app.db.engine import async_engine, dispose_async_engines
+    from app.ledger.engines import async_engine, dispose_async_engines
 
     add_job(ledger, state="succeeded", finished_ago=timedelta(minutes=10))
     counts = MinuteCounts()
@@ -463,15 +463,15 @@ async def test_htmx_is_served_from_the_dashboard_itself_with_its_license(
 async def test_counts_above_the_cap_are_estimates_and_below_it_exact(
     clean_ledger: Infra, ledger: psycopg.Connection[Any]
 ) -> None:
-    from app.db.engine import async_engine, dispose_async_engines
-    from app.services.stats import counts_by_state_bounded
+    from app.ledger.engines import async_engine, dispose_async_engines
+    from app.operate.stats import counts_by_state
 
     for _ in range(8):
         add_job(ledger, state="succeeded")
     add_job(ledger, state="dead")
     try:
         async with async_engine().connect() as conn:
-            counts = await counts_by_state_bounded(conn, exact_up_to=5)
+            counts = await counts_by_state(conn, exact_up_to=5)
     finally:
         await dispose_async_engines()
     assert (counts["dead"].count, counts["dead"].exact) == (1, True)

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from app import health
 from app.cli import cli
+from app.operate import health
 from app.settings import Settings, get_settings
 from tests.support.infra import Infra, free_port
 from tests.support.seed import declare_queues, insert_worker

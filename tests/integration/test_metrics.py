@@ -10,9 +10,9 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 
-from app import health
+from app.operate import amqp, health
+from app.operate.gauges import StateCollector
 from app.settings import Settings, get_settings
-from app.state_metrics import StateCollector
 from tests.support.exposition import UUID_PATTERN, Samples, parse, value
 from tests.support.infra import Infra, free_port
 from tests.support.seed import declare_queues, insert_job, insert_worker, publish_dead_copy
@@ -124,7 +124,7 @@ def test_an_unreachable_broker_drops_its_gauges_and_says_so_while_the_ledger_sti
 def test_a_hung_broker_holds_a_scrape_no_longer_than_the_probe_timeout(
     clean_ledger: Infra, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(health, "PROBE_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(amqp, "PROBE_TIMEOUT_SECONDS", 0.5)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
@@ -137,14 +137,14 @@ def test_a_hung_broker_holds_a_scrape_no_longer_than_the_probe_timeout(
 
 
 def test_state_counts_are_exact_up_to_the_cap_and_estimated_above_it(clean_ledger: Infra) -> None:
-    from app.state_metrics import count_states
+    from app.operate.stats import counts_by_state_sync
 
     for _ in range(5):
         insert_job(clean_ledger, state="succeeded")
     insert_job(clean_ledger, state="dead")
     with health.probe_engine(get_settings().database_url).connect() as conn:
-        exact = count_states(conn)
-        capped = count_states(conn, exact_up_to=2)
+        exact = {state: count.count for state, count in counts_by_state_sync(conn).items()}
+        capped = {state: count.count for state, count in counts_by_state_sync(conn, exact_up_to=2).items()}
     assert exact == {"queued": 0, "running": 0, "retrying": 0, "succeeded": 5, "dead": 1, "cancelled": 0}
     assert capped["dead"] == 1
     assert capped["succeeded"] > 2  # the planner's estimate, never below what was counted

@@ -145,7 +145,7 @@ def test_every_metric_the_dashboard_queries_is_one_conveyor_exports(infra: Infra
     from prometheus_client import REGISTRY
 
     import app.api.metrics
-    import app.worker_metrics  # the worker's exporter serves these
+    import app.execution.metrics  # the worker's exporter serves these
 
     families = [*REGISTRY.collect(), *app.api.metrics.STATE.collect()]
     exported = {

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from app.backoff import backoff_seconds
+from app.jobs.backoff import backoff_seconds
 
 
 def test_each_delay_lies_between_half_and_all_of_its_exponential_step() -> None:

@@ -8,8 +8,7 @@ from typing import Annotated
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db.engine import async_engine
-from app.settings import Settings, get_settings
+from app.ledger.engines import async_engine
 
 
 async def _transaction() -> AsyncIterator[AsyncConnection]:
@@ -26,4 +25,3 @@ async def _read_only() -> AsyncIterator[AsyncConnection]:
 # hears of a change the database then refused.
 TxDep = Annotated[AsyncConnection, Depends(_transaction, scope="function")]
 ReadDep = Annotated[AsyncConnection, Depends(_read_only)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]

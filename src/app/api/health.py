@@ -9,9 +9,9 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app import health
 from app.api.metrics import render_metrics
-from app.registry import all_tasks
+from app.jobs.registry import all_tasks
+from app.operate import health
 
 router = APIRouter(tags=["health"])
 

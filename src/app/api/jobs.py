@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
@@ -10,36 +9,35 @@ import orjson
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Row
 
-from app import deadletters
+from app.accept import jobs as accepting
+from app.accept.intake import Intake
+from app.accept.jobs import MAX_IDEMPOTENCY_KEY_LENGTH
 from app.api.deps import ReadDep, TxDep
 from app.api.errors import field_errors
 from app.api.metrics import JOBS_ACCEPTED
 from app.api.schemas import (
-    AttemptView,
     EmailRequest,
     ErrorBody,
     JobAccepted,
     JobList,
     JobRequest,
-    JobView,
     RetryPolicyView,
     TaskView,
 )
-from app.db.engine import async_engine
-from app.db.schema import JobState
 from app.errors import JobNotFound, UnknownTask
-from app.registry import Payload, TaskSpec, get_task, public_tasks
-from app.services import jobs as service
-from app.services.intake import Intake, NewJob
+from app.jobs.registry import TaskSpec, get_task, public_tasks
+from app.ledger.engines import async_engine
+from app.ledger.jobs import NewJob
+from app.ledger.schema import JobState
+from app.operate import actions, reads
+from app.operate.views import AttemptView, JobView, attempt_view, job_view
 from app.settings import get_settings
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 EMAIL_TASK = "app.tasks.example.send_email"
 M = TypeVar("M", bound=BaseModel)
-MAX_KEY_LENGTH = 255
 
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed JSON"},
@@ -52,30 +50,6 @@ BODY_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def job_view(row: Row[Any]) -> JobView:
-    return JobView(
-        id=row.id,
-        task=row.task,
-        queue=row.queue,
-        state=row.state,
-        priority=row.priority,
-        run=row.run,
-        attempts=row.attempts,
-        max_attempts=row.max_attempts,
-        progress=row.progress,
-        payload=row.payload,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        available_at=row.available_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        next_retry_at=row.available_at if row.state == JobState.RETRYING else None,
-        last_error=row.last_error,
-        result=row.result,
-        worker_id=row.worker_id,
-    )
-
-
 def _parse(model: type[M], body: bytes) -> M:
     """Validate a request body straight from its bytes (malformed JSON → 400, invalid → 422)."""
     try:
@@ -84,10 +58,19 @@ def _parse(model: type[M], body: bytes) -> M:
         raise RequestValidationError(field_errors(error.errors(), ("body",))) from None
 
 
-def _payload(spec: TaskSpec[Any], payload: dict[str, Any], loc: tuple[str, ...]) -> Payload:
+def _new_job(
+    spec: TaskSpec[Any],
+    payload: Any,
+    loc: tuple[str, ...],
+    *,
+    key: str | None,
+    delay_seconds: int = 0,
+    priority: int = 0,
+) -> NewJob:
     try:
-        validated: Payload = spec.payload_model.model_validate(payload)
-        return validated
+        return accepting.new_job(
+            spec, payload, delay_seconds=delay_seconds, priority=priority, idempotency_key=key
+        )
     except ValidationError as error:
         raise RequestValidationError(field_errors(error.errors(), loc)) from None
 
@@ -102,12 +85,12 @@ def _intake(request: Request) -> Intake:
 def _idempotency_key(request: Request) -> str | None:
     """The Idempotency-Key header, read by hand: the accept route skips FastAPI's dependency solver."""
     key = request.headers.get("idempotency-key")
-    if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
         raise RequestValidationError(
             [
                 {
                     "loc": ("header", "Idempotency-Key"),
-                    "msg": f"must be 1 to {MAX_KEY_LENGTH} characters",
+                    "msg": f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters",
                     "type": "string_length",
                 }
             ]
@@ -115,40 +98,20 @@ def _idempotency_key(request: Request) -> str | None:
     return key
 
 
-async def _accept(
-    request: Request,
-    spec: TaskSpec[Any],
-    payload: Payload,
-    key: str | None,
-    fingerprint_body: Callable[[], dict[str, Any]],
-    delay_seconds: int = 0,
-    priority: int = 0,
-) -> Response:
-    max_attempts = spec.retry.resolved_max_attempts()
-    if key is None:
-        job = NewJob(spec.name, spec.queue, payload.model_dump_json(), max_attempts, delay_seconds, priority)
-        job_id, state, duplicate = await _intake(request).submit(job), "queued", False
+async def _accept(request: Request, job: NewJob) -> Response:
+    if job.idempotency_key is None:
+        job_id, state, duplicate = await _intake(request).submit(job), JobState.QUEUED.value, False
     else:
         async with async_engine().begin() as conn:
-            accepted = await service.accept(
-                conn,
-                task=spec.name,
-                queue=spec.queue,
-                payload=payload.model_dump(mode="json"),
-                max_attempts=max_attempts,
-                delay_seconds=delay_seconds,
-                priority=priority,
-                idempotency_key=key,
-                fingerprint=service.request_fingerprint(request.url.path, fingerprint_body()),
-            )
+            accepted = await accepting.store(conn, job)
         job_id, state, duplicate = accepted.id, accepted.state, accepted.duplicate
     status_url = f"/api/v1/jobs/{job_id}"
     headers = {"Location": status_url}
     if duplicate:
         headers["Idempotent-Replayed"] = "true"
     else:
-        JOBS_ACCEPTED.labels(spec.name).inc()
-    body = {"id": job_id, "task": spec.name, "state": state, "status_url": status_url}
+        JOBS_ACCEPTED.labels(job.task).inc()
+    body = {"id": job_id, "task": job.task, "state": state, "status_url": status_url}
     return Response(orjson.dumps(body), status_code=202, headers=headers, media_type="application/json")
 
 
@@ -159,7 +122,7 @@ def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
         "in": "header",
         "required": False,
         "description": "Repeat a POST safely: the same key and body return the first job.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
     }
     return {"requestBody": schema, "parameters": [header]}
 
@@ -178,16 +141,15 @@ async def enqueue(request: Request) -> Response:
     spec = get_task(job.task)
     if spec is None or not spec.public:
         raise UnknownTask(job.task, [t.name for t in public_tasks()])
-    payload = _payload(spec, job.payload, ("body", "payload"))
-    return await _accept(
-        request,
+    new = _new_job(
         spec,
-        payload,
-        key,
-        lambda: job.model_dump(mode="json"),
+        job.payload,
+        ("body", "payload"),
+        key=key,
         delay_seconds=job.delay_seconds,
         priority=job.priority,
     )
+    return await _accept(request, new)
 
 
 @router.post(
@@ -203,14 +165,12 @@ async def send_email(request: Request) -> Response:
     email = _parse(EmailRequest, await request.body())
     spec = get_task(EMAIL_TASK)
     assert spec is not None
-    body = email.model_dump(mode="json")
-    payload = _payload(spec, body, ("body",))
-    return await _accept(request, spec, payload, key, lambda: body)
+    return await _accept(request, _new_job(spec, email.model_dump(mode="json"), ("body",), key=key))
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}})
 async def get_job(job_id: UUID, conn: ReadDep) -> JobView:
-    return job_view(await service.get(conn, job_id))
+    return job_view(await reads.get(conn, job_id))
 
 
 @router.get(
@@ -219,21 +179,8 @@ async def get_job(job_id: UUID, conn: ReadDep) -> JobView:
     responses={404: {"model": ErrorBody}},
 )
 async def get_attempts(job_id: UUID, conn: ReadDep) -> list[AttemptView]:
-    await service.get(conn, job_id)
-    rows = await service.attempts_of(conn, job_id)
-    return [
-        AttemptView(
-            run=r.run,
-            attempt=r.attempt,
-            worker_id=r.worker_id,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-            outcome=r.outcome,
-            error=r.error,
-            duration_seconds=r.duration_seconds,
-        )
-        for r in rows
-    ]
+    await reads.get(conn, job_id)
+    return [attempt_view(row) for row in await reads.attempts_of(conn, job_id)]
 
 
 @router.get(
@@ -242,7 +189,7 @@ async def get_attempts(job_id: UUID, conn: ReadDep) -> list[AttemptView]:
     summary="The file a job produced (the CSV of export_jobs)",
 )
 async def get_artifact(job_id: UUID, conn: ReadDep) -> Response:
-    row = await service.artifact(conn, job_id)
+    row = await reads.artifact(conn, job_id)
     if row is None:
         raise JobNotFound(f"{job_id} (or its artifact)")
     return Response(
@@ -261,7 +208,7 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> JobList:
     try:
-        rows, next_cursor = await service.page(
+        rows, next_cursor = await reads.page(
             conn, state=state.value if state else None, task=task, limit=limit, cursor=cursor
         )
     except ValueError:
@@ -283,10 +230,10 @@ async def list_jobs(
 async def replay_job(
     job_id: UUID, conn: TxDep, response: Response, background: BackgroundTasks
 ) -> JobAccepted:
-    await service.replay(conn, job_id)
-    row = await service.get(conn, job_id)
+    dead_run = await actions.replay(conn, job_id)
+    row = await reads.get(conn, job_id)
     # After the commit and the answer: take the dead run's copy out of <queue>.XQ.
-    background.add_task(deadletters.remove_quietly, get_settings().broker_url, row.queue, [job_id])
+    background.add_task(actions.forget_dead_letters_quietly, get_settings().broker_url, [dead_run])
     status_url = f"/api/v1/jobs/{job_id}"
     response.headers["Location"] = status_url
     return JobAccepted(id=row.id, task=row.task, state=row.state, status_url=status_url)
@@ -301,8 +248,8 @@ async def replay_job(
     },
 )
 async def cancel_job(job_id: UUID, conn: TxDep) -> JobView:
-    await service.cancel(conn, job_id)
-    return job_view(await service.get(conn, job_id))
+    await actions.cancel(conn, job_id)
+    return job_view(await reads.get(conn, job_id))
 
 
 @router.get("/tasks", response_model=list[TaskView], tags=["tasks"])

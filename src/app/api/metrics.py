@@ -14,8 +14,8 @@ from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.registry import all_tasks
-from app.state_metrics import StateCollector
+from app.jobs.registry import all_tasks
+from app.operate.gauges import StateCollector
 
 JOBS_ACCEPTED = Counter("conveyor_jobs_accepted_total", "Jobs accepted (202) by task", ["task"])
 

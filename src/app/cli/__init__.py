@@ -1,10 +1,15 @@
-"""`conveyor`: run the service's processes and operate it."""
+"""`conveyor`: run the service's processes and operate it.
+
+The operating commands read and write the ledger directly, through the same code as the
+API (`app.operate`, `app.accept`), so they keep working while the API is down. Every
+listing takes `--json` for scripts.
+"""
 
 from __future__ import annotations
 
 import typer
 
-from app.cli import load, ops, serve
+from app.cli import dlq, enqueue, health, jobs, load, serve, status
 
 cli = typer.Typer(
     name="conveyor",
@@ -14,7 +19,12 @@ cli = typer.Typer(
 )
 serve.register(cli)
 load.register(cli)
-ops.register(cli)
+cli.command()(health.health)
+cli.add_typer(jobs.app, name="jobs")
+cli.add_typer(dlq.app, name="dlq")
+cli.command()(enqueue.enqueue)
+cli.command()(status.workers)
+cli.command()(status.stats)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from rich.console import Console
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from app.registry import TaskSpec
+    from app.jobs.registry import TaskSpec
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ def with_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
-    from app.health import first_line
+    from app.operate.health import first_line
     from app.settings import get_settings
 
     async def main() -> T:
@@ -90,7 +90,7 @@ def with_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
 def task_spec(name: str) -> TaskSpec[Any]:
     """The public task called `name`, or uniquely ending in `.name` (`echo`); a usage error if none."""
     import app.tasks  # noqa: F401  (registers every task)
-    from app.registry import get_task, public_tasks
+    from app.jobs.registry import get_task, public_tasks
 
     spec = get_task(name)
     if spec is None:
@@ -108,7 +108,7 @@ def task_filter(name: str | None) -> str | None:
     if name is None:
         return None
     import app.tasks  # noqa: F401
-    from app.registry import get_task, public_tasks
+    from app.jobs.registry import get_task, public_tasks
 
     if get_task(name) is not None:
         return name
@@ -118,7 +118,7 @@ def task_filter(name: str | None) -> str | None:
 
 def task_queues() -> list[str]:
     import app.tasks  # noqa: F401
-    from app.registry import all_tasks
+    from app.jobs.registry import all_tasks
 
     return sorted({spec.queue for spec in all_tasks()})
 

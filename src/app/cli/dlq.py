@@ -1,21 +1,18 @@
 """`conveyor dlq list|replay|purge`: the dead letters, from the ledger, and their broker copies.
 
-Bulk operations walk the dead jobs once, oldest first, in chunks of CHUNK_SIZE (one
-transaction each), and stop at the count the operator confirmed. Afterwards the stale
-copies in `<queue>.XQ` are removed (all of them for `purge --all`); the ledger stays the
-truth if the broker cannot be reached, with a warning.
+Bulk operations go through `app.operate.actions` (the same batches as the API and the
+dashboard) and stop at the count the operator confirmed. Afterwards the stale copies in
+`<queue>.XQ` are removed (all of them for `purge --all`); the ledger stays the truth if the
+broker cannot be reached, with a warning.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from app.cli._common import (
@@ -34,29 +31,18 @@ from app.cli._common import (
 
 if TYPE_CHECKING:
     from sqlalchemy import Row
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from app.ledger.jobs import DeadRun
+    from app.operate.actions import BulkAction
 
 app = typer.Typer(help="Dead jobs: list them, replay them, purge them.", no_args_is_help=True)
 
-# Big enough that 100,000 dead jobs take 200 short transactions; small enough that each
-# holds its row locks for milliseconds.
-CHUNK_SIZE = 500
-
-Operation = Callable[..., Awaitable[list[UUID]]]
 IdsArgument = Annotated[list[UUID] | None, typer.Argument(help="Ids of dead jobs", show_default=False)]
 TaskOption = Annotated[str | None, typer.Option(help="Every dead job of this task")]
 AllOption = Annotated[bool, typer.Option("--all", help="Every dead job")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")]
-
-
-@dataclass
-class Outcome:
-    done: dict[str, list[UUID]] = field(default_factory=lambda: defaultdict(list))
-    refused: list[str] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return sum(len(ids) for ids in self.done.values())
+PAST = {"replay": "replayed", "purge": "purged"}
 
 
 @app.command("list")
@@ -66,22 +52,21 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """List dead jobs, most recent first, with their last error."""
-    from app.services import jobs as service
-    from app.services import stats
+    from app.operate import reads, stats
 
     task_name = task_filter(task)
 
     async def load(engine: AsyncEngine) -> tuple[int, list[Row[Any]]]:
         async with engine.connect() as conn:
             total = await stats.count_dead(conn, task_name)
-            rows, _ = await service.page(conn, state="dead", task=task_name, limit=limit)
+            rows, _ = await reads.page(conn, state="dead", task=task_name, limit=limit)
             return total, rows
 
     total, rows = with_database(load)
     if as_json:
-        from app.api.jobs import job_view
+        from app.cli.jobs import job_json
 
-        print_json({"total": total, "items": [job_view(row).model_dump(mode="json") for row in rows]})
+        print_json({"total": total, "items": [job_json(row) for row in rows]})
         return
     if total == 0:
         typer.echo("no dead jobs", err=True)
@@ -105,9 +90,7 @@ def replay(
     ids: IdsArgument = None, task: TaskOption = None, all_: AllOption = False, yes: YesOption = False
 ) -> None:
     """Replay dead jobs: back to queued, attempts from 0, history kept. Asks first for --task/--all."""
-    from app.services import jobs as service
-
-    _bulk("replay", service.replay_dead, ids, task, all_, ask=not ids and not yes)
+    _bulk("replay", ids, task, all_, ask=not ids and not yes)
 
 
 @app.command("purge")
@@ -115,22 +98,20 @@ def purge(
     ids: IdsArgument = None, task: TaskOption = None, all_: AllOption = False, yes: YesOption = False
 ) -> None:
     """Delete dead jobs and their history for good. Always asks first, unless --yes."""
-    from app.services import jobs as service
-
-    _bulk("purge", service.discard_dead, ids, task, all_, ask=not yes)
+    _bulk("purge", ids, task, all_, ask=not yes)
 
 
-def _bulk(
-    verb: str, operation: Operation, ids: list[UUID] | None, task: str | None, all_: bool, ask: bool
-) -> None:
+def _bulk(verb: str, ids: list[UUID] | None, task: str | None, all_: bool, ask: bool) -> None:
     if sum((bool(ids), task is not None, all_)) != 1:
         usage(f"name what to {verb}: job ids, --task TASK or --all (exactly one of them)")
+    action: BulkAction = "replay" if verb == "replay" else "discard"
     task_name = task_filter(task)
+    refused: list[str] = []
     if ids:
         wanted = list(dict.fromkeys(ids))
         if ask:
             typer.confirm(f"{verb.capitalize()} {len(wanted)} dead job(s) for good?", abort=True)
-        outcome = with_database(lambda engine: _by_ids(engine, operation, wanted))
+        done, refused = with_database(lambda engine: _by_ids(engine, action, wanted))
     else:
         total = with_database(lambda engine: _count(engine, task_name))
         scope = f"of task {task_name}" if task_name else "(all of them)"
@@ -139,99 +120,71 @@ def _bulk(
             return
         if ask:
             typer.confirm(f"{verb.capitalize()} {total} dead job(s) {scope}?", abort=True)
-        outcome = with_database(lambda engine: _in_chunks(engine, operation, verb, task_name, total))
-    past = {"replay": "replayed", "purge": "purged"}[verb]
-    typer.echo(f"{past} {outcome.count} dead job(s)")
-    _clean_broker(outcome, purge_all=verb == "purge" and all_)
-    if outcome.refused:
-        fail("\n".join(outcome.refused))
+        done = with_database(lambda engine: _in_batches(engine, action, verb, task_name, total))
+    typer.echo(f"{PAST[verb]} {len(done)} dead job(s)")
+    _clean_broker(done, purge_all=verb == "purge" and all_)
+    if refused:
+        fail("\n".join(refused))
 
 
 async def _count(engine: AsyncEngine, task: str | None) -> int:
-    from app.services import stats
+    from app.operate import stats
 
     async with engine.connect() as conn:
         return await stats.count_dead(conn, task)
 
 
-async def _by_ids(engine: AsyncEngine, operation: Operation, ids: list[UUID]) -> Outcome:
-    from sqlalchemy import select
+async def _by_ids(
+    engine: AsyncEngine, action: BulkAction, ids: list[UUID]
+) -> tuple[list[DeadRun], list[str]]:
+    """The named jobs in one transaction; a line for each one that was not dead."""
+    from app.ledger import jobs as ledger
+    from app.operate import actions
 
-    from app.db.schema import jobs
-
-    outcome = Outcome()
     async with engine.begin() as conn:
-        found = {
-            row.id: row
-            for row in (
-                await conn.execute(select(jobs.c.id, jobs.c.queue, jobs.c.state).where(jobs.c.id.in_(ids)))
-            )
-        }
-        done = set(await operation(conn, ids=ids, limit=len(ids)))
-    for job_id in ids:
-        if job_id in done:
-            outcome.done[found[job_id].queue].append(job_id)
-        elif job_id in found:
-            outcome.refused.append(f"job {job_id} is {found[job_id].state}, not dead: left alone")
-        else:
-            outcome.refused.append(f"job {job_id} not found")
-    return outcome
+        done = await actions.on_dead(conn, action, ids=ids)
+        acted = {run.id for run in done}
+        refused = []
+        for job_id in ids:
+            if job_id not in acted:
+                state = await ledger.job_state(conn, job_id)
+                refused.append(
+                    f"job {job_id} not found"
+                    if state is None
+                    else f"job {job_id} is {state}, not dead: left alone"
+                )
+    return done, refused
 
 
-async def _in_chunks(
-    engine: AsyncEngine, operation: Operation, verb: str, task: str | None, total: int
-) -> Outcome:
-    from app.services import stats
+async def _in_batches(
+    engine: AsyncEngine, action: BulkAction, verb: str, task: str | None, total: int
+) -> list[DeadRun]:
+    from app.operate import actions
 
-    outcome = Outcome()
-    after = None
-    seen = 0
     with _progress() as progress:
         bar = progress.add_task(verb, total=total)
-        while seen < total:
-            async with engine.connect() as conn:
-                chunk = await stats.dead_letters(
-                    conn, task=task, after=after, limit=min(CHUNK_SIZE, total - seen)
-                )
-            if not chunk:
-                break
-            async with engine.begin() as conn:
-                done = set(await _apply(conn, operation, [letter.id for letter in chunk]))
-            for letter in chunk:
-                if letter.id in done:
-                    outcome.done[letter.queue].append(letter.id)
-            after = chunk[-1]
-            seen += len(chunk)
-            progress.advance(bar, len(chunk))
-    return outcome
+        return await actions.bulk(
+            engine, action, task=task, up_to=total, progress=lambda n: progress.advance(bar, n)
+        )
 
 
-async def _apply(conn: AsyncConnection, operation: Operation, ids: list[UUID]) -> list[UUID]:
-    return await operation(conn, ids=ids, limit=len(ids))
-
-
-def _clean_broker(outcome: Outcome, *, purge_all: bool) -> None:
-    from app import deadletters
-    from app.health import first_line
+def _clean_broker(done: list[DeadRun], *, purge_all: bool) -> None:
+    from app.operate import actions, deadletters
+    from app.operate.health import first_line
     from app.settings import get_settings
 
     url = get_settings().broker_url
-    if url.startswith("stub") or (not outcome.done and not purge_all):
+    if url.startswith("stub") or (not done and not purge_all):
         return
     try:
         if purge_all:
-            purged = deadletters.purge(url, {*task_queues(), *outcome.done})
+            purged = deadletters.purge(url, {*task_queues(), *(run.queue for run in done)})
             typer.echo(f"emptied the dead-letter queues: {sum(purged.values())} message(s)")
             return
-        removed = 0
         with _progress() as progress:
-            for queue, ids in sorted(outcome.done.items()):
-                bar = progress.add_task(f"{queue}.XQ", total=deadletters.depth(url, queue))
-
-                def advance(n: int, bar: TaskID = bar) -> None:
-                    progress.advance(bar, n)
-
-                removed += deadletters.remove(url, queue, ids, advance)
+            total = sum(deadletters.depth(url, queue) for queue in {run.queue for run in done})
+            bar = progress.add_task("dead-letter copies", total=total)
+            removed = actions.forget_dead_letters(url, done, lambda n: progress.advance(bar, n))
         typer.echo(f"removed {removed} stale message(s) from the dead-letter queues")
     except Exception as error:
         warn(

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from app.ledger.schema import TERMINAL_STATES as TERMINAL
+
 # httpx and Rich load on use: `conveyor health` runs every few seconds in each container.
 if TYPE_CHECKING:
     import httpx
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 ECHO_TASK = "app.tasks.example.echo"
-TERMINAL_STATES = ("succeeded", "dead", "cancelled")
+TERMINAL_STATES = tuple(sorted(TERMINAL))
 # The list endpoint's largest page: one request reads this many finished jobs.
 PAGE_LIMIT = 200
 # Below this many unfinished jobs, asking for each one is cheaper than paging the lists.

@@ -28,7 +28,7 @@ def api(
 
     configure_logging()
     uvicorn.run(
-        "app.api.app:create_app",
+        "app.asgi:create_app",
         factory=True,
         host=host,
         port=port,
@@ -71,8 +71,7 @@ def worker(
 def relay() -> None:
     """Publish committed jobs from the ledger to RabbitMQ (the outbox relay)."""
     from app.logs import configure_logging
-    from app.outbox import Relay
-    from app.worker import broker
+    from app.relay.outbox import Relay
 
     configure_logging()
     stop = threading.Event()
@@ -82,12 +81,12 @@ def relay() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    Relay(broker).run(stop)  # type: ignore[arg-type]
+    Relay().run(stop)
 
 
 def migrate() -> None:
     """Create the database if needed and apply the ledger's migrations."""
-    from app.db.migrate import upgrade
+    from app.ledger.migrate import upgrade
 
     upgrade()
     typer.echo("database migrated")

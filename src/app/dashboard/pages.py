@@ -20,11 +20,11 @@ from app.dashboard.queues import queue_depths
 from app.dashboard.rendering import query, render
 from app.dashboard.throughput import minute_counts
 from app.dashboard.views import HERE, throughput_chart
-from app.db.schema import TERMINAL_STATES, JobState
 from app.errors import JobNotFound
-from app.registry import public_tasks
-from app.services import jobs as service
-from app.services import stats
+from app.jobs.registry import public_tasks
+from app.ledger.schema import TERMINAL_STATES, JobState
+from app.operate import reads as service
+from app.operate import stats
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
@@ -37,7 +37,7 @@ CursorParam = Annotated[str, Query(max_length=200)]
 
 async def overview_context(request: Request, conn: AsyncConnection) -> dict[str, Any]:
     broker = asyncio.ensure_future(run_in_threadpool(queue_depths))
-    counts = await stats.counts_by_state_bounded(conn)
+    counts = await stats.counts_by_state(conn)
     now = await service.now(conn)
     throughput = await minute_counts(request.app).last_hour(conn, now)
     workers = await stats.workers(conn, limit=50)
@@ -101,7 +101,7 @@ async def jobs_page(
     request: Request, conn: ReadDep, state: str = "", task: TaskFilter = "", cursor: CursorParam = ""
 ) -> Response:
     context = await jobs_context(conn, state, task, cursor)
-    context["counts"] = await stats.counts_by_state_bounded(conn)
+    context["counts"] = await stats.counts_by_state(conn)
     return render(request, "jobs.html", {"nav": "jobs", **context})
 
 

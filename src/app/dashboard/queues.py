@@ -12,16 +12,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from app.health import check_broker
+from dramatiq.common import xq_name
+
+from app.jobs.registry import Queue, public_tasks
 from app.logs import get_logger
-from app.registry import Queue, public_tasks
+from app.operate.health import check_broker
 from app.settings import get_settings
 
 # Every dashboard polls every 2 s: one broker round trip per interval serves them all.
 FRESH_SECONDS = 1.5
 # Older than this, a reading is not shown as current any more: the request waits for a new one.
 RECENT_SECONDS = 15.0
-DEAD_LETTER_SUFFIX = ".XQ"
 
 log = get_logger("conveyor.dashboard")
 
@@ -91,9 +92,9 @@ def _refresh_in_background(url: str) -> None:
 
 def _fetch() -> BrokerView:
     names = queue_names()
-    check = check_broker(get_settings(), [n for q in names for n in (q, q + DEAD_LETTER_SUFFIX)])
+    check = check_broker(get_settings(), [n for q in names for n in (q, xq_name(q))])
     depths: dict[str, int] = check.details.get("queues", {})
-    queues = [QueueDepth(q, depths.get(q), depths.get(q + DEAD_LETTER_SUFFIX)) for q in names]
+    queues = [QueueDepth(q, depths.get(q), depths.get(xq_name(q))) for q in names]
     # A queue nobody declared yet is a normal state of a fresh install, not a failure.
     unreachable = not check.ok and "queues" not in check.details
     return BrokerView(ok=not unreachable, reason=check.reason if unreachable else None, queues=queues)

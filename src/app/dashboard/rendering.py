@@ -10,7 +10,7 @@ from fastapi import Request, Response
 
 from app.dashboard.security import harden
 from app.dashboard.views import make_templates
-from app.db.schema import JobState
+from app.ledger.schema import JobState
 
 templates = make_templates()
 

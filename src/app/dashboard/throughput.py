@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.services import stats
-from app.services.stats import MinuteCount
+from app.operate import stats
+from app.operate.stats import MinuteCount
 
 WINDOW_MINUTES = 60
 # A job's finished_at is its transaction's start time, so a row may commit a moment after

@@ -12,7 +12,7 @@ import orjson
 from markupsafe import Markup, escape
 from starlette.templating import Jinja2Templates
 
-from app.services.stats import MinuteCount, StateCount
+from app.operate.stats import MinuteCount, StateCount
 from app.settings import get_settings
 
 HERE = Path(__file__).parent

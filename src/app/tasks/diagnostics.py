@@ -28,11 +28,10 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app.db.engine import sync_engine
+from app.jobs.context import JobContext
+from app.jobs.registry import Payload, Queue, task
+from app.ledger.engines import sync_engine
 from app.logs import get_logger
-from app.registry import Payload, Queue, task
-from app.runtime import JobContext
-from app.worker import broker  # noqa: F401  (the broker is set before actors are declared)
 
 log = get_logger("conveyor.diagnostics")
 

@@ -12,14 +12,14 @@ from typing import Any
 from pydantic import EmailStr, Field
 from sqlalchemy import and_, func, select, tuple_
 
-from app.db.engine import sync_engine
-from app.db.schema import JobState, job_artifacts, job_attempts, jobs
 from app.errors import PermanentError, TransientError
+from app.jobs.context import JobContext
+from app.jobs.registry import Payload, Queue, task
+from app.ledger import jobs as ledger
+from app.ledger.engines import sync_engine
+from app.ledger.schema import JobState, job_attempts, jobs
 from app.logs import get_logger
-from app.registry import Payload, Queue, task
-from app.runtime import JobContext
 from app.settings import get_settings
-from app.worker import broker  # noqa: F401  (the broker is set before actors are declared)
 
 log = get_logger("conveyor.tasks")
 
@@ -114,15 +114,7 @@ def export_jobs(payload: ExportPayload, job: JobContext) -> dict[str, Any]:
             job.progress(100 * written / max(total, 1) * 0.99)
     content = buffer.getvalue().encode()
     with job.transaction() as effects:
-        effects.execute(job_artifacts.delete().where(job_artifacts.c.job_id == job.token.job_id))
-        effects.execute(
-            job_artifacts.insert().values(
-                job_id=job.token.job_id,
-                name=f"jobs-{job.job_id}.csv",
-                content_type="text/csv",
-                content=content,
-            )
-        )
+        ledger.store_artifact(effects, job.token.job_id, f"jobs-{job.job_id}.csv", "text/csv", content)
     return {
         "rows": written,
         "bytes": len(content),

@@ -1,0 +1,47 @@
+"""The ASGI application: the HTTP API and the dashboard on one FastAPI app (`conveyor api` serves it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import app.tasks  # noqa: F401  (registers the public tasks the API accepts)
+from app.api import errors, health, jobs
+from app.api.guard import BodyGuard
+from app.api.metrics import HttpMetrics
+from app.dashboard import router as dashboard_router
+from app.ledger.engines import dispose_async_engines
+from app.logs import configure_logging
+from app.settings import get_settings
+
+
+@asynccontextmanager
+async def lifespan(application: FastAPI) -> AsyncIterator[None]:
+    yield
+    intake = getattr(application.state, "intake", None)
+    if intake is not None:
+        await intake.close()
+    await dispose_async_engines()
+
+
+def create_app() -> FastAPI:
+    configure_logging()
+    settings = get_settings()
+    application = FastAPI(
+        title="Conveyor",
+        version="1.0.0",
+        summary="Background jobs you can trust: a ledger, an outbox, retries and dead letters.",
+        lifespan=lifespan,
+        # FastAPI's built-in telemetry looks up OpenTelemetry providers on every request;
+        # Conveyor exports Prometheus metrics instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    errors.install(application)
+    application.include_router(jobs.router)
+    application.include_router(health.router)
+    application.include_router(dashboard_router)
+    application.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes)
+    application.add_middleware(HttpMetrics)  # outermost: counts what the guard refuses too
+    return application

@@ -1,0 +1,83 @@
+"""How an attempt ended, written to the ledger: succeeded, retrying, dead, or refused by the fence."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pydantic
+from dramatiq.broker import MessageProxy
+
+from app.errors import LeaseLost, PermanentError
+from app.execution import metrics
+from app.execution.writes import LedgerWrites
+from app.jobs.context import JobContext
+from app.jobs.registry import retry_delay
+from app.logs import get_logger
+
+log = get_logger("conveyor.worker")
+
+MAX_ERROR_CHARS = 4000
+
+
+def finish(writes: LedgerWrites, ctx: JobContext, message: MessageProxy, exc: BaseException | None) -> None:
+    duration = time.monotonic() - ctx.started
+    task_metrics = metrics.for_task(ctx.task, message.queue_name)
+    task_metrics.duration.observe(duration)
+    if exc is None:
+        try:
+            result_json = orjson.dumps(ctx.result).decode()
+        except TypeError as not_json:
+            exc = PermanentError(f"the task returned a result that is not JSON: {not_json}")
+        else:
+            if writes.succeed(ctx, result_json):
+                task_metrics.succeeded.inc()
+                log.info("job succeeded", duration_s=round(duration, 4))
+            else:
+                refused(ctx, message, writes.worker_id)
+            return
+    ctx.discard_effects()
+    if isinstance(exc, LeaseLost):
+        refused(ctx, message, writes.worker_id)
+        return
+    _failed(writes, ctx, message, exc, duration)
+
+
+def _failed(
+    writes: LedgerWrites, ctx: JobContext, message: MessageProxy, exc: BaseException, duration: float
+) -> None:
+    task_metrics = metrics.for_task(ctx.task, message.queue_name)
+    error = describe(exc)
+    permanent = isinstance(exc, PermanentError | pydantic.ValidationError)
+    if permanent or ctx.attempt >= ctx.max_attempts:
+        if not writes.bury(ctx.token, error):
+            refused(ctx, message, writes.worker_id)
+            return
+        message.fail()  # nack: RabbitMQ dead-letters it to <queue>.XQ
+        task_metrics.dead.inc()
+        reason = "permanent error" if permanent else "attempts used up"
+        log.error("job dead", reason=reason, error=error, duration_s=round(duration, 4))
+        return
+    delay = retry_delay(ctx.task, ctx.attempt)
+    if writes.retry(ctx.token, error, delay):
+        task_metrics.retried.inc()
+        log.warning(
+            f"job retrying in {delay:.3f}s",
+            retry_in_s=round(delay, 3),
+            error=error,
+            duration_s=round(duration, 4),
+        )
+    else:
+        refused(ctx, message, writes.worker_id)
+
+
+def refused(ctx: JobContext, message: MessageProxy, worker_id: str) -> None:
+    metrics.for_task(ctx.task, message.queue_name).fenced.inc()
+    log.warning(
+        "late write refused: this attempt lost its lease and another owns the job", worker_id=worker_id
+    )
+
+
+def describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"

@@ -1,0 +1,143 @@
+"""The worker's writes to the ledger, each retried while the database is briefly away.
+
+Claims and successes from all of a process's threads are grouped (see `batcher`): one
+statement and one commit per batch on a connection of their own. A success that carries
+the task's own transaction (`job.transaction()`) commits with it instead. Retries and
+burials are rare and go one by one through the shared pool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from uuid import UUID
+
+import psycopg
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from app.execution.batcher import Batcher
+from app.jobs.context import JobContext
+from app.jobs.registry import retry_delay
+from app.ledger import jobs as ledger
+from app.ledger import workers
+from app.ledger.engines import autocommit_engine, sync_engine
+from app.ledger.jobs import Claim, Token
+from app.logs import get_logger
+from app.settings import get_settings
+
+log = get_logger("conveyor.worker")
+T = TypeVar("T")
+
+# How long a worker keeps retrying a ledger write while the database is unreachable.
+# Past it the lease runs out and the relay hands the job to another attempt.
+DB_RETRY_SECONDS = 60.0
+
+
+def with_db_retry(fn: Callable[[], T], *, what: str, job_id: UUID | None = None) -> T:
+    """`fn()`, tried again with backoff while the database is down or every connection is busy."""
+    deadline = time.monotonic() + DB_RETRY_SECONDS
+    pause = 0.1
+    while True:
+        try:
+            return fn()
+        except (OperationalError, PoolTimeout, psycopg.OperationalError):
+            if time.monotonic() > deadline:
+                raise
+            log.warning(f"database unavailable during {what}; retrying", job_id=str(job_id))
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+class LedgerWrites:
+    """One worker process's writes; `start` after the process forked, `close` at shutdown."""
+
+    def __init__(self) -> None:
+        self.worker_id = ""
+        self._claims: Batcher[UUID, Claim | None] | None = None
+        self._successes: Batcher[tuple[Token, str], bool] | None = None
+
+    def start(self, worker_id: str) -> None:
+        settings = get_settings()
+        self.worker_id = worker_id
+        lease = settings.lease_seconds
+
+        def claim(conn: psycopg.Connection[Any], ids: Any) -> list[Claim | None]:
+            return ledger.claim(conn, worker_id, lease, ids)
+
+        self._claims = Batcher("claims", settings.libpq_url, claim)
+        self._successes = Batcher("successes", settings.libpq_url, ledger.succeed)
+
+    def close(self) -> None:
+        for batcher in (self._claims, self._successes):
+            if batcher is not None:
+                batcher.close()
+
+    def _batchers(self) -> tuple[Batcher[UUID, Claim | None], Batcher[tuple[Token, str], bool]]:
+        if self._claims is None or self._successes is None:
+            self.start(self.worker_id)  # a broker used without `dramatiq`'s worker boot (tests)
+        assert self._claims is not None
+        assert self._successes is not None
+        return self._claims, self._successes
+
+    def claim(self, job_id: UUID) -> Claim | None:
+        claims = self._batchers()[0]
+        return with_db_retry(lambda: claims.submit(job_id), what="claim", job_id=job_id)
+
+    def succeed(self, ctx: JobContext, result_json: str) -> bool:
+        """Record the success (and commit the task's own transaction with it); False when fenced."""
+        if ctx.effects is not None:
+            return self._succeed_with_effects(ctx, result_json)
+        successes = self._batchers()[1]
+        try:
+            return with_db_retry(
+                lambda: successes.submit((ctx.token, result_json)), what="finish", job_id=ctx.token.job_id
+            )
+        except Exception:
+            log.exception("could not record the outcome; the lease will expire and it will rerun")
+            return False
+
+    def _succeed_with_effects(self, ctx: JobContext, result_json: str) -> bool:
+        conn = ctx.effects
+        assert conn is not None
+        try:
+            owned = ledger.succeed(conn, [(ctx.token, result_json)])[0]
+            if owned:
+                conn.commit()
+                conn.close()
+                ctx.effects = None
+                return True
+        except DBAPIError:
+            log.exception("could not commit the job's effects; it will be retried")
+            ctx.discard_effects()
+            delay = retry_delay(ctx.task, ctx.attempt)
+            return self.retry(ctx.token, "database error while committing the job's effects", delay)
+        ctx.discard_effects()
+        return False
+
+    def retry(self, token: Token, error: str, delay_seconds: float) -> bool:
+        return self._single(lambda conn: ledger.retry(conn, token, error, delay_seconds), token)
+
+    def bury(self, token: Token, error: str) -> bool:
+        return self._single(lambda conn: ledger.bury(conn, token, error), token)
+
+    def _single(self, write: Callable[[Any], bool], token: Token) -> bool:
+        def attempt() -> bool:
+            with autocommit_engine().connect() as conn:
+                return write(conn)
+
+        try:
+            return with_db_retry(attempt, what="finish", job_id=token.job_id)
+        except Exception:
+            log.exception("could not record the outcome; the lease will expire and it will rerun")
+            return False
+
+    def hand_back(self, job_ids: list[UUID]) -> int:
+        """At shutdown: give unfinished jobs back to the queue and mark the worker stopped."""
+        with sync_engine().begin() as conn:
+            handed_back = ledger.release(
+                conn, self.worker_id, job_ids, "worker shut down before the attempt finished"
+            )
+            workers.stop(conn, self.worker_id)
+        return handed_back

@@ -1,0 +1,89 @@
+"""What a running task can see of its job: its id, attempt, progress reports and a fenced transaction."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+
+from app.errors import LeaseLost
+from app.ledger import jobs as ledger
+from app.ledger.engines import sync_engine
+from app.ledger.jobs import Token
+from app.settings import get_settings
+
+_current = threading.local()
+
+
+@dataclass
+class JobContext:
+    """The running job, as its task sees it."""
+
+    token: Token
+    task: str
+    max_attempts: int
+    worker_id: str
+    result: Any = None
+    effects: Connection | None = field(default=None, repr=False)
+    started: float = field(default_factory=time.monotonic, repr=False)
+    _last_progress: int = field(default=-1, repr=False)
+
+    @property
+    def job_id(self) -> str:
+        return str(self.token.job_id)
+
+    @property
+    def attempt(self) -> int:
+        return self.token.attempt
+
+    def progress(self, percent: float) -> None:
+        """Record progress (0-100) and renew the lease; raises LeaseLost if the job is no longer ours."""
+        value = max(0, min(100, int(percent)))
+        if value == self._last_progress:
+            return
+        with sync_engine().begin() as conn:
+            owned = ledger.report_progress(conn, self.token, value, get_settings().lease_seconds)
+        if not owned:
+            raise LeaseLost(f"job {self.job_id} attempt {self.attempt} lost its lease")
+        self._last_progress = value
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection whose writes commit together with this job's success, or not at all.
+
+        A worker that lost its lease cannot commit them: the success write is fenced, and
+        the whole transaction rolls back with it. That makes database effects exactly-once.
+        """
+        if self.effects is None:
+            conn = sync_engine().connect()
+            conn.begin()
+            self.effects = conn
+        yield self.effects
+
+    def discard_effects(self) -> None:
+        if self.effects is not None:
+            self.effects.rollback()
+            self.effects.close()
+            self.effects = None
+
+
+def set_current(ctx: JobContext | None) -> None:
+    _current.ctx = ctx
+
+
+def current_job() -> JobContext:
+    """The job the calling worker thread is running."""
+    ctx: JobContext | None = getattr(_current, "ctx", None)
+    if ctx is None:
+        raise RuntimeError("current_job() called outside a running job")
+    return ctx
+
+
+def peek_current() -> JobContext | None:
+    ctx: JobContext | None = getattr(_current, "ctx", None)
+    return ctx

@@ -1,0 +1,124 @@
+"""The registry of tasks: a name, a payload model, a queue and a retry policy each.
+
+`@task` only records the spec. Nothing here knows a broker: `app.worker` binds every
+registered task to the worker's broker as a Dramatiq actor, and the API, the relay and the
+CLI read the same specs without ever building one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from app.jobs.backoff import backoff_seconds
+from app.jobs.context import JobContext
+from app.settings import get_settings
+
+# RabbitMQ declares a priority queue with its highest priority up front; the API takes 0-9.
+MAX_PRIORITY = 9
+
+
+class Queue(StrEnum):
+    DEFAULT = "default"
+    EMAIL = "email"
+    EXPORTS = "exports"
+
+
+class Payload(BaseModel):
+    """Base of every task's payload: undeclared fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+P = TypeVar("P", bound=Payload)
+TaskFn = Callable[[P, JobContext], Any]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int | None = None
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+
+    def resolved_max_attempts(self) -> int:
+        return self.max_attempts or get_settings().retry_max_attempts
+
+    def resolved_base(self) -> float:
+        base = self.backoff_base
+        return get_settings().retry_backoff_base if base is None else base
+
+    def resolved_max(self) -> float:
+        cap = self.backoff_max
+        return get_settings().retry_backoff_max if cap is None else cap
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait before the attempt after `attempt` (1-based)."""
+        return backoff_seconds(attempt, self.resolved_base(), self.resolved_max())
+
+
+@dataclass(frozen=True)
+class TaskSpec(Generic[P]):
+    name: str
+    payload_model: type[P]
+    fn: TaskFn[P]
+    queue: str
+    retry: RetryPolicy
+    time_limit_seconds: float | None
+    public: bool
+    description: str
+
+
+_registry: dict[str, TaskSpec[Any]] = {}
+
+
+def task(
+    payload: type[P],
+    *,
+    queue: Queue | str = Queue.DEFAULT,
+    max_attempts: int | None = None,
+    backoff_base: float | None = None,
+    backoff_max: float | None = None,
+    time_limit_seconds: float | None = None,
+    public: bool = True,
+) -> Callable[[TaskFn[P]], TaskSpec[P]]:
+    """Register a function as a task named `<module>.<function>`."""
+
+    def register(fn: TaskFn[P]) -> TaskSpec[P]:
+        name = f"{fn.__module__}.{fn.__name__}"
+        spec = TaskSpec(
+            name=name,
+            payload_model=payload,
+            fn=fn,
+            queue=str(queue),
+            retry=RetryPolicy(max_attempts, backoff_base, backoff_max),
+            time_limit_seconds=time_limit_seconds,
+            public=public,
+            description=(fn.__doc__ or "").strip().split("\n")[0],
+        )
+        _registry[name] = spec
+        return spec
+
+    return register
+
+
+def get_task(name: str) -> TaskSpec[Any] | None:
+    return _registry.get(name)
+
+
+def public_tasks() -> list[TaskSpec[Any]]:
+    return [spec for spec in _registry.values() if spec.public]
+
+
+def all_tasks() -> list[TaskSpec[Any]]:
+    return list(_registry.values())
+
+
+def retry_delay(task_name: str, attempt: int) -> float:
+    """The backoff before the next attempt of a job of `task_name` (the defaults for a task this
+    version no longer has)."""
+    spec = _registry.get(task_name)
+    return (spec.retry if spec is not None else RetryPolicy()).delay_after(attempt)

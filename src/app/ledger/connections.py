@@ -1,0 +1,53 @@
+"""Running a statement of `queries.sql` on whichever connection the caller holds.
+
+The hot paths hand in psycopg connections of their own pools (prepared statements, no
+layer in between); everything else may hand in a SQLAlchemy connection, whose
+`exec_driver_sql` passes the statement and its `%(name)s` parameters to the same psycopg
+driver unchanged. Either way the statement runs in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import psycopg
+from sqlalchemy import Connection as SyncSaConnection
+
+if TYPE_CHECKING:  # the async layer pulls in sqlalchemy.orm: only processes that use it load it
+    from sqlalchemy.ext.asyncio import AsyncConnection as AsyncSaConnection
+
+SyncConnection: TypeAlias = "psycopg.Connection[Any] | SyncSaConnection"
+AsyncConnection: TypeAlias = "psycopg.AsyncConnection[Any] | AsyncSaConnection"
+Params: TypeAlias = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    rows: list[tuple[Any, ...]]
+    rowcount: int
+
+
+def run(
+    conn: SyncConnection, sql: str, params: Params | None = None, *, prepare: bool | None = None
+) -> Outcome:
+    if isinstance(conn, psycopg.Connection):
+        cursor = conn.execute(sql, params, prepare=prepare)
+        rows = cursor.fetchall() if cursor.description else []
+        return Outcome(rows, cursor.rowcount)
+    result = conn.exec_driver_sql(sql, dict(params or {}))
+    rows = [tuple(row) for row in result.fetchall()] if result.returns_rows else []
+    return Outcome(rows, result.rowcount)
+
+
+async def run_async(
+    conn: AsyncConnection, sql: str, params: Params | None = None, *, prepare: bool | None = None
+) -> Outcome:
+    if isinstance(conn, psycopg.AsyncConnection):
+        cursor = await conn.execute(sql, params, prepare=prepare)
+        rows = await cursor.fetchall() if cursor.description else []
+        return Outcome(rows, cursor.rowcount)
+    result = await conn.exec_driver_sql(sql, dict(params or {}))
+    rows = [tuple(row) for row in result.fetchall()] if result.returns_rows else []
+    return Outcome(rows, result.rowcount)

@@ -1,0 +1,253 @@
+"""Every state change of a job, as functions over the statements of `queries.sql`.
+
+Each function runs one statement in the caller's transaction (psycopg or SQLAlchemy
+connection, see `connections`). Worker writes carry a `Token`, the job's (run, attempt): a worker
+that lost its lease can no longer change the row, and the function says so by returning
+False.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from app.ledger import queries
+from app.ledger.connections import AsyncConnection, SyncConnection, run, run_async
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """Names one attempt of one run of a job; the fencing token of worker writes."""
+
+    job_id: UUID
+    run: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    token: Token
+    task: str
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job about to be inserted: validated, with its payload already JSON."""
+
+    task: str
+    queue: str
+    payload_json: str
+    max_attempts: int
+    delay_seconds: float = 0.0
+    priority: int = 0
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    id: UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    """The job an idempotency key already made."""
+
+    id: UUID
+    task: str
+    state: str
+    request_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Publishable:
+    id: UUID
+    task: str
+    queue: str
+    payload: dict[str, Any]
+    priority: int
+    run: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    id: UUID
+    task: str
+    queue: str
+    payload: dict[str, Any]
+    state: str
+    run: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadRun:
+    """A dead run that an operator replayed or discarded: its broker copy is now stale."""
+
+    id: UUID
+    queue: str
+    run: int
+
+
+# -- accept ---------------------------------------------------------------------------------
+
+
+def _insert_params(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
+    return {
+        "ids": [j.id for j in jobs],
+        "tasks": [j.task for j in jobs],
+        "queues": [j.queue for j in jobs],
+        "payloads": [j.payload_json for j in jobs],
+        "priorities": [j.priority for j in jobs],
+        "max_attempts": [j.max_attempts for j in jobs],
+        "delays": [float(j.delay_seconds) for j in jobs],
+        "idempotency_keys": [j.idempotency_key for j in jobs],
+        "request_hashes": [j.request_hash for j in jobs],
+    }
+
+
+async def insert_async(conn: AsyncConnection, jobs: Sequence[NewJob]) -> set[UUID]:
+    outcome = await run_async(conn, queries.INSERT_JOBS, _insert_params(jobs), prepare=True)
+    return {row[0] for row in outcome.rows}
+
+
+async def notify_relay_async(conn: AsyncConnection) -> None:
+    await run_async(conn, queries.NOTIFY_RELAY)
+
+
+async def key_holder_async(conn: AsyncConnection, key: str) -> KeyHolder | None:
+    rows = (await run_async(conn, queries.FIND_BY_IDEMPOTENCY_KEY, {"key": key})).rows
+    return KeyHolder(*rows[0]) if rows else None
+
+
+# -- the worker -----------------------------------------------------------------------------
+
+
+def claim(
+    conn: psycopg.Connection[Any], worker_id: str, lease_seconds: float, job_ids: Sequence[UUID]
+) -> list[Claim | None]:
+    """Claim due jobs; for each id asked, its claim or None (not claimable now)."""
+    params = {"ids": list(job_ids), "worker_id": worker_id, "lease": lease_seconds}
+    claims = {
+        row[0]: Claim(Token(row[0], row[1], row[2]), row[4], row[3])
+        for row in run(conn, queries.CLAIM, params, prepare=True).rows
+    }
+    # A job twice in one batch (a duplicate delivery) is claimed once: the first asker gets it.
+    return [claims.pop(job_id, None) for job_id in job_ids]
+
+
+def succeed(conn: SyncConnection, items: Sequence[tuple[Token, str]]) -> list[bool]:
+    """Fenced: record (token, result JSON) successes; for each, whether the attempt still owned the job."""
+    params = {
+        "ids": [token.job_id for token, _ in items],
+        "runs": [token.run for token, _ in items],
+        "attempts": [token.attempt for token, _ in items],
+        "results": [result for _, result in items],
+    }
+    owned = {(row[0], row[1], row[2]) for row in run(conn, queries.SUCCEED, params, prepare=True).rows}
+    return [(t.job_id, t.run, t.attempt) in owned for t, _ in items]
+
+
+def _fence(token: Token) -> dict[str, Any]:
+    return {"id": token.job_id, "run": token.run, "attempt": token.attempt}
+
+
+def retry(conn: SyncConnection, token: Token, error: str, delay_seconds: float) -> bool:
+    """Fenced: running → retrying, due again in `delay_seconds`."""
+    params = _fence(token) | {"error": error, "delay": delay_seconds}
+    return bool(run(conn, queries.RETRY, params).rows)
+
+
+def bury(conn: SyncConnection, token: Token, error: str) -> bool:
+    """Fenced: running → dead."""
+    return bool(run(conn, queries.BURY, _fence(token) | {"error": error}).rows)
+
+
+def report_progress(conn: SyncConnection, token: Token, progress: int, lease_seconds: float) -> bool:
+    """Fenced: record progress and renew the lease."""
+    params = _fence(token) | {"progress": progress, "lease": lease_seconds}
+    return bool(run(conn, queries.REPORT_PROGRESS, params).rows)
+
+
+def renew_leases(conn: SyncConnection, worker_id: str, job_ids: Sequence[UUID], lease: float) -> int:
+    if not job_ids:
+        return 0
+    params = {"ids": list(job_ids), "worker_id": worker_id, "lease": lease}
+    return run(conn, queries.RENEW_LEASES, params).rowcount
+
+
+def release(conn: SyncConnection, worker_id: str, job_ids: Sequence[UUID], error: str) -> int:
+    """Hand jobs back to the queue at once (a worker shutting down mid-attempt)."""
+    if not job_ids:
+        return 0
+    params = {"ids": list(job_ids), "worker_id": worker_id, "error": error}
+    return len(run(conn, queries.RELEASE, params).rows)
+
+
+def store_artifact(conn: SyncConnection, job_id: UUID, name: str, content_type: str, content: bytes) -> None:
+    """The file a job produced; call it inside `job.transaction()` so it commits with the success."""
+    params = {"job_id": job_id, "name": name, "content_type": content_type, "content": content}
+    run(conn, queries.STORE_ARTIFACT, params)
+
+
+# -- the relay ------------------------------------------------------------------------------
+
+
+def take_publishable(conn: SyncConnection, limit: int) -> list[Publishable]:
+    rows = run(conn, queries.TAKE_PUBLISHABLE, {"limit": limit}).rows
+    return [Publishable(*row) for row in rows]
+
+
+def mark_published(conn: SyncConnection, job_ids: Sequence[UUID]) -> None:
+    if job_ids:
+        run(conn, queries.MARK_PUBLISHED, {"ids": list(job_ids)})
+
+
+def seconds_until_next_due(conn: SyncConnection) -> float | None:
+    value = run(conn, queries.SECONDS_UNTIL_NEXT_DUE).rows[0][0]
+    return None if value is None else float(value)
+
+
+def reap_expired_leases(conn: SyncConnection, limit: int = 1000) -> list[Reaped]:
+    return [Reaped(*row) for row in run(conn, queries.REAP_EXPIRED_LEASES, {"limit": limit}).rows]
+
+
+def rearm_stale_publications(conn: SyncConnection, age_seconds: float) -> int:
+    """Publish again jobs whose message was published long ago but never claimed."""
+    return run(conn, queries.REARM_STALE_PUBLICATIONS, {"age": age_seconds}).rowcount
+
+
+# -- operators ------------------------------------------------------------------------------
+
+
+async def cancel(conn: AsyncConnection, job_id: UUID) -> bool:
+    """queued|retrying → cancelled; False when the job is in another state (or missing)."""
+    return bool((await run_async(conn, queries.CANCEL, {"id": job_id})).rows)
+
+
+def _dead_params(task: str | None, ids: Sequence[UUID] | None, limit: int) -> dict[str, Any]:
+    return {"task": task, "ids": None if ids is None else list(ids), "limit": limit}
+
+
+async def replay_dead(
+    conn: AsyncConnection, *, task: str | None = None, ids: Sequence[UUID] | None = None, limit: int
+) -> list[DeadRun]:
+    """Replay up to `limit` dead jobs (all, one task's, or the given ids), oldest first."""
+    rows = (await run_async(conn, queries.REPLAY_DEAD, _dead_params(task, ids, limit))).rows
+    return [DeadRun(row[0], row[1], row[2]) for row in rows]
+
+
+async def discard_dead(
+    conn: AsyncConnection, *, task: str | None = None, ids: Sequence[UUID] | None = None, limit: int
+) -> list[DeadRun]:
+    """Delete up to `limit` dead jobs and their history, oldest first."""
+    rows = (await run_async(conn, queries.DISCARD_DEAD, _dead_params(task, ids, limit))).rows
+    return [DeadRun(*row) for row in rows]
+
+
+async def job_state(conn: AsyncConnection, job_id: UUID) -> str | None:
+    rows = (await run_async(conn, queries.JOB_STATE, {"id": job_id})).rows
+    return None if not rows else str(rows[0][0])

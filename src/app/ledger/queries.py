@@ -1,0 +1,61 @@
+"""The ledger's statements, loaded once from `queries.sql` and bound to names here.
+
+Every block of the file is bound below, and every name below has its block: the module refuses
+to load otherwise, so a statement cannot be written twice or left behind unused.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.resources import files
+from typing import Final
+
+_HEADER = re.compile(r"^-- name: ([a-z_]+)\n", re.MULTILINE)
+
+
+def load(text: str) -> dict[str, str]:
+    """The statements of a queries file by name, without their leading comment lines."""
+    parts = _HEADER.split(text)[1:]
+    statements: dict[str, str] = {}
+    for name, block in zip(parts[::2], parts[1::2], strict=True):
+        if name in statements:
+            raise ValueError(f"statement {name!r} is written twice")
+        lines = block.strip().splitlines()
+        while lines and lines[0].startswith("--"):
+            lines.pop(0)
+        statements[name] = "\n".join(lines).strip()
+    return statements
+
+
+_statements = load(files("app.ledger").joinpath("queries.sql").read_text(encoding="utf-8"))
+
+
+def _bind(name: str) -> str:
+    return _statements.pop(name)
+
+
+INSERT_JOBS: Final = _bind("insert_jobs")
+NOTIFY_RELAY: Final = _bind("notify_relay")
+FIND_BY_IDEMPOTENCY_KEY: Final = _bind("find_by_idempotency_key")
+CLAIM: Final = _bind("claim")
+SUCCEED: Final = _bind("succeed")
+RETRY: Final = _bind("retry")
+BURY: Final = _bind("bury")
+REPORT_PROGRESS: Final = _bind("report_progress")
+RENEW_LEASES: Final = _bind("renew_leases")
+RELEASE: Final = _bind("release")
+TAKE_PUBLISHABLE: Final = _bind("take_publishable")
+MARK_PUBLISHED: Final = _bind("mark_published")
+SECONDS_UNTIL_NEXT_DUE: Final = _bind("seconds_until_next_due")
+REAP_EXPIRED_LEASES: Final = _bind("reap_expired_leases")
+REARM_STALE_PUBLICATIONS: Final = _bind("rearm_stale_publications")
+CANCEL: Final = _bind("cancel")
+REPLAY_DEAD: Final = _bind("replay_dead")
+DISCARD_DEAD: Final = _bind("discard_dead")
+STORE_ARTIFACT: Final = _bind("store_artifact")
+JOB_STATE: Final = _bind("job_state")
+UPSERT_WORKER: Final = _bind("upsert_worker")
+STOP_WORKER: Final = _bind("stop_worker")
+
+if _statements:
+    raise RuntimeError(f"queries.sql has statements no name binds: {sorted(_statements)}")

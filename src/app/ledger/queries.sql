@@ -1,0 +1,216 @@
+-- Every statement that changes the ledger, each written once, in psycopg's %(name)s style.
+--
+-- A block starts with `-- name: <name>` and a line saying what it does; app/ledger/queries.py
+-- binds each block to a constant of the same name in capitals. Worker writes are fenced by
+-- the job's (run, attempt): a worker that lost its lease can no longer change the row.
+
+-- name: insert_jobs
+-- New jobs, many per statement (the accept path's group commit) or one (enqueue, a keyed POST).
+-- A row whose idempotency key is taken is not inserted: RETURNING leaves it out.
+INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at,
+                  idempotency_key, request_hash)
+SELECT t.id, t.task, t.queue, CAST(t.payload AS jsonb), 'queued', t.priority, t.max_attempts,
+       now() + make_interval(secs => t.delay), t.idempotency_key, t.request_hash
+FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(queues)s::text[], %(payloads)s::text[],
+            %(priorities)s::smallint[], %(max_attempts)s::integer[], %(delays)s::float8[],
+            %(idempotency_keys)s::text[], %(request_hashes)s::text[])
+     AS t(id, task, queue, payload, priority, max_attempts, delay, idempotency_key, request_hash)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+
+-- name: notify_relay
+-- Wakes the relay; PostgreSQL delivers it when the transaction commits.
+SELECT pg_notify('conveyor_jobs', '')
+
+-- name: find_by_idempotency_key
+-- The job an idempotency key already made, and the fingerprint of the request that made it.
+SELECT id, task, state, request_hash FROM jobs WHERE idempotency_key = %(key)s
+
+-- name: claim
+-- Claims due jobs for a worker: queued|retrying → running, attempts+1, a lease; one attempt row each.
+-- A job that is finished, running elsewhere, not due or out of attempts is left out.
+WITH claimed AS (
+    UPDATE jobs SET state = 'running', attempts = attempts + 1,
+           started_at = CASE WHEN attempts = 0 THEN now() ELSE started_at END,
+           lease_expires_at = now() + make_interval(secs => %(lease)s),
+           worker_id = %(worker_id)s, updated_at = now()
+    WHERE id = ANY(%(ids)s::uuid[]) AND state IN ('queued', 'retrying')
+      AND available_at <= now() AND attempts < max_attempts
+    RETURNING id, run, attempts, max_attempts, task
+), history AS (
+    INSERT INTO job_attempts (job_id, run, attempt, worker_id)
+    SELECT id, run, attempts, %(worker_id)s FROM claimed
+)
+SELECT id, run, attempts, max_attempts, task FROM claimed
+
+-- name: succeed
+-- Fenced: running → succeeded with its result, for each (id, run, attempt) still owned.
+WITH input AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(runs)s::integer[], %(attempts)s::integer[],
+                         %(results)s::text[]) AS t(id, run, attempt, result)
+), done AS (
+    UPDATE jobs j SET state = 'succeeded', result = CAST(i.result AS jsonb), progress = 100,
+           finished_at = now(), lease_expires_at = NULL, last_error = NULL, updated_at = now()
+    FROM input i
+    WHERE j.id = i.id AND j.run = i.run AND j.attempts = i.attempt AND j.state = 'running'
+    RETURNING j.id, j.run, j.attempts
+), closed AS (
+    UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded', error = NULL,
+           duration_seconds = extract(epoch FROM now() - a.started_at)
+    FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
+)
+SELECT id, run, attempts FROM done
+
+-- name: retry
+-- Fenced: running → retrying, due again after %(delay)s seconds; wakes the relay.
+WITH done AS (
+    UPDATE jobs SET state = 'retrying', last_error = %(error)s, lease_expires_at = NULL,
+           available_at = now() + make_interval(secs => %(delay)s), published_at = NULL,
+           updated_at = now()
+    WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
+    RETURNING id, run, attempts
+), closed AS (
+    UPDATE job_attempts a SET finished_at = now(), outcome = 'retrying', error = %(error)s,
+           duration_seconds = extract(epoch FROM now() - a.started_at)
+    FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
+)
+SELECT done.id, pg_notify('conveyor_jobs', '') FROM done
+
+-- name: bury
+-- Fenced: running → dead (a permanent error, or the last attempt failed).
+WITH done AS (
+    UPDATE jobs SET state = 'dead', last_error = %(error)s, lease_expires_at = NULL,
+           finished_at = now(), updated_at = now()
+    WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
+    RETURNING id, run, attempts
+), closed AS (
+    UPDATE job_attempts a SET finished_at = now(), outcome = 'dead', error = %(error)s,
+           duration_seconds = extract(epoch FROM now() - a.started_at)
+    FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
+)
+SELECT done.id FROM done
+
+-- name: report_progress
+-- Fenced: records progress (0-100) and renews the lease.
+UPDATE jobs SET progress = %(progress)s, lease_expires_at = now() + make_interval(secs => %(lease)s)
+WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
+RETURNING id
+
+-- name: renew_leases
+-- Renews the leases of the jobs a worker is running (its heartbeat).
+UPDATE jobs SET lease_expires_at = now() + make_interval(secs => %(lease)s)
+WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND worker_id = %(worker_id)s
+
+-- name: release
+-- A worker shutting down mid-attempt hands its jobs back: running → retrying, due now.
+WITH done AS (
+    UPDATE jobs SET state = 'retrying', available_at = now(), published_at = NULL,
+           lease_expires_at = NULL, updated_at = now(), last_error = %(error)s
+    WHERE id = ANY(%(ids)s::uuid[]) AND worker_id = %(worker_id)s AND state = 'running'
+    RETURNING id, run, attempts
+), closed AS (
+    UPDATE job_attempts a SET finished_at = now(), outcome = 'interrupted', error = %(error)s,
+           duration_seconds = extract(epoch FROM now() - a.started_at)
+    FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
+)
+SELECT done.id, pg_notify('conveyor_jobs', '') FROM done
+
+-- name: take_publishable
+-- Locks due, unpublished jobs for one relay (SKIP LOCKED: other relays take other rows).
+SELECT id, task, queue, payload, priority, run, attempts FROM jobs
+WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
+ORDER BY available_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: mark_published
+-- The broker took these jobs' messages.
+UPDATE jobs SET published_at = now() WHERE id = ANY(%(ids)s::uuid[])
+
+-- name: seconds_until_next_due
+-- How long until the next unpublished job is due (negative: one is due now; NULL: none).
+SELECT extract(epoch FROM min(available_at) - now()) FROM jobs
+WHERE published_at IS NULL AND state IN ('queued', 'retrying')
+
+-- name: reap_expired_leases
+-- Jobs whose worker stopped renewing the lease: back to retrying, or dead once attempts are used up.
+WITH expired AS (
+    SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE jobs j SET
+        state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'retrying' END,
+        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+        published_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+        available_at = now(), lease_expires_at = NULL, updated_at = now(),
+        last_error = 'lease expired: worker ' || coalesce(j.worker_id, '?')
+                     || ' stopped renewing it (crashed or stalled)'
+    FROM expired WHERE j.id = expired.id
+    RETURNING j.id, j.task, j.queue, j.payload, j.state, j.run, j.attempts, j.last_error
+), history AS (
+    UPDATE job_attempts a SET finished_at = now(), outcome = 'lost', error = upd.last_error,
+           duration_seconds = extract(epoch FROM now() - a.started_at)
+    FROM upd WHERE a.job_id = upd.id AND a.run = upd.run AND a.attempt = upd.attempts
+      AND a.finished_at IS NULL
+)
+SELECT id, task, queue, payload, state, run, attempts FROM upd
+
+-- name: rearm_stale_publications
+-- Publishes again jobs whose message went out long ago and was never claimed.
+UPDATE jobs SET published_at = NULL
+WHERE state IN ('queued', 'retrying') AND published_at < now() - make_interval(secs => %(age)s)
+
+-- name: cancel
+-- queued|retrying → cancelled: a job that has not started never will.
+UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
+WHERE id = %(id)s AND state IN ('queued', 'retrying')
+RETURNING id
+
+-- name: replay_dead
+-- dead → queued as a new run (attempts from 0, history kept), oldest first; wakes the relay.
+WITH r AS (
+    UPDATE jobs SET state = 'queued', run = run + 1, attempts = 0, progress = 0,
+           available_at = now(), published_at = NULL, started_at = NULL, finished_at = NULL,
+           last_error = NULL, result = NULL, worker_id = NULL, updated_at = now()
+    WHERE id IN (
+        SELECT id FROM jobs WHERE state = 'dead'
+          AND (%(task)s::text IS NULL OR task = %(task)s)
+          AND (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))
+        ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id, queue, run - 1 AS dead_run
+)
+SELECT r.id, r.queue, r.dead_run, pg_notify('conveyor_jobs', '') FROM r
+
+-- name: discard_dead
+-- Deletes dead jobs with their history, oldest first.
+DELETE FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE state = 'dead'
+      AND (%(task)s::text IS NULL OR task = %(task)s)
+      AND (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))
+    ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+RETURNING id, queue, run AS dead_run
+
+-- name: store_artifact
+-- The file a job produced, written in the job's own transaction (replaces an earlier attempt's).
+INSERT INTO job_artifacts (job_id, name, content_type, content)
+VALUES (%(job_id)s, %(name)s, %(content_type)s, %(content)s)
+ON CONFLICT (job_id) DO UPDATE SET name = EXCLUDED.name, content_type = EXCLUDED.content_type,
+    content = EXCLUDED.content, created_at = now()
+
+-- name: job_state
+-- The state of one job (NULL: no such job).
+SELECT state FROM jobs WHERE id = %(id)s
+
+-- name: upsert_worker
+-- A worker's heartbeat: it is alive, with how much it runs and has run.
+INSERT INTO workers (id, host, pid, queues, started_at, last_seen, in_flight, processed)
+VALUES (%(id)s, %(host)s, %(pid)s, CAST(%(queues)s AS jsonb), %(started_at)s, now(), %(in_flight)s,
+        %(processed)s)
+ON CONFLICT (id) DO UPDATE SET last_seen = now(), in_flight = EXCLUDED.in_flight,
+    processed = EXCLUDED.processed, queues = EXCLUDED.queues, stopped_at = NULL
+
+-- name: stop_worker
+-- A worker stopped cleanly.
+UPDATE workers SET stopped_at = now(), in_flight = 0 WHERE id = %(id)s

@@ -1,0 +1,122 @@
+"""The ledger's tables, as SQLAlchemy Core metadata (the migrations are the source of truth)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData()
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+NOTIFY_CHANNEL = "conveyor_jobs"
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("task", Text, nullable=False),
+    Column("queue", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=False, server_default="0"),
+    # run counts replays; attempts counts tries within the current run. Together they
+    # are the fencing token every worker write is checked against.
+    Column("run", Integer, nullable=False, server_default="1"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False),
+    Column("progress", SmallInteger, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("available_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("published_at", DateTime(timezone=True)),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("worker_id", Text),
+    Column("last_error", Text),
+    Column("result", JSONB),
+    Column("idempotency_key", Text),
+    Column("request_hash", Text),
+    Index("ix_jobs_created", "created_at", "id"),
+    Index("ix_jobs_state_created", "state", "created_at", "id"),
+    Index("ix_jobs_task_created", "task", "created_at", "id"),
+    Index(
+        "ix_jobs_outbox",
+        "available_at",
+        postgresql_where=text("published_at IS NULL AND state IN ('queued', 'retrying')"),
+    ),
+    Index("ix_jobs_leases", "lease_expires_at", postgresql_where=text("state = 'running'")),
+    Index("ix_jobs_finished", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
+    Index(
+        "ux_jobs_idempotency_key",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+)
+
+job_attempts = Table(
+    "job_attempts",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("run", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("worker_id", Text),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("outcome", Text),
+    Column("error", Text),
+    Column("duration_seconds", Float),
+    Index("ix_job_attempts_job", "job_id", "run", "attempt"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("queues", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("last_seen", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("in_flight", Integer, nullable=False, server_default="0"),
+    Column("processed", BigInteger, nullable=False, server_default="0"),
+    Column("stopped_at", DateTime(timezone=True)),
+)
+
+job_artifacts = Table(
+    "job_artifacts",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)

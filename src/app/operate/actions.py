@@ -1,0 +1,116 @@
+"""What an operator does to jobs: replay, cancel, discard, one job or in bulk; written once for
+the API, the dashboard and the CLI.
+
+Bulk actions work in batches of BATCH, one transaction each, so no lock is held for long
+and a huge dead-letter queue never makes one giant transaction. After a replay or discard
+has committed, the dead run's copy in `<queue>.XQ` is stale: `forget_dead_letters` takes
+it out (the ledger stays the truth if the broker is away: a copy left behind never runs).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal
+from uuid import UUID
+
+from app.errors import InvalidTransition, JobNotFound
+from app.ledger import jobs as ledger
+from app.ledger.jobs import DeadRun
+from app.logs import get_logger
+from app.operate import deadletters
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = get_logger("conveyor.operate")
+
+# Big enough that 100,000 dead jobs take 200 short transactions; small enough that each
+# holds its row locks for milliseconds.
+BATCH = 500
+
+BulkAction = Literal["replay", "discard"]
+Progress = Callable[[int], None]
+
+
+async def replay(conn: AsyncConnection, job_id: UUID) -> DeadRun:
+    """dead → queued as a new run; raises InvalidTransition (not dead) or JobNotFound."""
+    done = await ledger.replay_dead(conn, ids=[job_id], limit=1)
+    if not done:
+        raise InvalidTransition(job_id, await _state_of(conn, job_id), "replay", "dead")
+    return done[0]
+
+
+async def discard(conn: AsyncConnection, job_id: UUID) -> DeadRun:
+    """Delete a dead job and its history; raises InvalidTransition (not dead) or JobNotFound."""
+    done = await ledger.discard_dead(conn, ids=[job_id], limit=1)
+    if not done:
+        raise InvalidTransition(job_id, await _state_of(conn, job_id), "discard", "dead")
+    return done[0]
+
+
+async def cancel(conn: AsyncConnection, job_id: UUID) -> None:
+    """queued|retrying → cancelled; raises InvalidTransition (started or ended) or JobNotFound."""
+    if not await ledger.cancel(conn, job_id):
+        raise InvalidTransition(job_id, await _state_of(conn, job_id), "cancel", "queued or retrying")
+
+
+async def _state_of(conn: AsyncConnection, job_id: UUID) -> str:
+    state = await ledger.job_state(conn, job_id)
+    if state is None:
+        raise JobNotFound(job_id)
+    return state
+
+
+async def on_dead(
+    conn: AsyncConnection, action: BulkAction, *, task: str | None = None, ids: Sequence[UUID] | None = None
+) -> list[DeadRun]:
+    """One batch of a bulk action, in the caller's transaction: at most BATCH jobs (or the given ids)."""
+    act = ledger.replay_dead if action == "replay" else ledger.discard_dead
+    return await act(conn, task=task, ids=ids, limit=len(ids) if ids is not None else BATCH)
+
+
+async def bulk(
+    engine: AsyncEngine,
+    action: BulkAction,
+    *,
+    task: str | None = None,
+    up_to: int,
+    progress: Progress | None = None,
+) -> list[DeadRun]:
+    """Replay or discard up to `up_to` dead jobs (of one task, or all), oldest first, in batches."""
+    act = ledger.replay_dead if action == "replay" else ledger.discard_dead
+    done: list[DeadRun] = []
+    while len(done) < up_to:
+        async with engine.begin() as conn:
+            batch = await act(conn, task=task, limit=min(BATCH, up_to - len(done)))
+        done += batch
+        if progress is not None:
+            progress(len(batch))
+        if len(batch) < BATCH:
+            break
+    return done
+
+
+def forget_dead_letters(broker_url: str, runs: Sequence[DeadRun], progress: Progress | None = None) -> int:
+    """Take the dead runs' copies out of their `<queue>.XQ`, one pass per queue; how many went.
+
+    Raises when the broker cannot be reached (see `forget_dead_letters_quietly`).
+    """
+    by_queue: dict[str, list[DeadRun]] = defaultdict(list)
+    for run in runs:
+        by_queue[run.queue].append(run)
+    removed = 0
+    for queue, queued in sorted(by_queue.items()):
+        removed += deadletters.remove(broker_url, queue, [(r.id, r.run) for r in queued], progress)
+    return removed
+
+
+def forget_dead_letters_quietly(broker_url: str, runs: Sequence[DeadRun]) -> None:
+    """`forget_dead_letters` after the response: a broker that is away is logged, not raised."""
+    if not runs or broker_url.startswith("stub"):
+        return
+    try:
+        forget_dead_letters(broker_url, runs)
+    except Exception as error:
+        log.warning("could not remove stale dead-letter copies", jobs=len(runs), error=repr(error))

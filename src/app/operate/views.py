@@ -1,0 +1,82 @@
+"""How a job and its attempts are shown to clients: the JSON of the API and of `conveyor … --json`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel
+from sqlalchemy import Row
+
+from app.ledger.schema import JobState
+
+
+class JobView(BaseModel):
+    id: UUID
+    task: str
+    queue: str
+    state: str
+    priority: int
+    run: int
+    attempts: int
+    max_attempts: int
+    progress: int
+    payload: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    available_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_retry_at: datetime | None
+    last_error: str | None
+    result: Any
+    worker_id: str | None
+
+
+class AttemptView(BaseModel):
+    run: int
+    attempt: int
+    worker_id: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    error: str | None
+    duration_seconds: float | None
+
+
+def job_view(row: Row[Any]) -> JobView:
+    return JobView(
+        id=row.id,
+        task=row.task,
+        queue=row.queue,
+        state=row.state,
+        priority=row.priority,
+        run=row.run,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        progress=row.progress,
+        payload=row.payload,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        available_at=row.available_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        next_retry_at=row.available_at if row.state == JobState.RETRYING else None,
+        last_error=row.last_error,
+        result=row.result,
+        worker_id=row.worker_id,
+    )
+
+
+def attempt_view(row: Row[Any]) -> AttemptView:
+    return AttemptView(
+        run=row.run,
+        attempt=row.attempt,
+        worker_id=row.worker_id,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        outcome=row.outcome,
+        error=row.error,
+        duration_seconds=row.duration_seconds,
+    )

@@ -1,1 +1,0 @@
-"""Operations on jobs that the API, the dashboard and the CLI share."""
