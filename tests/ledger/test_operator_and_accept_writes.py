@@ -1,0 +1,114 @@
+"""What accepting and operating write: new jobs (with idempotency keys), cancel, replay, discard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from app.ledger import jobs as ledger
+from app.ledger.jobs import NewJob
+from tests.ledger.rows import attempts, exists, given, row
+
+pytestmark = pytest.mark.anyio
+
+
+def new(key: str | None = None, delay: float = 0.0) -> NewJob:
+    return NewJob(
+        "app.tasks.example.echo", "default", '{"message": "hi"}', 5, delay_seconds=delay, idempotency_key=key
+    )
+
+
+async def test_new_jobs_are_inserted_queued_many_in_one_statement(
+    aconn: psycopg.AsyncConnection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    jobs = [new(), new(delay=60)]
+    assert await ledger.insert_async(aconn, jobs) == {job.id for job in jobs}
+    assert (row(look, jobs[0].id)["state"], row(look, jobs[0].id)["delayed"]) == ("queued", False)
+    assert row(look, jobs[1].id)["delayed"] is True
+
+
+async def test_a_job_whose_idempotency_key_is_taken_is_left_out_and_the_holder_is_found(
+    aconn: psycopg.AsyncConnection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    first, again, other = new("order-1"), new("order-1"), new("order-2")
+    assert await ledger.insert_async(aconn, [first]) == {first.id}
+    assert await ledger.insert_async(aconn, [again, other]) == {other.id}
+    assert not exists(look, again.id)
+    holder = await ledger.key_holder_async(aconn, "order-1")
+    assert holder is not None
+    assert (holder.id, holder.state) == (first.id, "queued")
+    assert await ledger.key_holder_async(aconn, "never-used") is None
+
+
+async def test_a_job_that_has_not_started_can_be_cancelled_and_no_other(
+    aconn: psycopg.AsyncConnection[Any],
+    conn: psycopg.Connection[Any],
+    look: psycopg.Connection[dict[str, Any]],
+) -> None:
+    queued, retrying = given(conn, "queued"), given(conn, "retrying", attempts=1)
+    others = [given(conn, "running", attempts=1), given(conn, "succeeded"), given(conn, "dead")]
+    assert await ledger.cancel(aconn, queued) is True
+    assert await ledger.cancel(aconn, retrying) is True
+    assert [await ledger.cancel(aconn, job_id) for job_id in others] == [False, False, False]
+    assert (row(look, queued)["state"], row(look, retrying)["state"]) == ("cancelled", "cancelled")
+    assert row(look, queued)["finished_at"] is not None
+    assert [row(look, job_id)["state"] for job_id in others] == ["running", "succeeded", "dead"]
+
+
+async def test_a_replay_starts_a_new_run_of_a_dead_job_and_keeps_its_history(
+    aconn: psycopg.AsyncConnection[Any],
+    conn: psycopg.Connection[Any],
+    look: psycopg.Connection[dict[str, Any]],
+) -> None:
+    dead = given(conn, "dead", attempts=3, published=True)
+    conn.execute(
+        "INSERT INTO job_attempts (job_id, run, attempt, outcome) VALUES (%s, 1, 3, 'dead')", (dead,)
+    )
+    alive = given(conn, "queued")
+    [replayed] = await ledger.replay_dead(aconn, ids=[dead, alive], limit=10)
+    assert (replayed.id, replayed.queue, replayed.run) == (dead, "default", 1), "names the dead run"
+    after = row(look, dead)
+    assert (after["state"], after["run"], after["attempts"], after["published_at"]) == ("queued", 2, 0, None)
+    assert after["finished_at"] is None
+    assert after["last_error"] is None
+    assert [a["outcome"] for a in attempts(look, dead)] == ["dead"], "history kept"
+    assert row(look, alive)["run"] == 1
+
+
+async def test_bulk_replay_takes_one_tasks_dead_jobs_oldest_first_up_to_the_limit(
+    aconn: psycopg.AsyncConnection[Any], conn: psycopg.Connection[Any]
+) -> None:
+    flaky = [given(conn, "dead", task="app.tasks.example.flaky") for _ in range(3)]
+    given(conn, "dead")
+    replayed = await ledger.replay_dead(aconn, task="app.tasks.example.flaky", limit=2)
+    assert {run.id for run in replayed} == set(flaky[:2])
+
+
+async def test_a_discard_deletes_a_dead_job_with_its_history_and_nothing_else(
+    aconn: psycopg.AsyncConnection[Any],
+    conn: psycopg.Connection[Any],
+    look: psycopg.Connection[dict[str, Any]],
+) -> None:
+    dead = given(conn, "dead", attempts=1, run=2)
+    conn.execute(
+        "INSERT INTO job_attempts (job_id, run, attempt, outcome) VALUES (%s, 2, 1, 'dead')", (dead,)
+    )
+    alive = given(conn, "queued")
+    [discarded] = await ledger.discard_dead(aconn, ids=[dead, alive], limit=10)
+    assert (discarded.id, discarded.run) == (dead, 2)
+    assert not exists(look, dead)
+    assert attempts(look, dead) == []
+    assert exists(look, alive)
+
+
+async def test_the_state_of_a_job_is_read_or_none_when_it_is_gone(
+    aconn: psycopg.AsyncConnection[Any], conn: psycopg.Connection[Any]
+) -> None:
+    job_id = given(conn, "retrying", attempts=1)
+    assert await ledger.job_state(aconn, job_id) == "retrying"
+    await ledger.discard_dead(aconn, ids=[job_id], limit=1)
+    assert await ledger.job_state(aconn, job_id) == "retrying", "only dead jobs are discarded"
+    conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
+    assert await ledger.job_state(aconn, job_id) is None

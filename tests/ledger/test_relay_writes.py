@@ -1,0 +1,82 @@
+"""What the relay writes: taking due jobs to publish, marking them published, reaping expired
+leases, and arming again publications nobody claimed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from app.ledger import jobs as ledger
+from tests.ledger.rows import attempts, given, row, second_connection
+
+
+def test_due_unpublished_jobs_are_taken_oldest_due_first_and_marked_published(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    later = given(conn, "queued", due_in=-1)
+    earlier = given(conn, "retrying", due_in=-5, attempts=1)
+    given(conn, "queued", due_in=60)  # delayed
+    given(conn, "queued", published=True)  # already out
+    given(conn, "running", attempts=1)
+    with conn.transaction():
+        taken = ledger.take_publishable(conn, 10)
+        assert [job.id for job in taken] == [earlier, later]
+        ledger.mark_published(conn, [job.id for job in taken])
+    assert row(look, later)["published_at"] is not None
+    assert ledger.take_publishable(conn, 10) == []
+
+
+def test_two_relays_never_take_the_same_row(conn: psycopg.Connection[Any]) -> None:
+    ids = {given(conn, "queued", due_in=-i) for i in range(1, 5)}
+    with second_connection(conn) as other, conn.transaction(), other.transaction():
+        mine = {job.id for job in ledger.take_publishable(conn, 2)}
+        theirs = {job.id for job in ledger.take_publishable(other, 10)}
+    assert len(mine) == 2
+    assert mine | theirs == ids
+    assert not mine & theirs
+
+
+def test_the_next_due_time_is_how_long_until_an_unpublished_job_is_due(conn: psycopg.Connection[Any]) -> None:
+    assert ledger.seconds_until_next_due(conn) is None
+    given(conn, "queued", due_in=30)
+    wait = ledger.seconds_until_next_due(conn)
+    assert wait is not None
+    assert 25 < wait <= 30
+
+
+def test_an_expired_lease_hands_the_job_back_with_attempts_left(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    job_id = given(conn, "running", attempts=1, max_attempts=3, lease_in=-1, published=True)
+    live = given(conn, "running", attempts=1, lease_in=30)
+    [reaped] = ledger.reap_expired_leases(conn)
+    assert (reaped.id, reaped.state) == (job_id, "retrying")
+    after = row(look, job_id)
+    assert (after["state"], after["published_at"], after["delayed"]) == ("retrying", None, False)
+    assert "stopped renewing" in after["last_error"]
+    assert [a["outcome"] for a in attempts(look, job_id)] == ["lost"]
+    assert row(look, live)["state"] == "running"
+
+
+def test_an_expired_lease_on_the_last_attempt_makes_the_job_dead(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    job_id = given(conn, "running", attempts=3, max_attempts=3, lease_in=-1)
+    [reaped] = ledger.reap_expired_leases(conn)
+    assert reaped.state == "dead"
+    after = row(look, job_id)
+    assert after["state"] == "dead"
+    assert after["finished_at"] is not None
+    assert after["published_at"] is not None, "dead: never published again"
+
+
+def test_a_publication_nobody_claimed_for_long_is_armed_again(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    stale = given(conn, "queued", published=True)
+    conn.execute("UPDATE jobs SET published_at = now() - interval '1 hour' WHERE id = %s", (stale,))
+    fresh = given(conn, "queued", published=True)
+    assert ledger.rearm_stale_publications(conn, 600.0) == 1
+    assert row(look, stale)["published_at"] is None
+    assert row(look, fresh)["published_at"] is not None
