@@ -18,6 +18,7 @@ from tests.support.infra import free_port
 
 CONVEYOR = str(Path(sys.executable).with_name("conveyor"))
 TERMINAL = frozenset({"succeeded", "dead", "cancelled"})
+PORT_ATTEMPTS = 3
 
 
 @dataclass
@@ -97,7 +98,29 @@ class Stack:
         return process.start()
 
     def start_api(self, env: dict[str, str] | None = None) -> Process:
-        return self._process("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)], env)
+        """The API on a free port; another free port if something took this one meanwhile."""
+        for _ in range(PORT_ATTEMPTS):
+            process = self._process("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)], env)
+            if not self._lost_its_port(process):
+                return process
+            self.port = free_port()
+        raise AssertionError(f"api found no free port in {PORT_ATTEMPTS} attempts:\n{process.log()}")
+
+    @staticmethod
+    def _lost_its_port(process: Process, seconds: float = 15.0) -> bool:
+        """Whether the API exited because its port was taken (a port free when picked is not
+        reserved: another process on the machine may bind it first)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and process.alive():
+            log = process.log()
+            if "Uvicorn running on" in log or "address already in use" in log:
+                break
+            time.sleep(0.05)
+        if "address already in use" not in process.log():
+            return False
+        process.stop(timeout=5)
+        process.log_path.unlink(missing_ok=True)
+        return True
 
     def start_relay(self, name: str = "relay", env: dict[str, str] | None = None) -> Process:
         return self._process(name, ["relay"], env)
