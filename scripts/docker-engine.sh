@@ -14,6 +14,11 @@ say() { echo "docker-engine: $*" >&2; }
 answers() { docker info >/dev/null 2>&1; }
 has_compose() { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; }
 
+restore_forward_policy() {
+  case "$(cat "$POLICY" 2>/dev/null)" in *ACCEPT*) iptables -P FORWARD ACCEPT ;; esac
+  rm -f "$POLICY"
+}
+
 up() {
   if command -v docker >/dev/null && has_compose && answers; then echo running; return; fi
   if [ "$(id -u)" != 0 ]; then
@@ -36,11 +41,18 @@ up() {
   iface=$(ip route show default 2>/dev/null | awk '{print $5; exit}')
   mtu=$(cat "/sys/class/net/${iface:-eth0}/mtu" 2>/dev/null || echo 1500)
   setsid dockerd --log-level=warn --mtu="$mtu" -p "$PIDFILE" </dev/null >"$LOG" 2>&1 &
+  daemon=$!
   for _ in $(seq 60); do
     if answers; then echo started; return; fi
+    kill -0 "$daemon" 2>/dev/null || break
     sleep 1
   done
-  say "dockerd did not answer within 60 s; the end of $LOG:"; tail -20 "$LOG" >&2; exit 3
+  kill "$daemon" 2>/dev/null || true # leave no half-started engine behind
+  restore_forward_policy
+  say "dockerd did not come up; the end of $LOG:"
+  tail -20 "$LOG" >&2
+  say "$(tail -1 "$LOG")"
+  exit 3
 }
 
 down() {
@@ -48,8 +60,8 @@ down() {
   pid=$(cat "$PIDFILE")
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  case "$(cat "$POLICY" 2>/dev/null)" in *ACCEPT*) iptables -P FORWARD ACCEPT ;; esac
-  rm -f "$PIDFILE" "$POLICY"
+  restore_forward_policy
+  rm -f "$PIDFILE"
   say "stopped"
 }
 

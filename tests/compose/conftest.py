@@ -1,12 +1,12 @@
 """One compose project for the whole package: a Docker engine (started here if none answers),
 the images, `up`, and `down --volumes` in the end whatever happened.
 
-Without an engine the tests skip locally with one line, and fail in CI (CI=true).
+Without an engine the tests fail in CI (CI=true); elsewhere the test module skips, with
+one line, when this machine has no engine to offer.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
@@ -18,6 +18,7 @@ from tests.compose.engine import (
     EngineUnavailable,
     build_offline_images,
     image_size_mb,
+    in_ci,
     registry_answers,
     start_engine,
     stop_engine,
@@ -25,7 +26,6 @@ from tests.compose.engine import (
 from tests.compose.project import APP_IMAGE, ComposeProject, Stack, default_services
 from tests.static.shipping import DOCKERFILE, dockerfile_stages
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # The third-party services, by the folder of deploy/offline-images/ that builds a stand-in.
 OFFLINE_FOLDERS = {"postgres": "postgres", "rabbitmq": "rabbitmq", "mailpit": "mailpit"}
 
@@ -36,10 +36,10 @@ FACTS: dict[str, str] = {}
 @pytest.fixture(scope="package")
 def docker_engine() -> Iterator[Engine]:
     try:
-        engine = start_engine(install=IN_CI)
+        engine = start_engine(install=in_ci())
     except EngineUnavailable as error:
         message = f"compose tests need a Docker engine: {error}"
-        if IN_CI:
+        if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     FACTS["compose"] = engine.compose_version

@@ -27,6 +27,10 @@ OFFLINE_BUILD_TIMEOUT_SECONDS = 900
 IMAGES_SOURCE_VARIABLE = "CONVEYOR_COMPOSE_IMAGES"
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
 class EngineUnavailable(Exception):
     """Raised when no Docker engine answers and none can be started here."""
 
@@ -52,6 +56,27 @@ def docker_env() -> dict[str, str]:
     env["DOCKER_BUILDKIT"] = "0"
     env["COMPOSE_DOCKER_CLI_BUILD"] = "0"
     return env
+
+
+def why_no_engine() -> str | None:
+    """Why this machine has no engine to offer without installing anything; None when one
+    answers or can be started here. Cheap, and it starts nothing."""
+    if shutil.which("docker") is None:
+        return "Docker is not installed (Debian: apt-get install docker.io docker-compose)"
+    try:
+        answers = subprocess.run(["docker", "info"], env=docker_env(), capture_output=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "the Docker engine does not answer `docker info`"
+    if answers.returncode != 0:
+        if os.geteuid() != 0:
+            return "no Docker engine answers (docker info), and starting one needs root"
+        if shutil.which("dockerd") is None:
+            return "no Docker engine answers, and dockerd is not installed (Debian: docker.io)"
+    try:
+        compose_command()
+    except EngineUnavailable as error:
+        return str(error)
+    return None
 
 
 def start_engine(install: bool) -> Engine:

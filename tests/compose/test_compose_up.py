@@ -16,9 +16,13 @@ import httpx
 import pytest
 
 from tests.compose.api import Poster
+from tests.compose.engine import in_ci, why_no_engine
 from tests.compose.project import ONE_SHOT, Stack, declares_healthcheck, default_services
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
+
+if not in_ci() and (reason := why_no_engine()):
+    pytest.skip(f"compose tests need a Docker engine: {reason}", allow_module_level=True)
 
 EMAIL_TASK = "app.tasks.example.send_email"
 FLAKY_TASK = "app.tasks.example.flaky"
