@@ -23,14 +23,11 @@ from tests.compose.engine import (
     start_engine,
     stop_engine,
 )
-from tests.compose.project import APP_IMAGE, ComposeProject, Stack, default_services
+from tests.compose.project import APP_IMAGE, FACTS, ComposeProject, Stack, default_services
 from tests.static.shipping import DOCKERFILE, dockerfile_stages
 
 # The third-party services, by the folder of deploy/offline-images/ that builds a stand-in.
 OFFLINE_FOLDERS = {"postgres": "postgres", "rabbitmq": "rabbitmq", "mailpit": "mailpit"}
-
-# What one run measured, printed at the end of the run (README's compose figures come from it).
-FACTS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="package")

@@ -30,6 +30,8 @@ PROJECT_LABEL = "com.docker.compose.project"
 # The app image gets a tag of the tests' own, so a developer's `conveyor:dev` stays as it was.
 APP_IMAGE = "conveyor:compose-test"
 COMMAND_TIMEOUT_SECONDS = 300
+# What this run measured (durations, sizes), printed at the end of the test run.
+FACTS: dict[str, str] = {}
 ONE_SHOT = "migrate"
 
 

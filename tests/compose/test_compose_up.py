@@ -17,7 +17,7 @@ import pytest
 
 from tests.compose.api import Poster
 from tests.compose.engine import in_ci, why_no_engine
-from tests.compose.project import ONE_SHOT, Stack, declares_healthcheck, default_services
+from tests.compose.project import FACTS, ONE_SHOT, Stack, declares_healthcheck, default_services
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
@@ -182,10 +182,14 @@ def test_down_then_up_keeps_the_jobs_and_the_dead_letters(compose_stack: Stack) 
     assert before
     assert dead_letters
 
+    started = time.monotonic()
     compose_stack.project.down()
+    FACTS["down"] = f"{time.monotonic() - started:.0f} s"
     assert compose_stack.project.containers() == []
+    started = time.monotonic()
     compose_stack.project.up()
     compose_stack.api.wait_until_answering()
+    FACTS["up again -> API answering"] = f"{time.monotonic() - started:.0f} s"
 
     after = compose_stack.api.get("/api/v1/jobs", limit=200).json()["items"]
     assert [(job["id"], job["state"]) for job in after] == [(job["id"], job["state"]) for job in before]
