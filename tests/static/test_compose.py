@@ -70,6 +70,11 @@ def test_every_other_app_service_starts_after_the_one_that_builds_the_image() ->
         assert "migrate" in service(name)["depends_on"], name
 
 
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_each_app_service_runs_under_an_init_so_sigterm_stops_it_even_while_it_starts(name: str) -> None:
+    assert service(name)["init"] is True
+
+
 def test_published_ports_bind_the_address_publish_address_names() -> None:
     for name, definition in compose()["services"].items():
         for port in definition.get("ports", []):
