@@ -59,8 +59,9 @@ def compose_stack(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactor
         project.wait_up(default_services())
         FACTS["up -> every service healthy"] = f"{time.monotonic() - started:.0f} s"
         api = Api(project.api_url)
-        # Routes other than /health/* will need a key; the first one is made here, e.g.
+        # Once routes other than /health/* need a key, the first one is made here, one line:
         # api.key = project.conveyor("keys", "create", "compose-tests", "--scopes", SCOPES).splitlines()[-1]
+        # with SCOPES = "enqueue,read,operate,metrics".
         yield Stack(project, api)
     finally:
         project.down(volumes=True)
