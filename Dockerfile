@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every Conveyor process: api (the default command), worker, relay, migrate.
 # Configuration comes from the environment at run time; nothing secret is baked in.
 

@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install services dev test test-fast lint format loadtest locust clean
+.PHONY: install services dev test test-fast test-compose lint format loadtest locust clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,11 @@ test: install services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not faults and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not faults and not browser and not compose" $(PYTEST_ARGS)
+
+# docker-compose.yml for real; starts a Docker engine if none answers (as root), stops it after.
+test-compose: install
+	$(BIN)/python -m pytest tests/compose $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff format --check src tests bench

@@ -59,9 +59,35 @@ def test_every_required_service_is_defined_and_monitoring_only_runs_in_its_profi
 def test_the_app_services_run_one_image_built_from_this_repository() -> None:
     images = {service(name)["image"] for name in APP_SERVICES}
     assert len(images) == 1, images
-    for name in APP_SERVICES:
-        assert service(name)["build"]["context"] == "."
-        assert service(name)["build"]["target"] == "runtime"
+    builders = [name for name in APP_SERVICES if "build" in service(name)]
+    assert builders == ["migrate"], "one service builds the image; compose v1 builds once per `build:`"
+    assert service("migrate")["build"] == {"context": ".", "target": "runtime"}
+
+
+def test_every_other_app_service_starts_after_the_one_that_builds_the_image() -> None:
+    # Compose v1 makes sure of images in dependency order: the image exists before it is needed.
+    for name in set(APP_SERVICES) - {"migrate"}:
+        assert "migrate" in service(name)["depends_on"], name
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_each_app_service_runs_under_an_init_so_sigterm_stops_it_even_while_it_starts(name: str) -> None:
+    assert service(name)["init"] is True
+
+
+def test_published_ports_bind_the_address_publish_address_names() -> None:
+    for name, definition in compose()["services"].items():
+        for port in definition.get("ports", []):
+            assert str(port).startswith("${PUBLISH_ADDRESS:-"), f"{name}: {port}"
+
+
+def test_no_named_volume_belongs_to_a_profile_only_service() -> None:
+    # Compose v1 creates every declared volume on `up`, also those of services it does not start.
+    profiled = [spec for spec in compose()["services"].values() if spec.get("profiles")]
+    declared = set(compose()["volumes"])
+    for spec in profiled:
+        sources = {str(volume).split(":")[0] for volume in spec.get("volumes", [])}
+        assert not sources & declared, sources & declared
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)

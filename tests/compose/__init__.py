@@ -1,0 +1,1 @@
+"""`docker compose up` for real: the seed's acceptance, checked against running containers."""
