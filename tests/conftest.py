@@ -32,6 +32,7 @@ TEST_ENV = {
     "HEARTBEAT_SECONDS": "0.5",
     # No worker exporter (several workers run at once here); a metrics test picks a free port.
     "WORKER_METRICS_PORT": "0",
+    "RELAY_METRICS_PORT": "0",
     "RELAY_SWEEP_SECONDS": "0.2",
     "WORKER_SHUTDOWN_SECONDS": "10",
     # Several stacks may run on one machine (max_connections is 100): keep pools small.
@@ -96,7 +97,9 @@ def _reset(infra: services.Infra) -> None:
     from tests.support.faults import purge_queues
 
     with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE jobs, job_attempts, workers, job_artifacts CASCADE")
+        conn.execute(
+            "TRUNCATE jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters CASCADE"
+        )
     purge_queues(infra.broker_url)
 
 

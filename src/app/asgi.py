@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import app.tasks  # noqa: F401  (registers the public tasks the API accepts)
-from app.api import errors, health, jobs
+from app.api import accept, errors, health, jobs
+from app.api.failures import LastResort
 from app.api.guard import BodyGuard
 from app.api.metrics import HttpMetrics
 from app.dashboard import router as dashboard_router
@@ -39,9 +40,11 @@ def create_app() -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(application)
+    application.include_router(accept.router)
     application.include_router(jobs.router)
     application.include_router(health.router)
     application.include_router(dashboard_router)
     application.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes)
+    application.add_middleware(LastResort)  # a request id on every answer; JSON for the unforeseen
     application.add_middleware(HttpMetrics)  # outermost: counts what the guard refuses too
     return application

@@ -62,3 +62,15 @@ class IdempotencyConflict(ConveyorError):
 
 class PublishFailed(ConveyorError):
     """Raised when RabbitMQ did not take every message of a batch; none of it counts as published."""
+
+
+class UnstorableInput(ConveyorError):
+    """Raised when input holds a value the ledger cannot store (a NUL character in a string)."""
+
+    def __init__(self, loc: tuple[str | int, ...]) -> None:
+        super().__init__("must not contain a NUL character (\\u0000), which PostgreSQL cannot store")
+        self.loc = loc
+
+
+class JobRefused(ConveyorError):
+    """Raised when the database refused to store a job for what it holds (not for being away)."""

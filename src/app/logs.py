@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -92,3 +93,47 @@ def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     # Initial values keep the proxy lazy: it assembles on first use, after configure_logging().
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(**{_NAME_KEY: name})
     return logger
+
+
+class Outage:
+    """One warning when a dependency goes away and one line when it is back, not one per retry.
+
+    `failed` is called on every failed try; only the first of an outage is logged (the
+    later ones at debug). `recovered` logs how long the outage lasted, once.
+    """
+
+    def __init__(self, logger: structlog.typing.FilteringBoundLogger, what: str) -> None:
+        self.logger = logger
+        self.what = what
+        self.since: float | None = None
+        self.tries = 0
+
+    def failed(self, error: BaseException | str, **context: Any) -> None:
+        self.tries += 1
+        reason = error if isinstance(error, str) else first_line(error)
+        if self.since is None:
+            self.since = time.monotonic()
+            self.logger.warning(
+                f"{self.what} unavailable; retrying until it is back", error=reason, **context
+            )
+        else:
+            self.logger.debug(f"{self.what} still unavailable", error=reason, tries=self.tries, **context)
+
+    def recovered(self, **context: Any) -> None:
+        if self.since is None:
+            return
+        seconds = time.monotonic() - self.since
+        self.logger.warning(
+            f"{self.what} available again", down_s=round(seconds, 1), tries=self.tries, **context
+        )
+        self.since = None
+        self.tries = 0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+
+def first_line(error: BaseException) -> str:
+    """An error in one line: its first line, or its type when it says nothing."""
+    return (str(error).strip().splitlines() or [""])[0] or type(error).__name__

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     # the claim is idempotent, so a lost message costs a delay, never the job.
     republish_after_seconds: float = Field(default=900.0, gt=0.0)
 
+    relay_metrics_port: int = 9192  # 0: no exporter
+    relay_metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, to be scraped
+    # AMQP heartbeats: RabbitMQ closes a connection that missed two, so the messages a frozen
+    # worker had prefetched go to another worker within about twice this.
+    amqp_heartbeat_seconds: int = Field(default=5, ge=1, le=600)
+
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     # Registers app.tasks.diagnostics (fault-test tasks); never on in production.
     diagnostic_tasks: bool = False
@@ -45,12 +51,20 @@ class Settings(BaseSettings):
 
     worker_processes: int = Field(default=1, ge=1)
     worker_threads: int = Field(default=8, ge=1)
+    # Messages a worker process holds besides those it runs; 0: one per thread.
     worker_prefetch: int = Field(default=0, ge=0)
+    # A message a worker holds this long without a free thread to run it goes back to the
+    # queue for another worker (well within RabbitMQ's consumer_timeout, 30 min by default).
+    worker_hold_seconds: float = Field(default=300.0, gt=0.0)
     worker_metrics_port: int = 9191  # 0: no exporter
     worker_metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, to be scraped
     worker_shutdown_seconds: float = 30.0
 
     db_pool_size: int = 10
+    # The API's bound on connecting, waiting for a pooled connection, and one statement.
+    db_timeout_seconds: float = Field(default=5.0, gt=0.0)
+    # Accepted jobs waiting for their batch's INSERT; past it the API answers 503 at once.
+    intake_max_pending: int = Field(default=10_000, ge=1)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 

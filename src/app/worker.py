@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dramatiq
 from dramatiq.broker import Broker
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import (
     Callbacks,
@@ -24,6 +23,7 @@ from dramatiq.middleware import (
 
 import app.tasks  # noqa: F401  (registers every task spec)
 from app.execution.actors import bind
+from app.execution.consumer import ClaimingBroker
 from app.execution.exporter import WorkerExporter
 from app.execution.middleware import LedgerMiddleware
 from app.jobs.registry import MAX_PRIORITY, all_tasks
@@ -43,7 +43,14 @@ def build_broker(url: str) -> Broker:
     ]
     if url.startswith("stub"):
         return StubBroker(middleware=middleware)
-    return RabbitmqBroker(url=url, confirm_delivery=True, max_priority=MAX_PRIORITY, middleware=middleware)
+    settings = get_settings()
+    return ClaimingBroker(
+        url=url,
+        middleware=middleware,
+        max_priority=MAX_PRIORITY,
+        heartbeat_seconds=settings.amqp_heartbeat_seconds,
+        hold_seconds=settings.worker_hold_seconds,
+    )
 
 
 configure_logging()

@@ -15,7 +15,7 @@ from app.cli import cli
 from app.operate import health
 from app.settings import Settings, get_settings
 from tests.support.infra import Infra, free_port
-from tests.support.seed import declare_queues, insert_worker
+from tests.support.seed import declare_queues, insert_relay, insert_worker
 
 
 @pytest.fixture
@@ -55,10 +55,11 @@ def conveyor_health(*args: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.anyio
-async def test_ready_answers_200_when_database_broker_queues_and_a_live_worker_are_there(
+async def test_ready_answers_200_when_database_broker_queues_a_live_worker_and_relay_are_there(
     ready_infra: Infra, api: httpx.AsyncClient
 ) -> None:
     insert_worker(ready_infra, host="somewhere")
+    insert_relay(ready_infra, host="elsewhere")
     response = await api.get("/health/ready")
     assert response.status_code == 200, response.text
     body = response.json()
@@ -67,9 +68,24 @@ async def test_ready_answers_200_when_database_broker_queues_and_a_live_worker_a
         "database": True,
         "broker": True,
         "worker": True,
+        "relay": True,
     }
     assert body["checks"]["worker"]["live"] == 1
     assert set(body["checks"]["broker"]["queues"]) == {"default", "email", "exports"}
+
+
+@pytest.mark.anyio
+async def test_ready_answers_503_naming_the_relay_when_no_relay_beats(
+    ready_infra: Infra, api: httpx.AsyncClient
+) -> None:
+    insert_worker(ready_infra, host="somewhere")
+    insert_relay(ready_infra, host="elsewhere", seconds_ago=60)
+    insert_relay(ready_infra, host="elsewhere", stopped=True)
+    response = await api.get("/health/ready")
+    assert response.status_code == 503
+    relay = response.json()["checks"]["relay"]
+    assert relay["ok"] is False
+    assert relay["reason"].startswith("no relay sent a heartbeat in the last")
 
 
 @pytest.mark.anyio
@@ -180,12 +196,24 @@ def test_health_of_the_worker_needs_a_live_worker_on_this_very_host(ready_infra:
     assert conveyor_health("--component", "worker")[:2] == (0, "healthy: worker (1 live)\n")
 
 
-def test_health_without_a_component_checks_all_three_and_names_what_failed(ready_infra: Infra) -> None:
+def test_health_without_a_component_checks_all_four_and_names_what_failed(ready_infra: Infra) -> None:
     code, out, err = conveyor_health()
     assert (code, out) == (1, "")
     assert err.startswith("unhealthy: worker: no worker sent a heartbeat")
+    assert "; relay: no relay sent a heartbeat" in err
     insert_worker(ready_infra, host="anywhere")
-    assert conveyor_health() == (0, "healthy: database, broker (3 queues), worker (1 live)\n", "")
+    insert_relay(ready_infra, host="anywhere")
+    expected = "healthy: database, broker (3 queues), worker (1 live), relay (1 live)\n"
+    assert conveyor_health() == (0, expected, "")
+
+
+def test_health_of_the_relay_component_asks_for_a_live_relay_on_this_host(ready_infra: Infra) -> None:
+    insert_relay(ready_infra, host="another-host")
+    code, _, err = conveyor_health("--component", "relay")
+    assert code == 1
+    assert err.startswith(f"unhealthy: relay: no relay on host {socket.gethostname()} sent a heartbeat")
+    insert_relay(ready_infra, host=socket.gethostname())
+    assert conveyor_health("--component", "relay")[:2] == (0, "healthy: relay (1 live)\n")
 
 
 def test_health_of_an_api_that_does_not_answer_exits_1_with_its_url(

@@ -9,7 +9,7 @@ import pytest
 
 from app.ledger import jobs as ledger
 from app.ledger.jobs import NewJob
-from tests.ledger.rows import attempts, exists, given, row
+from tests.ledger.rows import attempts, exists, given, row, second_connection
 
 pytestmark = pytest.mark.anyio
 
@@ -75,6 +75,30 @@ async def test_a_replay_starts_a_new_run_of_a_dead_job_and_keeps_its_history(
     assert after["last_error"] is None
     assert [a["outcome"] for a in attempts(look, dead)] == ["dead"], "history kept"
     assert row(look, alive)["run"] == 1
+    assert stale_copies(look) == [("default", dead, 1)], "the dead run's copy is stale now"
+
+
+async def test_a_replay_of_a_job_whose_copy_never_went_out_records_no_stale_copy(
+    aconn: psycopg.AsyncConnection[Any],
+    conn: psycopg.Connection[Any],
+    look: psycopg.Connection[dict[str, Any]],
+) -> None:
+    dead = given(conn, "dead", attempts=3, published=False)
+    assert [run.id for run in await ledger.replay_dead(aconn, ids=[dead], limit=1)] == [dead]
+    assert stale_copies(look) == []
+
+
+async def test_the_recorded_stale_copies_are_taken_once_and_forgotten(
+    aconn: psycopg.AsyncConnection[Any], conn: psycopg.Connection[Any]
+) -> None:
+    dead = [given(conn, "dead", published=True) for _ in range(3)]
+    await ledger.replay_dead(aconn, ids=dead, limit=10)
+    with conn.transaction():
+        taken = ledger.take_stale_copies(conn, 2)
+        with second_connection(conn) as other, other.transaction():
+            assert len(ledger.take_stale_copies(other, 10)) == 1, "another relay takes the rest"
+        ledger.forget_stale_copies(conn, [copy.id for copy in taken])
+    assert len(ledger.take_stale_copies(conn, 10)) == 1
 
 
 async def test_bulk_replay_takes_one_tasks_dead_jobs_oldest_first_up_to_the_limit(
@@ -99,6 +123,7 @@ async def test_a_discard_deletes_a_dead_job_with_its_history_and_nothing_else(
     [discarded] = await ledger.discard_dead(aconn, ids=[dead, alive], limit=10)
     assert (discarded.id, discarded.run) == (dead, 2)
     assert not exists(look, dead)
+    assert stale_copies(look) == [], "its copy never went out"
     assert attempts(look, dead) == []
     assert exists(look, alive)
 
@@ -112,3 +137,8 @@ async def test_the_state_of_a_job_is_read_or_none_when_it_is_gone(
     assert await ledger.job_state(aconn, job_id) == "retrying", "only dead jobs are discarded"
     conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
     assert await ledger.job_state(aconn, job_id) is None
+
+
+def stale_copies(look: psycopg.Connection[dict[str, Any]]) -> list[tuple[str, Any, int]]:
+    rows = look.execute("SELECT queue, job_id, run FROM stale_dead_letters ORDER BY id").fetchall()
+    return [(r["queue"], r["job_id"], r["run"]) for r in rows]

@@ -3,11 +3,13 @@ leases, and arming again publications nobody claimed."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from app.ledger import jobs as ledger
+from app.ledger import relays
 from tests.ledger.rows import attempts, given, row, second_connection
 
 
@@ -68,7 +70,36 @@ def test_an_expired_lease_on_the_last_attempt_makes_the_job_dead(
     after = row(look, job_id)
     assert after["state"] == "dead"
     assert after["finished_at"] is not None
-    assert after["published_at"] is not None, "dead: never published again"
+    assert after["published_at"] is None, "its copy is still to go to <queue>.XQ"
+    assert [job.id for job in ledger.take_dead_letters(conn, 10)] == [job_id]
+
+
+def test_dead_jobs_whose_copy_is_still_to_go_are_taken_for_the_dead_letter_queue(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    waiting = given(conn, "dead", attempts=3)
+    given(conn, "dead", attempts=3, published=True)  # its copy went out already
+    given(conn, "queued")
+    with conn.transaction():
+        taken = ledger.take_dead_letters(conn, 10)
+        assert [(job.id, job.queue, job.run) for job in taken] == [(waiting, "default", 1)]
+        ledger.mark_published(conn, [waiting])
+    assert ledger.take_dead_letters(conn, 10) == []
+    assert row(look, waiting)["state"] == "dead"
+
+
+def test_a_relay_heartbeat_records_it_and_a_stop_marks_it_stopped(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    beat = relays.Heartbeat("host:1:abc", "host", 1, datetime.now(UTC), published=5)
+    relays.beat(conn, beat)
+    relays.beat(conn, relays.Heartbeat("host:1:abc", "host", 1, beat.started_at, published=7))
+    seen = look.execute("SELECT host, published, stopped_at FROM relays").fetchall()
+    assert seen == [{"host": "host", "published": 7, "stopped_at": None}]
+    relays.stop(conn, "host:1:abc")
+    assert look.execute("SELECT stopped_at IS NOT NULL AS stopped FROM relays").fetchone() == {
+        "stopped": True
+    }
 
 
 def test_a_publication_nobody_claimed_for_long_is_armed_again(

@@ -6,6 +6,7 @@ longer owns the job (fenced), it changes nothing and says so.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,19 +14,21 @@ import psycopg
 
 from app.ledger import jobs as ledger
 from app.ledger import workers
-from app.ledger.jobs import Token
+from app.ledger.jobs import Doorbell, Token
 from tests.ledger.rows import WORKER, attempts, given, row, running
 
 OTHER_WORKER = "host:2:fedcba"
+ECHO = "app.tasks.example.echo"
 
 
 def test_a_claim_takes_a_queued_job_and_opens_its_attempt(
     conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
 ) -> None:
     job_id = given(conn, "queued")
-    [claim] = ledger.claim(conn, WORKER, 30.0, [job_id])
+    [claim] = ledger.claim(conn, WORKER, 30.0, [Doorbell(job_id, ECHO)])
     assert claim is not None
-    assert (claim.token, claim.task, claim.max_attempts) == (Token(job_id, 1, 1), "app.tasks.example.echo", 3)
+    assert (claim.token, claim.task, claim.max_attempts) == (Token(job_id, 1, 1), ECHO, 3)
+    assert claim.payload_json == '{"message": "hi"}', "what to run comes from the ledger"
     after = row(look, job_id)
     assert (after["state"], after["attempts"], after["worker_id"], after["leased"]) == (
         "running",
@@ -42,7 +45,7 @@ def test_a_claim_takes_a_retrying_job_that_is_due(
     conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
 ) -> None:
     job_id = given(conn, "retrying", attempts=1)
-    [claim] = ledger.claim(conn, WORKER, 30.0, [job_id])
+    [claim] = ledger.claim(conn, WORKER, 30.0, [Doorbell(job_id, ECHO)])
     assert claim is not None
     assert claim.token.attempt == 2
     assert row(look, job_id)["state"] == "running"
@@ -56,7 +59,9 @@ def test_a_claim_leaves_jobs_that_are_not_due_running_finished_or_out_of_attempt
     finished = [given(conn, state) for state in ("succeeded", "dead", "cancelled")]
     used_up = given(conn, "retrying", attempts=3, max_attempts=3)
     asked = [not_due, running_elsewhere, *finished, used_up]
-    assert ledger.claim(conn, WORKER, 30.0, asked) == [None] * len(asked)
+    assert ledger.claim(conn, WORKER, 30.0, [Doorbell(job_id, ECHO) for job_id in asked]) == [None] * len(
+        asked
+    )
     assert [row(look, job_id)["state"] for job_id in asked] == [
         "queued",
         "running",
@@ -70,9 +75,19 @@ def test_a_claim_leaves_jobs_that_are_not_due_running_finished_or_out_of_attempt
 
 def test_a_job_asked_for_twice_in_one_batch_is_claimed_once(conn: psycopg.Connection[Any]) -> None:
     job_id = given(conn, "queued")
-    first, second = ledger.claim(conn, WORKER, 30.0, [job_id, job_id])
+    first, second = ledger.claim(conn, WORKER, 30.0, [Doorbell(job_id, ECHO), Doorbell(job_id, ECHO)])
     assert first is not None
     assert second is None
+
+
+def test_a_message_that_names_another_task_than_the_ledger_claims_nothing(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    job_id = given(conn, "queued")
+    assert ledger.claim(conn, WORKER, 30.0, [Doorbell(job_id, "app.tasks.example.sleep")]) == [None]
+    assert row(look, job_id)["state"] == "queued"
+    assert ledger.job_task(conn, job_id) == (ECHO, "queued")
+    assert ledger.job_task(conn, uuid.uuid4()) is None
 
 
 def test_a_success_by_the_owning_attempt_finishes_the_job_and_its_attempt(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pika
 import pika.exceptions
 
@@ -31,3 +33,11 @@ def publish_raw(infra: Infra, queue: str, body: bytes, content_type: str | None 
         )
     finally:
         connection.close()
+
+
+def depth_becomes(infra: Infra, queue: str, expected: int, timeout: float = 10.0) -> int:
+    """The queue's depth once it is `expected`, or as it is when `timeout` runs out."""
+    deadline = time.monotonic() + timeout
+    while (found := depth(infra, queue)) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found

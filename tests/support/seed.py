@@ -95,6 +95,19 @@ def insert_worker(infra: Infra, *, host: str, seconds_ago: float = 0.0, stopped:
     return worker_id
 
 
+def insert_relay(infra: Infra, *, host: str, seconds_ago: float = 0.0, stopped: bool = False) -> str:
+    relay_id = f"{host}:{uuid.uuid4().int % 100000}:{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            INSERT INTO relays (id, host, pid, last_seen, stopped_at)
+            VALUES (%s, %s, 4243, now() - make_interval(secs => %s), CASE WHEN %s THEN now() END)
+            """,
+            (relay_id, host, seconds_ago, stopped),
+        )
+    return relay_id
+
+
 def declare_queues(queues: Sequence[str] = ("default", "email", "exports")) -> None:
     """Declare the queues as a worker would (same arguments), through the application's broker."""
     from app.worker import broker

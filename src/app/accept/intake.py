@@ -5,6 +5,13 @@ so the database sees one statement per batch instead of one transaction per requ
 request is answered only after its batch committed: a 202 still means the job is durable.
 With no load a batch is one job and nothing waits.
 
+Requests share batches, so one client's bad row must not fail the others: a batch the
+database refuses for what it holds (not for being away) is written again one row at a
+time, and only the row that is refused again fails. Input is checked at the door so that
+this is a second line, not the first. The queue of waiting requests is bounded: past
+INTAKE_MAX_PENDING the API answers 503 at once instead of holding requests on a stalled
+database.
+
 This is the API's hottest path, so it talks to psycopg directly (a small pool of its own,
 autocommit, prepared statement) rather than through SQLAlchemy's async layer. The relay is
 woken by a NOTIFY sent after the batch committed, at most one at a time: the relay takes
@@ -18,41 +25,58 @@ from collections.abc import Coroutine
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from app.errors import LedgerUnavailable
+from app.errors import JobRefused, LedgerUnavailable
 from app.ledger import jobs as ledger
+from app.ledger.engines import api_connect_args
 from app.ledger.jobs import NewJob
-from app.logs import get_logger
+from app.logs import Outage, first_line, get_logger
+from app.settings import get_settings
 
 log = get_logger("conveyor.intake")
 
 Pending = tuple[NewJob, "asyncio.Future[None]"]
+UNAVAILABLE = "the job ledger is unavailable; nothing was stored, retry later"
+# Errors that say the database is away or overloaded, not that a row is wrong.
+UNAVAILABLE_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 
 
 class Intake:
     """Writes accepted jobs in batches; `submit` returns once the job is committed."""
 
     def __init__(self, conninfo: str, *, max_batch: int = 500, concurrency: int = 2) -> None:
+        settings = get_settings()
         self.max_batch = max_batch
         self.concurrency = concurrency
+        self.max_pending = settings.intake_max_pending
+        self.timeout = settings.db_timeout_seconds
         self.pool = AsyncConnectionPool(
             conninfo,
             min_size=1,
             max_size=concurrency + 1,  # one more for the NOTIFY
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **api_connect_args()},
             open=False,
             check=AsyncConnectionPool.check_connection,
+            timeout=settings.db_timeout_seconds,
         )
         self._opened = False
         self._pending: list[Pending] = []
         self._in_flight = 0
         self._notify_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._outage = Outage(log, "database (accepting jobs)")
 
     async def submit(self, job: NewJob) -> UUID:
-        """Store a job without an idempotency key; returns its id once it is committed."""
+        """Store a job without an idempotency key; returns its id once it is committed.
+
+        Raises LedgerUnavailable (503) when the database is away or too far behind, and
+        JobRefused when the database refused this job's row itself.
+        """
+        if len(self._pending) >= self.max_pending:
+            raise LedgerUnavailable(UNAVAILABLE)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((job, done))
         self._kick()
@@ -81,23 +105,27 @@ class Intake:
             await self.pool.open()
         return self.pool
 
+    async def _insert(self, jobs: list[NewJob]) -> None:
+        pool = await self._connection_pool()
+        async with pool.connection(timeout=self.timeout) as conn:
+            inserted = await ledger.insert_async(conn, jobs)
+        if len(inserted) != len(jobs):
+            raise RuntimeError(f"inserted {len(inserted)} of {len(jobs)} jobs")
+
     async def _write(self, batch: list[Pending]) -> None:
         try:
-            pool = await self._connection_pool()
-            async with pool.connection(timeout=10) as conn:
-                inserted = await ledger.insert_async(conn, [job for job, _ in batch])
-                if len(inserted) != len(batch):
-                    raise RuntimeError(f"inserted {len(inserted)} of {len(batch)} jobs")
+            await self._insert([job for job, _ in batch])
+        except UNAVAILABLE_ERRORS as error:
+            self._outage.failed(error, jobs=len(batch))
+            _settle(batch, LedgerUnavailable(UNAVAILABLE))
         except Exception as error:
-            log.error("could not store accepted jobs", jobs=len(batch), error=repr(error))
-            failure = LedgerUnavailable("the job ledger is unavailable; nothing was stored, retry later")
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(failure)
+            if len(batch) == 1:
+                _settle(batch, _refusal(error))
+            else:  # one row spoiled the batch: each row on its own, so only that one fails
+                await self._one_by_one(batch)
         else:
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
+            self._outage.recovered()
+            _settle(batch, None)
             if not self._notify_pending:
                 self._notify_pending = True
                 self._spawn(self._notify())
@@ -105,11 +133,51 @@ class Intake:
             self._in_flight -= 1
             self._kick()
 
+    async def _one_by_one(self, batch: list[Pending]) -> None:
+        stored = False
+        for job, done in batch:
+            try:
+                await self._insert([job])
+            except UNAVAILABLE_ERRORS as error:
+                self._outage.failed(error, jobs=1)
+                _settle([(job, done)], LedgerUnavailable(UNAVAILABLE))
+            except Exception as error:
+                log.warning("the database refused an accepted job", error=first_line(error))
+                _settle(
+                    [(job, done)], JobRefused(f"the ledger could not store this job: {first_line(error)}")
+                )
+            else:
+                stored = True
+                _settle([(job, done)], None)
+        if stored and not self._notify_pending:
+            self._notify_pending = True
+            self._spawn(self._notify())
+
     async def _notify(self) -> None:
         try:
-            async with self.pool.connection(timeout=10) as conn:
+            async with self.pool.connection(timeout=self.timeout) as conn:
                 self._notify_pending = False  # a batch committed from now on needs a new one
                 await ledger.notify_relay_async(conn)
         except Exception as error:
             self._notify_pending = False
             log.warning("could not wake the relay; its sweep will publish", error=repr(error))
+
+
+def _refusal(error: Exception) -> Exception:
+    """What the request of a row the database refused is answered: a 422 when the row's data was
+    refused (class 22, e.g. a character the database cannot store), else the error itself (a
+    JSON 500: the service's fault, not the client's)."""
+    log.warning("the database refused an accepted job", error=first_line(error))
+    if isinstance(error, psycopg.DataError):
+        return JobRefused(f"the ledger could not store this job: {first_line(error)}")
+    return error
+
+
+def _settle(batch: list[Pending], error: BaseException | None) -> None:
+    for _, done in batch:
+        if done.done():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import orjson
 
+from app.accept.validation import check_payload_json
 from app.errors import IdempotencyConflict
 from app.jobs.registry import TaskSpec
 from app.ledger import jobs as ledger
@@ -46,9 +47,18 @@ def new_job(
     priority: int = 0,
     idempotency_key: str | None = None,
 ) -> NewJob:
-    """The job to insert; raises pydantic's ValidationError when the payload does not fit the task."""
-    model = payload if isinstance(payload, spec.payload_model) else spec.payload_model.model_validate(payload)
+    """The job to insert; raises pydantic's ValidationError when the payload does not fit the task,
+    UnstorableInput when it holds what the ledger cannot store.
+
+    A dict is validated as the JSON it becomes (strict types: `true` is not an integer, `"5"`
+    is not a number), whichever door it came through.
+    """
+    if isinstance(payload, spec.payload_model):
+        model = payload
+    else:
+        model = spec.payload_model.model_validate_json(orjson.dumps(payload))
     payload_json = model.model_dump_json()
+    check_payload_json(payload_json)
     return NewJob(
         task=spec.name,
         queue=spec.queue,

@@ -1,27 +1,32 @@
-"""Dependencies of the routes, as Annotated aliases."""
+"""How routes reach the ledger: connections opened inside the route, after FastAPI validated
+the request, so a bad path or query is a 422 whatever state the database is in.
+
+A dependency that opened the connection would run before validation, and a database that
+is down would turn every bad request into a 503.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
-
-from fastapi import Depends
-from sqlalchemy.ext.asyncio import AsyncConnection
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from app.ledger.engines import async_engine
 
-
-async def _transaction() -> AsyncIterator[AsyncConnection]:
-    async with async_engine().begin() as conn:
-        yield conn
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 
-async def _read_only() -> AsyncIterator[AsyncConnection]:
+@asynccontextmanager
+async def reading() -> AsyncIterator[AsyncConnection]:
+    """A connection for reads (no transaction kept open between statements)."""
     async with async_engine().connect() as conn:
         yield conn
 
 
-# scope="function": the transaction commits before the response is sent, so a client never
-# hears of a change the database then refused.
-TxDep = Annotated[AsyncConnection, Depends(_transaction, scope="function")]
-ReadDep = Annotated[AsyncConnection, Depends(_read_only)]
+@asynccontextmanager
+async def transaction() -> AsyncIterator[AsyncConnection]:
+    """A transaction that commits when the block ends: before the response is sent, so a
+    client never hears of a change the database then refused."""
+    async with async_engine().begin() as conn:
+        yield conn

@@ -1,15 +1,47 @@
-"""Domain errors and validation failures mapped to HTTP answers, in one place."""
+"""Domain errors, validation failures and unavailable dependencies mapped to HTTP answers, in one place.
+
+Every answer is JSON: a dependency that is down is a 503 with Retry-After, input the
+database refuses is a 422, and anything unforeseen is a 500 that names a request id
+(see `failures`), never a plain-text page.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.errors import IdempotencyConflict, InvalidTransition, JobNotFound, LedgerUnavailable, UnknownTask
+from app.errors import (
+    IdempotencyConflict,
+    InvalidTransition,
+    JobNotFound,
+    JobRefused,
+    LedgerUnavailable,
+    UnknownTask,
+    UnstorableInput,
+)
+from app.logs import first_line, get_logger
+
+log = get_logger("conveyor.api")
+
+RETRY_AFTER_SECONDS = "1"
+LEDGER_UNAVAILABLE = "the job ledger is unavailable; retry later"
+# What a database that is away, restarting or overloaded raises, through either driver layer.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
+REFUSED: tuple[type[Exception], ...] = (sqlalchemy.exc.DataError, psycopg.DataError)
 
 
 def field_errors(errors: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
@@ -22,6 +54,12 @@ def field_errors(errors: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> l
         }
         for error in errors
     ]
+
+
+def unstorable(error: UnstorableInput, prefix: tuple[str | int, ...]) -> RequestValidationError:
+    return RequestValidationError(
+        [{"loc": (*prefix, *error.loc), "msg": str(error), "type": "string_unstorable"}]
+    )
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
@@ -48,12 +86,25 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": [{"loc": loc, "msg": str(exc), "type": kind}]}, status_code=422)
 
 
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    detail = str(exc) if isinstance(exc, JobRefused) else "the ledger refused a value of this request"
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+    if not isinstance(exc, LedgerUnavailable):
+        log.warning("database unavailable", path=request.url.path, error=first_line(exc))
+    detail = str(exc) if isinstance(exc, LedgerUnavailable) else LEDGER_UNAVAILABLE
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(LedgerUnavailable, _unavailable)
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, _unavailable)
+    app.add_exception_handler(JobRefused, _refused)
+    for kind in REFUSED:
+        app.add_exception_handler(kind, _refused)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(InvalidTransition, _conflict)

@@ -27,12 +27,13 @@ async def live() -> dict[str, str]:
 )
 async def ready() -> JSONResponse:
     queues = sorted({spec.queue for spec in all_tasks()})
-    database, broker, worker = await asyncio.gather(
+    database, broker, worker, relay = await asyncio.gather(
         asyncio.to_thread(health.check_database),
         asyncio.to_thread(health.check_broker, None, queues),
         asyncio.to_thread(health.check_workers),
+        asyncio.to_thread(health.check_relays),
     )
-    checks = {"database": database, "broker": broker, "worker": worker}
+    checks = {"database": database, "broker": broker, "worker": worker, "relay": relay}
     ok = all(check.ok for check in checks.values())
     body: dict[str, Any] = {
         "status": "ok" if ok else "fail",

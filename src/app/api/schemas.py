@@ -13,7 +13,9 @@ from app.operate.views import JobView
 
 
 class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Strict JSON types: `true` is not an integer and `"5"` is not a number."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     task: str = Field(min_length=1, max_length=200, examples=["app.tasks.example.echo"])
     payload: dict[str, Any] = Field(default_factory=dict, examples=[{"message": "hello"}])
@@ -22,7 +24,7 @@ class JobRequest(BaseModel):
 
 
 class EmailRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     to: str = Field(examples=["someone@example.com"])
     subject: str

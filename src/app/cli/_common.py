@@ -65,7 +65,7 @@ def with_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
-    from app.operate.health import first_line
+    from app.logs import first_line
     from app.settings import get_settings
 
     async def main() -> T:

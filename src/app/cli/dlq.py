@@ -169,8 +169,12 @@ async def _in_batches(
 
 
 def _clean_broker(done: list[DeadRun], *, purge_all: bool) -> None:
-    from app.operate import actions, deadletters
-    from app.operate.health import first_line
+    """After the commit: empty the dead-letter queues (`purge --all`), or take the replayed or
+    purged runs' stale copies out of them now rather than at the relay's next pass."""
+    from app.ledger.engines import sync_engine
+    from app.logs import first_line
+    from app.operate import deadletters
+    from app.relay import deadletters as stale_copies
     from app.settings import get_settings
 
     url = get_settings().broker_url
@@ -184,12 +188,12 @@ def _clean_broker(done: list[DeadRun], *, purge_all: bool) -> None:
         with _progress() as progress:
             total = sum(deadletters.depth(url, queue) for queue in {run.queue for run in done})
             bar = progress.add_task("dead-letter copies", total=total)
-            removed = actions.forget_dead_letters(url, done, lambda n: progress.advance(bar, n))
+            removed = stale_copies.clean(sync_engine(), url, lambda n: progress.advance(bar, n))
         typer.echo(f"removed {removed} stale message(s) from the dead-letter queues")
     except Exception as error:
         warn(
-            f"the ledger is done, but the broker's dead-letter copies were left "
-            f"(they expire in 7 days): {first_line(error) or type(error).__name__}"
+            f"the ledger is done; the stale dead-letter copies are left for the relay to remove: "
+            f"{first_line(error)}"
         )
 
 

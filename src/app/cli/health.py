@@ -18,6 +18,7 @@ API_TIMEOUT_SECONDS = 3.0
 class Component(StrEnum):
     API = "api"
     WORKER = "worker"
+    RELAY = "relay"
     BROKER = "broker"
     DB = "db"
 
@@ -26,8 +27,8 @@ def health(
     component: Annotated[
         Component | None,
         typer.Option(
-            help="Check one part: api (GET /health/live), worker (a live worker on this host), "
-            "broker, db. Default: db, broker and any live worker."
+            help="Check one part: api (GET /health/live), worker or relay (a live one on this "
+            "host), broker, db. Default: db, broker, any live worker and any live relay."
         ),
     ] = None,
 ) -> None:
@@ -46,6 +47,8 @@ def _checks(component: Component | None) -> dict[str, Check]:
         return {"api": _check_api()}
     if component is Component.WORKER:
         return {"worker": probes.check_workers(host=probes.this_host())}
+    if component is Component.RELAY:
+        return {"relay": probes.check_relays(host=probes.this_host())}
     if component is Component.DB:
         return {"database": probes.check_database()}
     if component is Component.BROKER:
@@ -54,13 +57,15 @@ def _checks(component: Component | None) -> dict[str, Check]:
         "database": probes.check_database(),
         "broker": probes.check_broker(queues=task_queues()),
         "worker": probes.check_workers(),
+        "relay": probes.check_relays(),
     }
 
 
 def _check_api() -> Check:
     import httpx
 
-    from app.operate.health import Check, first_line
+    from app.logs import first_line
+    from app.operate.health import Check
     from app.settings import get_settings
 
     url = f"{get_settings().api_base_url.rstrip('/')}/health/live"

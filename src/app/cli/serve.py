@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -47,9 +46,6 @@ def worker(
 ) -> None:
     """Run a Dramatiq worker (the same as `dramatiq app.worker`)."""
     settings = get_settings()
-    if settings.worker_prefetch:
-        # Dramatiq reads this once, when dramatiq.worker is first imported (below).
-        os.environ["dramatiq_queue_prefetch"] = str(settings.worker_prefetch)  # noqa: SIM112
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
@@ -70,10 +66,22 @@ def worker(
 
 def relay() -> None:
     """Publish committed jobs from the ledger to RabbitMQ (the outbox relay)."""
-    from app.logs import configure_logging
+    from app.logs import configure_logging, get_logger
     from app.relay.outbox import Relay
 
     configure_logging()
+    settings = get_settings()
+    if settings.relay_metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.relay_metrics_port, settings.relay_metrics_host)
+        except OSError as error:  # another relay on this machine holds the port: run on, unexported
+            get_logger("conveyor.relay").error(
+                "relay metrics exporter could not listen; metrics not exported",
+                port=settings.relay_metrics_port,
+                error=str(error),
+            )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

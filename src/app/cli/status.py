@@ -115,7 +115,8 @@ async def _gather_stats(engine: AsyncEngine) -> dict[str, Any]:
 def _queue_depths() -> dict[str, dict[str, int | None]] | None:
     from dramatiq.common import xq_name
 
-    from app.operate.health import first_line, queue_probe
+    from app.logs import first_line
+    from app.operate.health import queue_probe
     from app.settings import get_settings
 
     settings = get_settings()

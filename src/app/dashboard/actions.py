@@ -7,23 +7,26 @@ passes the same-origin check.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 from uuid import UUID
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import RedirectResponse
 
-from app.api.deps import TxDep
+from app.accept.validation import storable_text
+from app.api.deps import transaction
 from app.dashboard.rendering import Notice, leave_notice, safe_next
 from app.dashboard.security import require_same_origin
 from app.dashboard.throughput import minute_counts
 from app.errors import InvalidTransition, JobNotFound
 from app.ledger.engines import async_engine
-from app.ledger.jobs import DeadRun
 from app.operate import actions
 from app.operate.actions import BulkAction
-from app.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False, dependencies=[Depends(require_same_origin)])
 
@@ -32,18 +35,21 @@ BULK_MAX = 100_000
 BULK_DONE: dict[BulkAction, str] = {"replay": "replayed", "discard": "discarded"}
 
 
-def forget_dead_letters(background: BackgroundTasks, runs: Sequence[DeadRun]) -> None:
-    """After the commit and the redirect, take the dead runs' copies out of <queue>.XQ."""
-    background.add_task(actions.forget_dead_letters_quietly, get_settings().broker_url, list(runs))
-
-
 async def form_fields(request: Request) -> dict[str, str]:
     """The fields of a urlencoded form (the only kind the dashboard sends)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await request.body()
     if body and media != "application/x-www-form-urlencoded":
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "expected a urlencoded form")
-    return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+    fields = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+    for name, value in fields.items():
+        try:
+            storable_text(value)
+        except ValueError as error:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, f"form field {name!r} {error}"
+            ) from None
+    return fields
 
 
 def back(request: Request, fields: dict[str, str], default: str, notice: Notice) -> RedirectResponse:
@@ -55,11 +61,15 @@ def back(request: Request, fields: dict[str, str], default: str, notice: Notice)
     return response
 
 
-async def _one(request: Request, job_id: UUID, act: Callable[[], Awaitable[Notice]]) -> RedirectResponse:
+Act = Callable[["AsyncConnection"], Awaitable[Notice]]
+
+
+async def _one(request: Request, job_id: UUID, act: Act) -> RedirectResponse:
     fields = await form_fields(request)
     default = f"/dashboard/jobs/{job_id}"
     try:
-        notice = await act()
+        async with transaction() as conn:
+            notice = await act(conn)
     except InvalidTransition as error:
         notice = Notice("refused", state=error.state)
     except JobNotFound:
@@ -68,19 +78,17 @@ async def _one(request: Request, job_id: UUID, act: Callable[[], Awaitable[Notic
 
 
 @router.post("/jobs/{job_id}/replay")
-async def replay(
-    request: Request, job_id: UUID, conn: TxDep, background: BackgroundTasks
-) -> RedirectResponse:
-    async def act() -> Notice:
-        forget_dead_letters(background, [await actions.replay(conn, job_id)])
+async def replay(request: Request, job_id: UUID) -> RedirectResponse:
+    async def act(conn: AsyncConnection) -> Notice:
+        await actions.replay(conn, job_id)
         return Notice("replayed", 1)
 
     return await _one(request, job_id, act)
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel(request: Request, job_id: UUID, conn: TxDep) -> RedirectResponse:
-    async def act() -> Notice:
+async def cancel(request: Request, job_id: UUID) -> RedirectResponse:
+    async def act(conn: AsyncConnection) -> Notice:
         await actions.cancel(conn, job_id)
         return Notice("cancelled", 1)
 
@@ -88,18 +96,16 @@ async def cancel(request: Request, job_id: UUID, conn: TxDep) -> RedirectRespons
 
 
 @router.post("/jobs/{job_id}/discard")
-async def discard(
-    request: Request, job_id: UUID, conn: TxDep, background: BackgroundTasks
-) -> RedirectResponse:
-    async def act() -> Notice:
-        forget_dead_letters(background, [await actions.discard(conn, job_id)])
+async def discard(request: Request, job_id: UUID) -> RedirectResponse:
+    async def act(conn: AsyncConnection) -> Notice:
+        await actions.discard(conn, job_id)
         return Notice("discarded", 1)
 
     return await _one(request, job_id, act)
 
 
 @router.post("/dead/bulk")
-async def bulk(request: Request, background: BackgroundTasks) -> RedirectResponse:
+async def bulk(request: Request) -> RedirectResponse:
     fields = await form_fields(request)
     action = next((known for known in BULK_DONE if known == fields.get("action")), None)
     if action is None:
@@ -108,5 +114,4 @@ async def bulk(request: Request, background: BackgroundTasks) -> RedirectRespons
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "a bulk action needs confirm=yes")
     task = fields.get("task") or None
     done = await actions.bulk(async_engine(), action, task=task, up_to=BULK_MAX)
-    forget_dead_letters(background, done)
     return back(request, fields, "/dashboard/dead", Notice(BULK_DONE[action], len(done)))

@@ -12,10 +12,12 @@ from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
+from pydantic import AfterValidator
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import ReadDep
+from app.accept.validation import storable_text
+from app.api.deps import reading
 from app.dashboard.queues import queue_depths
 from app.dashboard.rendering import query, render
 from app.dashboard.throughput import minute_counts
@@ -31,8 +33,8 @@ router = APIRouter(prefix="/dashboard", include_in_schema=False)
 PAGE_SIZE = 50
 RUNNING_SHOWN = 10
 STATIC = {path.name: path for path in (HERE / "static").iterdir() if path.is_file()}
-TaskFilter = Annotated[str, Query(max_length=200)]
-CursorParam = Annotated[str, Query(max_length=200)]
+TaskFilter = Annotated[str, Query(max_length=200), AfterValidator(storable_text)]
+CursorParam = Annotated[str, Query(max_length=200), AfterValidator(storable_text)]
 
 
 async def overview_context(request: Request, conn: AsyncConnection) -> dict[str, Any]:
@@ -55,13 +57,17 @@ async def overview_context(request: Request, conn: AsyncConnection) -> dict[str,
 
 
 @router.get("")
-async def overview(request: Request, conn: ReadDep) -> Response:
-    return render(request, "overview.html", {"nav": "overview", **await overview_context(request, conn)})
+async def overview(request: Request) -> Response:
+    async with reading() as conn:
+        context = await overview_context(request, conn)
+    return render(request, "overview.html", {"nav": "overview", **context})
 
 
 @router.get("/fragments/overview")
-async def overview_fragment(request: Request, conn: ReadDep) -> Response:
-    return render(request, "_overview.html", await overview_context(request, conn), page=False)
+async def overview_fragment(request: Request) -> Response:
+    async with reading() as conn:
+        context = await overview_context(request, conn)
+    return render(request, "_overview.html", context, page=False)
 
 
 def _state(value: str) -> JobState | None:
@@ -73,21 +79,28 @@ def _state(value: str) -> JobState | None:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown state {value!r}") from None
 
 
-async def jobs_context(
-    conn: AsyncConnection, state: str, task: str, cursor: str, *, dead_only: bool = False
-) -> dict[str, Any]:
-    chosen = JobState.DEAD if dead_only else _state(state)
+def _cursor(value: str) -> str | None:
+    if not value:
+        return None
     try:
-        rows, next_cursor = await service.page(
-            conn, state=chosen, task=task or None, limit=PAGE_SIZE, cursor=cursor or None
-        )
+        service.decode_cursor(value)
     except ValueError:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "invalid cursor") from None
+    return value
+
+
+async def jobs_context(
+    conn: AsyncConnection, state: JobState | None, task: str, cursor: str | None, *, dead_only: bool = False
+) -> dict[str, Any]:
+    chosen = JobState.DEAD if dead_only else state
+    rows, next_cursor = await service.page(
+        conn, state=chosen, task=task or None, limit=PAGE_SIZE, cursor=cursor
+    )
     filters = {"state": "" if dead_only else chosen or "", "task": task}
     return {
         "rows": rows,
         "filters": filters,
-        "cursor": cursor,
+        "cursor": cursor or "",
         "this_query": query(**filters, cursor=cursor),
         "next_query": query(**filters, cursor=next_cursor) if next_cursor else None,
         "first_query": query(**filters),
@@ -98,18 +111,23 @@ async def jobs_context(
 
 @router.get("/jobs")
 async def jobs_page(
-    request: Request, conn: ReadDep, state: str = "", task: TaskFilter = "", cursor: CursorParam = ""
+    request: Request, state: str = "", task: TaskFilter = "", cursor: CursorParam = ""
 ) -> Response:
-    context = await jobs_context(conn, state, task, cursor)
-    context["counts"] = await stats.counts_by_state(conn)
+    chosen, after = _state(state), _cursor(cursor)
+    async with reading() as conn:
+        context = await jobs_context(conn, chosen, task, after)
+        context["counts"] = await stats.counts_by_state(conn)
     return render(request, "jobs.html", {"nav": "jobs", **context})
 
 
 @router.get("/fragments/jobs")
 async def jobs_fragment(
-    request: Request, conn: ReadDep, state: str = "", task: TaskFilter = "", cursor: CursorParam = ""
+    request: Request, state: str = "", task: TaskFilter = "", cursor: CursorParam = ""
 ) -> Response:
-    return render(request, "_jobs.html", await jobs_context(conn, state, task, cursor), page=False)
+    chosen, after = _state(state), _cursor(cursor)
+    async with reading() as conn:
+        context = await jobs_context(conn, chosen, task, after)
+    return render(request, "_jobs.html", context, page=False)
 
 
 async def job_context(conn: AsyncConnection, job_id: UUID) -> dict[str, Any]:
@@ -124,48 +142,53 @@ async def job_context(conn: AsyncConnection, job_id: UUID) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}")
-async def job_page(request: Request, conn: ReadDep, job_id: UUID) -> Response:
+async def job_page(request: Request, job_id: UUID) -> Response:
     try:
-        context = await job_context(conn, job_id)
+        async with reading() as conn:
+            context = await job_context(conn, job_id)
     except JobNotFound:
         return render(request, "missing.html", {"nav": "jobs", "job_id": job_id}, status_code=404)
     return render(request, "job.html", {"nav": "jobs", **context})
 
 
 @router.get("/fragments/jobs/{job_id}")
-async def job_fragment(request: Request, conn: ReadDep, job_id: UUID) -> Response:
+async def job_fragment(request: Request, job_id: UUID) -> Response:
     try:
-        context = await job_context(conn, job_id)
+        async with reading() as conn:
+            context = await job_context(conn, job_id)
     except JobNotFound:
         return render(request, "missing.html", {"job_id": job_id}, page=False, status_code=404)
     return render(request, "_job.html", context, page=False)
 
 
-async def dead_context(conn: AsyncConnection, task: str, cursor: str) -> dict[str, Any]:
-    context = await jobs_context(conn, "", task, cursor, dead_only=True)
+async def dead_context(conn: AsyncConnection, task: str, cursor: str | None) -> dict[str, Any]:
+    context = await jobs_context(conn, None, task, cursor, dead_only=True)
     by_task = await stats.dead_by_task(conn)
     return {**context, "by_task": by_task, "total": sum(by_task.values())}
 
 
 @router.get("/dead")
-async def dead_page(
-    request: Request, conn: ReadDep, task: TaskFilter = "", cursor: CursorParam = ""
-) -> Response:
-    return render(request, "dead.html", {"nav": "dead", **await dead_context(conn, task, cursor)})
+async def dead_page(request: Request, task: TaskFilter = "", cursor: CursorParam = "") -> Response:
+    after = _cursor(cursor)
+    async with reading() as conn:
+        context = await dead_context(conn, task, after)
+    return render(request, "dead.html", {"nav": "dead", **context})
 
 
 @router.get("/fragments/dead")
-async def dead_fragment(
-    request: Request, conn: ReadDep, task: TaskFilter = "", cursor: CursorParam = ""
-) -> Response:
-    return render(request, "_dead.html", await dead_context(conn, task, cursor), page=False)
+async def dead_fragment(request: Request, task: TaskFilter = "", cursor: CursorParam = "") -> Response:
+    after = _cursor(cursor)
+    async with reading() as conn:
+        context = await dead_context(conn, task, after)
+    return render(request, "_dead.html", context, page=False)
 
 
 @router.get("/dead/confirm")
 async def confirm_bulk(
-    request: Request, conn: ReadDep, action: Literal["replay", "discard"], task: TaskFilter = ""
+    request: Request, action: Literal["replay", "discard"], task: TaskFilter = ""
 ) -> Response:
-    by_task = await stats.dead_by_task(conn)
+    async with reading() as conn:
+        by_task = await stats.dead_by_task(conn)
     count = by_task.get(task, 0) if task else sum(by_task.values())
     context = {"nav": "dead", "action": action, "task": task, "count": count}
     return render(request, "confirm.html", context)

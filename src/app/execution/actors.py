@@ -1,7 +1,8 @@
 """Binding registered tasks to a broker as Dramatiq actors; only `app.worker` calls it.
 
-An actor looks up the job the ledger middleware claimed for this thread and runs the task
-with the payload validated by the task's model.
+An actor name only routes a message to a queue's consumer. What runs is the job the ledger
+middleware claimed for this thread: the task and the payload the ledger holds for it,
+validated by the task's model. The message's own arguments are never read.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import dramatiq
 import pydantic
 from dramatiq.broker import Broker
 
-from app.errors import TaskError
+from app.errors import PermanentError, TaskError
 from app.jobs.context import current_job
-from app.jobs.registry import TaskSpec
+from app.jobs.registry import TaskSpec, get_task
 
 
 def bind(broker: Broker, specs: Iterable[TaskSpec[Any]]) -> None:
@@ -24,9 +25,8 @@ def bind(broker: Broker, specs: Iterable[TaskSpec[Any]]) -> None:
 
 
 def _declare(broker: Broker, spec: TaskSpec[Any]) -> None:
-    def run(**kwargs: Any) -> None:
-        ctx = current_job()
-        ctx.result = spec.fn(spec.payload_model.model_validate(kwargs), ctx)
+    def run(*_message_args: Any, **_message_kwargs: Any) -> None:
+        run_claimed_job()
 
     run.__name__ = spec.name.rsplit(".", 1)[-1]
     # Task errors are outcomes, not crashes: Dramatiq logs them without a traceback.
@@ -34,3 +34,12 @@ def _declare(broker: Broker, spec: TaskSpec[Any]) -> None:
     if spec.time_limit_seconds is not None:
         options["time_limit"] = int(spec.time_limit_seconds * 1000)
     dramatiq.actor(actor_name=spec.name, queue_name=spec.queue, broker=broker, **options)(run)
+
+
+def run_claimed_job() -> None:
+    """Run the job this thread claimed, as the ledger holds it."""
+    ctx = current_job()
+    spec = get_task(ctx.task)
+    if spec is None:
+        raise PermanentError(f"this worker has no task {ctx.task!r}")
+    ctx.result = spec.fn(spec.payload_model.model_validate_json(ctx.payload_json), ctx)

@@ -21,6 +21,11 @@ JOBS_SKIPPED = Counter(
     "Messages acknowledged without running (duplicate, finished, cancelled or not yet due)",
     ["queue"],
 )
+MESSAGES_REFUSED = Counter(
+    "conveyor_worker_messages_refused_total",
+    "Messages acknowledged and not run because they disagree with the ledger (reason)",
+    ["queue", "reason"],
+)
 JOBS_FENCED = Counter(
     "conveyor_worker_late_writes_refused_total",
     "Results refused because the attempt had lost its lease",

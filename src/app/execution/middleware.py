@@ -26,7 +26,9 @@ from app.execution import metrics, outcomes
 from app.execution.heartbeat import Heartbeat
 from app.execution.writes import LedgerWrites
 from app.jobs.context import JobContext, peek_current, set_current
+from app.ledger.jobs import Doorbell
 from app.logs import get_logger
+from app.settings import get_settings
 
 log = get_logger("conveyor.worker")
 
@@ -51,6 +53,11 @@ class LedgerMiddleware(Middleware):
     def after_process_boot(self, broker: Broker) -> None:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.writes.worker_id = self.worker_id
+
+    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        # Claimed messages are acknowledged at once (see `consumer`), so the prefetch is what a
+        # worker holds besides what it runs: one per thread keeps every thread fed.
+        worker.queue_prefetch = get_settings().worker_prefetch or worker.worker_threads
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         if not self.worker_id:
@@ -89,20 +96,20 @@ class LedgerMiddleware(Middleware):
             )
             message.fail()
             return
+        consumer = getattr(message, "consumer", None)
+        if consumer is not None and consumer.handed_back(message):
+            raise SkipMessage("handed back to the queue: another worker runs it")
         try:
-            claim = self.writes.claim(job_id)
+            claim = self.writes.claim(Doorbell(job_id, message.actor_name))
         except Exception:
             log.exception("could not claim job; the relay will publish it again", job_id=str(job_id))
             raise SkipMessage("claim failed") from None
         if claim is None:
-            metrics.JOBS_SKIPPED.labels(message.queue_name).inc()
-            log.info(
-                "message skipped: job is not claimable (finished, running elsewhere or not due)",
-                job_id=str(job_id),
-                redelivered=bool(getattr(message, "redelivered", False)),
-            )
+            self._not_claimed(job_id, message)
             raise SkipMessage("job is not claimable")
-        ctx = JobContext(claim.token, claim.task, claim.max_attempts, self.worker_id)
+        if consumer is not None:
+            consumer.settle(message)
+        ctx = JobContext(claim.token, claim.task, claim.max_attempts, self.worker_id, claim.payload_json)
         set_current(ctx)
         with self._lock:
             self._in_flight[job_id] = ctx
@@ -140,6 +147,24 @@ class LedgerMiddleware(Middleware):
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         set_current(None)
+
+    def _not_claimed(self, job_id: UUID, message: MessageProxy) -> None:
+        known = self.writes.job_task(job_id)
+        if known is not None and known[0] != message.actor_name:
+            metrics.MESSAGES_REFUSED.labels(message.queue_name, "task_mismatch").inc()
+            log.warning(
+                "message refused: it names another task than the ledger holds for its job",
+                job_id=str(job_id),
+                message_task=message.actor_name,
+                ledger_task=known[0],
+            )
+            return
+        metrics.JOBS_SKIPPED.labels(message.queue_name).inc()
+        log.info(
+            "message skipped: job is not claimable (finished, running elsewhere or not due)",
+            job_id=str(job_id),
+            redelivered=bool(getattr(message, "redelivered", False)),
+        )
 
 
 def _job_id_of(message: MessageProxy) -> UUID | None:

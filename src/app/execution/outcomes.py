@@ -53,8 +53,7 @@ def _failed(
         if not writes.bury(ctx.token, error):
             refused(ctx, message, writes.worker_id)
             return
-        message.fail()  # nack: RabbitMQ dead-letters it to <queue>.XQ
-        task_metrics.dead.inc()
+        task_metrics.dead.inc()  # the relay puts its copy in <queue>.XQ
         reason = "permanent error" if permanent else "attempts used up"
         log.error("job dead", reason=reason, error=error, duration_s=round(duration, 4))
         return

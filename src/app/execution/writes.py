@@ -23,7 +23,7 @@ from app.jobs.registry import retry_delay
 from app.ledger import jobs as ledger
 from app.ledger import workers
 from app.ledger.engines import autocommit_engine, sync_engine
-from app.ledger.jobs import Claim, Token
+from app.ledger.jobs import Claim, Doorbell, Token
 from app.logs import get_logger
 from app.settings import get_settings
 
@@ -55,7 +55,7 @@ class LedgerWrites:
 
     def __init__(self) -> None:
         self.worker_id = ""
-        self._claims: Batcher[UUID, Claim | None] | None = None
+        self._claims: Batcher[Doorbell, Claim | None] | None = None
         self._successes: Batcher[tuple[Token, str], bool] | None = None
 
     def start(self, worker_id: str) -> None:
@@ -74,16 +74,21 @@ class LedgerWrites:
             if batcher is not None:
                 batcher.close()
 
-    def _batchers(self) -> tuple[Batcher[UUID, Claim | None], Batcher[tuple[Token, str], bool]]:
+    def _batchers(self) -> tuple[Batcher[Doorbell, Claim | None], Batcher[tuple[Token, str], bool]]:
         if self._claims is None or self._successes is None:
             self.start(self.worker_id)  # a broker used without `dramatiq`'s worker boot (tests)
         assert self._claims is not None
         assert self._successes is not None
         return self._claims, self._successes
 
-    def claim(self, job_id: UUID) -> Claim | None:
+    def claim(self, bell: Doorbell) -> Claim | None:
         claims = self._batchers()[0]
-        return with_db_retry(lambda: claims.submit(job_id), what="claim", job_id=job_id)
+        return with_db_retry(lambda: claims.submit(bell), what="claim", job_id=bell.job_id)
+
+    def job_task(self, job_id: UUID) -> tuple[str, str] | None:
+        """The (task, state) the ledger holds for a job whose message could not claim it."""
+        with autocommit_engine().connect() as conn:
+            return ledger.job_task(conn, job_id)
 
     def succeed(self, ctx: JobContext, result_json: str) -> bool:
         """Record the success (and commit the task's own transaction with it); False when fenced."""

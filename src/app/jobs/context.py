@@ -28,6 +28,7 @@ class JobContext:
     task: str
     max_attempts: int
     worker_id: str
+    payload_json: str = "{}"
     result: Any = None
     effects: Connection | None = field(default=None, repr=False)
     started: float = field(default_factory=time.monotonic, repr=False)

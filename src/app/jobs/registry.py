@@ -29,9 +29,10 @@ class Queue(StrEnum):
 
 
 class Payload(BaseModel):
-    """Base of every task's payload: undeclared fields are refused."""
+    """Base of every task's payload: undeclared fields are refused, and types are strict
+    (validated as JSON: `true` is not an integer, `"5"` is not a number)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 P = TypeVar("P", bound=Payload)

@@ -1,8 +1,10 @@
 """Pooled engines, one per process and URL: sync for the worker, relay and CLI; async for the API.
 
-No pre-ping: it would cost a round trip per checkout on the hot paths. A connection the
-database dropped fails its statement, SQLAlchemy then invalidates the pool, and callers
-retry (the worker and relay retry ledger writes; the API answers 503).
+The sync pools skip the pre-ping: it would cost a round trip per checkout on the hot paths,
+and their callers retry (the worker and relay retry ledger writes). The API's pool pings
+each connection it lends: after PostgreSQL restarts, the first request gets a fresh
+connection instead of a stale one's error. Its connects, checkouts and statements are
+bounded in time, so a stalled database answers 503 instead of holding requests.
 """
 
 from __future__ import annotations
@@ -61,14 +63,28 @@ def async_engine(url: str | None = None) -> AsyncEngine:
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_size,
             pool_recycle=1800,
+            pool_pre_ping=True,
+            pool_timeout=settings.db_timeout_seconds,
+            connect_args=api_connect_args(),
         )
     return _async[url]
 
 
+def api_connect_args() -> dict[str, object]:
+    """libpq options of the API's connections: bounded connects and statements."""
+    settings = get_settings()
+    timeout_ms = int(settings.db_timeout_seconds * 1000)
+    return {
+        "connect_timeout": max(2, int(settings.db_timeout_seconds)),
+        "options": f"-c statement_timeout={timeout_ms}",
+        "application_name": "conveyor-api",
+    }
+
+
 def dispose_sync_engines() -> None:
-    """Drop pooled connections, e.g. in a forked child or after the URL changed."""
+    """Close every pooled sync connection and forget the engines (the URL may change next)."""
     for engine in _sync.values():
-        engine.dispose(close=False)
+        engine.dispose()
     _sync.clear()
     _autocommit.clear()
 

@@ -9,7 +9,7 @@ False.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -31,9 +31,20 @@ class Token:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
+    """A claimed job: the attempt that owns it, and what to run, as the ledger holds it."""
+
     token: Token
     task: str
     max_attempts: int
+    payload_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Doorbell:
+    """A message ringing for a job: the job's id and the task the message names."""
+
+    job_id: UUID
+    task: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,24 +74,35 @@ class KeyHolder:
 
 @dataclass(frozen=True, slots=True)
 class Publishable:
+    """A job whose message (or, dead, whose dead-letter copy) the relay is to publish."""
+
     id: UUID
     task: str
     queue: str
-    payload: dict[str, Any]
-    priority: int
     run: int
-    attempts: int
+    priority: int = 0
+
+
+# Takes up to `limit` rows for the relay to publish, locked for the caller's transaction.
+Taker = Callable[[SyncConnection, int], list[Publishable]]
 
 
 @dataclass(frozen=True, slots=True)
 class Reaped:
     id: UUID
     task: str
-    queue: str
-    payload: dict[str, Any]
     state: str
-    run: int
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StaleCopy:
+    """A dead run's copy in `<queue>.XQ` that a replay or discard made stale."""
+
+    id: int
+    queue: str
+    job_id: UUID
+    run: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,16 +149,28 @@ async def key_holder_async(conn: AsyncConnection, key: str) -> KeyHolder | None:
 
 
 def claim(
-    conn: psycopg.Connection[Any], worker_id: str, lease_seconds: float, job_ids: Sequence[UUID]
+    conn: psycopg.Connection[Any], worker_id: str, lease_seconds: float, bells: Sequence[Doorbell]
 ) -> list[Claim | None]:
-    """Claim due jobs; for each id asked, its claim or None (not claimable now)."""
-    params = {"ids": list(job_ids), "worker_id": worker_id, "lease": lease_seconds}
+    """Claim due jobs; for each doorbell, its claim or None (not claimable now, or the message
+    named another task than the ledger holds)."""
+    params = {
+        "ids": [bell.job_id for bell in bells],
+        "tasks": [bell.task for bell in bells],
+        "worker_id": worker_id,
+        "lease": lease_seconds,
+    }
     claims = {
-        row[0]: Claim(Token(row[0], row[1], row[2]), row[4], row[3])
+        row[0]: Claim(Token(row[0], row[1], row[2]), row[4], row[3], row[5])
         for row in run(conn, queries.CLAIM, params, prepare=True).rows
     }
     # A job twice in one batch (a duplicate delivery) is claimed once: the first asker gets it.
-    return [claims.pop(job_id, None) for job_id in job_ids]
+    return [claims.pop(bell.job_id, None) for bell in bells]
+
+
+def job_task(conn: SyncConnection, job_id: UUID) -> tuple[str, str] | None:
+    """The (task, state) the ledger holds for a job; None when there is no such job."""
+    rows = run(conn, queries.JOB_TASK, {"id": job_id}).rows
+    return None if not rows else (str(rows[0][0]), str(rows[0][1]))
 
 
 def succeed(conn: SyncConnection, items: Sequence[tuple[Token, str]]) -> list[bool]:
@@ -198,7 +232,22 @@ def store_artifact(conn: SyncConnection, job_id: UUID, name: str, content_type: 
 
 def take_publishable(conn: SyncConnection, limit: int) -> list[Publishable]:
     rows = run(conn, queries.TAKE_PUBLISHABLE, {"limit": limit}).rows
-    return [Publishable(*row) for row in rows]
+    return [Publishable(id=r[0], task=r[1], queue=r[2], priority=r[3], run=r[4]) for r in rows]
+
+
+def take_dead_letters(conn: SyncConnection, limit: int) -> list[Publishable]:
+    """Dead jobs whose copy is still to go to `<queue>.XQ`, locked for this transaction."""
+    rows = run(conn, queries.TAKE_DEAD_LETTERS, {"limit": limit}).rows
+    return [Publishable(id=r[0], task=r[1], queue=r[2], run=r[3]) for r in rows]
+
+
+def take_stale_copies(conn: SyncConnection, limit: int) -> list[StaleCopy]:
+    return [StaleCopy(*row) for row in run(conn, queries.TAKE_STALE_DEAD_LETTERS, {"limit": limit}).rows]
+
+
+def forget_stale_copies(conn: SyncConnection, ids: Sequence[int]) -> None:
+    if ids:
+        run(conn, queries.FORGET_STALE_DEAD_LETTERS, {"ids": list(ids)})
 
 
 def mark_published(conn: SyncConnection, job_ids: Sequence[UUID]) -> None:

@@ -28,20 +28,29 @@ SELECT id, task, state, request_hash FROM jobs WHERE idempotency_key = %(key)s
 
 -- name: claim
 -- Claims due jobs for a worker: queued|retrying → running, attempts+1, a lease; one attempt row each.
+-- Each (id, task) pair is a doorbell: a job is claimed only when its message names the task the
+-- ledger holds for it, and the claim returns what to run (task and payload) from the ledger.
 -- A job that is finished, running elsewhere, not due or out of attempts is left out.
-WITH claimed AS (
-    UPDATE jobs SET state = 'running', attempts = attempts + 1,
-           started_at = CASE WHEN attempts = 0 THEN now() ELSE started_at END,
+WITH asked AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(tasks)s::text[]) AS a(id, task)
+), claimed AS (
+    UPDATE jobs j SET state = 'running', attempts = j.attempts + 1,
+           started_at = CASE WHEN j.attempts = 0 THEN now() ELSE j.started_at END,
            lease_expires_at = now() + make_interval(secs => %(lease)s),
            worker_id = %(worker_id)s, updated_at = now()
-    WHERE id = ANY(%(ids)s::uuid[]) AND state IN ('queued', 'retrying')
-      AND available_at <= now() AND attempts < max_attempts
-    RETURNING id, run, attempts, max_attempts, task
+    FROM asked a
+    WHERE j.id = a.id AND j.task = a.task AND j.state IN ('queued', 'retrying')
+      AND j.available_at <= now() AND j.attempts < j.max_attempts
+    RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text
 ), history AS (
     INSERT INTO job_attempts (job_id, run, attempt, worker_id)
     SELECT id, run, attempts, %(worker_id)s FROM claimed
 )
-SELECT id, run, attempts, max_attempts, task FROM claimed
+SELECT id, run, attempts, max_attempts, task, payload FROM claimed
+
+-- name: job_task
+-- The task and state the ledger holds for a job (a message that rang for it named another task).
+SELECT task, state FROM jobs WHERE id = %(id)s
 
 -- name: succeed
 -- Fenced: running → succeeded with its result, for each (id, run, attempt) still owned.
@@ -77,10 +86,11 @@ WITH done AS (
 SELECT done.id, pg_notify('conveyor_jobs', '') FROM done
 
 -- name: bury
--- Fenced: running → dead (a permanent error, or the last attempt failed).
+-- Fenced: running → dead (a permanent error, or the last attempt failed); the relay puts its
+-- copy in <queue>.XQ.
 WITH done AS (
     UPDATE jobs SET state = 'dead', last_error = %(error)s, lease_expires_at = NULL,
-           finished_at = now(), updated_at = now()
+           finished_at = now(), published_at = NULL, updated_at = now()
     WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
     RETURNING id, run, attempts
 ), closed AS (
@@ -117,14 +127,22 @@ SELECT done.id, pg_notify('conveyor_jobs', '') FROM done
 
 -- name: take_publishable
 -- Locks due, unpublished jobs for one relay (SKIP LOCKED: other relays take other rows).
-SELECT id, task, queue, payload, priority, run, attempts FROM jobs
+SELECT id, task, queue, priority, run FROM jobs
 WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
 ORDER BY available_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
+-- name: take_dead_letters
+-- Locks dead jobs whose copy is still to go to <queue>.XQ, for one relay.
+SELECT id, task, queue, run FROM jobs
+WHERE published_at IS NULL AND state = 'dead'
+ORDER BY finished_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
 -- name: mark_published
--- The broker took these jobs' messages.
+-- The broker took these jobs' messages (or their dead-letter copies).
 UPDATE jobs SET published_at = now() WHERE id = ANY(%(ids)s::uuid[])
 
 -- name: seconds_until_next_due
@@ -133,7 +151,8 @@ SELECT extract(epoch FROM min(available_at) - now()) FROM jobs
 WHERE published_at IS NULL AND state IN ('queued', 'retrying')
 
 -- name: reap_expired_leases
--- Jobs whose worker stopped renewing the lease: back to retrying, or dead once attempts are used up.
+-- Jobs whose worker stopped renewing the lease: back to retrying, or dead once attempts are used
+-- up (the relay then puts the dead job's copy in <queue>.XQ).
 WITH expired AS (
     SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < now()
     ORDER BY lease_expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
@@ -141,19 +160,18 @@ WITH expired AS (
     UPDATE jobs j SET
         state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'retrying' END,
         finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-        published_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-        available_at = now(), lease_expires_at = NULL, updated_at = now(),
+        published_at = NULL, available_at = now(), lease_expires_at = NULL, updated_at = now(),
         last_error = 'lease expired: worker ' || coalesce(j.worker_id, '?')
                      || ' stopped renewing it (crashed or stalled)'
     FROM expired WHERE j.id = expired.id
-    RETURNING j.id, j.task, j.queue, j.payload, j.state, j.run, j.attempts, j.last_error
+    RETURNING j.id, j.task, j.state, j.run, j.attempts, j.last_error
 ), history AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'lost', error = upd.last_error,
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM upd WHERE a.job_id = upd.id AND a.run = upd.run AND a.attempt = upd.attempts
       AND a.finished_at IS NULL
 )
-SELECT id, task, queue, payload, state, run, attempts FROM upd
+SELECT id, task, state, attempts FROM upd
 
 -- name: rearm_stale_publications
 -- Publishes again jobs whose message went out long ago and was never claimed.
@@ -168,29 +186,46 @@ RETURNING id
 
 -- name: replay_dead
 -- dead → queued as a new run (attempts from 0, history kept), oldest first; wakes the relay.
-WITH r AS (
-    UPDATE jobs SET state = 'queued', run = run + 1, attempts = 0, progress = 0,
-           available_at = now(), published_at = NULL, started_at = NULL, finished_at = NULL,
-           last_error = NULL, result = NULL, worker_id = NULL, updated_at = now()
-    WHERE id IN (
-        SELECT id FROM jobs WHERE state = 'dead'
-          AND (%(task)s::text IS NULL OR task = %(task)s)
-          AND (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))
-        ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-    )
-    RETURNING id, queue, run - 1 AS dead_run
-)
-SELECT r.id, r.queue, r.dead_run, pg_notify('conveyor_jobs', '') FROM r
-
--- name: discard_dead
--- Deletes dead jobs with their history, oldest first.
-DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE state = 'dead'
+-- The dead run's copy in <queue>.XQ, if it went out, is recorded as stale for the relay to remove.
+WITH chosen AS (
+    SELECT id, queue, run, published_at FROM jobs WHERE state = 'dead'
       AND (%(task)s::text IS NULL OR task = %(task)s)
       AND (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))
     ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), replayed AS (
+    UPDATE jobs j SET state = 'queued', run = j.run + 1, attempts = 0, progress = 0,
+           available_at = now(), published_at = NULL, started_at = NULL, finished_at = NULL,
+           last_error = NULL, result = NULL, worker_id = NULL, updated_at = now()
+    FROM chosen c WHERE j.id = c.id
+    RETURNING j.id
+), stale AS (
+    INSERT INTO stale_dead_letters (queue, job_id, run)
+    SELECT queue, id, run FROM chosen WHERE published_at IS NOT NULL
 )
-RETURNING id, queue, run AS dead_run
+SELECT c.id, c.queue, c.run, pg_notify('conveyor_jobs', '') FROM chosen c JOIN replayed r ON r.id = c.id
+
+-- name: discard_dead
+-- Deletes dead jobs with their history, oldest first; their copies in <queue>.XQ become stale.
+WITH chosen AS (
+    SELECT id, queue, run, published_at FROM jobs WHERE state = 'dead'
+      AND (%(task)s::text IS NULL OR task = %(task)s)
+      AND (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))
+    ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), discarded AS (
+    DELETE FROM jobs j USING chosen c WHERE j.id = c.id RETURNING j.id
+), stale AS (
+    INSERT INTO stale_dead_letters (queue, job_id, run)
+    SELECT queue, id, run FROM chosen WHERE published_at IS NOT NULL
+)
+SELECT c.id, c.queue, c.run FROM chosen c JOIN discarded d ON d.id = c.id
+
+-- name: take_stale_dead_letters
+-- Locks recorded stale dead-letter copies for one relay's clean-up pass.
+SELECT id, queue, job_id, run FROM stale_dead_letters ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+
+-- name: forget_stale_dead_letters
+-- The clean-up pass is done with these: removed, or no longer in the queue.
+DELETE FROM stale_dead_letters WHERE id = ANY(%(ids)s::bigint[])
 
 -- name: store_artifact
 -- The file a job produced, written in the job's own transaction (replaces an earlier attempt's).
@@ -214,3 +249,13 @@ ON CONFLICT (id) DO UPDATE SET last_seen = now(), in_flight = EXCLUDED.in_flight
 -- name: stop_worker
 -- A worker stopped cleanly.
 UPDATE workers SET stopped_at = now(), in_flight = 0 WHERE id = %(id)s
+
+-- name: upsert_relay
+-- A relay's heartbeat: it is alive, and how many messages it has published.
+INSERT INTO relays (id, host, pid, started_at, last_seen, published)
+VALUES (%(id)s, %(host)s, %(pid)s, %(started_at)s, now(), %(published)s)
+ON CONFLICT (id) DO UPDATE SET last_seen = now(), published = EXCLUDED.published, stopped_at = NULL
+
+-- name: stop_relay
+-- A relay stopped cleanly.
+UPDATE relays SET stopped_at = now() WHERE id = %(id)s

@@ -54,6 +54,8 @@ jobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("available_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # When the relay put the job's message on its queue; for a dead job, when its copy went
+    # to <queue>.XQ (NULL: still to go).
     Column("published_at", DateTime(timezone=True)),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
@@ -73,6 +75,11 @@ jobs = Table(
     ),
     Index("ix_jobs_leases", "lease_expires_at", postgresql_where=text("state = 'running'")),
     Index("ix_jobs_finished", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
+    Index(
+        "ix_jobs_dead_letters",
+        "finished_at",
+        postgresql_where=text("published_at IS NULL AND state = 'dead'"),
+    ),
     Index(
         "ux_jobs_idempotency_key",
         "idempotency_key",
@@ -109,6 +116,29 @@ workers = Table(
     Column("in_flight", Integer, nullable=False, server_default="0"),
     Column("processed", BigInteger, nullable=False, server_default="0"),
     Column("stopped_at", DateTime(timezone=True)),
+)
+
+relays = Table(
+    "relays",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("last_seen", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("published", BigInteger, nullable=False, server_default="0"),
+    Column("stopped_at", DateTime(timezone=True)),
+)
+
+# A dead run whose copy in <queue>.XQ went stale (the job was replayed or discarded).
+stale_dead_letters = Table(
+    "stale_dead_letters",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("queue", Text, nullable=False),
+    Column("job_id", UUID(as_uuid=True), nullable=False),
+    Column("run", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
 )
 
 job_artifacts = Table(

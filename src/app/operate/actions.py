@@ -2,14 +2,14 @@
 the API, the dashboard and the CLI.
 
 Bulk actions work in batches of BATCH, one transaction each, so no lock is held for long
-and a huge dead-letter queue never makes one giant transaction. After a replay or discard
-has committed, the dead run's copy in `<queue>.XQ` is stale: `forget_dead_letters` takes
-it out (the ledger stays the truth if the broker is away: a copy left behind never runs).
+and a huge dead-letter queue never makes one giant transaction. A replay or discard also
+records the dead run's copy in `<queue>.XQ` as stale, in the same transaction; the relay
+takes such copies out in one pass (the ledger stays the truth meanwhile: a message for a
+job that is no longer dead never runs).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 from uuid import UUID
@@ -17,13 +17,9 @@ from uuid import UUID
 from app.errors import InvalidTransition, JobNotFound
 from app.ledger import jobs as ledger
 from app.ledger.jobs import DeadRun
-from app.logs import get_logger
-from app.operate import deadletters
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-log = get_logger("conveyor.operate")
 
 # Big enough that 100,000 dead jobs take 200 short transactions; small enough that each
 # holds its row locks for milliseconds.
@@ -90,27 +86,3 @@ async def bulk(
         if len(batch) < BATCH:
             break
     return done
-
-
-def forget_dead_letters(broker_url: str, runs: Sequence[DeadRun], progress: Progress | None = None) -> int:
-    """Take the dead runs' copies out of their `<queue>.XQ`, one pass per queue; how many went.
-
-    Raises when the broker cannot be reached (see `forget_dead_letters_quietly`).
-    """
-    by_queue: dict[str, list[DeadRun]] = defaultdict(list)
-    for run in runs:
-        by_queue[run.queue].append(run)
-    removed = 0
-    for queue, queued in sorted(by_queue.items()):
-        removed += deadletters.remove(broker_url, queue, [(r.id, r.run) for r in queued], progress)
-    return removed
-
-
-def forget_dead_letters_quietly(broker_url: str, runs: Sequence[DeadRun]) -> None:
-    """`forget_dead_letters` after the response: a broker that is away is logged, not raised."""
-    if not runs or broker_url.startswith("stub"):
-        return
-    try:
-        forget_dead_letters(broker_url, runs)
-    except Exception as error:
-        log.warning("could not remove stale dead-letter copies", jobs=len(runs), error=repr(error))

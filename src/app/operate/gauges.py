@@ -17,15 +17,17 @@ from dramatiq.common import xq_name
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.logs import get_logger
+from app.logs import first_line, get_logger
 from app.operate import amqp, health
 from app.operate.stats import (
+    LIVE_RELAYS,
     LIVE_WORKERS,
     OLDEST_DUE,
     OUTBOX_BACKLOG,
+    OUTBOX_OLDEST,
     StateCount,
     counts_by_state_sync,
-    liveness_window_seconds,
+    live_params,
 )
 from app.settings import Settings, get_settings
 
@@ -44,6 +46,8 @@ class LedgerSnapshot:
     outbox_backlog: int
     oldest_due_seconds: float
     live_workers: int
+    outbox_oldest_seconds: float
+    live_relays: int
 
 
 def read_ledger(database_url: str) -> LedgerSnapshot:
@@ -51,8 +55,12 @@ def read_ledger(database_url: str) -> LedgerSnapshot:
         states = counts_by_state_sync(conn, EXACT_UP_TO)
         backlog = int(conn.execute(OUTBOX_BACKLOG).scalar_one())
         oldest = conn.execute(OLDEST_DUE).scalar()
-        live = int(conn.execute(LIVE_WORKERS, {"window": liveness_window_seconds()}).scalar_one())
-    return LedgerSnapshot(states, backlog, max(0.0, float(oldest or 0.0)), live)
+        live = int(conn.execute(LIVE_WORKERS, live_params()).scalar_one())
+        outbox_oldest = conn.execute(OUTBOX_OLDEST).scalar()
+        relays = int(conn.execute(LIVE_RELAYS, live_params()).scalar_one())
+    return LedgerSnapshot(
+        states, backlog, max(0.0, float(oldest or 0.0)), live, max(0.0, float(outbox_oldest or 0.0)), relays
+    )
 
 
 def ledger_probe(database_url: str) -> health.Probe[LedgerSnapshot]:
@@ -102,7 +110,7 @@ def _outcome(future: Future[health.T], source: str) -> health.T | None:
     except TimeoutError:
         log.warning("metrics source did not answer in time", source=source)
     except Exception as error:
-        log.warning("metrics source failed", source=source, error=health.first_line(error))
+        log.warning("metrics source failed", source=source, error=first_line(error))
     return None
 
 
@@ -129,6 +137,16 @@ def _ledger_metrics(snapshot: LedgerSnapshot) -> Iterator[Metric]:
         "conveyor_workers_live",
         "Workers whose heartbeat is younger than the liveness window",
         value=float(snapshot.live_workers),
+    )
+    yield GaugeMetricFamily(
+        "conveyor_outbox_oldest_age_seconds",
+        "How long the job that has waited longest for the relay to publish it has waited; 0 if none",
+        value=snapshot.outbox_oldest_seconds,
+    )
+    yield GaugeMetricFamily(
+        "conveyor_relays_live",
+        "Relays whose heartbeat is younger than the liveness window",
+        value=float(snapshot.live_relays),
     )
 
 

@@ -15,14 +15,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import pika.exceptions
 from dramatiq.common import xq_name
 from sqlalchemy import Engine, create_engine, text
 
+from app.logs import first_line
 from app.operate.amqp import PROBE_TIMEOUT_SECONDS, connect
-from app.operate.stats import LIVE_WORKERS, liveness_window_seconds
+from app.operate.stats import LIVE, live_params, liveness_window_seconds
 from app.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -207,46 +208,46 @@ def check_broker(
     return Check(True, details={"queues": found})
 
 
-# -- workers --------------------------------------------------------------------------------
+# -- workers and relays ----------------------------------------------------------------------
 
-LIVE_WORKERS_ON_HOST = text(
-    """
-    SELECT count(*) FROM workers
-    WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => :window) AND host = :host
-    """
-)
+Kind = Literal["worker", "relay"]
 
 
 def check_workers(
     settings: Settings | None = None, host: str | None = None, *, timeout: float = PROBE_TIMEOUT_SECONDS
 ) -> Check:
     """At least one worker (on `host`, when given) sent a heartbeat within the liveness window."""
+    return check_heartbeats("worker", settings, host, timeout=timeout)
+
+
+def check_relays(
+    settings: Settings | None = None, host: str | None = None, *, timeout: float = PROBE_TIMEOUT_SECONDS
+) -> Check:
+    """At least one relay (on `host`, when given) sent a heartbeat within the liveness window."""
+    return check_heartbeats("relay", settings, host, timeout=timeout)
+
+
+def check_heartbeats(
+    kind: Kind, settings: Settings | None = None, host: str | None = None, *, timeout: float
+) -> Check:
     settings = settings or get_settings()
     url = settings.database_url
-    probe = shared_probe(("workers", url, host), lambda: _workers(url, host), 0.0)
-    return _bounded(probe, "database (worker heartbeats)", timeout)
+    probe = shared_probe((kind, url, host), lambda: _heartbeats(kind, url, host), 0.0)
+    return _bounded(probe, f"database ({kind} heartbeats)", timeout)
 
 
-def _workers(url: str, host: str | None) -> Check:
+def _heartbeats(kind: Kind, url: str, host: str | None) -> Check:
     window = liveness_window_seconds()
     try:
         with probe_engine(url).connect() as conn:
-            if host is None:
-                live = int(conn.execute(LIVE_WORKERS, {"window": window}).scalar_one())
-            else:
-                params = {"window": window, "host": host}
-                live = int(conn.execute(LIVE_WORKERS_ON_HOST, params).scalar_one())
+            live = int(conn.execute(LIVE[kind], live_params(host)).scalar_one())
     except Exception as error:
         return Check(False, f"cannot read heartbeats: {first_line(error)}")
     where = f" on host {host}" if host else ""
     if live == 0:
-        return Check(False, f"no worker{where} sent a heartbeat in the last {window:g}s", {"live": 0})
+        return Check(False, f"no {kind}{where} sent a heartbeat in the last {window:g}s", {"live": 0})
     return Check(True, details={"live": live})
 
 
 def this_host() -> str:
     return socket.gethostname()
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0]

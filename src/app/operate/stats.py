@@ -77,10 +77,25 @@ WORKERS = text(
     """
 )
 
-LIVE_WORKERS = text(
+# Workers and relays each beat into a table of their own; live: a recent beat and no stop.
+# (The table names are these two literals, never input.)
+LIVE = {
+    kind: text(
+        f"""
+        SELECT count(*) FROM {table}
+        WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => :window)
+          AND (CAST(:host AS text) IS NULL OR host = :host)
+        """
+    )
+    for kind, table in (("worker", "workers"), ("relay", "relays"))
+}
+LIVE_WORKERS = LIVE["worker"]
+LIVE_RELAYS = LIVE["relay"]
+
+OUTBOX_OLDEST = text(
     """
-    SELECT count(*) FROM workers
-    WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => :window)
+    SELECT extract(epoch FROM now() - min(available_at)) FROM jobs
+    WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
     """
 )
 
@@ -180,8 +195,12 @@ async def workers(conn: AsyncConnection, limit: int = 100) -> list[dict[str, Any
     return [dict(row) for row in rows]
 
 
+def live_params(host: str | None = None) -> dict[str, Any]:
+    return {"window": liveness_window_seconds(), "host": host}
+
+
 async def live_workers(conn: AsyncConnection) -> int:
-    return int((await conn.execute(LIVE_WORKERS, {"window": liveness_window_seconds()})).scalar_one())
+    return int((await conn.execute(LIVE_WORKERS, live_params())).scalar_one())
 
 
 # -- dead jobs ------------------------------------------------------------------------------

@@ -2,24 +2,31 @@
 
 It is woken by NOTIFY right after a job commits and also sweeps on a timer, so a broker
 outage delays jobs but never loses them. Rows are taken FOR UPDATE SKIP LOCKED, so any
-number of relays may run. The sweep also hands back jobs whose lease expired (their
-worker crashed or stalled) and, once attempts are used up, buries them in the ledger and
-in `<queue>.XQ`.
+number of relays may run. The sweep also hands back jobs whose lease expired (their worker
+crashed or stalled), puts the copies of dead jobs in `<queue>.XQ`, and removes the copies
+of dead runs an operator replayed or discarded. A heartbeat row says the relay is alive.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import threading
 import time
+from datetime import UTC, datetime
 
 import psycopg
-from dramatiq import Message
 from sqlalchemy.exc import OperationalError
 
+from app.errors import PublishFailed
 from app.ledger import jobs as ledger
+from app.ledger import relays
 from app.ledger.engines import sync_engine
 from app.ledger.schema import NOTIFY_CHANNEL
-from app.logs import get_logger
+from app.logs import Outage, get_logger
+from app.relay import deadletters, metrics
+from app.relay.messages import doorbell
 from app.relay.publisher import BatchPublisher
 from app.settings import Settings, get_settings
 
@@ -27,16 +34,8 @@ log = get_logger("conveyor.relay")
 
 # Stale publications are rare; looking for them once in a while is enough.
 REARM_EVERY_SECONDS = 30.0
-
-
-def message_for(job: ledger.Publishable | ledger.Reaped, priority: int = 0) -> Message[None]:
-    return Message(
-        queue_name=job.queue,
-        actor_name=job.task,
-        args=(),
-        kwargs=job.payload,
-        options={"job_id": str(job.id), "run": job.run, "broker_priority": priority},
-    )
+# Operators replay in bursts; one pass over the dead-letter queues this often serves them.
+CLEAN_EVERY_SECONDS = 5.0
 
 
 class Relay:
@@ -44,28 +43,45 @@ class Relay:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
-        self.publisher = BatchPublisher(self.settings.broker_url)
+        self.publisher = BatchPublisher(self.settings.broker_url, self.settings.amqp_heartbeat_seconds)
+        self.relay_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.started_at = datetime.now(UTC)
         self.published = 0
         self.reaped = 0
-        self._last_rearm = 0.0
+        self._last = {"rearm": 0.0, "clean": 0.0, "beat": 0.0, "sweep": 0.0}
+        self._database = Outage(log, "database")
+        self._broker = Outage(log, "broker")
 
     def publish_due(self) -> int:
-        """Publish one batch of due jobs; the rows stay locked until the broker confirmed them."""
+        """Publish one batch of due jobs; the rows stay locked until the broker took them."""
+        return self._publish(ledger.take_publishable, dead=False)
+
+    def dead_letter_due(self) -> int:
+        """Put one batch of dead jobs' copies in their `<queue>.XQ`."""
+        return self._publish(ledger.take_dead_letters, dead=True)
+
+    def _publish(self, take: ledger.Taker, *, dead: bool) -> int:
         with sync_engine().begin() as conn:
-            batch = ledger.take_publishable(conn, self.settings.relay_batch_size)
-            self.publisher.publish([(message_for(job, job.priority), job.priority) for job in batch])
+            batch = take(conn, self.settings.relay_batch_size)
+            if not batch:
+                return 0
+            try:
+                self.publisher.publish([(doorbell(job), job.priority) for job in batch], dead=dead)
+            except PublishFailed:
+                metrics.BATCHES.labels("failed").inc()
+                raise
             ledger.mark_published(conn, [job.id for job in batch])
+        metrics.BATCHES.labels("published").inc()
+        metrics.PUBLISHED.labels("dead_letter" if dead else "job").inc(len(batch))
         self.published += len(batch)
         return len(batch)
 
     def sweep(self) -> int:
-        """Hand back expired leases; bury jobs whose attempts a crash used up."""
+        """Hand back expired leases (burying jobs a crash left without attempts); arm again
+        publications nobody claimed for long; dead-letter what died."""
         with sync_engine().begin() as conn:
             reaped = ledger.reap_expired_leases(conn)
-            buried = [(message_for(job), 0) for job in reaped if job.state == "dead"]
-            self.publisher.publish(buried, dead=True)
-            if time.monotonic() - self._last_rearm > REARM_EVERY_SECONDS:
-                self._last_rearm = time.monotonic()
+            if self._due("rearm", REARM_EVERY_SECONDS):
                 rearmed = ledger.rearm_stale_publications(conn, self.settings.republish_after_seconds)
                 if rearmed:
                     log.warning("publishing again jobs whose message was never claimed", jobs=rearmed)
@@ -77,8 +93,23 @@ class Relay:
                 attempt=job.attempts,
                 state=job.state,
             )
+        metrics.REAPED.inc(len(reaped))
         self.reaped += len(reaped)
+        while self.dead_letter_due() == self.settings.relay_batch_size:
+            pass
+        if self._due("clean", CLEAN_EVERY_SECONDS):
+            metrics.STALE_COPIES_REMOVED.inc(deadletters.clean(sync_engine(), self.settings.broker_url))
         return len(reaped)
+
+    def beat(self) -> None:
+        """The heartbeat row, at most every HEARTBEAT_SECONDS: this relay is alive and working."""
+        if not self._due("beat", self.settings.heartbeat_seconds):
+            return
+        heartbeat = relays.Heartbeat(
+            self.relay_id, socket.gethostname(), os.getpid(), self.started_at, self.published
+        )
+        with sync_engine().begin() as conn:
+            relays.beat(conn, heartbeat)
 
     def next_wait(self) -> float:
         with sync_engine().connect() as conn:
@@ -86,40 +117,60 @@ class Relay:
         sweep = self.settings.relay_sweep_seconds
         return sweep if due is None else max(0.0, min(sweep, due))
 
+    def _due(self, what: str, every: float) -> bool:
+        if time.monotonic() - self._last[what] < every:
+            return False
+        self._last[what] = time.monotonic()
+        return True
+
+    def work(self, listener: psycopg.Connection[tuple[object, ...]]) -> None:
+        """One round: publish all that is due, sweep when its time has come, wait to be woken."""
+        self.beat()
+        while self.publish_due() == self.settings.relay_batch_size:
+            pass
+        if self._due("sweep", self.settings.relay_sweep_seconds):
+            self.sweep()
+        wait = self.next_wait()
+        if wait > 0:
+            for _ in listener.notifies(timeout=wait, stop_after=1):
+                pass
+
     def run(self, stop: threading.Event) -> None:
         """Publish until `stop` is set, surviving database and broker outages."""
-        log.info("relay started", batch_size=self.settings.relay_batch_size)
+        log.info("relay started", relay_id=self.relay_id, batch_size=self.settings.relay_batch_size)
         listener: psycopg.Connection[tuple[object, ...]] | None = None
         pause = 0.2
-        last_sweep = 0.0
         while not stop.is_set():
             try:
                 if listener is None or listener.closed:
                     listener = _listen(self.settings)
-                while self.publish_due() == self.settings.relay_batch_size and not stop.is_set():
-                    pass
-                if time.monotonic() - last_sweep >= self.settings.relay_sweep_seconds:
-                    self.sweep()
-                    last_sweep = time.monotonic()
-                wait = self.next_wait()
-                if wait > 0:
-                    for _ in listener.notifies(timeout=wait, stop_after=1):
-                        pass
+                self.work(listener)
+                self._database.recovered()
+                self._broker.recovered()
                 pause = 0.2
             except (OperationalError, psycopg.OperationalError) as error:
-                log.warning("database unavailable; relay retrying", error=str(error).splitlines()[0])
+                self._database.failed(error)
                 _close(listener)
                 listener = None
+                self._last["beat"] = 0.0  # beat as soon as it is back
                 stop.wait(pause)
                 pause = min(pause * 2, 5.0)
             except Exception as error:
-                log.warning("broker unavailable; relay retrying", error=repr(error))
+                self._broker.failed(error)
                 self.publisher.close()
                 stop.wait(pause)
                 pause = min(pause * 2, 5.0)
         _close(listener)
         self.publisher.close()
-        log.info("relay stopped", published=self.published, reaped=self.reaped)
+        self._stopped()
+        log.info("relay stopped", relay_id=self.relay_id, published=self.published, reaped=self.reaped)
+
+    def _stopped(self) -> None:
+        try:
+            with sync_engine().begin() as conn:
+                relays.stop(conn, self.relay_id)
+        except Exception as error:  # the database is away: the row goes stale, which says as much
+            log.warning("could not record the relay's stop", error=repr(error))
 
 
 def _listen(settings: Settings) -> psycopg.Connection[tuple[object, ...]]:

@@ -22,12 +22,19 @@ from pika.spec import Basic, BasicProperties
 from app.errors import PublishFailed
 from app.relay import queues
 
+TIMEOUT_SECONDS = 30.0
+
 
 class BatchPublisher:
     """A connection and a transactional channel of its own; it declares the queues it publishes to."""
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, heartbeat_seconds: int = 5) -> None:
         self.parameters = pika.URLParameters(broker_url)
+        # A broker that stops answering (or blocks publishers on a resource alarm) fails the
+        # batch instead of holding the relay: its heartbeat goes stale and readiness says so.
+        self.parameters.socket_timeout = TIMEOUT_SECONDS
+        self.parameters.blocked_connection_timeout = TIMEOUT_SECONDS
+        self.parameters.heartbeat = heartbeat_seconds
         self._connection: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._declared: set[str] = set()

@@ -1,0 +1,155 @@
+"""The routes that create jobs: `POST /api/v1/jobs` (any public task) and `POST /api/v1/emails`.
+
+`POST /api/v1/jobs` is the hot path of the performance budget: it reads its body and its
+Idempotency-Key by hand (no dependency solving) and hands jobs without a key to the group
+commit (`accept.intake`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from app.accept import jobs as accepting
+from app.accept.intake import Intake
+from app.accept.jobs import MAX_IDEMPOTENCY_KEY_LENGTH
+from app.api.deps import transaction
+from app.api.errors import field_errors, unstorable
+from app.api.metrics import JOBS_ACCEPTED
+from app.api.responses import BODY, UNAVAILABLE, responses
+from app.api.schemas import EmailRequest, JobAccepted, JobRequest
+from app.errors import UnknownTask, UnstorableInput
+from app.jobs.registry import TaskSpec, get_task, public_tasks
+from app.ledger.jobs import NewJob
+from app.ledger.schema import JobState
+from app.settings import get_settings
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+EMAIL_TASK = "app.tasks.example.send_email"
+M = TypeVar("M", bound=BaseModel)
+ACCEPT_ERRORS = responses(BODY, UNAVAILABLE)
+
+
+def _parse(model: type[M], body: bytes) -> M:
+    """Validate a request body straight from its bytes (malformed JSON → 400, invalid → 422)."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        raise RequestValidationError(field_errors(error.errors(), ("body",))) from None
+
+
+def _new_job(
+    spec: TaskSpec[Any],
+    payload: Any,
+    loc: tuple[str, ...],
+    *,
+    key: str | None,
+    delay_seconds: int = 0,
+    priority: int = 0,
+) -> NewJob:
+    try:
+        return accepting.new_job(
+            spec, payload, delay_seconds=delay_seconds, priority=priority, idempotency_key=key
+        )
+    except ValidationError as error:
+        raise RequestValidationError(field_errors(error.errors(), loc)) from None
+    except UnstorableInput as error:
+        raise unstorable(error, loc) from None
+
+
+def _intake(request: Request) -> Intake:
+    intake: Intake | None = getattr(request.app.state, "intake", None)
+    if intake is None:
+        intake = request.app.state.intake = Intake(get_settings().libpq_url)
+    return intake
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The Idempotency-Key header, read by hand: the accept route skips FastAPI's dependency solver."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("header", "Idempotency-Key"),
+                    "msg": f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters",
+                    "type": "string_length",
+                }
+            ]
+        )
+    return key
+
+
+async def _accept(request: Request, job: NewJob) -> Response:
+    if job.idempotency_key is None:
+        job_id, state, duplicate = await _intake(request).submit(job), JobState.QUEUED.value, False
+    else:
+        async with transaction() as conn:
+            accepted = await accepting.store(conn, job)
+        job_id, state, duplicate = accepted.id, accepted.state, accepted.duplicate
+    status_url = f"/api/v1/jobs/{job_id}"
+    headers = {"Location": status_url}
+    if duplicate:
+        headers["Idempotent-Replayed"] = "true"
+    else:
+        JOBS_ACCEPTED.labels(job.task).inc()
+    body = {"id": job_id, "task": job.task, "state": state, "status_url": status_url}
+    return Response(orjson.dumps(body), status_code=202, headers=headers, media_type="application/json")
+
+
+def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
+    schema = {"content": {"application/json": {"schema": model.model_json_schema()}}, "required": True}
+    header = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Repeat a POST safely: the same key and job return the first job.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
+    }
+    return {"requestBody": schema, "parameters": [header]}
+
+
+@router.post(
+    "/jobs",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    responses=ACCEPT_ERRORS,
+    summary="Enqueue a job of any public task",
+    openapi_extra=_documented_body(JobRequest),
+)
+async def enqueue(request: Request) -> Response:
+    key = _idempotency_key(request)
+    job = _parse(JobRequest, await request.body())
+    spec = get_task(job.task)
+    if spec is None or not spec.public:
+        raise UnknownTask(job.task, [t.name for t in public_tasks()])
+    new = _new_job(
+        spec,
+        job.payload,
+        ("body", "payload"),
+        key=key,
+        delay_seconds=job.delay_seconds,
+        priority=job.priority,
+    )
+    return await _accept(request, new)
+
+
+@router.post(
+    "/emails",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    responses=ACCEPT_ERRORS,
+    summary="Send an email in the background",
+    openapi_extra=_documented_body(EmailRequest),
+)
+async def send_email(request: Request) -> Response:
+    key = _idempotency_key(request)
+    email = _parse(EmailRequest, await request.body())
+    spec = get_task(EMAIL_TASK)
+    assert spec is not None
+    return await _accept(request, _new_job(spec, email.model_dump(mode="json"), ("body",), key=key))

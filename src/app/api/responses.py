@@ -1,0 +1,36 @@
+"""The error answers each route documents in the OpenAPI schema (every status it can return)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.api.schemas import ErrorBody
+
+Responses = dict[int | str, dict[str, Any]]
+
+UNAVAILABLE: Responses = {
+    503: {
+        "model": ErrorBody,
+        "description": "The ledger (PostgreSQL) is unavailable; retry after Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}},
+    },
+}
+INVALID: Responses = {422: {"model": ErrorBody, "description": "A parameter is invalid"}}
+NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No such job"}}
+BODY: Responses = {
+    400: {"model": ErrorBody, "description": "Malformed JSON"},
+    413: {"model": ErrorBody, "description": "Body larger than MAX_BODY_BYTES (also when chunked)"},
+    415: {"model": ErrorBody, "description": "Body is not JSON"},
+    422: {
+        "model": ErrorBody,
+        "description": "Unknown task, invalid payload (strict JSON types; no NUL in strings), "
+        "or an Idempotency-Key reused for another job",
+    },
+}
+
+
+def responses(*parts: Responses) -> Responses:
+    merged: Responses = {}
+    for part in parts:
+        merged.update(part)
+    return merged
