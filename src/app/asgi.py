@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import app.tasks  # noqa: F401  (registers the public tasks the API accepts)
-from app.api import accept, errors, health, jobs
+from app.api import accept, errors, health, jobs, openapi
 from app.api.failures import LastResort
 from app.api.guard import BodyGuard
 from app.api.metrics import HttpMetrics
@@ -40,6 +40,7 @@ def create_app() -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(application)
+    openapi.install(application)
     application.include_router(accept.router)
     application.include_router(jobs.router)
     application.include_router(health.router)

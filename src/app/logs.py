@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -66,8 +67,13 @@ def configure_logging() -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("pika", "httpx", "uvicorn.access"):
+    for noisy in ("httpx", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pika logs every lost socket, failed connect and close of a closed connection at error
+    # level, with tracebacks; what it reports reaches us as exceptions, which our own code
+    # (the relay, the consumers' outage line below) reports once per outage.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    handler.addFilter(ConsumerOutages())
     # Dramatiq warns on every skipped message; here a skip is a normal outcome (a duplicate
     # or a finished job), which the ledger middleware logs itself.
     logging.getLogger("dramatiq.worker.WorkerThread").setLevel(logging.ERROR)
@@ -99,7 +105,8 @@ class Outage:
     """One warning when a dependency goes away and one line when it is back, not one per retry.
 
     `failed` is called on every failed try; only the first of an outage is logged (the
-    later ones at debug). `recovered` logs how long the outage lasted, once.
+    later ones at debug). `recovered` logs how long the outage lasted, once. Threads of a
+    process may share one.
     """
 
     def __init__(self, logger: structlog.typing.FilteringBoundLogger, what: str) -> None:
@@ -107,12 +114,16 @@ class Outage:
         self.what = what
         self.since: float | None = None
         self.tries = 0
+        self._lock = threading.Lock()
 
     def failed(self, error: BaseException | str, **context: Any) -> None:
-        self.tries += 1
         reason = error if isinstance(error, str) else first_line(error)
-        if self.since is None:
-            self.since = time.monotonic()
+        with self._lock:
+            self.tries += 1
+            first = self.since is None
+            if first:
+                self.since = time.monotonic()
+        if first:
             self.logger.warning(
                 f"{self.what} unavailable; retrying until it is back", error=reason, **context
             )
@@ -120,18 +131,36 @@ class Outage:
             self.logger.debug(f"{self.what} still unavailable", error=reason, tries=self.tries, **context)
 
     def recovered(self, **context: Any) -> None:
-        if self.since is None:
-            return
-        seconds = time.monotonic() - self.since
-        self.logger.warning(
-            f"{self.what} available again", down_s=round(seconds, 1), tries=self.tries, **context
-        )
-        self.since = None
-        self.tries = 0
+        with self._lock:
+            if self.since is None:
+                return
+            seconds, tries = time.monotonic() - self.since, self.tries
+            self.since = None
+            self.tries = 0
+        self.logger.warning(f"{self.what} available again", down_s=round(seconds, 1), tries=tries, **context)
 
     @property
     def down(self) -> bool:
         return self.since is not None
+
+
+# Dramatiq's consumer threads (one per queue) report each failed reconnect at critical level.
+CONSUMER_LOGGERS = "dramatiq.worker.ConsumerThread"
+BROKER_OUTAGE = Outage(get_logger("conveyor.worker"), "broker (the worker's consumers)")
+
+
+class ConsumerOutages(logging.Filter):
+    """Turns Dramatiq's consumer reconnect lines into one warning per outage; the consumer that
+    connects again (`execution.consumer`) logs the recovery."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(CONSUMER_LOGGERS):
+            return True
+        message = record.getMessage()
+        if message.startswith("Consumer encountered a connection error"):
+            BROKER_OUTAGE.failed(message.partition(": ")[2] or message)
+            return False
+        return not (message.startswith("Restarting consumer in") and BROKER_OUTAGE.down)
 
 
 def first_line(error: BaseException) -> str:

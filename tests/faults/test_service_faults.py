@@ -11,11 +11,12 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.faults.conftest import Conveyor
 from tests.support import outages
-from tests.support.faults import EFFECT_TASK, Poster
+from tests.support.faults import EFFECT_TASK, Poster, Reader
 
 RATE = 10.0  # jobs/s: steady, well below what one worker drains, so backlogs show the fault
 
@@ -36,10 +37,12 @@ def test_the_broker_unreachable_for_30_seconds_delays_jobs_but_loses_none(
     conveyor: Conveyor, record_property: Any
 ) -> None:
     ledger = conveyor.ledger
-    conveyor.workers.start(threads=8)
+    worker = conveyor.workers.start(threads=8)
+    relay = conveyor.stack.processes["relay"]
     poster = Poster(conveyor.base_url, short_job, RATE).start()
     try:
         time.sleep(3)
+        logged_before = {"worker": len(worker.log()), "relay": len(relay.log())}
         conveyor.proxy.cut()
         accepted_at_cut = len(poster.accepted)
         peak, outage_ends = 0, time.monotonic() + 30
@@ -65,6 +68,18 @@ def test_the_broker_unreachable_for_30_seconds_delays_jobs_but_loses_none(
         f"\nbroker outage 30s: {accepted_during} accepted meanwhile, outbox peak {peak}, "
         f"drained {drain_seconds:.1f}s after the broker came back, all done after {settled_seconds:.1f}s"
     )
+    for name, process in (("worker", worker), ("relay", relay)):
+        lines = [
+            orjson.loads(line)
+            for line in process.log()[logged_before[name] :].splitlines()
+            if line.startswith("{")
+        ]
+        loud = [line for line in lines if line.get("level") in {"error", "critical"}]
+        down = [line for line in lines if "unavailable" in str(line.get("event"))]
+        back = [line for line in lines if "available again" in str(line.get("event"))]
+        assert loud == [], f"the {name} logged errors for an outage it rides out: {loud[:3]}"
+        assert len(down) == 1, f"one warning when the broker goes away, from the {name}: {down}"
+        assert len(back) == 1, f"one line when it is back, from the {name}: {back}"
     assert accepted_during >= 0.8 * RATE * 30, f"202s must go on while the broker is away: {poster.refused}"
     assert poster.refused == Counter()
     assert peak >= 0.8 * accepted_during, "the outbox holds what could not be published"
@@ -147,15 +162,21 @@ def test_postgresql_restarting_under_load_loses_no_accepted_job(
     ledger = conveyor.ledger
     worker = conveyor.workers.start(threads=8)
     poster = Poster(conveyor.base_url, short_job, RATE).start()
+    reader: Reader | None = None
     try:
         time.sleep(3)
+        reader = Reader(conveyor.base_url, poster.ids[0]).start()
+        time.sleep(1)
         accepted_before = len(poster.accepted)
         away = outages.restart_postgres()
+        back_at = time.monotonic()
         restarted_at = len(poster.accepted)
         ledger.wait_until(lambda: len(poster.accepted) > restarted_at + 10, timeout=60, what="202s again")
         time.sleep(2)
     finally:
         poster.stop()
+        if reader is not None:
+            reader.stop()
         outages.wait_postgres()
 
     jobs = ledger.wait_terminal(poster.ids, timeout=120)
@@ -164,6 +185,15 @@ def test_postgresql_restarting_under_load_loses_no_accepted_job(
         f"\npostgres restart ({away:.1f}s): {len(poster.ids)} accepted ({accepted_before} before), "
         f"refused meanwhile: {dict(poster.refused)}"
     )
+    assert poster.dishonest == [], "a POST got a 500, a non-JSON answer or a 503 without Retry-After"
+    assert set(poster.refused) <= {"503"}, poster.refused
+    assert reader is not None
+    assert reader.dishonest == [], "a GET got a 500, a non-JSON answer or a 503 without Retry-After"
+    assert set(reader.answers) <= {200, 503}, reader.answers
+    first_read_back = min((at for at, code in reader.timeline if at >= back_at and code == 200), default=None)
+    assert first_read_back is not None, "reads came back after the restart"
+    assert first_read_back - back_at < 5, "the first reads after the restart succeed (no stale connection)"
+    print(f"reads during the restart: {dict(reader.answers)}, POSTs refused: {dict(poster.refused)}")
     assert ledger.states(poster.ids)["missing"] == 0, "every 202 names a job in the ledger"
     assert Counter(job["state"] for job in jobs.values()) == {"succeeded": len(poster.ids)}
     assert ledger.effects() == Counter(dict.fromkeys(poster.ids, 1))

@@ -14,6 +14,9 @@ from tests.support.infra import Infra
 pytestmark = pytest.mark.anyio
 
 ECHO = "app.tasks.example.echo"
+FLAKY = "app.tasks.example.flaky"
+SLEEP = "app.tasks.example.sleep"
+EXPORT = "app.tasks.example.export_jobs"
 JSON = {"content-type": "application/json"}
 
 
@@ -31,6 +34,28 @@ BAD_JOBS: list[tuple[str, dict[str, Any], list[str | int]]] = [
     ("priority out of range", job(priority=10), ["body", "priority"]),
     ("task missing", {"payload": {"message": "hi"}}, ["body", "task"]),
     ("payload not an object", job(payload=[1, 2]), ["body", "payload"]),
+    # Strict JSON types: no bool for an integer, no string for a number.
+    ("a bool for the priority", job(priority=False), ["body", "priority"]),
+    ("a string for the delay", job(delay_seconds="5"), ["body", "delay_seconds"]),
+    ("a fraction for the delay", job(delay_seconds=1.5), ["body", "delay_seconds"]),
+    (
+        "a bool for an integer payload field",
+        job(task=FLAKY, payload={"fail_times": True}),
+        ["body", "payload", "fail_times"],
+    ),
+    (
+        "a string for a number payload field",
+        job(task=SLEEP, payload={"seconds": "5"}),
+        ["body", "payload", "seconds"],
+    ),
+    ("a number for a string payload field", job(payload={"message": 5}), ["body", "payload", "message"]),
+    # PostgreSQL stores no NUL character: refused at the door, naming where it was.
+    ("a NUL in a payload string", job(payload={"message": "a\u0000b"}), ["body", "payload", "message"]),
+    (
+        "a NUL in a nested payload string",
+        job(task=EXPORT, payload={"task": "x\u0000"}),
+        ["body", "payload", "task"],
+    ),
 ]
 
 
@@ -50,6 +75,28 @@ BAD_EMAILS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("not an address", {"to": "nobody", "subject": "s", "body": "b"}, ["body", "to"]),
     ("subject missing", {"to": "a@example.com", "body": "b"}, ["body", "subject"]),
     ("extra field", {"to": "a@example.com", "subject": "s", "body": "b", "cc": "x"}, ["body", "cc"]),
+    # A subject is one header line: whatever breaks a line would split the header (or add one).
+    *(
+        (
+            f"a subject with {name}",
+            {"to": "a@example.com", "subject": f"Hi{char}Bcc: x@example.com", "body": "b"},
+            ["body", "subject"],
+        )
+        for name, char in (
+            ("CR LF", "\r\n"),
+            ("LF", "\n"),
+            ("U+2028", "\u2028"),
+            ("a vertical tab", "\x0b"),
+            ("NEL", "\x85"),
+            ("a file separator", "\x1c"),
+        )
+    ),
+    (
+        "a recipient with CR LF",
+        {"to": "a@example.com\r\nBcc: x@example.com", "subject": "s", "body": "b"},
+        ["body", "to"],
+    ),
+    ("a NUL in the body", {"to": "a@example.com", "subject": "s", "body": "a\u0000"}, ["body", "body"]),
 ]
 
 

@@ -44,8 +44,8 @@ def image_check() -> list[str]:
 
 
 @pytest.mark.e2e
-def test_the_api_worker_and_image_healthchecks_pass_against_a_running_stack(stack: Stack) -> None:
-    for command in (compose_check("api"), compose_check("worker"), image_check()):
+def test_the_api_worker_relay_and_image_healthchecks_pass_against_a_running_stack(stack: Stack) -> None:
+    for command in (compose_check("api"), compose_check("worker"), compose_check("relay"), image_check()):
         result = run(command, stack_env(stack))
         assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
 
@@ -54,6 +54,13 @@ def test_the_api_worker_and_image_healthchecks_pass_against_a_running_stack(stac
 def test_the_worker_healthcheck_fails_once_the_worker_has_stopped(stack: Stack) -> None:
     stack.processes["worker"].stop()
     result = run(compose_check("worker"), stack_env(stack))
+    assert result.returncode != 0, result.stdout + result.stderr
+
+
+@pytest.mark.e2e
+def test_the_relay_healthcheck_fails_once_the_relay_has_stopped(stack: Stack) -> None:
+    stack.processes["relay"].stop()
+    result = run(compose_check("relay"), stack_env(stack))
     assert result.returncode != 0, result.stdout + result.stderr
 
 

@@ -68,6 +68,14 @@ def test_prometheus_scrapes_every_worker_replica_on_the_exporter_port() -> None:
     assert discovery["port"] == Settings.model_fields["worker_metrics_port"].default == 9191
 
 
+def test_prometheus_scrapes_every_relay_replica_on_its_exporter_port() -> None:
+    relay = scrape("relay")
+    (discovery,) = relay["dns_sd_configs"]
+    assert discovery["names"] == ["relay"]
+    assert discovery["port"] == Settings.model_fields["relay_metrics_port"].default == 9192
+    assert "9192" in service("relay")["expose"]
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)")
 def test_promtool_accepts_the_prometheus_config() -> None:
     checked = subprocess.run(

@@ -309,6 +309,8 @@ class Poster:
     task: str = EFFECT_TASK
     accepted: list[tuple[str, float]] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)
+    # Refusals that break I5: not JSON, or a 503 without Retry-After.
+    dishonest: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -340,10 +342,63 @@ class Poster:
                         self.accepted.append((str(response.json()["id"]), time.time()))
                     else:
                         self.refused[str(response.status_code)] += 1
+                        self.dishonest += honesty_problems(response)
                 except httpx.HTTPError as error:
                     self.refused[type(error).__name__] += 1
                 next_at += interval
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+def honesty_problems(response: httpx.Response) -> list[str]:
+    """What breaks I5 in an answer: not JSON, a 503 without Retry-After, any other 5xx."""
+    problems = []
+    if not response.headers.get("content-type", "").startswith("application/json"):
+        problems.append(f"{response.status_code} not JSON: {response.text[:100]!r}")
+    if response.status_code == 503 and "retry-after" not in response.headers:
+        problems.append("503 without Retry-After")
+    if response.status_code >= 500 and response.status_code != 503:
+        problems.append(f"{response.status_code}: {response.text[:200]}")
+    return problems
+
+
+@dataclass
+class Reader:
+    """GETs one job and the newest page of jobs from a thread, as a dashboard or a client polls."""
+
+    base_url: str
+    job_id: str
+    answers: Counter[int] = field(default_factory=Counter)
+    dishonest: list[str] = field(default_factory=list)
+    # (monotonic time, status) of every answer, to see when reads came back.
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Reader:
+        self._thread = threading.Thread(target=self._run, name="reader", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=10.0) as client:
+            for path in itertools.cycle([f"/api/v1/jobs/{self.job_id}", "/api/v1/jobs?limit=5"]):
+                if self._stop.is_set():
+                    return
+                try:
+                    response = client.get(path)
+                except httpx.HTTPError as error:
+                    self.dishonest.append(f"no answer: {error!r}")
+                else:
+                    self.answers[response.status_code] += 1
+                    self.timeline.append((time.monotonic(), response.status_code))
+                    if response.status_code != 200:
+                        self.dishonest += honesty_problems(response)
+                self._stop.wait(0.05)
 
 
 def post(base_url: str, task: str, payload: dict[str, Any], timeout: float = 10.0) -> str:

@@ -142,10 +142,7 @@ class Intake:
                 self._outage.failed(error, jobs=1)
                 _settle([(job, done)], LedgerUnavailable(UNAVAILABLE))
             except Exception as error:
-                log.warning("the database refused an accepted job", error=first_line(error))
-                _settle(
-                    [(job, done)], JobRefused(f"the ledger could not store this job: {first_line(error)}")
-                )
+                _settle([(job, done)], _refusal(error))
             else:
                 stored = True
                 _settle([(job, done)], None)

@@ -21,12 +21,13 @@ from app.api.deps import transaction
 from app.api.errors import field_errors, unstorable
 from app.api.metrics import JOBS_ACCEPTED
 from app.api.responses import BODY, UNAVAILABLE, responses
-from app.api.schemas import EmailRequest, JobAccepted, JobRequest
+from app.api.schemas import JobAccepted, JobRequest
 from app.errors import UnknownTask, UnstorableInput
 from app.jobs.registry import TaskSpec, get_task, public_tasks
 from app.ledger.jobs import NewJob
 from app.ledger.schema import JobState
 from app.settings import get_settings
+from app.tasks.example import EmailPayload
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -145,11 +146,11 @@ async def enqueue(request: Request) -> Response:
     response_model=JobAccepted,
     responses=ACCEPT_ERRORS,
     summary="Send an email in the background",
-    openapi_extra=_documented_body(EmailRequest),
+    openapi_extra=_documented_body(EmailPayload),
 )
 async def send_email(request: Request) -> Response:
     key = _idempotency_key(request)
-    email = _parse(EmailRequest, await request.body())
+    email = _parse(EmailPayload, await request.body())
     spec = get_task(EMAIL_TASK)
     assert spec is not None
     return await _accept(request, _new_job(spec, email.model_dump(mode="json"), ("body",), key=key))

@@ -62,8 +62,10 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: QueryText = None,
 ) -> JobList:
+    cursor = cursor or None  # `?cursor=` is the first page
     try:
-        reads.decode_cursor(cursor) if cursor else None
+        if cursor is not None:
+            reads.decode_cursor(cursor)
     except ValueError:
         raise RequestValidationError(
             [{"loc": ("query", "cursor"), "msg": "invalid cursor", "type": "value_error"}]

@@ -23,14 +23,6 @@ class JobRequest(BaseModel):
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY, description="0 (default) to 9 (first)")
 
 
-class EmailRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    to: str = Field(examples=["someone@example.com"])
-    subject: str
-    body: str
-
-
 class JobAccepted(BaseModel):
     id: UUID
     task: str

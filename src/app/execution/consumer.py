@@ -27,7 +27,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware
 
-from app.logs import get_logger
+from app.logs import BROKER_OUTAGE, get_logger
 
 log = get_logger("conveyor.worker")
 
@@ -38,6 +38,7 @@ class ClaimingConsumer(_RabbitmqConsumer):
 
     def __init__(self, broker: ClaimingBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        BROKER_OUTAGE.recovered(queue=queue_name)  # connected: whatever outage there was is over
         self.hold_seconds = broker.hold_seconds
         self._held: dict[int, float] = {}  # delivery tag -> when it arrived
         self._done: set[int] = set()  # settled at the claim or handed back: nothing more to send

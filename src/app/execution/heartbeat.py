@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine
 
 from app.ledger import jobs as ledger
 from app.ledger import workers
-from app.logs import get_logger
+from app.logs import Outage, get_logger
 from app.settings import get_settings
 
 log = get_logger("conveyor.worker")
@@ -33,6 +33,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._engine: Engine | None = None
         self._thread = threading.Thread(target=self._loop, name="conveyor-heartbeat", daemon=True)
+        self._outage = Outage(log, "database (the worker's heartbeat)")
 
     def start(self) -> None:
         self._thread.start()
@@ -46,8 +47,10 @@ class Heartbeat:
         while not self._stop.is_set():
             try:
                 self.beat()
-            except Exception:
-                log.warning("heartbeat failed", exc_info=True)
+            except Exception as error:
+                self._outage.failed(error)
+            else:
+                self._outage.recovered()
             self._stop.wait(interval)
 
     def beat(self) -> None:

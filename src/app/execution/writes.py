@@ -24,7 +24,7 @@ from app.ledger import jobs as ledger
 from app.ledger import workers
 from app.ledger.engines import autocommit_engine, sync_engine
 from app.ledger.jobs import Claim, Doorbell, Token
-from app.logs import get_logger
+from app.logs import Outage, get_logger
 from app.settings import get_settings
 
 log = get_logger("conveyor.worker")
@@ -35,19 +35,25 @@ T = TypeVar("T")
 DB_RETRY_SECONDS = 60.0
 
 
+DATABASE_OUTAGE = Outage(log, "database (the worker's ledger writes)")
+
+
 def with_db_retry(fn: Callable[[], T], *, what: str, job_id: UUID | None = None) -> T:
     """`fn()`, tried again with backoff while the database is down or every connection is busy."""
     deadline = time.monotonic() + DB_RETRY_SECONDS
     pause = 0.1
     while True:
         try:
-            return fn()
-        except (OperationalError, PoolTimeout, psycopg.OperationalError):
+            result = fn()
+        except (OperationalError, PoolTimeout, psycopg.OperationalError) as error:
             if time.monotonic() > deadline:
                 raise
-            log.warning(f"database unavailable during {what}; retrying", job_id=str(job_id))
+            DATABASE_OUTAGE.failed(error, during=what, job_id=str(job_id))
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
+        else:
+            DATABASE_OUTAGE.recovered()
+            return result
 
 
 class LedgerWrites:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import smtplib
 import time
 from email.message import EmailMessage
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import EmailStr, Field
+from pydantic import AfterValidator, EmailStr, Field
 from sqlalchemy import and_, func, select, tuple_
 
 from app.errors import PermanentError, TransientError
@@ -24,45 +25,77 @@ from app.settings import get_settings
 log = get_logger("conveyor.tasks")
 
 
+# What ends a header line somewhere: CR and LF, and whatever else Python's email package (and
+# many a mail server) takes as a line break. A subject holding one would split its header.
+HEADER_BREAKS = frozenset("\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+# An address in a server's reply: kept out of logs and of `last_error`.
+ADDRESS = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+
+
+def one_header_line(value: str) -> str:
+    if any(char in HEADER_BREAKS for char in value):
+        raise ValueError("must be one line: no CR, LF or other line-breaking character")
+    if any(ord(char) < 32 and char != "\t" for char in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
 class EmailPayload(Payload):
-    to: EmailStr
-    subject: str = Field(min_length=1, max_length=998)
-    body: str = Field(max_length=100_000)
+    to: EmailStr = Field(examples=["ada@example.com"])
+    subject: Annotated[
+        str, Field(min_length=1, max_length=998, examples=["Welcome"]), AfterValidator(one_header_line)
+    ]
+    body: str = Field(max_length=100_000, examples=["Hello!"])
+
+
+def without_addresses(text: str) -> str:
+    return ADDRESS.sub("<address>", text)
 
 
 @task(EmailPayload, queue=Queue.EMAIL, max_attempts=5)
 def send_email(payload: EmailPayload, job: JobContext) -> dict[str, Any]:
     """Send one message over SMTP: connection errors and 4xx replies retry, 5xx replies are final."""
     settings = get_settings()
-    message = EmailMessage()
-    message["From"] = settings.smtp_from
-    message["To"] = payload.to
-    message["Subject"] = payload.subject
-    # A stable Message-ID lets a receiver drop the copy a crashed attempt may have sent.
-    message["Message-ID"] = f"<{job.job_id}@conveyor>"
-    message.set_content(payload.body)
+    try:
+        message = EmailMessage()
+        message["From"] = settings.smtp_from
+        message["To"] = payload.to
+        message["Subject"] = payload.subject
+        # A stable Message-ID lets a receiver drop the copy a crashed attempt may have sent.
+        message["Message-ID"] = f"<{job.job_id}@conveyor>"
+        message.set_content(payload.body)
+    except (ValueError, TypeError) as error:  # no later attempt can build it either
+        raise PermanentError(f"the message cannot be built: {without_addresses(str(error))}") from error
     try:
         with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout) as smtp:
             smtp.send_message(message)
     except smtplib.SMTPRecipientsRefused as error:
         codes = [code for code, _ in error.recipients.values()]
+        replies = "; ".join(_reply(code, text) for code, text in error.recipients.values())
         if all(500 <= code < 600 for code in codes):
             log.error("smtp refused the recipient for good", codes=codes)
-            raise PermanentError(f"recipient refused: {error.recipients}") from error
+            raise PermanentError(f"recipient refused: {replies}") from error
         log.warning("smtp refused the recipient for now", codes=codes)
-        raise TransientError(f"recipient deferred: {error.recipients}") from error
+        raise TransientError(f"recipient deferred: {replies}") from error
     except smtplib.SMTPResponseException as error:
-        reply = f"{error.smtp_code} {error.smtp_error!r}"
+        reply = _reply(error.smtp_code, error.smtp_error)
         if 500 <= error.smtp_code < 600:
             log.error("smtp rejected the message for good", reply=reply)
             raise PermanentError(f"SMTP {reply}") from error
         log.warning("smtp deferred the message", reply=reply)
         raise TransientError(f"SMTP {reply}") from error
     except (TimeoutError, smtplib.SMTPException, OSError) as error:
-        log.warning("smtp server unreachable", error=str(error))
-        raise TransientError(f"SMTP connection failed: {error}") from error
-    log.info("email sent", to=payload.to)
-    return {"to": payload.to, "message_id": message["Message-ID"]}
+        reason = without_addresses(str(error))
+        log.warning("smtp server unreachable", error=reason)
+        raise TransientError(f"SMTP connection failed: {reason}") from error
+    log.info("email sent", message_id=message["Message-ID"])
+    return {"message_id": message["Message-ID"]}
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    """An SMTP reply for logs and `last_error`: the code and the reason, addresses left out."""
+    reason = text.decode(errors="replace") if isinstance(text, bytes) else text
+    return f"{code} {without_addresses(reason)}"
 
 
 class ExportPayload(Payload):
@@ -123,7 +156,7 @@ def export_jobs(payload: ExportPayload, job: JobContext) -> dict[str, Any]:
 
 
 class FlakyPayload(Payload):
-    fail_times: int = Field(ge=0, le=100)
+    fail_times: int = Field(ge=0, le=100, examples=[2])
     permanent: bool = False
 
 
@@ -145,7 +178,7 @@ def flaky(payload: FlakyPayload, job: JobContext) -> dict[str, Any]:
 
 
 class EchoPayload(Payload):
-    message: str = Field(max_length=10_000)
+    message: str = Field(max_length=10_000, examples=["hello"])
 
 
 @task(EchoPayload)
@@ -155,7 +188,7 @@ def echo(payload: EchoPayload, job: JobContext) -> dict[str, Any]:
 
 
 class SleepPayload(Payload):
-    seconds: float = Field(ge=0, le=3600)
+    seconds: float = Field(ge=0, le=3600, examples=[1.5])
 
 
 @task(SleepPayload, max_attempts=3, time_limit_seconds=3700)

@@ -1,0 +1,64 @@
+"""The OpenAPI document, made exact where FastAPI cannot see the contract by itself.
+
+`POST /api/v1/jobs` reads its body by hand (the hot path skips FastAPI's dependency solving),
+and its payload depends on the task it names. The document says so: the body is one of the
+public tasks, each with its payload model, discriminated by `task`. Clients (and generated
+tests) then know every task's payload exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
+
+from app.accept.jobs import MAX_DELAY_SECONDS
+from app.jobs.registry import MAX_PRIORITY, TaskSpec, public_tasks
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+JOBS_PATH = "/api/v1/jobs"
+
+
+def _job_model(spec: TaskSpec[Any]) -> type[BaseModel]:
+    payload_required = any(field.is_required() for field in spec.payload_model.model_fields.values())
+    payload: Any = (spec.payload_model, ...) if payload_required else (spec.payload_model, None)
+    return create_model(
+        f"{spec.payload_model.__name__.removesuffix('Payload')}Job",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        __doc__=f"A job of {spec.name}: {spec.description}",
+        task=(Literal[spec.name], ...),  # type: ignore[arg-type]
+        payload=payload,
+        delay_seconds=(int, Field(default=0, ge=0, le=MAX_DELAY_SECONDS)),
+        priority=(int, Field(default=0, ge=0, le=MAX_PRIORITY, description="0 (default) to 9 (first)")),
+    )
+
+
+def job_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The body of `POST /api/v1/jobs` as one JSON schema, and the definitions it refers to."""
+    models = tuple(_job_model(spec) for spec in sorted(public_tasks(), key=lambda s: s.name))
+    union: Any = Annotated[Union[models], Field(discriminator="task")]  # noqa: UP007
+    schema = RootModel[union].model_json_schema(ref_template=REF_TEMPLATE)
+    definitions = schema.pop("$defs", {})
+    schema.pop("title", None)
+    return schema, definitions
+
+
+def install(application: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if application.openapi_schema is None:
+            document = get_openapi(
+                title=application.title,
+                version=application.version,
+                summary=application.summary,
+                routes=application.routes,
+            )
+            body, definitions = job_request_schema()
+            document.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+            content = document["paths"][JOBS_PATH]["post"]["requestBody"]["content"]
+            content["application/json"]["schema"] = body
+            application.openapi_schema = document
+        return application.openapi_schema
+
+    application.openapi = openapi  # type: ignore[method-assign]
