@@ -1,7 +1,9 @@
 """HTTP load with Locust: clients post echo jobs and follow their status.
 
-    .venv/bin/locust -f locustfile.py --host http://127.0.0.1:8000 \\
+    CONVEYOR_KEY=cvk_… .venv/bin/locust -f locustfile.py --host http://127.0.0.1:8000 \\
         --headless --users 50 --spawn-rate 10 --run-time 1m
+
+The key (enqueue and read scopes) comes from CONVEYOR_KEY, as for `conveyor loadtest`.
 
 Locust measures the HTTP side (requests/s, latencies, failures). Whether every accepted
 job also finished is what `conveyor loadtest` checks.
@@ -9,6 +11,7 @@ job also finished is what `conveyor loadtest` checks.
 
 from __future__ import annotations
 
+import os
 import random
 
 from locust import HttpUser, between, task
@@ -25,6 +28,7 @@ class JobClient(HttpUser):
 
     def on_start(self) -> None:
         self.job_ids: list[str] = []
+        self.client.headers["Authorization"] = f"Bearer {os.environ.get('CONVEYOR_KEY', '')}"
 
     @task(3)
     def post_job(self) -> None:

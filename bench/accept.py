@@ -336,8 +336,15 @@ def run_conveyor(opts: Options, relay: bool) -> AcceptResult:
     with scratch_vhost("conveyor_bench", opts.keep) as broker, processes() as procs:
         create_database(DATABASE)
         try:
-            env = child_env(DATABASE_URL=database_url(DATABASE), BROKER_URL=broker, LOG_FORMAT="json")
+            # The key check runs in full (a rate limit high enough never to refuse a request).
+            env = child_env(
+                DATABASE_URL=database_url(DATABASE),
+                BROKER_URL=broker,
+                LOG_FORMAT="json",
+                RATE_LIMIT="1000000/second",
+            )
             migrate(env, out)
+            os.environ["BENCH_KEY"] = make_key(env)
             relay_proc = procs.start("relay", [CONVEYOR, "relay"], env, out) if relay else None
             argv = [CONVEYOR, "api", "--host", "127.0.0.1", "--port", str(port)]
             server = procs.start("api", argv, env, out)
@@ -350,6 +357,19 @@ def run_conveyor(opts: Options, relay: bool) -> AcceptResult:
             procs.stop_all()
             if not opts.keep:
                 drop_database(DATABASE)
+
+
+def make_key(env: dict[str, str]) -> str:
+    """A key with the enqueue scope in the scratch ledger, made as an operator would."""
+    made = subprocess.run(
+        [CONVEYOR, "keys", "create", f"bench-{os.getpid()}-{time.monotonic_ns()}", "--scopes", "enqueue"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return made.stdout.strip().splitlines()[-1]
 
 
 def _ledger_rows() -> str:

@@ -4,6 +4,11 @@
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY") or '{"task": "app.tasks.example.echo", "payload": {"message": "bench"}}'
 wrk.headers["Content-Type"] = "application/json"
+-- Conveyor's API needs a key (bench/accept.py makes one with the enqueue scope); peers ignore it.
+local key = os.getenv("BENCH_KEY")
+if key and key ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. key
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors

@@ -39,6 +39,10 @@ TEST_ENV = {
     "DB_POOL_SIZE": "4",
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "INFO",
+    # A revoked key stops working this fast in every API process of a test.
+    "KEYS_CACHE_SECONDS": "0.5",
+    # Generous: the suite's own load must never meet it (one test lowers it).
+    "RATE_LIMIT": "100000/second",
 }
 os.environ.update(TEST_ENV)
 
@@ -74,8 +78,10 @@ def infra() -> Iterator[services.Infra]:
     services.create(INFRA)
     try:
         from app.ledger.migrate import upgrade
+        from tests.support.keys import ENV, make_key
 
         upgrade(INFRA.database_url)
+        os.environ[ENV] = make_key(["enqueue", "read", "operate", "metrics"], name="test-every-scope")
         yield INFRA
     finally:
         from app.ledger.engines import dispose_sync_engines

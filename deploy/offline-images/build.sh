@@ -9,7 +9,7 @@
 #   python:3.11-slim          Debian's python3.11 + venv               python/
 #   postgres:16               Debian's PostgreSQL 15, POSTGRES_* env    postgres/
 #   rabbitmq:3.13-management  Debian's RabbitMQ 3.10 + management      rabbitmq/
-#   axllent/mailpit:latest    an SMTP sink + Mailpit's messages API    mailpit/
+#   axllent/mailpit:v1.21.8   an SMTP sink + Mailpit's messages API    mailpit/
 #   prom/prometheus:v2.53.2   Debian's Prometheus 2.42                 prometheus/
 # They prove the wiring (build, commands, healthchecks, networks, volumes, environment), not
 # the upstream images' versions. There is no Grafana stand-in.
@@ -28,7 +28,7 @@ tag_of() {
     python) echo python:3.11-slim ;;
     postgres) echo postgres:16 ;;
     rabbitmq) echo rabbitmq:3.13-management ;;
-    mailpit) echo axllent/mailpit:latest ;;
+    mailpit) echo axllent/mailpit:v1.21.8 ;;
     prometheus) echo prom/prometheus:v2.53.2 ;;
     *) echo "unknown image: $1 (python, postgres, rabbitmq, mailpit, prometheus)" >&2; exit 2 ;;
   esac

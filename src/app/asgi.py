@@ -12,6 +12,7 @@ from app.api import accept, errors, health, jobs, openapi
 from app.api.failures import LastResort
 from app.api.guard import BodyGuard
 from app.api.metrics import HttpMetrics
+from app.dashboard import access as dashboard_access
 from app.dashboard import router as dashboard_router
 from app.ledger.engines import dispose_async_engines
 from app.logs import configure_logging
@@ -38,9 +39,14 @@ def create_app() -> FastAPI:
         # FastAPI's built-in telemetry looks up OpenTelemetry providers on every request;
         # Conveyor exports Prometheus metrics instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # Served by `openapi.install`, behind a key (and off in production unless API_DOCS).
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     errors.install(application)
-    openapi.install(application)
+    dashboard_access.install(application)
+    openapi.install(application, serve_docs=settings.docs_enabled)
     application.include_router(accept.router)
     application.include_router(jobs.router)
     application.include_router(health.router)

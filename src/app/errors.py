@@ -74,3 +74,37 @@ class UnstorableInput(ConveyorError):
 
 class JobRefused(ConveyorError):
     """Raised when the database refused to store a job for what it holds (not for being away)."""
+
+
+class Unauthenticated(ConveyorError):
+    """Raised when a request carries no key, or one that is unknown, revoked or malformed (401)."""
+
+
+class Forbidden(ConveyorError):
+    """Raised when a key lacks the scope a route needs (403)."""
+
+
+class RateLimited(ConveyorError):
+    """Raised when a client has used up its request rate; `retry_after` says when to come back (429)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"rate limit exceeded for this key; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class KeyNameTaken(ConveyorError):
+    """Raised when a new API key is given the name of a key that exists (revoked or not)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a key named {name!r} exists already; choose another name")
+
+
+class KeyNotFound(ConveyorError):
+    """Raised when no live API key has the given name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no live key named {name!r}")
+
+
+class SignInRequired(ConveyorError):
+    """Raised when a dashboard page is asked for without a valid session: the answer is the sign-in page."""

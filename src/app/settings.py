@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Development defaults that must never reach production: the settings refuse to load with
+# ENVIRONMENT=production while one of them is in use.
+DEVELOPMENT_KEYS_SECRET = "conveyor-development-keys-secret-change-me"
+DEVELOPMENT_PASSWORDS = frozenset({"conveyor", "guest", "postgres", "admin", "password", ""})
 
 
 class Settings(BaseSettings):
@@ -67,6 +73,41 @@ class Settings(BaseSettings):
     intake_max_pending: int = Field(default=10_000, ge=1)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+
+    # Access: API keys are random tokens; the ledger keeps only an HMAC of each, keyed with
+    # this secret (change it and every key stops working).
+    keys_secret: SecretStr = SecretStr(DEVELOPMENT_KEYS_SECRET)
+    # How long an API process trusts a key it verified: a revocation takes effect within it.
+    keys_cache_seconds: float = Field(default=5.0, ge=0.0, le=300.0)
+    # Requests per client key and API process, in `limits` notation ("1000/second;50000/minute");
+    # empty: no limit.
+    rate_limit: str = "1000/second"
+    # A dashboard sign-in lasts this long.
+    session_seconds: int = Field(default=8 * 3600, ge=60)
+    # /docs and /openapi.json: on, except in production unless asked for.
+    api_docs: bool | None = None
+    # The key a client command (`conveyor loadtest`) sends to the API.
+    conveyor_key: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _no_development_secrets_in_production(self) -> Settings:
+        if self.environment != "production":
+            return self
+        problems = []
+        if self.keys_secret.get_secret_value() == DEVELOPMENT_KEYS_SECRET or len(self.keys_secret) < 32:
+            problems.append("KEYS_SECRET is the development default or shorter than 32 characters")
+        for name, url in (("DATABASE_URL", self.database_url), ("BROKER_URL", self.broker_url)):
+            if (urlsplit(url).password or "") in DEVELOPMENT_PASSWORDS:
+                problems.append(f"{name} has no password or a development one")
+        if self.diagnostic_tasks:
+            problems.append("DIAGNOSTIC_TASKS is on (fault-test tasks)")
+        if problems:
+            raise ValueError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.api_docs if self.api_docs is not None else self.environment != "production"
 
     @property
     def libpq_url(self) -> str:

@@ -26,6 +26,7 @@ from tests.compose.engine import (
 from tests.compose.project import APP_IMAGE, FACTS, ComposeProject, Stack, default_services
 from tests.static.shipping import DOCKERFILE, dockerfile_stages
 
+SCOPES = "enqueue,read,operate,metrics"
 # The third-party services, by the folder of deploy/offline-images/ that builds a stand-in.
 OFFLINE_FOLDERS = {"postgres": "postgres", "rabbitmq": "rabbitmq", "mailpit": "mailpit"}
 
@@ -59,9 +60,8 @@ def compose_stack(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactor
         project.wait_up(default_services())
         FACTS["up -> every service healthy"] = f"{time.monotonic() - started:.0f} s"
         api = Api(project.api_url)
-        # Once routes other than /health/* need a key, the first one is made here, one line:
-        # api.key = project.conveyor("keys", "create", "compose-tests", "--scopes", SCOPES).splitlines()[-1]
-        # with SCOPES = "enqueue,read,operate,metrics".
+        # The first key, as the README says to make it: the key is the command's last line.
+        api.key = project.conveyor("keys", "create", "compose-tests", "--scopes", SCOPES).splitlines()[-1]
         yield Stack(project, api)
     finally:
         project.down(volumes=True)

@@ -130,6 +130,7 @@ def test_a_short_load_test_in_the_api_container_gets_every_job_to_succeeded(comp
     done = compose_stack.project.exec(
         "api",
         *("conveyor", "loadtest", "--api", "http://127.0.0.1:8000", "--task", ECHO_TASK),
+        *("--key", str(compose_stack.api.key)),
         *("--jobs", "500", "--rate", "100", "--timeout", "120"),
         timeout=300,
     )

@@ -12,6 +12,7 @@ import orjson
 import psycopg
 
 from tests.support.infra import Infra
+from tests.support.keys import auth
 from tests.support.stack import Stack
 
 ECHO = "app.tasks.example.echo"
@@ -27,7 +28,7 @@ def count_rows(infra: Infra) -> int:
 
 async def post_all(base_url: str, bodies: list[dict[str, object]], connections: int) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30, headers=auth()) as client:
         return await asyncio.gather(*(client.post("/api/v1/jobs", json=body) for body in bodies))
 
 

@@ -14,6 +14,7 @@ from app.operate.gauges import LEDGER_CACHE_SECONDS
 from app.operate.health import BROKER_CACHE_SECONDS
 from tests.support.exposition import UUID_PATTERN, Samples, parse, value
 from tests.support.infra import Infra, free_port
+from tests.support.keys import auth
 from tests.support.stack import Stack
 
 ECHO = "app.tasks.example.echo"
@@ -47,7 +48,9 @@ def scrape(url: str, timeout: float = 20.0) -> str:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            response = httpx.get(url, timeout=5.0)
+            # The API's /metrics needs a key with the metrics scope; the worker's exporter is
+            # reached only on its own network (compose exposes it, never publishes it).
+            response = httpx.get(url, timeout=5.0, headers=auth())
             response.raise_for_status()
             return response.text
         except httpx.HTTPError:

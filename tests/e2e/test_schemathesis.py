@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.keys import full_key
 from tests.support.stack import Stack
 
 CHECKS = "not_a_server_error,negative_data_rejection,status_code_conformance,response_schema_conformance"
@@ -28,6 +29,9 @@ def test_schemathesis_finds_no_failure_in_any_phase(stack: Stack, tmp_path: Path
         f"--checks={CHECKS}",
         f"--max-examples={MAX_EXAMPLES}",
         f"--seed={SEED}",
+        # The run's key with every scope: the contract behind the key is what is fuzzed (each
+        # route's 401 and 403 are specified in tests/integration/test_access.py).
+        f"--header=Authorization: Bearer {full_key()}",
         "--workers=2",
         "--no-color",
     ]

@@ -25,6 +25,7 @@ from tests.support.faults import (
     publish_raw,
     wait_for_log,
 )
+from tests.support.keys import auth
 from tests.support.stack import Process
 
 LEASE_SECONDS = 3.0
@@ -58,7 +59,7 @@ def test_a_message_published_twice_and_again_after_success_runs_its_job_once(con
     ledger.wait_until(
         lambda: skips_of(first, job_id) + skips_of(second, job_id) == 4, timeout=30, what="4 skipped copies"
     )
-    with httpx.Client(base_url=conveyor.base_url, timeout=10) as client:
+    with httpx.Client(base_url=conveyor.base_url, timeout=10, headers=auth()) as client:
         replay = client.post(f"/api/v1/jobs/{job_id}/replay")
 
     assert replay.status_code == 409, "a succeeded job cannot be replayed"
@@ -102,7 +103,7 @@ def test_ten_concurrent_posts_with_one_idempotency_key_make_one_job(conveyor: Co
     answers: list[httpx.Response] = []
 
     def send() -> None:
-        with httpx.Client(base_url=conveyor.base_url, timeout=15) as client:
+        with httpx.Client(base_url=conveyor.base_url, timeout=15, headers=auth()) as client:
             start.wait(10)
             answers.append(client.post("/api/v1/jobs", json=body, headers=headers))
 

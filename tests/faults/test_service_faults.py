@@ -17,6 +17,7 @@ import pytest
 from tests.faults.conftest import Conveyor
 from tests.support import outages
 from tests.support.faults import EFFECT_TASK, Poster, Reader
+from tests.support.keys import auth
 
 RATE = 10.0  # jobs/s: steady, well below what one worker drains, so backlogs show the fault
 
@@ -140,7 +141,7 @@ def test_a_202_is_never_answered_for_a_job_whose_commit_failed(conveyor: Conveyo
         """
     )
     try:
-        with httpx.Client(base_url=conveyor.base_url, timeout=10) as client:
+        with httpx.Client(base_url=conveyor.base_url, timeout=10, headers=auth()) as client:
             body = {"task": EFFECT_TASK, "payload": {"sleep_seconds": marker}}
             refused = client.post("/api/v1/jobs", json=body)
             fine = client.post("/api/v1/jobs", json={"task": EFFECT_TASK, "payload": {}})

@@ -7,6 +7,7 @@ import psycopg
 import pytest
 
 from tests.support.infra import Infra
+from tests.support.keys import auth
 
 
 @pytest.fixture
@@ -22,7 +23,9 @@ async def api(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
 
     application = create_app()
     transport = httpx.ASGITransport(app=application)
-    async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://conveyor.test", headers=auth()
+    ) as client:
         yield client
     # ASGITransport runs no lifespan: close what the app opened, as its shutdown would.
     intake = getattr(application.state, "intake", None)

@@ -15,6 +15,7 @@ import pytest
 from app.settings import get_settings
 from tests.integration.conftest import count_jobs
 from tests.support.infra import Infra, free_port
+from tests.support.keys import auth
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +40,9 @@ async def unreachable_api(database_away: None) -> AsyncIterator[httpx.AsyncClien
 
     application = create_app()
     transport = httpx.ASGITransport(app=application)
-    async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://conveyor.test", headers=auth()
+    ) as client:
         yield client
     intake = getattr(application.state, "intake", None)
     if intake is not None:

@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.conftest import count_jobs
 from tests.support.infra import Infra
+from tests.support.keys import auth
 
 pytestmark = pytest.mark.anyio
 
@@ -189,7 +190,9 @@ async def test_a_replay_whose_commit_fails_is_not_answered_202(clean_ledger: Inf
 
     application = create_app()
     transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://conveyor.test", headers=auth()
+    ) as client:
         job_id = (await post_echo(client)).json()["id"]
         set_state(clean_ledger, job_id, "dead")
         with psycopg.connect(clean_ledger.libpq_url, autocommit=True) as conn:

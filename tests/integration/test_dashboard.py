@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from tests.support import broker
 from tests.support.infra import Infra
+from tests.support.keys import full_key
 
 pytestmark = pytest.mark.anyio
 
@@ -36,8 +37,18 @@ async def dashboard(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
 
     transport = httpx.ASGITransport(app=create_app())
     async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+        await sign_in(client, full_key())
         yield client
     await dispose_async_engines()
+
+
+async def sign_in(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    """Sign in through the form, as a person would; the client keeps the session cookie."""
+    response = await client.post(
+        "/dashboard/login", data={"key": key, "next": "/dashboard"}, headers=SAME_ORIGIN
+    )
+    assert response.status_code == 303, response.text
+    return response
 
 
 @pytest.fixture

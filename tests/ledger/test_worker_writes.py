@@ -80,6 +80,18 @@ def test_a_job_asked_for_twice_in_one_batch_is_claimed_once(conn: psycopg.Connec
     assert second is None
 
 
+def test_in_one_batch_the_claim_goes_to_the_message_that_names_the_ledgers_task(
+    conn: psycopg.Connection[Any],
+) -> None:
+    job_id = given(conn, "queued")
+    forged, genuine = ledger.claim(
+        conn, WORKER, 30.0, [Doorbell(job_id, "app.tasks.example.sleep"), Doorbell(job_id, ECHO)]
+    )
+    assert forged is None
+    assert genuine is not None
+    assert genuine.task == ECHO
+
+
 def test_a_message_that_names_another_task_than_the_ledger_claims_nothing(
     conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
 ) -> None:

@@ -45,6 +45,9 @@ def prometheus() -> dict[str, Any]:
     return loaded
 
 
+KEY_FILE = "/etc/prometheus/secrets/conveyor.key"
+
+
 def scrape(job_suffix: str) -> dict[str, Any]:
     (job,) = [job for job in prometheus()["scrape_configs"] if job["job_name"].endswith(job_suffix)]
     found: dict[str, Any] = job
@@ -77,11 +80,23 @@ def test_prometheus_scrapes_every_relay_replica_on_its_exporter_port() -> None:
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian: prometheus)")
-def test_promtool_accepts_the_prometheus_config() -> None:
+def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
+    # promtool opens the key file the API job names; here it is a stand-in in a temporary place.
+    key = tmp_path / "conveyor.key"
+    key.write_text("cvk_stand-in\n")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(PROMETHEUS_CONFIG.read_text().replace(KEY_FILE, str(key)))
     checked = subprocess.run(
-        ["promtool", "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, timeout=30
+        ["promtool", "check", "config", str(config)], capture_output=True, text=True, timeout=30
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_prometheus_scrapes_the_api_with_a_bearer_key_from_the_mounted_secrets() -> None:
+    api = scrape("api")
+    assert api["authorization"] == {"type": "Bearer", "credentials_file": KEY_FILE}
+    mounts = [str(volume) for volume in service("prometheus")["volumes"]]
+    assert "./deploy/prometheus/secrets:/etc/prometheus/secrets:ro" in mounts
 
 
 def test_grafana_reads_prometheus_through_the_datasource_the_dashboard_names() -> None:

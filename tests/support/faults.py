@@ -24,6 +24,7 @@ import pika.exceptions
 import psycopg
 from psycopg.rows import dict_row
 
+from tests.support.keys import auth
 from tests.support.stack import Process, Stack
 
 TERMINAL = ("succeeded", "dead", "cancelled")
@@ -332,7 +333,7 @@ class Poster:
         interval = 1.0 / self.rate
         next_at = time.monotonic()
         n = 0
-        with httpx.Client(base_url=self.base_url, timeout=5.0) as client:
+        with httpx.Client(base_url=self.base_url, timeout=5.0, headers=auth()) as client:
             while not self._stop.is_set():
                 body = {"task": self.task, "payload": self.payload(n)}
                 n += 1
@@ -385,7 +386,7 @@ class Reader:
             self._thread.join(30)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=10.0) as client:
+        with httpx.Client(base_url=self.base_url, timeout=10.0, headers=auth()) as client:
             for path in itertools.cycle([f"/api/v1/jobs/{self.job_id}", "/api/v1/jobs?limit=5"]):
                 if self._stop.is_set():
                     return
@@ -402,7 +403,7 @@ class Reader:
 
 
 def post(base_url: str, task: str, payload: dict[str, Any], timeout: float = 10.0) -> str:
-    with httpx.Client(base_url=base_url, timeout=timeout) as client:
+    with httpx.Client(base_url=base_url, timeout=timeout, headers=auth()) as client:
         response = client.post("/api/v1/jobs", json={"task": task, "payload": payload})
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
@@ -410,7 +411,7 @@ def post(base_url: str, task: str, payload: dict[str, Any], timeout: float = 10.
 
 def post_many(base_url: str, task: str, payloads: Iterable[dict[str, Any]]) -> list[str]:
     ids = []
-    with httpx.Client(base_url=base_url, timeout=10.0) as client:
+    with httpx.Client(base_url=base_url, timeout=10.0, headers=auth()) as client:
         for payload in payloads:
             response = client.post("/api/v1/jobs", json={"task": task, "payload": payload})
             assert response.status_code == 202, response.text

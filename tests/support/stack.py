@@ -88,8 +88,13 @@ class Stack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=10.0, **kwargs)
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        """A client of this stack's API, with the run's key (every scope) unless given another."""
+        headers = {
+            "authorization": f"Bearer {key or self.env.get('CONVEYOR_KEY', '')}",
+            **kwargs.pop("headers", {}),
+        }
+        return httpx.Client(base_url=self.base_url, timeout=10.0, headers=headers, **kwargs)
 
     def _process(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
         merged = {**self.env, **(env or {})}

@@ -46,6 +46,7 @@ def new_job(
     delay_seconds: float = 0.0,
     priority: int = 0,
     idempotency_key: str | None = None,
+    client_id: str | None = None,
 ) -> NewJob:
     """The job to insert; raises pydantic's ValidationError when the payload does not fit the task,
     UnstorableInput when it holds what the ledger cannot store.
@@ -67,6 +68,7 @@ def new_job(
         delay_seconds=float(delay_seconds),
         priority=priority,
         idempotency_key=idempotency_key,
+        client_id=client_id,
         request_hash=(
             fingerprint(spec.name, payload_json, delay_seconds, priority) if idempotency_key else None
         ),
@@ -83,7 +85,7 @@ async def store(conn: AsyncConnection, job: NewJob) -> Accepted:
         await ledger.notify_relay_async(conn)
         return Accepted(job.id, job.task, JobState.QUEUED, duplicate=False)
     assert job.idempotency_key is not None  # only a taken key leaves a row out
-    first = await ledger.key_holder_async(conn, job.idempotency_key)
+    first = await ledger.key_holder_async(conn, job.idempotency_key, job.client_id)
     if first is None:  # the first request's transaction rolled back after we waited on it
         return await store(conn, job)
     if first.request_hash != job.request_hash:

@@ -17,10 +17,12 @@ from pydantic import BaseModel, ValidationError
 from app.accept import jobs as accepting
 from app.accept.intake import Intake
 from app.accept.jobs import MAX_IDEMPOTENCY_KEY_LENGTH
+from app.access.keys import Client, Scope
+from app.api.auth import authenticate
 from app.api.deps import transaction
 from app.api.errors import field_errors, unstorable
 from app.api.metrics import JOBS_ACCEPTED
-from app.api.responses import BODY, UNAVAILABLE, responses
+from app.api.responses import AUTH, BODY, UNAVAILABLE, responses
 from app.api.schemas import JobAccepted, JobRequest
 from app.errors import UnknownTask, UnstorableInput
 from app.jobs.registry import TaskSpec, get_task, public_tasks
@@ -33,7 +35,7 @@ router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 EMAIL_TASK = "app.tasks.example.send_email"
 M = TypeVar("M", bound=BaseModel)
-ACCEPT_ERRORS = responses(BODY, UNAVAILABLE)
+ACCEPT_ERRORS = responses(BODY, AUTH, UNAVAILABLE)
 
 
 def _parse(model: type[M], body: bytes) -> M:
@@ -49,13 +51,19 @@ def _new_job(
     payload: Any,
     loc: tuple[str, ...],
     *,
+    client: Client,
     key: str | None,
     delay_seconds: int = 0,
     priority: int = 0,
 ) -> NewJob:
     try:
         return accepting.new_job(
-            spec, payload, delay_seconds=delay_seconds, priority=priority, idempotency_key=key
+            spec,
+            payload,
+            delay_seconds=delay_seconds,
+            priority=priority,
+            idempotency_key=key,
+            client_id=client.key_id,
         )
     except ValidationError as error:
         raise RequestValidationError(field_errors(error.errors(), loc)) from None
@@ -124,6 +132,7 @@ def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
     openapi_extra=_documented_body(JobRequest),
 )
 async def enqueue(request: Request) -> Response:
+    client = await authenticate(request, Scope.ENQUEUE)
     key = _idempotency_key(request)
     job = _parse(JobRequest, await request.body())
     spec = get_task(job.task)
@@ -133,6 +142,7 @@ async def enqueue(request: Request) -> Response:
         spec,
         job.payload,
         ("body", "payload"),
+        client=client,
         key=key,
         delay_seconds=job.delay_seconds,
         priority=job.priority,
@@ -149,8 +159,11 @@ async def enqueue(request: Request) -> Response:
     openapi_extra=_documented_body(EmailPayload),
 )
 async def send_email(request: Request) -> Response:
+    client = await authenticate(request, Scope.ENQUEUE)
     key = _idempotency_key(request)
     email = _parse(EmailPayload, await request.body())
     spec = get_task(EMAIL_TASK)
     assert spec is not None
-    return await _accept(request, _new_job(spec, email.model_dump(mode="json"), ("body",), key=key))
+    return await _accept(
+        request, _new_job(spec, email.model_dump(mode="json"), ("body",), client=client, key=key)
+    )

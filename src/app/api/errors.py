@@ -17,11 +17,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.errors import (
+    Forbidden,
     IdempotencyConflict,
     InvalidTransition,
     JobNotFound,
     JobRefused,
     LedgerUnavailable,
+    RateLimited,
+    Unauthenticated,
     UnknownTask,
     UnstorableInput,
 )
@@ -98,7 +101,26 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
+async def _unauthenticated(request: Request, exc: Exception) -> JSONResponse:
+    challenge = 'Bearer realm="conveyor"'
+    if "authorization" in request.headers:
+        challenge += ', error="invalid_token"'
+    return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": challenge})
+
+
+async def _forbidden(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=403)
+
+
+async def _rate_limited(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RateLimited)
+    return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(Unauthenticated, _unauthenticated)
+    app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(RateLimited, _rate_limited)
     app.add_exception_handler(LedgerUnavailable, _unavailable)
     for kind in UNAVAILABLE:
         app.add_exception_handler(kind, _unavailable)

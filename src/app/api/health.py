@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from app.access.keys import Scope
+from app.api.auth import authenticate
 from app.api.metrics import render_metrics
+from app.api.responses import AUTH
 from app.jobs.registry import all_tasks
 from app.operate import health
 
@@ -45,8 +48,9 @@ async def ready() -> JSONResponse:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}, **AUTH},
 )
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
+    await authenticate(request, Scope.METRICS)
     # The ledger and broker gauges query at scrape time, with timeouts: off the event loop.
     return Response(await asyncio.to_thread(render_metrics), media_type=CONTENT_TYPE_LATEST)

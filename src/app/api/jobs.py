@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 
 from app.accept.validation import storable_text
+from app.access.keys import Client, Scope
+from app.api.auth import authenticate
 from app.api.deps import reading, transaction
-from app.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, responses
+from app.api.responses import AUTH, INVALID, NOT_FOUND, UNAVAILABLE, responses
 from app.api.schemas import ErrorBody, JobAccepted, JobList, RetryPolicyView, TaskView
 from app.errors import JobNotFound
 from app.jobs.registry import public_tasks
@@ -22,19 +24,29 @@ from app.operate.views import AttemptView, JobView, attempt_view, job_view
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 QueryText = Annotated[str | None, Query(max_length=200), AfterValidator(lambda v: v and storable_text(v))]
-ONE_JOB = responses(NOT_FOUND, INVALID, UNAVAILABLE)
+ONE_JOB = responses(NOT_FOUND, INVALID, AUTH, UNAVAILABLE)
+# `read` sees every job; `enqueue` alone, only the jobs its key created. Each route checks
+# its key first thing in its body: after FastAPI validated the path and the query, so bad
+# input is a 422 even while the ledger (where keys are verified) is away.
+READERS = (Scope.READ, Scope.ENQUEUE)
+
+
+def _own(client: Client) -> str | None:
+    return None if client.reads_everything else client.key_id
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, responses=ONE_JOB)
-async def get_job(job_id: UUID) -> JobView:
+async def get_job(job_id: UUID, request: Request) -> JobView:
+    client = await authenticate(request, *READERS)
     async with reading() as conn:
-        return job_view(await reads.get(conn, job_id))
+        return job_view(await reads.get(conn, job_id, _own(client)))
 
 
 @router.get("/jobs/{job_id}/attempts", response_model=list[AttemptView], responses=ONE_JOB)
-async def get_attempts(job_id: UUID) -> list[AttemptView]:
+async def get_attempts(job_id: UUID, request: Request) -> list[AttemptView]:
+    client = await authenticate(request, *READERS)
     async with reading() as conn:
-        await reads.get(conn, job_id)
+        await reads.get(conn, job_id, _own(client))
         return [attempt_view(row) for row in await reads.attempts_of(conn, job_id)]
 
 
@@ -43,8 +55,10 @@ async def get_attempts(job_id: UUID) -> list[AttemptView]:
     responses=responses({200: {"content": {"text/csv": {}}}}, ONE_JOB),
     summary="The file a job produced (the CSV of export_jobs)",
 )
-async def get_artifact(job_id: UUID) -> Response:
+async def get_artifact(job_id: UUID, request: Request) -> Response:
+    client = await authenticate(request, *READERS)
     async with reading() as conn:
+        await reads.get(conn, job_id, _own(client))
         row = await reads.artifact(conn, job_id)
     if row is None:
         raise JobNotFound(f"{job_id} (or its artifact)")
@@ -55,13 +69,15 @@ async def get_artifact(job_id: UUID) -> Response:
     )
 
 
-@router.get("/jobs", response_model=JobList, responses=responses(INVALID, UNAVAILABLE))
+@router.get("/jobs", response_model=JobList, responses=responses(INVALID, AUTH, UNAVAILABLE))
 async def list_jobs(
+    request: Request,
     state: JobState | None = None,
     task: QueryText = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: QueryText = None,
 ) -> JobList:
+    client = await authenticate(request, *READERS)
     cursor = cursor or None  # `?cursor=` is the first page
     try:
         if cursor is not None:
@@ -72,7 +88,12 @@ async def list_jobs(
         ) from None
     async with reading() as conn:
         rows, next_cursor = await reads.page(
-            conn, state=state.value if state else None, task=task, limit=limit, cursor=cursor
+            conn,
+            state=state.value if state else None,
+            task=task,
+            limit=limit,
+            cursor=cursor,
+            client_id=_own(client),
         )
     return JobList(items=[job_view(r) for r in rows], next_cursor=next_cursor)
 
@@ -83,7 +104,8 @@ async def list_jobs(
     response_model=JobAccepted,
     responses=responses(ONE_JOB, {409: {"model": ErrorBody, "description": "Job is not dead"}}),
 )
-async def replay_job(job_id: UUID, response: Response) -> JobAccepted:
+async def replay_job(job_id: UUID, request: Request, response: Response) -> JobAccepted:
+    await authenticate(request, Scope.OPERATE)
     async with transaction() as conn:
         await actions.replay(conn, job_id)
         row = await reads.get(conn, job_id)
@@ -97,15 +119,17 @@ async def replay_job(job_id: UUID, response: Response) -> JobAccepted:
     response_model=JobView,
     responses=responses(ONE_JOB, {409: {"model": ErrorBody, "description": "Job has started or ended"}}),
 )
-async def cancel_job(job_id: UUID) -> JobView:
+async def cancel_job(job_id: UUID, request: Request) -> JobView:
+    await authenticate(request, Scope.OPERATE)
     async with transaction() as conn:
         await actions.cancel(conn, job_id)
         row = await reads.get(conn, job_id)
     return job_view(row)
 
 
-@router.get("/tasks", response_model=list[TaskView], tags=["tasks"])
-async def list_tasks() -> list[TaskView]:
+@router.get("/tasks", response_model=list[TaskView], tags=["tasks"], responses=AUTH)
+async def list_tasks(request: Request) -> list[TaskView]:
+    await authenticate(request, *READERS)
     return [
         TaskView(
             name=spec.name,

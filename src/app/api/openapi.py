@@ -10,15 +10,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 
 from app.accept.jobs import MAX_DELAY_SECONDS
+from app.access.keys import Scope
+from app.api.auth import require
 from app.jobs.registry import MAX_PRIORITY, TaskSpec, public_tasks
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 JOBS_PATH = "/api/v1/jobs"
+PUBLIC_PATHS = ("/health/live", "/health/ready")
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key (`cvk_…`): `conveyor keys create NAME --scopes enqueue,read,…`",
+}
+ANY_KEY = require(*Scope)
 
 
 def _job_model(spec: TaskSpec[Any]) -> type[BaseModel]:
@@ -45,7 +56,10 @@ def job_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     return schema, definitions
 
 
-def install(application: FastAPI) -> None:
+def install(application: FastAPI, *, serve_docs: bool) -> None:
+    """The document with the per-task job bodies and the bearer scheme; `/openapi.json` and
+    `/docs` behind a key (a Bearer header, or the dashboard's sign-in), when `serve_docs`."""
+
     def openapi() -> dict[str, Any]:
         if application.openapi_schema is None:
             document = get_openapi(
@@ -55,10 +69,26 @@ def install(application: FastAPI) -> None:
                 routes=application.routes,
             )
             body, definitions = job_request_schema()
-            document.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+            components = document.setdefault("components", {})
+            components.setdefault("schemas", {}).update(definitions)
+            components["securitySchemes"] = {"bearer": BEARER}
+            document["security"] = [{"bearer": []}]
+            for path in PUBLIC_PATHS:
+                for operation in document["paths"].get(path, {}).values():
+                    operation["security"] = []
             content = document["paths"][JOBS_PATH]["post"]["requestBody"]["content"]
             content["application/json"]["schema"] = body
             application.openapi_schema = document
         return application.openapi_schema
 
     application.openapi = openapi  # type: ignore[method-assign]
+    if not serve_docs:
+        return
+
+    @application.get("/openapi.json", include_in_schema=False, dependencies=[Depends(ANY_KEY)])
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(application.openapi())
+
+    @application.get("/docs", include_in_schema=False, dependencies=[Depends(ANY_KEY)])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{application.title} API")

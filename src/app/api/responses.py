@@ -16,6 +16,19 @@ UNAVAILABLE: Responses = {
     },
 }
 INVALID: Responses = {422: {"model": ErrorBody, "description": "A parameter is invalid"}}
+AUTH: Responses = {
+    401: {
+        "model": ErrorBody,
+        "description": "No key, or an unknown, revoked or malformed one",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    },
+    403: {"model": ErrorBody, "description": "The key lacks the scope this route needs"},
+    429: {
+        "model": ErrorBody,
+        "description": "This key's request rate is used up (RATE_LIMIT)",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}},
+    },
+}
 NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No such job"}}
 BODY: Responses = {
     400: {"model": ErrorBody, "description": "Malformed JSON"},

@@ -153,11 +153,14 @@ class Connections:
     generator shares the machine's cores with what it measures.
     """
 
-    def __init__(self, api: str, size: int) -> None:
+    def __init__(self, api: str, size: int, key: str = "") -> None:
         import httpx
 
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        self.clients = [httpx.AsyncClient(base_url=api, limits=limits, timeout=30.0) for _ in range(size)]
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.clients = [
+            httpx.AsyncClient(base_url=api, limits=limits, timeout=30.0, headers=headers) for _ in range(size)
+        ]
         self._free: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
         for client in self.clients:
             self._free.put_nowait(client)
@@ -300,6 +303,7 @@ async def run(
     rate: float,
     concurrency: int,
     wait_seconds: float,
+    key: str = "",
 ) -> Summary:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -307,7 +311,7 @@ async def run(
     since = time.time() - CLOCK_SLACK_SECONDS
     started = time.monotonic()
     columns = (TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    connections = Connections(api, concurrency)
+    connections = Connections(api, concurrency, key)
     try:
         with Progress(*columns, console=Console(stderr=True)) as progress:
             body = {"task": task, "payload": payload}
@@ -323,6 +327,10 @@ def loadtest(
     rate: Annotated[float, typer.Option(min=0.1, help="Jobs posted per second")] = 200.0,
     task: Annotated[str, typer.Option(help="Task name")] = ECHO_TASK,
     api: Annotated[str | None, typer.Option(help="API base URL [default: API_BASE_URL]")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(help="API key with enqueue and read [default: CONVEYOR_KEY]", show_default=False),
+    ] = None,
     payload: Annotated[
         str | None, typer.Option(help='Payload JSON [default: {"message": "loadtest"} for echo, else {}]')
     ] = None,
@@ -349,7 +357,12 @@ def loadtest(
     from app.settings import get_settings
 
     base = (api or get_settings().api_base_url).rstrip("/")
-    summary = asyncio.run(run(base, task, body, jobs, rate, concurrency, timeout))
+    client_key = key if key is not None else get_settings().conveyor_key.get_secret_value()
+    if not client_key:
+        raise typer.BadParameter(
+            "an API key with enqueue and read is needed: --key or CONVEYOR_KEY", param_hint="--key"
+        )
+    summary = asyncio.run(run(base, task, body, jobs, rate, concurrency, timeout, client_key))
     Console().print(render(summary))
     raise typer.Exit(summary.exit_code)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -104,8 +105,9 @@ def dev(
     host: Annotated[str, typer.Option(help="Interface the API binds")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port the API binds")] = 8000,
 ) -> None:
-    """Migrate, then run api, relay and worker together until Ctrl-C."""
+    """Migrate, then run api, relay and worker together until Ctrl-C; prints a development key."""
     migrate()
+    key = _development_key()
     exe = [sys.executable, "-m", "app"]
     commands = {
         "api": [*exe, "api", "--host", host, "--port", str(port)],
@@ -124,6 +126,9 @@ def dev(
         f"  dashboard    {base}/dashboard\n"
         f"  health       {base}/health/ready\n"
         f"  metrics      {base}/metrics (worker: http://127.0.0.1:{settings.worker_metrics_port}/metrics)\n"
+        f"  key          {key}\n"
+        "               (every scope, for this machine only; sign in to the dashboard with it, or\n"
+        f"               export CONVEYOR_KEY={key} and send Authorization: Bearer $CONVEYOR_KEY)\n"
         "Press Ctrl-C to stop.\n"
     )
     try:
@@ -142,6 +147,16 @@ def dev(
                 child.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _development_key() -> str:
+    """A new key with every scope, named after this start (`conveyor keys list` shows them)."""
+    from app.access import keys
+    from app.ledger.engines import sync_engine
+
+    name = f"development-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    with sync_engine().begin() as conn:
+        return keys.create(conn, name, set(keys.Scope))
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

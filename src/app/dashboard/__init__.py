@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.dashboard import actions, pages
+from app.dashboard import actions, pages, signin
 
 router = APIRouter()
+router.include_router(signin.router)
 router.include_router(pages.router)
 router.include_router(actions.router)
 

@@ -17,6 +17,7 @@ from fastapi.responses import RedirectResponse
 
 from app.accept.validation import storable_text
 from app.api.deps import transaction
+from app.dashboard.access import operator
 from app.dashboard.rendering import Notice, leave_notice, safe_next
 from app.dashboard.security import require_same_origin
 from app.dashboard.throughput import minute_counts
@@ -28,7 +29,12 @@ from app.operate.actions import BulkAction
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-router = APIRouter(prefix="/dashboard", include_in_schema=False, dependencies=[Depends(require_same_origin)])
+# Same origin first (another site's form is refused before anything else), then the scope.
+router = APIRouter(
+    prefix="/dashboard",
+    include_in_schema=False,
+    dependencies=[Depends(require_same_origin), Depends(operator)],
+)
 
 # At most this many jobs per bulk action (the confirm page shows how many there are).
 BULK_MAX = 100_000

@@ -10,29 +10,28 @@ import asyncio
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import AfterValidator
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
 from app.accept.validation import storable_text
 from app.api.deps import reading
+from app.dashboard.access import viewer
 from app.dashboard.queues import queue_depths
 from app.dashboard.rendering import query, render
 from app.dashboard.throughput import minute_counts
-from app.dashboard.views import HERE, throughput_chart
+from app.dashboard.views import throughput_chart
 from app.errors import JobNotFound
 from app.jobs.registry import public_tasks
 from app.ledger.schema import TERMINAL_STATES, JobState
 from app.operate import reads as service
 from app.operate import stats
 
-router = APIRouter(prefix="/dashboard", include_in_schema=False)
+router = APIRouter(prefix="/dashboard", include_in_schema=False, dependencies=[Depends(viewer)])
 
 PAGE_SIZE = 50
 RUNNING_SHOWN = 10
-STATIC = {path.name: path for path in (HERE / "static").iterdir() if path.is_file()}
 TaskFilter = Annotated[str, Query(max_length=200), AfterValidator(storable_text)]
 CursorParam = Annotated[str, Query(max_length=200), AfterValidator(storable_text)]
 
@@ -192,12 +191,3 @@ async def confirm_bulk(
     count = by_task.get(task, 0) if task else sum(by_task.values())
     context = {"nav": "dead", "action": action, "task": task, "count": count}
     return render(request, "confirm.html", context)
-
-
-@router.get("/static/{name}")
-async def static_file(name: str) -> FileResponse:
-    path = STATIC.get(name)
-    if path is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no static file {name!r}")
-    # Pages link assets with ?v=<mtime>, so a long cache never serves a stale file.
-    return FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})

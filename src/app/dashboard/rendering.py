@@ -8,6 +8,7 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from fastapi import Request, Response
 
+from app.access.keys import Scope
 from app.dashboard.security import harden
 from app.dashboard.views import make_templates
 from app.ledger.schema import JobState
@@ -58,8 +59,10 @@ def render(
 ) -> Response:
     """A full page (which also shows and clears a pending notice) or a fragment for htmx."""
     notice = Notice.decode(request.cookies.get(NOTICE_COOKIE, "")) if page else None
+    client = getattr(request.state, "client", None)
+    who = {"client": client, "can_operate": client is not None and client.may(Scope.OPERATE)}
     response = templates.TemplateResponse(
-        request, template, {**context, "notice": notice}, status_code=status_code
+        request, template, {**context, **who, "notice": notice}, status_code=status_code
     )
     if page and NOTICE_COOKIE in request.cookies:
         response.delete_cookie(NOTICE_COOKIE, path=DASHBOARD)

@@ -59,6 +59,7 @@ class NewJob:
     priority: int = 0
     idempotency_key: str | None = None
     request_hash: str | None = None
+    client_id: str | None = None  # the API key that made it
     id: UUID = field(default_factory=uuid.uuid4)
 
 
@@ -128,6 +129,7 @@ def _insert_params(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
         "delays": [float(j.delay_seconds) for j in jobs],
         "idempotency_keys": [j.idempotency_key for j in jobs],
         "request_hashes": [j.request_hash for j in jobs],
+        "client_ids": [j.client_id for j in jobs],
     }
 
 
@@ -140,8 +142,10 @@ async def notify_relay_async(conn: AsyncConnection) -> None:
     await run_async(conn, queries.NOTIFY_RELAY)
 
 
-async def key_holder_async(conn: AsyncConnection, key: str) -> KeyHolder | None:
-    rows = (await run_async(conn, queries.FIND_BY_IDEMPOTENCY_KEY, {"key": key})).rows
+async def key_holder_async(conn: AsyncConnection, key: str, client_id: str | None = None) -> KeyHolder | None:
+    """The job a client's idempotency key made (an Idempotency-Key belongs to its client)."""
+    params = {"key": key, "client_id": client_id}
+    rows = (await run_async(conn, queries.FIND_BY_IDEMPOTENCY_KEY, params)).rows
     return KeyHolder(*rows[0]) if rows else None
 
 
@@ -160,11 +164,12 @@ def claim(
         "lease": lease_seconds,
     }
     claims = {
-        row[0]: Claim(Token(row[0], row[1], row[2]), row[4], row[3], row[5])
+        (row[0], row[4]): Claim(Token(row[0], row[1], row[2]), row[4], row[3], row[5])
         for row in run(conn, queries.CLAIM, params, prepare=True).rows
     }
-    # A job twice in one batch (a duplicate delivery) is claimed once: the first asker gets it.
-    return [claims.pop(bell.job_id, None) for bell in bells]
+    # A job twice in one batch (a duplicate delivery) is claimed once: the first asker whose
+    # message names the ledger's task gets it.
+    return [claims.pop((bell.job_id, bell.task), None) for bell in bells]
 
 
 def job_task(conn: SyncConnection, job_id: UUID) -> tuple[str, str] | None:

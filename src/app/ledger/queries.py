@@ -62,6 +62,11 @@ UPSERT_WORKER: Final = _bind("upsert_worker")
 STOP_WORKER: Final = _bind("stop_worker")
 UPSERT_RELAY: Final = _bind("upsert_relay")
 STOP_RELAY: Final = _bind("stop_relay")
+INSERT_KEY: Final = _bind("insert_key")
+FIND_KEY: Final = _bind("find_key")
+TOUCH_KEY: Final = _bind("touch_key")
+REVOKE_KEY: Final = _bind("revoke_key")
+LIST_KEYS: Final = _bind("list_keys")
 
 if _statements:
     raise RuntimeError(f"queries.sql has statements no name binds: {sorted(_statements)}")

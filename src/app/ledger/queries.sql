@@ -8,14 +8,15 @@
 -- New jobs, many per statement (the accept path's group commit) or one (enqueue, a keyed POST).
 -- A row whose idempotency key is taken is not inserted: RETURNING leaves it out.
 INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at,
-                  idempotency_key, request_hash)
+                  idempotency_key, request_hash, client_id)
 SELECT t.id, t.task, t.queue, CAST(t.payload AS jsonb), 'queued', t.priority, t.max_attempts,
-       now() + make_interval(secs => t.delay), t.idempotency_key, t.request_hash
+       now() + make_interval(secs => t.delay), t.idempotency_key, t.request_hash, t.client_id
 FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(queues)s::text[], %(payloads)s::text[],
             %(priorities)s::smallint[], %(max_attempts)s::integer[], %(delays)s::float8[],
-            %(idempotency_keys)s::text[], %(request_hashes)s::text[])
-     AS t(id, task, queue, payload, priority, max_attempts, delay, idempotency_key, request_hash)
-ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            %(idempotency_keys)s::text[], %(request_hashes)s::text[], %(client_ids)s::text[])
+     AS t(id, task, queue, payload, priority, max_attempts, delay, idempotency_key, request_hash,
+          client_id)
+ON CONFLICT (coalesce(client_id, ''), idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 
 -- name: notify_relay
@@ -23,8 +24,9 @@ RETURNING id
 SELECT pg_notify('conveyor_jobs', '')
 
 -- name: find_by_idempotency_key
--- The job an idempotency key already made, and the fingerprint of the request that made it.
-SELECT id, task, state, request_hash FROM jobs WHERE idempotency_key = %(key)s
+-- The job a client's idempotency key already made, and the fingerprint of the request that made it.
+SELECT id, task, state, request_hash FROM jobs
+WHERE idempotency_key = %(key)s AND coalesce(client_id, '') = coalesce(%(client_id)s::text, '')
 
 -- name: claim
 -- Claims due jobs for a worker: queued|retrying → running, attempts+1, a lease; one attempt row each.
@@ -259,3 +261,26 @@ ON CONFLICT (id) DO UPDATE SET last_seen = now(), published = EXCLUDED.published
 -- name: stop_relay
 -- A relay stopped cleanly.
 UPDATE relays SET stopped_at = now() WHERE id = %(id)s
+
+-- name: insert_key
+-- A new API key: its public id, its name, the HMAC of its secret and its scopes.
+INSERT INTO api_keys (id, name, secret_hash, scopes)
+VALUES (%(id)s, %(name)s, %(secret_hash)s, %(scopes)s::text[])
+ON CONFLICT (name) DO NOTHING
+RETURNING id
+
+-- name: find_key
+-- A key by its public id, for verifying a request.
+SELECT id, name, secret_hash, scopes, revoked_at FROM api_keys WHERE id = %(id)s
+
+-- name: touch_key
+-- A verified key was used (written at most once per cache period per API process).
+UPDATE api_keys SET last_used_at = now() WHERE id = %(id)s
+
+-- name: revoke_key
+-- A live key by name stops working (within KEYS_CACHE_SECONDS in every API process).
+UPDATE api_keys SET revoked_at = now() WHERE name = %(name)s AND revoked_at IS NULL RETURNING id
+
+-- name: list_keys
+-- Every key, newest first: names, scopes and use, never a secret or its hash.
+SELECT name, scopes, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at DESC

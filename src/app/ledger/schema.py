@@ -19,7 +19,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = MetaData()
 
@@ -65,6 +65,8 @@ jobs = Table(
     Column("result", JSONB),
     Column("idempotency_key", Text),
     Column("request_hash", Text),
+    # The API key (its id) that made the job; NULL for jobs from the CLI or from Python.
+    Column("client_id", Text),
     Index("ix_jobs_created", "created_at", "id"),
     Index("ix_jobs_state_created", "state", "created_at", "id"),
     Index("ix_jobs_task_created", "task", "created_at", "id"),
@@ -82,9 +84,17 @@ jobs = Table(
     ),
     Index(
         "ux_jobs_idempotency_key",
+        text("coalesce(client_id, '')"),
         "idempotency_key",
         unique=True,
         postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    Index(
+        "ix_jobs_client_created",
+        "client_id",
+        "created_at",
+        "id",
+        postgresql_where=text("client_id IS NOT NULL"),
     ),
 )
 
@@ -116,6 +126,18 @@ workers = Table(
     Column("in_flight", Integer, nullable=False, server_default="0"),
     Column("processed", BigInteger, nullable=False, server_default="0"),
     Column("stopped_at", DateTime(timezone=True)),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("secret_hash", Text, nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("last_used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
 )
 
 relays = Table(

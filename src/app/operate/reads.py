@@ -33,11 +33,18 @@ JOB_COLUMNS = [
     jobs.c.result,
     jobs.c.worker_id,
     jobs.c.lease_expires_at,
+    jobs.c.client_id,
 ]
+# A reader limited to the jobs one client (API key) created passes its key id as `client_id`;
+# another client's job is then not found, never forbidden: its existence is not revealed.
+ANY_CLIENT = None
 
 
-async def get(conn: AsyncConnection, job_id: UUID) -> Row[Any]:
-    row = (await conn.execute(select(*JOB_COLUMNS).where(jobs.c.id == job_id))).first()
+async def get(conn: AsyncConnection, job_id: UUID, client_id: str | None = ANY_CLIENT) -> Row[Any]:
+    query = select(*JOB_COLUMNS).where(jobs.c.id == job_id)
+    if client_id is not None:
+        query = query.where(jobs.c.client_id == client_id)
+    row = (await conn.execute(query)).first()
     if row is None:
         raise JobNotFound(job_id)
     return row
@@ -71,9 +78,12 @@ async def page(
     task: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    client_id: str | None = ANY_CLIENT,
 ) -> tuple[list[Row[Any]], str | None]:
     """Jobs newest first; keyset paging, so every page costs the same with any ledger size."""
     conditions = []
+    if client_id is not None:
+        conditions.append(jobs.c.client_id == client_id)
     if state is not None:
         conditions.append(jobs.c.state == state)
     if task is not None:

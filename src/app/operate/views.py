@@ -32,6 +32,7 @@ class JobView(BaseModel):
     last_error: str | None
     result: Any
     worker_id: str | None
+    client_id: str | None = None  # the id of the API key that made the job
 
 
 class AttemptView(BaseModel):
@@ -66,6 +67,7 @@ def job_view(row: Row[Any]) -> JobView:
         last_error=row.last_error,
         result=row.result,
         worker_id=row.worker_id,
+        client_id=row.client_id,
     )
 
 

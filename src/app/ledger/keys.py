@@ -1,0 +1,58 @@
+"""The api_keys table: creating, finding, touching, revoking and listing keys (never a secret)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.ledger import queries
+from app.ledger.connections import AsyncConnection, SyncConnection, run, run_async
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    id: str
+    name: str
+    secret_hash: str
+    scopes: tuple[str, ...]
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeyListing:
+    name: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+def insert(conn: SyncConnection, key_id: str, name: str, secret_hash: str, scopes: Sequence[str]) -> bool:
+    """Store a new key; False when the name is taken."""
+    params = {"id": key_id, "name": name, "secret_hash": secret_hash, "scopes": list(scopes)}
+    return bool(run(conn, queries.INSERT_KEY, params).rows)
+
+
+async def find_async(conn: AsyncConnection, key_id: str) -> StoredKey | None:
+    rows = (await run_async(conn, queries.FIND_KEY, {"id": key_id})).rows
+    if not rows:
+        return None
+    found_id, name, secret_hash, scopes, revoked_at = rows[0]
+    return StoredKey(found_id, name, secret_hash, tuple(scopes), revoked_at is not None)
+
+
+async def touch_async(conn: AsyncConnection, key_id: str) -> None:
+    await run_async(conn, queries.TOUCH_KEY, {"id": key_id})
+
+
+def revoke(conn: SyncConnection, name: str) -> bool:
+    """Revoke the live key of that name; False when there is none."""
+    return bool(run(conn, queries.REVOKE_KEY, {"name": name}).rows)
+
+
+def listing(conn: SyncConnection) -> list[KeyListing]:
+    return [
+        KeyListing(name, tuple(scopes), created, used, revoked)
+        for name, scopes, created, used, revoked in run(conn, queries.LIST_KEYS).rows
+    ]
