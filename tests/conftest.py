@@ -85,8 +85,10 @@ def infra() -> Iterator[services.Infra]:
         yield INFRA
     finally:
         from app.ledger.engines import dispose_sync_engines
+        from app.operate.health import close_probe_engines
 
         dispose_sync_engines()
+        close_probe_engines()
         services.drop(INFRA)
 
 

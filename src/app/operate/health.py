@@ -89,10 +89,14 @@ class Probe(Generic[T]):
             self._last = (time.monotonic(), future)
 
 
+_probe_urls: set[str] = set()
+
+
 @lru_cache(maxsize=4)
 def probe_engine(url: str) -> Engine:
     """A small pool of its own whose connects and statements time out: probes never queue
     behind the application's work, and a hung database cannot hold them for long."""
+    _probe_urls.add(url)
     return create_engine(
         url,
         pool_size=2,
@@ -106,6 +110,14 @@ def probe_engine(url: str) -> Engine:
             "application_name": "conveyor-probe",
         },
     )
+
+
+def close_probe_engines() -> None:
+    """Close the probes' pooled connections (a process that is done with a database)."""
+    for url in list(_probe_urls):
+        probe_engine(url).dispose()
+    _probe_urls.clear()
+    probe_engine.cache_clear()
 
 
 _probes: dict[tuple[object, ...], Probe[Any]] = {}
