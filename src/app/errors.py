@@ -108,3 +108,16 @@ class KeyNotFound(ConveyorError):
 
 class SignInRequired(ConveyorError):
     """Raised when a dashboard page is asked for without a valid session: the answer is the sign-in page."""
+
+
+class UseEnqueue(ConveyorError):
+    """Raised when a job is sent as a bare Dramatiq message (`actor.send()`): it would bypass the
+    ledger, and a message without a ledger row is never run."""
+
+    def __init__(self, task: str) -> None:
+        short = task.rsplit(".", 1)[-1]
+        super().__init__(
+            f"{task}: a job is made with `await {short}.enqueue(payload, session=...)` "
+            f"(or `{short}.enqueue_sync(...)`), which writes it to the ledger; a Dramatiq message "
+            "sent by itself has no ledger row and would never run"
+        )

@@ -93,3 +93,27 @@ def test_the_api_the_relay_and_the_cli_build_no_dramatiq_broker() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_sending_a_bare_dramatiq_message_of_a_task_raises_and_says_to_use_enqueue() -> None:
+    """`actor.send()` would put a message with no ledger row on the queue: a silent dead letter."""
+    script = textwrap.dedent(
+        """
+        import app.worker
+        from app.errors import UseEnqueue
+        from app.tasks.example import echo
+        actor = app.worker.broker.get_actor("app.tasks.example.echo")
+        for attempt in (lambda: actor.send(message="x"), lambda: actor.send_with_options(kwargs={}),
+                        lambda: echo.send(message="x"), lambda: echo.delay(message="x")):
+            try:
+                attempt()
+            except UseEnqueue as error:
+                assert "echo.enqueue(" in str(error), error
+            else:
+                raise AssertionError("sent")
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.accept.jobs import fingerprint
+from app.jobs.enqueue import fingerprint
 from app.operate.reads import decode_cursor, encode_cursor
 
 

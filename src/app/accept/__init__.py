@@ -1,4 +1,5 @@
-"""Accepting new jobs: validating them against their task, fingerprinting keyed requests, storing them.
+"""The HTTP accept path: jobs from `POST /api/v1/jobs` written by group commit (`intake`).
 
-The HTTP API, the CLI and `task.enqueue` all end here, in the ledger's one INSERT.
+What makes a new job (validation, fingerprint, the one INSERT) is `app.jobs.enqueue`, shared
+by the API, the CLI and `task.enqueue`.
 """

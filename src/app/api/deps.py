@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.ledger.engines import async_engine
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 @asynccontextmanager
@@ -30,3 +30,13 @@ async def transaction() -> AsyncIterator[AsyncConnection]:
     client never hears of a change the database then refused."""
     async with async_engine().begin() as conn:
         yield conn
+
+
+async def _session() -> AsyncIterator[AsyncSession]:
+    async with AsyncSession(async_engine(), expire_on_commit=False) as session:
+        yield session  # what the route did not commit rolls back here
+
+
+# A SQLAlchemy session for a route's own writes (and its jobs: `task.enqueue(..., session=…)`);
+# scope="function" closes it before the response is sent.
+SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]

@@ -117,7 +117,14 @@ async def _rate_limited(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
 
 
+async def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UnstorableInput)
+    detail = [{"loc": ["body", *exc.loc], "msg": str(exc), "type": "string_unstorable"}]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(UnstorableInput, _unstorable)
     app.add_exception_handler(Unauthenticated, _unauthenticated)
     app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(RateLimited, _rate_limited)

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 
-from app.accept.validation import storable_text
 from app.access.keys import Client, Scope
 from app.api.auth import authenticate
 from app.api.deps import reading, transaction
@@ -17,6 +16,7 @@ from app.api.responses import AUTH, INVALID, NOT_FOUND, UNAVAILABLE, responses
 from app.api.schemas import ErrorBody, JobAccepted, JobList, RetryPolicyView, TaskView
 from app.errors import JobNotFound
 from app.jobs.registry import public_tasks
+from app.jobs.validation import storable_text
 from app.ledger.schema import JobState
 from app.operate import actions, reads
 from app.operate.views import AttemptView, JobView, attempt_view, job_view

@@ -16,9 +16,9 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 
-from app.accept.jobs import MAX_DELAY_SECONDS
 from app.access.keys import Scope
 from app.api.auth import require
+from app.jobs.enqueue import MAX_DELAY_SECONDS
 from app.jobs.registry import MAX_PRIORITY, TaskSpec, public_tasks
 
 REF_TEMPLATE = "#/components/schemas/{model}"

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.accept.jobs import MAX_DELAY_SECONDS
+from app.jobs.enqueue import MAX_DELAY_SECONDS
 from app.jobs.registry import MAX_PRIORITY
 from app.operate.views import JobView
 

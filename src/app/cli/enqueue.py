@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from app.accept.jobs import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_LENGTH
 from app.cli._common import fail, task_spec, usage, with_database
+from app.jobs.enqueue import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY_LENGTH
 from app.jobs.registry import MAX_PRIORITY
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from app.accept.jobs import Accepted
+    from app.jobs.enqueue import Accepted
 
 
 def enqueue(
@@ -31,8 +31,8 @@ def enqueue(
     import orjson
     import pydantic
 
-    from app.accept import jobs as accepting
     from app.errors import IdempotencyConflict
+    from app.jobs import enqueue as accepting
 
     spec = task_spec(task)
     try:

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from app.cli import mailsink
 from app.settings import get_settings
 
 
@@ -108,6 +109,15 @@ def dev(
     """Migrate, then run api, relay and worker together until Ctrl-C; prints a development key."""
     migrate()
     key = _development_key()
+    settings = get_settings()
+    sink, mail = None, f"{settings.smtp_host}:{settings.smtp_port}"
+    if not mailsink.listening(settings.smtp_host, settings.smtp_port):
+        sink = mailsink.start(settings.smtp_host, settings.smtp_port)
+        mail += (
+            " (a development sink: mails are printed here)"
+            if sink
+            else " (nothing listens: emails will retry)"
+        )
     exe = [sys.executable, "-m", "app"]
     commands = {
         "api": [*exe, "api", "--host", host, "--port", str(port)],
@@ -118,7 +128,6 @@ def dev(
     # SIGTERM (a supervisor, `kill`) stops the children too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     base = f"http://{host}:{port}"
-    settings = get_settings()
     typer.echo(
         "\nConveyor is running:\n"
         f"  API          {base}/api/v1/jobs\n"
@@ -126,6 +135,7 @@ def dev(
         f"  dashboard    {base}/dashboard\n"
         f"  health       {base}/health/ready\n"
         f"  metrics      {base}/metrics (worker: http://127.0.0.1:{settings.worker_metrics_port}/metrics)\n"
+        f"  SMTP         {mail}\n"
         f"  key          {key}\n"
         "               (every scope, for this machine only; sign in to the dashboard with it, or\n"
         f"               export CONVEYOR_KEY={key} and send Authorization: Bearer $CONVEYOR_KEY)\n"
@@ -147,6 +157,8 @@ def dev(
                 child.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 child.kill()
+        if sink is not None:
+            sink.stop()
 
 
 def _development_key() -> str:

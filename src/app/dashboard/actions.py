@@ -15,13 +15,13 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import RedirectResponse
 
-from app.accept.validation import storable_text
 from app.api.deps import transaction
 from app.dashboard.access import operator
 from app.dashboard.rendering import Notice, leave_notice, safe_next
 from app.dashboard.security import require_same_origin
 from app.dashboard.throughput import minute_counts
 from app.errors import InvalidTransition, JobNotFound
+from app.jobs.validation import storable_text
 from app.ledger.engines import async_engine
 from app.operate import actions
 from app.operate.actions import BulkAction

@@ -15,7 +15,6 @@ from pydantic import AfterValidator
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.concurrency import run_in_threadpool
 
-from app.accept.validation import storable_text
 from app.api.deps import reading
 from app.dashboard.access import viewer
 from app.dashboard.queues import queue_depths
@@ -24,6 +23,7 @@ from app.dashboard.throughput import minute_counts
 from app.dashboard.views import throughput_chart
 from app.errors import JobNotFound
 from app.jobs.registry import public_tasks
+from app.jobs.validation import storable_text
 from app.ledger.schema import TERMINAL_STATES, JobState
 from app.operate import reads as service
 from app.operate import stats
@@ -134,6 +134,7 @@ async def job_context(conn: AsyncConnection, job_id: UUID) -> dict[str, Any]:
     return {
         "job": job,
         "attempts": await service.attempts_of(conn, job_id),
+        "children": await service.children(conn, job_id),
         "terminal": job.state in TERMINAL_STATES,
         "can_replay": job.state == JobState.DEAD,
         "can_cancel": job.state in (JobState.QUEUED, JobState.RETRYING),

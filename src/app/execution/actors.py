@@ -14,9 +14,21 @@ import dramatiq
 import pydantic
 from dramatiq.broker import Broker
 
-from app.errors import PermanentError, TaskError
+from app.errors import PermanentError, TaskError, UseEnqueue
 from app.jobs.context import current_job
 from app.jobs.registry import TaskSpec, get_task
+
+
+class LedgerActor(dramatiq.Actor):  # type: ignore[type-arg]
+    """An actor whose messages only the relay sends: a message sent straight from code would
+    bypass the ledger (no row: never run, a silent dead letter), so sending one is an error
+    that says what to do instead."""
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        raise UseEnqueue(self.actor_name)
+
+    def send_with_options(self, *args: Any, **kwargs: Any) -> Any:
+        raise UseEnqueue(self.actor_name)
 
 
 def bind(broker: Broker, specs: Iterable[TaskSpec[Any]]) -> None:
@@ -33,7 +45,9 @@ def _declare(broker: Broker, spec: TaskSpec[Any]) -> None:
     options: dict[str, Any] = {"throws": (TaskError, pydantic.ValidationError)}
     if spec.time_limit_seconds is not None:
         options["time_limit"] = int(spec.time_limit_seconds * 1000)
-    dramatiq.actor(actor_name=spec.name, queue_name=spec.queue, broker=broker, **options)(run)
+    dramatiq.actor(
+        actor_class=LedgerActor, actor_name=spec.name, queue_name=spec.queue, broker=broker, **options
+    )(run)
 
 
 def run_claimed_job() -> None:

@@ -14,8 +14,11 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from app.errors import UseEnqueue
+from app.jobs import enqueue as enqueuing
 from app.jobs.backoff import backoff_seconds
 from app.jobs.context import JobContext
+from app.jobs.enqueue import Accepted
 from app.settings import get_settings
 
 # RabbitMQ declares a priority queue with its highest priority up front; the API takes 0-9.
@@ -63,6 +66,13 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class TaskSpec(Generic[P]):
+    """A registered task: what `@task` returns, and what your code enqueues jobs of.
+
+    `await send_email.enqueue(payload, session=session)` writes the job in the caller's
+    transaction (it exists if and only if that transaction commits); `enqueue_sync` does the
+    same for sync code. Inside a running task, the new job is that job's child.
+    """
+
     name: str
     payload_model: type[P]
     fn: TaskFn[P]
@@ -71,6 +81,68 @@ class TaskSpec(Generic[P]):
     time_limit_seconds: float | None
     public: bool
     description: str
+
+    def max_attempts(self) -> int:
+        return self.retry.resolved_max_attempts()
+
+    async def enqueue(
+        self,
+        payload: P | dict[str, Any],
+        *,
+        session: Any = None,
+        delay_seconds: float = 0.0,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        client_id: str | None = None,
+    ) -> Accepted:
+        """Enqueue a job of this task in `session`'s transaction (an AsyncSession or
+        AsyncConnection of SQLAlchemy, or a psycopg AsyncConnection), or in a transaction of
+        its own. Raises pydantic's ValidationError for a payload that does not fit."""
+        job = enqueuing.new_job(
+            self,
+            payload,
+            delay_seconds=delay_seconds,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            client_id=client_id,
+        )
+        if session is not None:
+            return await enqueuing.store(await enqueuing.async_connection(session), job)
+        async with enqueuing.own_async_transaction() as conn:
+            return await enqueuing.store(conn, job)
+
+    def enqueue_sync(
+        self,
+        payload: P | dict[str, Any],
+        *,
+        session: Any = None,
+        delay_seconds: float = 0.0,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        client_id: str | None = None,
+    ) -> Accepted:
+        """`enqueue` for sync code: `session` is a SQLAlchemy Session or Connection (a task's
+        `job.transaction()` is one), or a psycopg connection."""
+        job = enqueuing.new_job(
+            self,
+            payload,
+            delay_seconds=delay_seconds,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            client_id=client_id,
+        )
+        if session is not None:
+            return enqueuing.store_sync(enqueuing.sync_connection(session), job)
+        with enqueuing.own_transaction() as conn:
+            return enqueuing.store_sync(conn, job)
+
+    def send(self, *args: Any, **kwargs: Any) -> None:
+        """Not how a job is made: see `enqueue`."""
+        raise UseEnqueue(self.name)
+
+    def delay(self, *args: Any, **kwargs: Any) -> None:
+        """Not how a job is made: see `enqueue`."""
+        raise UseEnqueue(self.name)
 
 
 _registry: dict[str, TaskSpec[Any]] = {}

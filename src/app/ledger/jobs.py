@@ -60,6 +60,7 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     client_id: str | None = None  # the API key that made it
+    parent_id: UUID | None = None  # the running job that made it, committed with its success
     id: UUID = field(default_factory=uuid.uuid4)
 
 
@@ -130,7 +131,14 @@ def _insert_params(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
         "idempotency_keys": [j.idempotency_key for j in jobs],
         "request_hashes": [j.request_hash for j in jobs],
         "client_ids": [j.client_id for j in jobs],
+        "parent_ids": [j.parent_id for j in jobs],
     }
+
+
+def insert(conn: SyncConnection, jobs: Sequence[NewJob]) -> set[UUID]:
+    """Insert jobs; the ids inserted (a job whose idempotency key is taken is left out)."""
+    outcome = run(conn, queries.INSERT_JOBS, _insert_params(jobs), prepare=True)
+    return {row[0] for row in outcome.rows}
 
 
 async def insert_async(conn: AsyncConnection, jobs: Sequence[NewJob]) -> set[UUID]:
@@ -140,6 +148,15 @@ async def insert_async(conn: AsyncConnection, jobs: Sequence[NewJob]) -> set[UUI
 
 async def notify_relay_async(conn: AsyncConnection) -> None:
     await run_async(conn, queries.NOTIFY_RELAY)
+
+
+def notify_relay(conn: SyncConnection) -> None:
+    run(conn, queries.NOTIFY_RELAY)
+
+
+def key_holder(conn: SyncConnection, key: str, client_id: str | None = None) -> KeyHolder | None:
+    rows = run(conn, queries.FIND_BY_IDEMPOTENCY_KEY, {"key": key, "client_id": client_id}).rows
+    return KeyHolder(*rows[0]) if rows else None
 
 
 async def key_holder_async(conn: AsyncConnection, key: str, client_id: str | None = None) -> KeyHolder | None:

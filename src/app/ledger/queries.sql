@@ -8,14 +8,16 @@
 -- New jobs, many per statement (the accept path's group commit) or one (enqueue, a keyed POST).
 -- A row whose idempotency key is taken is not inserted: RETURNING leaves it out.
 INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at,
-                  idempotency_key, request_hash, client_id)
+                  idempotency_key, request_hash, client_id, parent_id)
 SELECT t.id, t.task, t.queue, CAST(t.payload AS jsonb), 'queued', t.priority, t.max_attempts,
-       now() + make_interval(secs => t.delay), t.idempotency_key, t.request_hash, t.client_id
+       now() + make_interval(secs => t.delay), t.idempotency_key, t.request_hash, t.client_id,
+       t.parent_id
 FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(queues)s::text[], %(payloads)s::text[],
             %(priorities)s::smallint[], %(max_attempts)s::integer[], %(delays)s::float8[],
-            %(idempotency_keys)s::text[], %(request_hashes)s::text[], %(client_ids)s::text[])
+            %(idempotency_keys)s::text[], %(request_hashes)s::text[], %(client_ids)s::text[],
+            %(parent_ids)s::uuid[])
      AS t(id, task, queue, payload, priority, max_attempts, delay, idempotency_key, request_hash,
-          client_id)
+          client_id, parent_id)
 ON CONFLICT (coalesce(client_id, ''), idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 

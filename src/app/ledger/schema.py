@@ -67,6 +67,8 @@ jobs = Table(
     Column("request_hash", Text),
     # The API key (its id) that made the job; NULL for jobs from the CLI or from Python.
     Column("client_id", Text),
+    # The job whose run made this one (a child job, committed with the parent's success).
+    Column("parent_id", UUID(as_uuid=True)),
     Index("ix_jobs_created", "created_at", "id"),
     Index("ix_jobs_state_created", "state", "created_at", "id"),
     Index("ix_jobs_task_created", "task", "created_at", "id"),

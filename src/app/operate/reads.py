@@ -34,6 +34,7 @@ JOB_COLUMNS = [
     jobs.c.worker_id,
     jobs.c.lease_expires_at,
     jobs.c.client_id,
+    jobs.c.parent_id,
 ]
 # A reader limited to the jobs one client (API key) created passes its key id as `client_id`;
 # another client's job is then not found, never forbidden: its existence is not revealed.
@@ -103,6 +104,12 @@ async def page(
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
     return rows, next_cursor
+
+
+async def children(conn: AsyncConnection, job_id: UUID, limit: int = 50) -> list[Row[Any]]:
+    """The jobs this job's runs made, oldest first (an index on parent_id)."""
+    query = select(*JOB_COLUMNS).where(jobs.c.parent_id == job_id).order_by(jobs.c.created_at).limit(limit)
+    return list((await conn.execute(query)).all())
 
 
 async def artifact(conn: AsyncConnection, job_id: UUID) -> Row[Any] | None:

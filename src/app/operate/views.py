@@ -33,6 +33,7 @@ class JobView(BaseModel):
     result: Any
     worker_id: str | None
     client_id: str | None = None  # the id of the API key that made the job
+    parent_id: UUID | None = None  # the job whose run made this one
 
 
 class AttemptView(BaseModel):
@@ -68,6 +69,7 @@ def job_view(row: Row[Any]) -> JobView:
         result=row.result,
         worker_id=row.worker_id,
         client_id=row.client_id,
+        parent_id=row.parent_id,
     )
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from app.errors import TransientError
 from app.jobs.context import JobContext
 from app.jobs.registry import Payload, Queue, task
 from app.ledger.engines import sync_engine
@@ -182,3 +183,24 @@ def _ensure_table() -> None:
             conn.execute(CREATE_EFFECTS)
             conn.execute(INDEX_EFFECTS)
         _table_ready = True
+
+
+class ParentPayload(Payload):
+    children: int = Field(default=1, ge=0, le=10)
+    # Fail (transiently) after making the children, on this attempt.
+    fail_on_attempt: int | None = Field(default=None, ge=1)
+
+
+@task(ParentPayload, queue=Queue.DEFAULT, max_attempts=3, time_limit_seconds=60)
+def parent(payload: ParentPayload, job: JobContext) -> dict[str, Any]:
+    """Make child jobs inside the job's transaction: they exist only if this attempt succeeds."""
+    from app.tasks.example import echo
+
+    with job.transaction() as conn:
+        made = [
+            str(echo.enqueue_sync({"message": f"child {n} of attempt {job.attempt}"}, session=conn).id)
+            for n in range(payload.children)
+        ]
+    if payload.fail_on_attempt == job.attempt:
+        raise TransientError(f"parent: failing attempt {job.attempt} after making {len(made)} children")
+    return {"children": made, "attempt": job.attempt}
