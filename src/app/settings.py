@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     worker_threads: int = Field(default=8, ge=1)
     # Messages a worker process holds besides those it runs; 0: one per thread.
     worker_prefetch: int = Field(default=0, ge=0)
+    # Jobs a worker process may claim beyond its threads, so that a thread never waits for a
+    # claim's round trip; at most what its threads start in a second at the current pace,
+    # and a claimed job not started within a second goes back to the queue. -1: three per
+    # thread; 0: claim only for a free thread.
+    worker_claim_ahead: int = Field(default=-1, ge=-1)
     # A message a worker holds this long without a free thread to run it goes back to the
     # queue for another worker (well within RabbitMQ's consumer_timeout, 30 min by default).
     worker_hold_seconds: float = Field(default=300.0, gt=0.0)

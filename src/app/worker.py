@@ -4,7 +4,9 @@ This module builds the broker, imports `app.tasks` (which only registers task sp
 binds every registered task to the broker as an actor. Nothing else builds a broker: the
 API and the relay read the same task specs and publish with plain AMQP. Retries, AgeLimit
 and Dramatiq's delay queue are left out: the ledger schedules retries and delays, and the
-ledger middleware decides what a message does.
+ledger middleware decides what a message does. So are Callbacks, Pipelines and
+CurrentMessage: messages are the relay's doorbells, which carry no callbacks or pipes, and a
+task sees its job (`JobContext`), not a message; each would cost two hooks per job.
 """
 
 from __future__ import annotations
@@ -12,14 +14,7 @@ from __future__ import annotations
 import dramatiq
 from dramatiq.broker import Broker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import (
-    Callbacks,
-    CurrentMessage,
-    Middleware,
-    Pipelines,
-    ShutdownNotifications,
-    TimeLimit,
-)
+from dramatiq.middleware import Middleware, ShutdownNotifications, TimeLimit
 
 import app.tasks  # noqa: F401  (registers every task spec)
 from app.execution.actors import bind
@@ -32,13 +27,11 @@ from app.settings import get_settings
 
 
 def build_broker(url: str) -> Broker:
+    ledger = LedgerMiddleware()
     middleware: list[Middleware] = [
         TimeLimit(),
         ShutdownNotifications(),
-        Callbacks(),
-        Pipelines(),
-        CurrentMessage(),
-        LedgerMiddleware(),
+        ledger,
         WorkerExporter(),
     ]
     if url.startswith("stub"):
@@ -47,6 +40,7 @@ def build_broker(url: str) -> Broker:
     return ClaimingBroker(
         url=url,
         middleware=middleware,
+        claims=ledger,
         max_priority=MAX_PRIORITY,
         heartbeat_seconds=settings.amqp_heartbeat_seconds,
         hold_seconds=settings.worker_hold_seconds,

@@ -87,3 +87,26 @@ def test_a_frozen_workers_prefetched_and_running_jobs_run_elsewhere_and_nothing_
     assert all(final[job_id]["worker_id"] != frozen_worker_id for job_id in ids), (
         "its late writes were refused"
     )
+
+
+def test_jobs_claimed_ahead_of_a_long_task_go_to_another_worker_within_a_second(conveyor: Conveyor) -> None:
+    ledger = conveyor.ledger
+    # One thread: while quick jobs go through it, it claims a few ahead of its thread; then
+    # one long job takes the thread, and what it claimed behind that job must not wait for it.
+    busy = conveyor.workers.start(threads=1, env={"WORKER_CLAIM_AHEAD": "3", "WORKER_HOLD_SECONDS": "1"})
+    quick = post_many(conveyor.base_url, EFFECT_TASK, [{}] * 80)
+    ledger.wait_until(lambda: ledger.states(quick)["succeeded"] >= 20, timeout=30, what="quick jobs going")
+    long = post(conveyor.base_url, EFFECT_TASK, {"sleep_seconds": 8})
+    behind = post_many(conveyor.base_url, EFFECT_TASK, [{}] * 5)
+    ledger.wait_until(lambda: ledger.job(long)["state"] == "running", timeout=30, what="the long job running")
+    long_started = time.monotonic()
+    conveyor.workers.start(threads=2)
+    ledger.wait_terminal(behind, timeout=30)
+    behind_done = time.monotonic() - long_started
+    jobs = ledger.wait_terminal([*quick, long, *behind], timeout=60)
+
+    assert behind_done < 6, f"the jobs behind the long one waited {behind_done:.1f}s: held for it"
+    assert {job["state"] for job in jobs.values()} == {"succeeded"}
+    assert ledger.effects() == Counter(dict.fromkeys(jobs, 1)), "each ran once"
+    wait_for_log(busy, "claims made ahead went back to the queue", timeout=5)
+    assert all(jobs[i]["worker_id"] != jobs[long]["worker_id"] for i in behind), "another worker ran them"

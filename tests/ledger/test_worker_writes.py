@@ -210,6 +210,54 @@ def test_a_release_hands_this_workers_jobs_back_at_once(
     assert row(look, theirs.job_id)["state"] == "running"
 
 
+def test_a_release_of_the_last_attempt_buries_the_job_as_the_reaper_would(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    last = running(conn, attempts=3, max_attempts=3, published=True)
+    assert ledger.release(conn, WORKER, [last.job_id], "worker shut down") == 1
+    after = row(look, last.job_id)
+    # Not "retrying" with no attempt left: no claim could take it, and it would wait forever.
+    assert (after["state"], after["published_at"], after["last_error"]) == ("dead", None, "worker shut down")
+    assert [a["outcome"] for a in attempts(look, last.job_id)] == ["interrupted"]
+
+
+def test_an_unclaim_undoes_a_claim_that_never_started(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    first = given(conn, "queued", published=True)
+    again = given(conn, "retrying", attempts=1, published=True)
+    claims = ledger.claim(conn, WORKER, 30.0, [Doorbell(first, ECHO), Doorbell(again, ECHO)])
+    tokens = [claim.token for claim in claims if claim is not None]
+    assert [t.attempt for t in tokens] == [1, 2]
+    assert ledger.unclaim(conn, WORKER, tokens) == 2
+    fresh, retried = row(look, first), row(look, again)
+    assert (fresh["state"], fresh["attempts"], fresh["published_at"], fresh["leased"]) == (
+        "queued",
+        0,
+        None,
+        None,  # no lease at all
+    )
+    assert (retried["state"], retried["attempts"], retried["published_at"]) == ("retrying", 1, None)
+    assert attempts(look, first) == [], "the attempt that never started leaves no trace"
+    assert attempts(look, again) == []
+    # And the job can be claimed again, as its first (or second) attempt.
+    [reclaimed] = ledger.claim(conn, OTHER_WORKER, 30.0, [Doorbell(first, ECHO)])
+    assert reclaimed is not None
+    assert reclaimed.token.attempt == 1
+
+
+def test_an_unclaim_is_fenced_by_the_claims_token_and_worker(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    mine = running(conn)
+    theirs = running(conn, worker_id=OTHER_WORKER)
+    stale = Token(mine.job_id, mine.run, mine.attempt + 1)
+    assert ledger.unclaim(conn, WORKER, [stale, Token(theirs.job_id, 1, 1)]) == 0
+    assert row(look, mine.job_id)["state"] == "running"
+    assert row(look, theirs.job_id)["state"] == "running"
+    assert ledger.unclaim(conn, WORKER, []) == 0
+
+
 def test_an_artifact_is_stored_once_per_job_and_replaced_by_a_later_attempt(
     conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
 ) -> None:

@@ -1,10 +1,11 @@
-"""The ledger middleware: claims each job before it runs and records how it ended.
+"""The ledger middleware: claims jobs for the consumer, runs what was claimed, records how it ended.
 
-Dramatiq gives two hooks that matter: raising SkipMessage before processing acknowledges a
-message without running it; `message.fail()` makes the consumer nack it, and RabbitMQ
-routes it to `<queue>.XQ`. Everything else (retries, delays) lives in the ledger. The
-hooks stay thin: the writes are in `writes`, the outcomes in `outcomes`, the heartbeat in
-`heartbeat`.
+The claiming consumer (see `consumer`) asks `claim_burst` for the jobs of a burst of
+messages and hands only the claimed ones to the threads; on another broker (Dramatiq's stub
+broker in tests) each message is claimed here before it runs. Raising SkipMessage before
+processing acknowledges a message without running it. Everything else (retries, delays)
+lives in the ledger. The hooks stay thin: the writes are in `writes`, the outcomes in
+`outcomes`, the heartbeat in `heartbeat`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import os
 import secrets
 import socket
 import threading
+import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import structlog
@@ -23,10 +26,11 @@ from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.worker import Worker
 
 from app.execution import metrics, outcomes
+from app.execution.consumer import AHEAD_HORIZON_SECONDS, Slots, job_id_of
 from app.execution.heartbeat import Heartbeat
 from app.execution.writes import LedgerWrites
 from app.jobs.context import JobContext, peek_current, set_current
-from app.ledger.jobs import Doorbell
+from app.ledger.jobs import Claim, Doorbell
 from app.logs import get_logger
 from app.settings import get_settings
 
@@ -44,7 +48,10 @@ class LedgerMiddleware(Middleware):
         self.worker_id = ""
         self.processed = 0
         self.writes = LedgerWrites()
-        self._in_flight: dict[UUID, JobContext] = {}
+        self.slots = Slots()
+        self._in_flight: dict[UUID, JobContext] = {}  # claimed here and not finished
+        # Of those, claimed by the consumer and not started yet, with when (oldest first).
+        self._waiting: dict[UUID, tuple[JobContext, float]] = {}
         self._lock = threading.Lock()
         self._heartbeat: Heartbeat | None = None
 
@@ -56,8 +63,11 @@ class LedgerMiddleware(Middleware):
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         # Claimed messages are acknowledged at once (see `consumer`), so the prefetch is what a
-        # worker holds besides what it runs: one per thread keeps every thread fed.
-        worker.queue_prefetch = get_settings().worker_prefetch or worker.worker_threads
+        # worker holds unclaimed besides what it runs: one per thread keeps every thread fed.
+        settings = get_settings()
+        worker.queue_prefetch = settings.worker_prefetch or worker.worker_threads
+        ahead = settings.worker_claim_ahead
+        self.slots.configure(worker.worker_threads, 3 * worker.worker_threads if ahead < 0 else ahead)
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         if not self.worker_id:
@@ -73,32 +83,112 @@ class LedgerMiddleware(Middleware):
         with self._lock:
             return list(self._in_flight), self.processed
 
+    def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        self.slots.close()  # the consumers claim nothing more
+
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         if self._heartbeat is not None:
             self._heartbeat.stop()
         self.writes.close()
-        left, _ = self._snapshot()
+        with self._lock:
+            started = [job_id for job_id in self._in_flight if job_id not in self._waiting]
+            not_started = [ctx.token for ctx, _ in self._waiting.values()]
         try:
-            handed_back = self.writes.hand_back(left)
+            handed_back = self.writes.hand_back(started, not_started)
             log.info("worker stopped", worker_id=self.worker_id, handed_back=handed_back)
         except Exception:
             log.exception("could not record the worker's shutdown", worker_id=self.worker_id)
 
+    # -- claims ---------------------------------------------------------------------------
+
+    def claim_burst(self, messages: Sequence[MessageProxy]) -> list[bool]:
+        """For the consumer: claim a burst in one statement; each claim rides on its message."""
+        bells = [Doorbell(job_id_of(message), message.actor_name) for message in messages]
+        claims = self.writes.claim_burst(bells)
+        claimed = []
+        for bell, message, claim in zip(bells, messages, claims, strict=True):
+            if claim is None:
+                self._not_claimed(bell.job_id, message)
+                claimed.append(False)
+                continue
+            ctx = self._context(claim)
+            cast(Any, message).conveyor_job = ctx
+            with self._lock:
+                self._in_flight[bell.job_id] = ctx
+                self._waiting[bell.job_id] = (ctx, time.monotonic())
+            claimed.append(True)
+        return claimed
+
+    def withdraw_stale(self) -> None:
+        """For the consumer: claims made ahead that no thread started in time are undone; their
+        messages, still queued for a thread, are skipped when one gets to them."""
+        deadline = time.monotonic() - AHEAD_HORIZON_SECONDS
+        with self._lock:
+            if not self._waiting or next(iter(self._waiting.values()))[1] > deadline:
+                return
+            stale = [ctx for ctx, since in self._waiting.values() if since <= deadline]
+            for ctx in stale:
+                del self._waiting[ctx.token.job_id]
+                del self._in_flight[ctx.token.job_id]
+        try:
+            self.writes.unclaim([ctx.token for ctx in stale])
+        except Exception:
+            log.exception("could not undo claims; their leases will run out and the relay reaps them")
+            return
+        log.info("claims made ahead went back to the queue: the threads are busy", jobs=len(stale))
+
+    def unclaim(self, messages: Sequence[MessageProxy]) -> None:
+        """For the consumer: claims it could not hand out (it closed) are undone in the ledger."""
+        contexts: list[JobContext] = [m.conveyor_job for m in messages if hasattr(m, "conveyor_job")]
+        try:
+            self.writes.unclaim([ctx.token for ctx in contexts])
+        except Exception:
+            log.exception("could not undo claims; their leases will run out and the relay reaps them")
+        with self._lock:
+            for ctx in contexts:
+                if self._waiting.get(ctx.token.job_id, (None,))[0] is ctx:
+                    del self._waiting[ctx.token.job_id]
+                if self._in_flight.get(ctx.token.job_id) is ctx:
+                    del self._in_flight[ctx.token.job_id]
+
+    def _context(self, claim: Claim) -> JobContext:
+        return JobContext(claim.token, claim.task, claim.max_attempts, self.worker_id, claim.payload_json)
+
     # -- one message ------------------------------------------------------------------------
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        job_id = _job_id_of(message)
-        if job_id is None:
+        ctx: JobContext | None = getattr(message, "conveyor_job", None)
+        if ctx is None:
+            ctx = self._claim_one(message)  # not from the claiming consumer (the stub broker)
+            with self._lock:
+                self._in_flight[ctx.token.job_id] = ctx
+        else:
+            with self._lock:
+                if self._waiting.get(ctx.token.job_id, (None,))[0] is not ctx:
+                    raise SkipMessage("its claim was withdrawn: another worker runs it")
+                del self._waiting[ctx.token.job_id]
+        job_id = ctx.token.job_id
+        ctx.started = time.monotonic()
+        set_current(ctx)
+        structlog.contextvars.bind_contextvars(
+            job_id=str(job_id), task=ctx.task, attempt=ctx.token.attempt, run=ctx.token.run
+        )
+        task_metrics = metrics.for_task(ctx.task, message.queue_name)
+        task_metrics.started.inc()
+        task_metrics.in_progress.inc()
+        log.info("job started", max_attempts=ctx.max_attempts)
+
+    def _claim_one(self, message: MessageProxy) -> JobContext:
+        try:
+            job_id = job_id_of(message)
+        except ValueError:
             log.error(
                 "message carries no job id: sent to the dead-letter queue",
                 message_id=message.message_id,
                 queue=message.queue_name,
             )
             message.fail()
-            return
-        consumer = getattr(message, "consumer", None)
-        if consumer is not None and consumer.handed_back(message):
-            raise SkipMessage("handed back to the queue: another worker runs it")
+            raise SkipMessage("no job id") from None
         try:
             claim = self.writes.claim(Doorbell(job_id, message.actor_name))
         except Exception:
@@ -107,19 +197,7 @@ class LedgerMiddleware(Middleware):
         if claim is None:
             self._not_claimed(job_id, message)
             raise SkipMessage("job is not claimable")
-        if consumer is not None:
-            consumer.settle(message)
-        ctx = JobContext(claim.token, claim.task, claim.max_attempts, self.worker_id, claim.payload_json)
-        set_current(ctx)
-        with self._lock:
-            self._in_flight[job_id] = ctx
-        structlog.contextvars.bind_contextvars(
-            job_id=str(job_id), task=claim.task, attempt=claim.token.attempt, run=claim.token.run
-        )
-        task_metrics = metrics.for_task(claim.task, message.queue_name)
-        task_metrics.started.inc()
-        task_metrics.in_progress.inc()
-        log.info("job started", max_attempts=claim.max_attempts)
+        return self._context(claim)
 
     def after_process_message(
         self,
@@ -165,10 +243,3 @@ class LedgerMiddleware(Middleware):
             job_id=str(job_id),
             redelivered=bool(getattr(message, "redelivered", False)),
         )
-
-
-def _job_id_of(message: MessageProxy) -> UUID | None:
-    try:
-        return UUID(str(message.options["job_id"]))
-    except (KeyError, ValueError, TypeError):
-        return None

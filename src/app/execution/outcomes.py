@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 import pydantic
+import structlog
 from dramatiq.broker import MessageProxy
 
 from app.errors import LeaseLost, PermanentError
@@ -30,15 +32,21 @@ def finish(writes: LedgerWrites, ctx: JobContext, message: MessageProxy, exc: Ba
         except TypeError as not_json:
             exc = PermanentError(f"the task returned a result that is not JSON: {not_json}")
         else:
-            if writes.succeed(ctx, result_json):
-                task_metrics.succeeded.inc()
-                log.info("job succeeded", duration_s=round(duration, 4))
-            else:
-                refused(ctx, message, writes.worker_id)
+            queue = message.queue_name
+            fields = structlog.contextvars.get_contextvars()  # the job's, for the batcher's thread
+
+            def recorded(owned: bool) -> None:
+                if owned:
+                    task_metrics.succeeded.inc()
+                    log.info("job succeeded", duration_s=round(duration, 4), **fields)
+                else:
+                    refused(ctx, queue, writes.worker_id, **fields)
+
+            writes.succeed(ctx, result_json, recorded)
             return
     ctx.discard_effects()
     if isinstance(exc, LeaseLost):
-        refused(ctx, message, writes.worker_id)
+        refused(ctx, message.queue_name, writes.worker_id)
         return
     _failed(writes, ctx, message, exc, duration)
 
@@ -51,7 +59,7 @@ def _failed(
     permanent = isinstance(exc, PermanentError | pydantic.ValidationError)
     if permanent or ctx.attempt >= ctx.max_attempts:
         if not writes.bury(ctx.token, error):
-            refused(ctx, message, writes.worker_id)
+            refused(ctx, message.queue_name, writes.worker_id)
             return
         task_metrics.dead.inc()  # the relay puts its copy in <queue>.XQ
         reason = "permanent error" if permanent else "attempts used up"
@@ -67,13 +75,15 @@ def _failed(
             duration_s=round(duration, 4),
         )
     else:
-        refused(ctx, message, writes.worker_id)
+        refused(ctx, message.queue_name, writes.worker_id)
 
 
-def refused(ctx: JobContext, message: MessageProxy, worker_id: str) -> None:
-    metrics.for_task(ctx.task, message.queue_name).fenced.inc()
+def refused(ctx: JobContext, queue: str, worker_id: str, **fields: Any) -> None:
+    metrics.for_task(ctx.task, queue).fenced.inc()
     log.warning(
-        "late write refused: this attempt lost its lease and another owns the job", worker_id=worker_id
+        "late write refused: this attempt lost its lease and another owns the job",
+        worker_id=worker_id,
+        **fields,
     )
 
 

@@ -1,15 +1,17 @@
 """The worker's writes to the ledger, each retried while the database is briefly away.
 
-Claims and successes from all of a process's threads are grouped (see `batcher`): one
-statement and one commit per batch on a connection of their own. A success that carries
+Claims are made by the consumer threads, a burst of messages per statement, each consumer
+on a connection of its own. Successes from all of a process's threads are grouped (see
+`batcher`): one statement and one commit per batch on a connection of their own. A success that carries
 the task's own transaction (`job.transaction()`) commits with it instead. Retries and
 burials are rare and go one by one through the shared pool.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -24,7 +26,7 @@ from app.ledger import jobs as ledger
 from app.ledger import workers
 from app.ledger.engines import autocommit_engine, sync_engine
 from app.ledger.jobs import Claim, Doorbell, Token
-from app.logs import Outage, get_logger
+from app.logs import Outage, first_line, get_logger
 from app.settings import get_settings
 
 log = get_logger("conveyor.worker")
@@ -61,6 +63,8 @@ class LedgerWrites:
 
     def __init__(self) -> None:
         self.worker_id = ""
+        self._own = threading.local()
+        self._own_connections: list[psycopg.Connection[Any]] = []
         self._claims: Batcher[Doorbell, Claim | None] | None = None
         self._successes: Batcher[tuple[Token, str], bool] | None = None
 
@@ -72,13 +76,20 @@ class LedgerWrites:
         def claim(conn: psycopg.Connection[Any], ids: Any) -> list[Claim | None]:
             return ledger.claim(conn, worker_id, lease, ids)
 
-        self._claims = Batcher("claims", settings.libpq_url, claim)
-        self._successes = Batcher("successes", settings.libpq_url, ledger.succeed)
+        retry = DB_RETRY_SECONDS
+        self._claims = Batcher(
+            "claims", settings.libpq_url, claim, outage=DATABASE_OUTAGE, retry_seconds=retry
+        )
+        self._successes = Batcher(
+            "successes", settings.libpq_url, ledger.succeed, outage=DATABASE_OUTAGE, retry_seconds=retry
+        )
 
     def close(self) -> None:
         for batcher in (self._claims, self._successes):
             if batcher is not None:
                 batcher.close()
+        for conn in self._own_connections:
+            conn.close()
 
     def _batchers(self) -> tuple[Batcher[Doorbell, Claim | None], Batcher[tuple[Token, str], bool]]:
         if self._claims is None or self._successes is None:
@@ -88,28 +99,63 @@ class LedgerWrites:
         return self._claims, self._successes
 
     def claim(self, bell: Doorbell) -> Claim | None:
-        claims = self._batchers()[0]
-        return with_db_retry(lambda: claims.submit(bell), what="claim", job_id=bell.job_id)
+        """One message's claim, grouped with other threads' (brokers without the claiming consumer)."""
+        return self._batchers()[0].submit(bell)
+
+    def claim_burst(self, bells: Sequence[Doorbell]) -> list[Claim | None]:
+        """Claim a consumer's burst on that thread's own connection: one statement, one commit.
+        Raises when the database is away (the consumer holds the messages and tries again)."""
+        conn: psycopg.Connection[Any] | None = getattr(self._own, "conn", None)
+        try:
+            if conn is None or conn.closed:
+                conn = psycopg.connect(get_settings().libpq_url, autocommit=True, connect_timeout=5)
+                self._own.conn = conn
+                self._own_connections.append(conn)
+            claims = ledger.claim(conn, self.worker_id, get_settings().lease_seconds, bells)
+        except psycopg.OperationalError as error:
+            if conn is not None:
+                conn.close()
+            DATABASE_OUTAGE.failed(error, during="claim")
+            raise
+        except psycopg.Error:
+            if conn is not None and conn.broken:
+                conn.close()
+            log.exception("a burst could not be claimed; its messages wait and are tried again")
+            raise
+        DATABASE_OUTAGE.recovered()
+        return claims
 
     def job_task(self, job_id: UUID) -> tuple[str, str] | None:
         """The (task, state) the ledger holds for a job whose message could not claim it."""
         with autocommit_engine().connect() as conn:
             return ledger.job_task(conn, job_id)
 
-    def succeed(self, ctx: JobContext, result_json: str) -> bool:
-        """Record the success (and commit the task's own transaction with it); False when fenced."""
+    def succeed(self, ctx: JobContext, result_json: str, recorded: Callable[[bool], None]) -> None:
+        """Record a success; `recorded(owned)` runs once it is written (False: fenced, the attempt
+        had lost its lease). With the task's own transaction (`job.transaction()`) both commit
+        now, on this thread; otherwise the success joins the next batch and `recorded` runs on
+        the batcher's thread, while this thread goes on to its next job."""
         if ctx.effects is not None:
-            return self._succeed_with_effects(ctx, result_json)
-        successes = self._batchers()[1]
-        try:
-            return with_db_retry(
-                lambda: successes.submit((ctx.token, result_json)), what="finish", job_id=ctx.token.job_id
-            )
-        except Exception:
-            log.exception("could not record the outcome; the lease will expire and it will rerun")
-            return False
+            owned = self._succeed_with_effects(ctx, result_json)
+            if owned is not None:
+                recorded(owned)
+            return
+        job_id = ctx.token.job_id
 
-    def _succeed_with_effects(self, ctx: JobContext, result_json: str) -> bool:
+        def written(owned: Any, error: BaseException | None) -> None:
+            if error is None:
+                recorded(bool(owned))
+            else:
+                log.error(
+                    "could not record the outcome; the lease will expire and it will rerun",
+                    job_id=str(job_id),
+                    error=first_line(error),
+                )
+
+        self._batchers()[1].submit_nowait((ctx.token, result_json), written)
+
+    def _succeed_with_effects(self, ctx: JobContext, result_json: str) -> bool | None:
+        """Whether the attempt owned the job; None when the commit failed and a retry is recorded."""
         conn = ctx.effects
         assert conn is not None
         try:
@@ -123,7 +169,8 @@ class LedgerWrites:
             log.exception("could not commit the job's effects; it will be retried")
             ctx.discard_effects()
             delay = retry_delay(ctx.task, ctx.attempt)
-            return self.retry(ctx.token, "database error while committing the job's effects", delay)
+            self.retry(ctx.token, "database error while committing the job's effects", delay)
+            return None
         ctx.discard_effects()
         return False
 
@@ -144,11 +191,17 @@ class LedgerWrites:
             log.exception("could not record the outcome; the lease will expire and it will rerun")
             return False
 
-    def hand_back(self, job_ids: list[UUID]) -> int:
+    def unclaim(self, tokens: Sequence[Token]) -> int:
+        """Undo claims that never started, at once (the relay publishes their jobs again)."""
+        with sync_engine().begin() as conn:
+            return ledger.unclaim(conn, self.worker_id, tokens)
+
+    def hand_back(self, started: list[UUID], not_started: list[Token]) -> int:
         """At shutdown: give unfinished jobs back to the queue and mark the worker stopped."""
         with sync_engine().begin() as conn:
             handed_back = ledger.release(
-                conn, self.worker_id, job_ids, "worker shut down before the attempt finished"
+                conn, self.worker_id, started, "worker shut down before the attempt finished"
             )
+            handed_back += ledger.unclaim(conn, self.worker_id, not_started)
             workers.stop(conn, self.worker_id)
         return handed_back

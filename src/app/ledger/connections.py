@@ -34,8 +34,7 @@ def run(
 ) -> Outcome:
     if isinstance(conn, psycopg.Connection):
         cursor = conn.execute(sql, params, prepare=prepare)
-        rows = cursor.fetchall() if cursor.description else []
-        return Outcome(rows, cursor.rowcount)
+        return Outcome(cursor.fetchall() if _has_rows(cursor) else [], cursor.rowcount)
     result = conn.exec_driver_sql(sql, dict(params or {}))
     rows = [tuple(row) for row in result.fetchall()] if result.returns_rows else []
     return Outcome(rows, result.rowcount)
@@ -46,8 +45,14 @@ async def run_async(
 ) -> Outcome:
     if isinstance(conn, psycopg.AsyncConnection):
         cursor = await conn.execute(sql, params, prepare=prepare)
-        rows = await cursor.fetchall() if cursor.description else []
-        return Outcome(rows, cursor.rowcount)
+        return Outcome(await cursor.fetchall() if _has_rows(cursor) else [], cursor.rowcount)
     result = await conn.exec_driver_sql(sql, dict(params or {}))
     rows = [tuple(row) for row in result.fetchall()] if result.returns_rows else []
     return Outcome(rows, result.rowcount)
+
+
+def _has_rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
+    """Whether the statement returned rows; cheaper than `cursor.description`, which builds
+    a Column per field on every call (measurable on the worker's hot path)."""
+    result = cursor.pgresult
+    return result is not None and result.status == psycopg.pq.ExecStatus.TUPLES_OK

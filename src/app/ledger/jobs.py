@@ -236,11 +236,24 @@ def renew_leases(conn: SyncConnection, worker_id: str, job_ids: Sequence[UUID], 
 
 
 def release(conn: SyncConnection, worker_id: str, job_ids: Sequence[UUID], error: str) -> int:
-    """Hand jobs back to the queue at once (a worker shutting down mid-attempt)."""
+    """Hand jobs back at once (a worker shutting down mid-attempt); dead after the last attempt."""
     if not job_ids:
         return 0
     params = {"ids": list(job_ids), "worker_id": worker_id, "error": error}
     return len(run(conn, queries.RELEASE, params).rows)
+
+
+def unclaim(conn: SyncConnection, worker_id: str, tokens: Sequence[Token]) -> int:
+    """Undo claims whose attempt never started: the attempt is given back, the job due again."""
+    if not tokens:
+        return 0
+    params = {
+        "ids": [t.job_id for t in tokens],
+        "runs": [t.run for t in tokens],
+        "attempts": [t.attempt for t in tokens],
+        "worker_id": worker_id,
+    }
+    return len(run(conn, queries.UNCLAIM, params).rows)
 
 
 def store_artifact(conn: SyncConnection, job_id: UUID, name: str, content_type: str, content: bytes) -> None:

@@ -116,9 +116,12 @@ UPDATE jobs SET lease_expires_at = now() + make_interval(secs => %(lease)s)
 WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND worker_id = %(worker_id)s
 
 -- name: release
--- A worker shutting down mid-attempt hands its jobs back: running → retrying, due now.
+-- A worker shutting down mid-attempt hands its jobs back: running → retrying, due now; or dead
+-- when that was the last attempt, as the reaper does (the relay then puts its copy in .XQ).
 WITH done AS (
-    UPDATE jobs SET state = 'retrying', available_at = now(), published_at = NULL,
+    UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'retrying' END,
+           finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+           available_at = now(), published_at = NULL,
            lease_expires_at = NULL, updated_at = now(), last_error = %(error)s
     WHERE id = ANY(%(ids)s::uuid[]) AND worker_id = %(worker_id)s AND state = 'running'
     RETURNING id, run, attempts
@@ -128,6 +131,27 @@ WITH done AS (
     FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
 )
 SELECT done.id, pg_notify('conveyor_jobs', '') FROM done
+
+-- name: unclaim
+-- Claims that never started (the worker stopped before a thread took them) are undone: the
+-- attempt is given back, its row removed, and the job is due again at once.
+WITH asked AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(runs)s::integer[], %(attempts)s::integer[])
+             AS t(id, run, attempt)
+), undone AS (
+    UPDATE jobs j SET state = CASE WHEN j.attempts = 1 THEN 'queued' ELSE 'retrying' END,
+           attempts = j.attempts - 1,
+           started_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.started_at END,
+           available_at = now(), published_at = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM asked a
+    WHERE j.id = a.id AND j.run = a.run AND j.attempts = a.attempt
+      AND j.worker_id = %(worker_id)s AND j.state = 'running'
+    RETURNING j.id, j.run, j.attempts + 1 AS attempt
+), forgotten AS (
+    DELETE FROM job_attempts h USING undone u
+    WHERE h.job_id = u.id AND h.run = u.run AND h.attempt = u.attempt
+)
+SELECT id, pg_notify('conveyor_jobs', '') FROM undone
 
 -- name: take_publishable
 -- Locks due, unpublished jobs for one relay (SKIP LOCKED: other relays take other rows).
