@@ -74,3 +74,24 @@ class UnstorableInput(ConveyorError):
 
 class JobRefused(ConveyorError):
     """Raised when the database refused to store a job for what it holds (not for being away)."""
+
+
+class InvalidSchedule(ConveyorError, ValueError):
+    """Raised when a schedule's timing is not valid: a bad cron expression, an interval below one
+    second, both or neither of them, or a time zone that is not an IANA name."""
+
+
+class ScheduleNameTaken(ConveyorError):
+    """Raised when a new schedule is given the name of one that exists."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a schedule named {name!r} exists already; delete it first or choose another name")
+        self.name = name
+
+
+class ScheduleNotFound(ConveyorError):
+    """Raised when no schedule has the requested name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} not found")
+        self.name = name

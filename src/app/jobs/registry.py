@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from app.jobs.backoff import backoff_seconds
 from app.jobs.context import JobContext
+from app.jobs.schedules import Timing, declared
 from app.settings import get_settings
 
 # RabbitMQ declares a priority queue with its highest priority up front; the API takes 0-9.
@@ -71,6 +72,9 @@ class TaskSpec(Generic[P]):
     time_limit_seconds: float | None
     public: bool
     description: str
+    # Declared in code: the relay keeps a schedule of the task's own name with this timing and
+    # the payload model's defaults.
+    schedule: Timing | None = None
 
 
 _registry: dict[str, TaskSpec[Any]] = {}
@@ -85,8 +89,17 @@ def task(
     backoff_max: float | None = None,
     time_limit_seconds: float | None = None,
     public: bool = True,
+    schedule: Timing | str | None = None,
 ) -> Callable[[TaskFn[P]], TaskSpec[P]]:
-    """Register a function as a task named `<module>.<function>`."""
+    """Register a function as a task named `<module>.<function>`.
+
+    `schedule` (`Every(seconds=60)`, `Cron("0 3 * * *", timezone="Europe/Paris")` or a cron
+    string in UTC) makes the relay fire the task on that timing, with the payload model's
+    defaults, which must then validate from `{}`.
+    """
+    timing = None if schedule is None else declared(schedule)
+    if timing is not None:
+        payload.model_validate({})  # fails at import, not at the first tick
 
     def register(fn: TaskFn[P]) -> TaskSpec[P]:
         name = f"{fn.__module__}.{fn.__name__}"
@@ -99,6 +112,7 @@ def task(
             time_limit_seconds=time_limit_seconds,
             public=public,
             description=(fn.__doc__ or "").strip().split("\n")[0],
+            schedule=timing,
         )
         _registry[name] = spec
         return spec
@@ -116,6 +130,11 @@ def public_tasks() -> list[TaskSpec[Any]]:
 
 def all_tasks() -> list[TaskSpec[Any]]:
     return list(_registry.values())
+
+
+def scheduled_tasks() -> list[TaskSpec[Any]]:
+    """The tasks that declare a schedule in code."""
+    return [spec for spec in _registry.values() if spec.schedule is not None]
 
 
 def retry_delay(task_name: str, attempt: int) -> float:
