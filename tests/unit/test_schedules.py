@@ -49,7 +49,10 @@ def test_a_wall_time_that_spring_forward_skips_fires_right_after_the_change() ->
 def test_a_wall_time_that_fall_back_repeats_fires_once() -> None:
     # 2026-10-25 in Paris: 03:00 CEST becomes 02:00 CET; 02:30 happens twice.
     half_past_two = Cron("30 2 * * *", timezone=PARIS)
-    assert ticks(half_past_two, utc(2026, 10, 24, 12), 2) == [utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30)]
+    assert ticks(half_past_two, utc(2026, 10, 24, 12), 2) == [
+        utc(2026, 10, 25, 0, 30),
+        utc(2026, 10, 26, 1, 30),
+    ]
     # Asked from inside the repeated hour, the next one is the next day's, never an earlier one.
     assert half_past_two.next_after(utc(2026, 10, 25, 1, 10)) == utc(2026, 10, 26, 1, 30)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -59,17 +60,21 @@ class NewJob:
     priority: int = 0
     idempotency_key: str | None = None
     request_hash: str | None = None
+    # The schedule and tick that made it: one job per (schedule, tick).
+    schedule: str | None = None
+    scheduled_for: datetime | None = None
     id: UUID = field(default_factory=uuid.uuid4)
 
 
 @dataclass(frozen=True, slots=True)
 class KeyHolder:
-    """The job an idempotency key already made."""
+    """The job an idempotency key already made; `expired`: the key's window has passed."""
 
     id: UUID
     task: str
     state: str
     request_hash: str | None
+    expired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,8 @@ def _insert_params(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
         "delays": [float(j.delay_seconds) for j in jobs],
         "idempotency_keys": [j.idempotency_key for j in jobs],
         "request_hashes": [j.request_hash for j in jobs],
+        "schedules": [j.schedule for j in jobs],
+        "scheduled_fors": [j.scheduled_for for j in jobs],
     }
 
 
@@ -136,13 +143,27 @@ async def insert_async(conn: AsyncConnection, jobs: Sequence[NewJob]) -> set[UUI
     return {row[0] for row in outcome.rows}
 
 
+def insert(conn: SyncConnection, jobs: Sequence[NewJob]) -> set[UUID]:
+    """The same INSERT from sync code (a relay firing ticks): the ids of the rows inserted."""
+    if not jobs:
+        return set()
+    return {row[0] for row in run(conn, queries.INSERT_JOBS, _insert_params(jobs)).rows}
+
+
 async def notify_relay_async(conn: AsyncConnection) -> None:
     await run_async(conn, queries.NOTIFY_RELAY)
 
 
-async def key_holder_async(conn: AsyncConnection, key: str) -> KeyHolder | None:
-    rows = (await run_async(conn, queries.FIND_BY_IDEMPOTENCY_KEY, {"key": key})).rows
+async def key_holder_async(conn: AsyncConnection, key: str, ttl_seconds: float) -> KeyHolder | None:
+    params = {"key": key, "ttl": ttl_seconds}
+    rows = (await run_async(conn, queries.FIND_BY_IDEMPOTENCY_KEY, params)).rows
     return KeyHolder(*rows[0]) if rows else None
+
+
+async def release_key_async(conn: AsyncConnection, key: str, ttl_seconds: float) -> bool:
+    """Free a key whose window has passed; False when its holder is still inside the window."""
+    params = {"key": key, "ttl": ttl_seconds}
+    return bool((await run_async(conn, queries.RELEASE_IDEMPOTENCY_KEY, params)).rows)
 
 
 # -- the worker -----------------------------------------------------------------------------

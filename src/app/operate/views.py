@@ -32,6 +32,8 @@ class JobView(BaseModel):
     last_error: str | None
     result: Any
     worker_id: str | None
+    schedule: str | None
+    scheduled_for: datetime | None
 
 
 class AttemptView(BaseModel):
@@ -66,6 +68,8 @@ def job_view(row: Row[Any]) -> JobView:
         last_error=row.last_error,
         result=row.result,
         worker_id=row.worker_id,
+        schedule=row.schedule,
+        scheduled_for=row.scheduled_for,
     )
 
 
