@@ -10,16 +10,20 @@ from uuid import UUID
 import orjson
 
 from app.accept.validation import check_payload_json
-from app.errors import IdempotencyConflict
+from app.errors import IdempotencyConflict, LedgerUnavailable
 from app.jobs.registry import TaskSpec
 from app.ledger import jobs as ledger
 from app.ledger.connections import AsyncConnection
 from app.ledger.jobs import NewJob
 from app.ledger.schema import JobState
+from app.settings import get_settings
 
 # A year: longer delays are almost certainly a unit mistake (ms for s).
 MAX_DELAY_SECONDS = 365 * 24 * 3600
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# Tries of a keyed insert: each lost race (a holder that rolled back, an expired key released)
+# costs one; more than a few means the key is fought over.
+STORE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +81,23 @@ async def store(conn: AsyncConnection, job: NewJob) -> Accepted:
     """Insert the job in the caller's transaction and wake the relay when it commits.
 
     A job whose key is already taken is not inserted: the first job is returned (the same
-    request) or IdempotencyConflict raised (another request).
+    request) or IdempotencyConflict raised (another request). A key whose window
+    (IDEMPOTENCY_KEY_TTL_SECONDS from its first job's creation) has passed is released from
+    that job, and the job is inserted anew.
     """
-    if await ledger.insert_async(conn, [job]):
-        await ledger.notify_relay_async(conn)
-        return Accepted(job.id, job.task, JobState.QUEUED, duplicate=False)
-    assert job.idempotency_key is not None  # only a taken key leaves a row out
-    first = await ledger.key_holder_async(conn, job.idempotency_key)
-    if first is None:  # the first request's transaction rolled back after we waited on it
-        return await store(conn, job)
-    if first.request_hash != job.request_hash:
-        raise IdempotencyConflict(job.idempotency_key)
-    return Accepted(first.id, first.task, first.state, duplicate=True)
+    ttl = get_settings().idempotency_key_ttl_seconds
+    for _ in range(STORE_ATTEMPTS):
+        if await ledger.insert_async(conn, [job]):
+            await ledger.notify_relay_async(conn)
+            return Accepted(job.id, job.task, JobState.QUEUED, duplicate=False)
+        assert job.idempotency_key is not None  # only a taken key leaves a row out
+        first = await ledger.key_holder_async(conn, job.idempotency_key, ttl)
+        if first is None:  # the first request's transaction rolled back after we waited on it
+            continue
+        if first.expired:
+            await ledger.release_key_async(conn, job.idempotency_key, ttl)
+            continue
+        if first.request_hash != job.request_hash:
+            raise IdempotencyConflict(job.idempotency_key)
+        return Accepted(first.id, first.task, first.state, duplicate=True)
+    raise LedgerUnavailable(f"Idempotency-Key {job.idempotency_key!r} is contended; retry later")

@@ -59,6 +59,7 @@ async def get_artifact(job_id: UUID) -> Response:
 async def list_jobs(
     state: JobState | None = None,
     task: QueryText = None,
+    schedule: QueryText = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: QueryText = None,
 ) -> JobList:
@@ -72,7 +73,12 @@ async def list_jobs(
         ) from None
     async with reading() as conn:
         rows, next_cursor = await reads.page(
-            conn, state=state.value if state else None, task=task, limit=limit, cursor=cursor
+            conn,
+            state=state.value if state else None,
+            task=task,
+            schedule=schedule,
+            limit=limit,
+            cursor=cursor,
         )
     return JobList(items=[job_view(r) for r in rows], next_cursor=next_cursor)
 
