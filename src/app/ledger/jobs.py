@@ -154,6 +154,10 @@ async def notify_relay_async(conn: AsyncConnection) -> None:
     await run_async(conn, queries.NOTIFY_RELAY)
 
 
+def notify_relay(conn: SyncConnection) -> None:
+    run(conn, queries.NOTIFY_RELAY)
+
+
 async def key_holder_async(conn: AsyncConnection, key: str, ttl_seconds: float) -> KeyHolder | None:
     params = {"key": key, "ttl": ttl_seconds}
     rows = (await run_async(conn, queries.FIND_BY_IDEMPOTENCY_KEY, params)).rows
