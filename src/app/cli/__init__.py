@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import dlq, enqueue, health, jobs, load, serve, status
+from app.cli import dlq, enqueue, health, jobs, load, schedules, serve, status
 
 cli = typer.Typer(
     name="conveyor",
@@ -22,6 +22,8 @@ load.register(cli)
 cli.command()(health.health)
 cli.add_typer(jobs.app, name="jobs")
 cli.add_typer(dlq.app, name="dlq")
+cli.add_typer(schedules.app, name="schedules")
+cli.command()(schedules.prune)
 cli.command()(enqueue.enqueue)
 cli.command()(status.workers)
 cli.command()(status.stats)
