@@ -116,7 +116,7 @@ def declared_tasks() -> Iterator[list[str]]:
             return None
 
         fn.__name__ = f"declared_{uuid.uuid4().hex[:8]}"
-        spec = task(Nothing, public=False, schedule=schedule)(fn)  # type: ignore[arg-type]
+        spec = task(Nothing, public=False, schedule=schedule)(fn)
         names.append(spec.name)
     yield names
     for name in names:

@@ -75,7 +75,8 @@ def keyed(conn: psycopg.Connection[Any], key: str, created_ago: float) -> UUID:
 def key_of(look: psycopg.Connection[dict[str, Any]], job_id: UUID) -> str | None:
     found = look.execute("SELECT idempotency_key FROM jobs WHERE id = %s", (job_id,)).fetchone()
     assert found is not None
-    return found["idempotency_key"]
+    key: str | None = found["idempotency_key"]
+    return key
 
 
 # -- schedules --------------------------------------------------------------------------
