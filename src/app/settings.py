@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     retain_workers_seconds: float = Field(default=86_400.0, gt=0.0)
     prune_interval_seconds: float = Field(default=60.0, gt=0.0)
     prune_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    # A pause between two pruning statements: a large backlog (a first pass over an old ledger)
+    # is deleted beside the work, not instead of it (bench/prune.py measures the trade).
+    prune_pause_seconds: float = Field(default=0.05, ge=0.0)
     idempotency_key_ttl_seconds: float = Field(default=86_400.0, gt=0.0)
     # A tick at most this late still fires on its own (a relay that died mid-tick, a short
     # database restart); ticks missed for longer (downtime) are coalesced: only the most

@@ -353,20 +353,21 @@ RETURNING name
 -- Deletes up to %(limit)s jobs of one finished state whose finished_at is older than its
 -- retention, oldest first, with their attempts and artifacts (ON DELETE CASCADE); never an
 -- unfinished job. With %(record_stale)s, a pruned dead job's copy in <queue>.XQ is recorded as
--- stale for the relay's clean-up pass.
-WITH doomed AS (
-    SELECT id, state, queue, run, published_at FROM jobs
-    WHERE state = %(state)s AND state IN ('succeeded', 'dead', 'cancelled')
-      AND finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => %(retain)s)
-    ORDER BY finished_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), pruned AS (
-    DELETE FROM jobs j USING doomed d WHERE j.id = d.id
-    RETURNING j.id
+-- stale for the relay's clean-up pass. The ids go to the DELETE as an array, so each row is
+-- found by its primary key (a join could hash the whole table).
+WITH pruned AS (
+    DELETE FROM jobs WHERE id = ANY(ARRAY(
+        SELECT id FROM jobs
+        WHERE state = %(state)s AND state IN ('succeeded', 'dead', 'cancelled')
+          AND finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => %(retain)s)
+        ORDER BY finished_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING id, state, queue, run, published_at
 ), stale AS (
     INSERT INTO stale_dead_letters (queue, job_id, run)
-    SELECT queue, id, run FROM doomed
+    SELECT queue, id, run FROM pruned
     WHERE %(record_stale)s AND state = 'dead' AND published_at IS NOT NULL
 )
 SELECT count(*) FROM pruned
@@ -378,15 +379,16 @@ WHERE state = %(state)s AND finished_at IS NOT NULL
   AND finished_at < now() - make_interval(secs => %(retain)s)
 
 -- name: release_expired_idempotency_keys
--- Frees up to %(limit)s idempotency keys whose window has passed, oldest first.
-WITH expired AS (
+-- Frees up to %(limit)s idempotency keys whose window has passed, oldest first (ids as an array:
+-- each row found by its primary key).
+UPDATE jobs SET idempotency_key = NULL
+WHERE id = ANY(ARRAY(
     SELECT id FROM jobs
     WHERE idempotency_key IS NOT NULL AND created_at < now() - make_interval(secs => %(ttl)s)
     ORDER BY created_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-)
-UPDATE jobs j SET idempotency_key = NULL FROM expired e WHERE j.id = e.id
+))
 
 -- name: prune_workers
 -- Forgets workers whose last heartbeat is older than %(retain)s seconds (stopped or silent).

@@ -6,7 +6,9 @@ A relay runs a pass every PRUNE_INTERVAL_SECONDS in a thread of its own, so publ
 waits for it; `conveyor prune` runs one by hand. A pass deletes in statements of
 PRUNE_BATCH_SIZE rows (each its own short transaction, rows taken SKIP LOCKED), oldest first,
 until a state has nothing left past its retention: several relays may prune at once, and a
-million old rows go as a thousand short statements, never as one long lock.
+million old rows go as a thousand short statements, never as one long lock. Between two
+full statements it pauses PRUNE_PAUSE_SECONDS, so a large backlog leaves the database room
+for the claims and successes of the workers.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def prune(
     engine = engine or sync_engine()
     done = Pass()
     batch = settings.prune_batch_size
+    pause = stop or threading.Event()  # waited on between statements: a stop cuts the pause short
     for state, keep in retention_of(settings).items():
         # A dead job's copy outlives it in <queue>.XQ only when it is pruned before RabbitMQ drops it.
         record_stale = state == JobState.DEAD and keep < DEAD_LETTER_TTL_SECONDS
@@ -83,6 +86,7 @@ def prune(
                 progress(state, pruned)
             if pruned < batch:
                 break
+            pause.wait(settings.prune_pause_seconds)
     while stop is None or not stop.is_set():
         with engine.begin() as conn:
             released = retention.release_expired_keys(conn, settings.idempotency_key_ttl_seconds, batch)
@@ -91,6 +95,7 @@ def prune(
             progress(KEYS, released)
         if released < batch:
             break
+        pause.wait(settings.prune_pause_seconds)
     with engine.begin() as conn:
         done.workers = retention.prune_workers(conn, settings.retain_workers_seconds)
         done.relays = retention.prune_relays(conn, settings.retain_workers_seconds)
