@@ -121,3 +121,24 @@ class UseEnqueue(ConveyorError):
             f"(or `{short}.enqueue_sync(...)`), which writes it to the ledger; a Dramatiq message "
             "sent by itself has no ledger row and would never run"
         )
+
+
+class InvalidSchedule(ConveyorError, ValueError):
+    """Raised when a schedule's timing is not valid: a bad cron expression, an interval below one
+    second, both or neither of them, or a time zone that is not an IANA name."""
+
+
+class ScheduleNameTaken(ConveyorError):
+    """Raised when a new schedule is given the name of one that exists."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a schedule named {name!r} exists already; delete it first or choose another name")
+        self.name = name
+
+
+class ScheduleNotFound(ConveyorError):
+    """Raised when no schedule has the requested name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} not found")
+        self.name = name

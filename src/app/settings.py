@@ -50,6 +50,24 @@ class Settings(BaseSettings):
     # worker had prefetched go to another worker within about twice this.
     amqp_heartbeat_seconds: int = Field(default=5, ge=1, le=600)
 
+    # Time: retention of finished jobs by state (from finished_at), checked every
+    # PRUNE_INTERVAL_SECONDS; rows deleted per statement; idempotency keys' window.
+    retain_succeeded_seconds: float = Field(default=604_800.0, gt=0.0)
+    retain_cancelled_seconds: float = Field(default=604_800.0, gt=0.0)
+    retain_dead_seconds: float = Field(default=2_592_000.0, gt=0.0)
+    # Worker and relay rows whose last heartbeat is older than this are forgotten.
+    retain_workers_seconds: float = Field(default=86_400.0, gt=0.0)
+    prune_interval_seconds: float = Field(default=60.0, gt=0.0)
+    prune_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    # A pause between two pruning statements: a large backlog (a first pass over an old ledger)
+    # is deleted beside the work, not instead of it (bench/prune.py measures the trade).
+    prune_pause_seconds: float = Field(default=0.05, ge=0.0)
+    idempotency_key_ttl_seconds: float = Field(default=86_400.0, gt=0.0)
+    # A tick at most this late still fires on its own (a relay that died mid-tick, a short
+    # database restart); ticks missed for longer (downtime) are coalesced: only the most
+    # recent fires.
+    schedule_catch_up_seconds: float = Field(default=5.0, ge=0.0)
+
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     # Registers app.tasks.diagnostics (fault-test tasks); never on in production.
     diagnostic_tasks: bool = False

@@ -152,4 +152,20 @@ def test_every_page_renders_live_without_script_errors(
     page.get_by_role("button", name="Yes, replay them").click()
     expect(page.get_by_role("status")).to_have_text(re.compile("Replayed 2 jobs"))
     stack.wait_for(dead[:2], states={"succeeded"})
+
+    with stack.client() as client:
+        for body in (
+            {"name": "heartbeat", "every_seconds": 1},
+            {"name": "nightly-report", "cron": "0 3 * * *", "timezone": "Europe/Paris"},
+        ):
+            made = client.post(
+                "/api/v1/schedules", json={"task": ECHO, "payload": {"message": "tick"}, **body}
+            )
+            assert made.status_code == 201, made.text
+        client.post("/api/v1/schedules/nightly-report/pause")
+    page.goto(f"{stack.base_url}/dashboard/schedules")
+    expect(page.locator("tr[data-schedule]")).to_have_count(2)
+    # The page polls: the heartbeat's jobs appear without a reload.
+    expect(page.locator('tr[data-schedule="heartbeat"] .recent a').nth(2)).to_be_visible(timeout=15_000)
+    page.screenshot(path=str(screenshots / "schedules.png"), full_page=True)
     assert browser_errors == []

@@ -7,6 +7,7 @@ key without the route's scope: 401 (with WWW-Authenticate) or 403, JSON, and not
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -38,6 +39,12 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("GET", "/api/v1/tasks", None, {"read", "enqueue"}),
     ("POST", f"/api/v1/jobs/{ID}/replay", None, {"operate"}),
     ("POST", f"/api/v1/jobs/{ID}/cancel", None, {"operate"}),
+    ("POST", "/api/v1/schedules", {**A_JOB, "name": "nightly", "every_seconds": 60}, {"operate"}),
+    ("GET", "/api/v1/schedules", None, {"read", "operate"}),
+    ("GET", "/api/v1/schedules/nightly", None, {"read", "operate"}),
+    ("POST", "/api/v1/schedules/nightly/pause", None, {"operate"}),
+    ("POST", "/api/v1/schedules/nightly/resume", None, {"operate"}),
+    ("DELETE", "/api/v1/schedules/nightly", None, {"operate"}),
     ("GET", "/metrics", None, {"metrics"}),
     ("GET", "/openapi.json", None, {"enqueue", "read", "operate", "metrics"}),
     ("GET", "/docs", None, {"enqueue", "read", "operate", "metrics"}),
@@ -106,6 +113,20 @@ async def test_every_route_refuses_a_key_without_its_scope_with_403(
         assert response.status_code not in {401, 403}, (scope, response.text)
     creates_jobs = method == "POST" and path in {"/api/v1/jobs", "/api/v1/emails"}
     assert count_jobs(clean_ledger) == (len(allowed) if creates_jobs else 0), "refused keys created nothing"
+
+
+def test_every_route_of_the_api_is_in_the_matrix() -> None:
+    from app.asgi import create_app
+
+    listed = {(method, re.sub(r"/(" + ID + r"|nightly)(?=/|$)", "/{}", path)) for method, path, *_ in ROUTES}
+    served = {
+        (method.upper(), re.sub(r"\{[a-z_]+\}", "{}", path))
+        for path, operations in create_app().openapi()["paths"].items()
+        if path.startswith("/api/")
+        for method in operations
+    }
+    assert len(served) > 10
+    assert served - listed == set(), "a route whose keys no test checks"
 
 
 def revoked_name(key: str, infra: Infra) -> str:

@@ -502,3 +502,64 @@ async def test_counts_above_the_cap_are_estimates_and_below_it_exact(
     assert (counts["queued"].count, counts["queued"].exact) == (0, True)
     assert counts["succeeded"].exact is False
     assert counts["succeeded"].count >= 6
+
+
+def add_schedule(conn: psycopg.Connection[Any], name: str, *, paused: bool = False, **columns: Any) -> None:
+    values: dict[str, Any] = {
+        "name": name,
+        "task": ECHO,
+        "queue": "default",
+        "payload": Jsonb({"message": "tick"}),
+        "max_attempts": 5,
+        "every_seconds": 60,
+        "paused": paused,
+        "next_run_at": datetime.now(UTC) + timedelta(seconds=30),
+        **columns,
+    }
+    names = ", ".join(values)
+    marks = ", ".join(f"%({name})s" for name in values)
+    conn.execute(f"INSERT INTO schedules ({names}) VALUES ({marks})", values)
+
+
+async def test_the_schedules_page_shows_each_schedules_next_and_last_run_status_and_jobs(
+    dashboard: httpx.AsyncClient, ledger: psycopg.Connection[Any]
+) -> None:
+    tick = datetime.now(UTC) - timedelta(minutes=1)
+    add_schedule(ledger, "minutely", last_run_at=tick)
+    add_schedule(
+        ledger, "nightly", paused=True, every_seconds=None, cron="0 3 * * *", timezone="Europe/Paris"
+    )
+    made = add_job(
+        ledger, state="succeeded", schedule="minutely", scheduled_for=tick, finished_ago=timedelta(0)
+    )
+    add_job(ledger, state="queued")
+    html = (await dashboard.get("/dashboard/schedules")).text
+    rows = dict(re.findall(r'<tr data-schedule="([^"]+)">(.*?)</tr>', html, re.S))
+    assert sorted(rows) == ["minutely", "nightly"]
+    assert "every 60s" in rows["minutely"]
+    assert "in 2" in rows["minutely"] or "in 3" in rows["minutely"], "next run in about 30 s"
+    assert "1m ago" in rows["minutely"], "the last run"
+    assert f"/dashboard/jobs/{made}" in rows["minutely"], "the jobs it made"
+    assert 'class="badge ok">active' in rows["minutely"]
+    assert "cron 0 3 * * * (Europe/Paris)" in rows["nightly"]
+    assert 'class="badge muted-badge">paused' in rows["nightly"]
+    assert "none yet" in rows["nightly"]
+    fragment = await dashboard.get("/dashboard/fragments/schedules")
+    assert fragment.status_code == 200
+    assert 'data-schedule="minutely"' in fragment.text
+    assert (await dashboard.get("/dashboard/schedules?cursor=%21%21")).status_code == 400
+
+
+async def test_the_jobs_page_filters_by_schedule_and_a_job_names_its_schedule(
+    dashboard: httpx.AsyncClient, ledger: psycopg.Connection[Any]
+) -> None:
+    tick = datetime.now(UTC) - timedelta(minutes=5)
+    made = [add_job(ledger, schedule="minutely", scheduled_for=tick + timedelta(minutes=n)) for n in range(3)]
+    other = add_job(ledger)
+    page = (await dashboard.get("/dashboard/jobs?schedule=minutely")).text
+    assert sorted(listed(page)) == sorted(made)
+    assert other not in listed(page)
+    assert "of schedule" in page
+    assert "schedule=minutely" in (await dashboard.get("/dashboard/fragments/jobs?schedule=minutely")).text
+    job = (await dashboard.get(f"/dashboard/jobs/{made[0]}")).text
+    assert 'href="/dashboard/jobs?schedule=minutely"' in job

@@ -13,6 +13,8 @@ from tests.ledger.rows import attempts, exists, given, row, second_connection
 
 pytestmark = pytest.mark.anyio
 
+DAY = 86_400.0
+
 
 def new(key: str | None = None, delay: float = 0.0) -> NewJob:
     return NewJob(
@@ -36,10 +38,10 @@ async def test_a_job_whose_idempotency_key_is_taken_is_left_out_and_the_holder_i
     assert await ledger.insert_async(aconn, [first]) == {first.id}
     assert await ledger.insert_async(aconn, [again, other]) == {other.id}
     assert not exists(look, again.id)
-    holder = await ledger.key_holder_async(aconn, "order-1")
+    holder = await ledger.key_holder_async(aconn, "order-1", None, DAY)
     assert holder is not None
-    assert (holder.id, holder.state) == (first.id, "queued")
-    assert await ledger.key_holder_async(aconn, "never-used") is None
+    assert (holder.id, holder.state, holder.expired) == (first.id, "queued", False)
+    assert await ledger.key_holder_async(aconn, "never-used", None, DAY) is None
 
 
 async def test_a_job_that_has_not_started_can_be_cancelled_and_no_other(

@@ -53,7 +53,7 @@ class Ledger:
 
     def reset(self) -> None:
         with self.connect() as conn:
-            tables = "jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters"
+            tables = "jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters, schedules"
             if self.has_effects_table(conn):
                 tables += f", {EFFECTS_TABLE}"
             conn.execute(f"TRUNCATE {tables} CASCADE")

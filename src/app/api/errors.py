@@ -24,6 +24,8 @@ from app.errors import (
     JobRefused,
     LedgerUnavailable,
     RateLimited,
+    ScheduleNameTaken,
+    ScheduleNotFound,
     Unauthenticated,
     UnknownTask,
     UnstorableInput,
@@ -136,6 +138,8 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(kind, _refused)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(JobNotFound, _not_found)
+    app.add_exception_handler(ScheduleNotFound, _not_found)
     app.add_exception_handler(InvalidTransition, _conflict)
+    app.add_exception_handler(ScheduleNameTaken, _conflict)
     app.add_exception_handler(UnknownTask, _unprocessable)
     app.add_exception_handler(IdempotencyConflict, _unprocessable)

@@ -74,6 +74,7 @@ async def list_jobs(
     request: Request,
     state: JobState | None = None,
     task: QueryText = None,
+    schedule: QueryText = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: QueryText = None,
 ) -> JobList:
@@ -91,6 +92,7 @@ async def list_jobs(
             conn,
             state=state.value if state else None,
             task=task,
+            schedule=schedule,
             limit=limit,
             cursor=cursor,
             client_id=_own(client),

@@ -30,6 +30,18 @@ AUTH: Responses = {
     },
 }
 NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No such job"}}
+NO_SCHEDULE: Responses = {404: {"model": ErrorBody, "description": "No such schedule"}}
+NAME_TAKEN: Responses = {409: {"model": ErrorBody, "description": "A schedule of that name exists"}}
+SCHEDULE_BODY: Responses = {
+    400: {"model": ErrorBody, "description": "Malformed JSON"},
+    413: {"model": ErrorBody, "description": "Body larger than MAX_BODY_BYTES (also when chunked)"},
+    415: {"model": ErrorBody, "description": "Body is not JSON"},
+    422: {
+        "model": ErrorBody,
+        "description": "Invalid schedule: a bad cron expression, both or neither of cron and "
+        "every_seconds, every_seconds below 1, an unknown time zone or task, or an invalid payload",
+    },
+}
 BODY: Responses = {
     400: {"model": ErrorBody, "description": "Malformed JSON"},
     413: {"model": ErrorBody, "description": "Body larger than MAX_BODY_BYTES (also when chunked)"},

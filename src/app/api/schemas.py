@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.jobs.enqueue import MAX_DELAY_SECONDS
 from app.jobs.registry import MAX_PRIORITY
+from app.jobs.schedules import MAX_EVERY_SECONDS, NAME_PATTERN, check_cron, check_timezone
+from app.operate.schedules import ScheduleView
 from app.operate.views import JobView
 
 
@@ -52,3 +54,38 @@ class TaskView(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: Any = Field(description="A message, or FastAPI's list of field errors")
+
+
+class ScheduleRequest(BaseModel):
+    """A task fired on a timing: exactly one of `cron` (5 fields, read in `timezone`) and
+    `every_seconds` (ticks on the multiples of it since the Unix epoch)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN, examples=["nightly-report"])
+    task: str = Field(min_length=1, max_length=200, examples=["app.tasks.example.echo"])
+    payload: dict[str, Any] = Field(default_factory=dict, examples=[{"message": "tick"}])
+    cron: str | None = Field(default=None, min_length=9, max_length=200, examples=["*/5 * * * *"])
+    every_seconds: int | None = Field(default=None, ge=1, le=MAX_EVERY_SECONDS)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, examples=["Europe/Paris"])
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return None if value is None else check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> ScheduleRequest:
+        if (self.cron is None) == (self.every_seconds is None):
+            raise ValueError("give exactly one of cron and every_seconds")
+        return self
+
+
+class ScheduleList(BaseModel):
+    items: list[ScheduleView]
+    next_cursor: str | None

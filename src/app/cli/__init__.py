@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import dlq, enqueue, health, jobs, keys, load, serve, status
+from app.cli import dlq, enqueue, health, jobs, keys, load, schedules, serve, status
 
 cli = typer.Typer(
     name="conveyor",
@@ -23,6 +23,8 @@ cli.command()(health.health)
 cli.add_typer(jobs.app, name="jobs")
 cli.add_typer(dlq.app, name="dlq")
 cli.add_typer(keys.app, name="keys")
+cli.add_typer(schedules.app, name="schedules")
+cli.command()(schedules.prune)
 cli.command()(enqueue.enqueue)
 cli.command()(status.workers)
 cli.command()(status.stats)

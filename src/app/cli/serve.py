@@ -67,7 +67,8 @@ def worker(
 
 
 def relay() -> None:
-    """Publish committed jobs from the ledger to RabbitMQ (the outbox relay)."""
+    """Publish committed jobs from the ledger to RabbitMQ (the outbox relay), fire schedules, prune."""
+    import app.tasks  # noqa: F401  (registers the tasks, and the schedules they declare)
     from app.logs import configure_logging, get_logger
     from app.relay.outbox import Relay
 

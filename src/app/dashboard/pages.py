@@ -26,12 +26,14 @@ from app.jobs.registry import public_tasks
 from app.jobs.validation import storable_text
 from app.ledger.schema import TERMINAL_STATES, JobState
 from app.operate import reads as service
+from app.operate import schedules as scheduling
 from app.operate import stats
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False, dependencies=[Depends(viewer)])
 
 PAGE_SIZE = 50
 RUNNING_SHOWN = 10
+RECENT_JOBS_SHOWN = 8
 TaskFilter = Annotated[str, Query(max_length=200), AfterValidator(storable_text)]
 CursorParam = Annotated[str, Query(max_length=200), AfterValidator(storable_text)]
 
@@ -89,13 +91,21 @@ def _cursor(value: str) -> str | None:
 
 
 async def jobs_context(
-    conn: AsyncConnection, state: JobState | None, task: str, cursor: str | None, *, dead_only: bool = False
+    conn: AsyncConnection,
+    state: JobState | None,
+    task: str,
+    cursor: str | None,
+    *,
+    dead_only: bool = False,
+    schedule: str = "",
 ) -> dict[str, Any]:
     chosen = JobState.DEAD if dead_only else state
     rows, next_cursor = await service.page(
-        conn, state=chosen, task=task or None, limit=PAGE_SIZE, cursor=cursor
+        conn, state=chosen, task=task or None, schedule=schedule or None, limit=PAGE_SIZE, cursor=cursor
     )
     filters = {"state": "" if dead_only else chosen or "", "task": task}
+    if schedule:
+        filters["schedule"] = schedule
     return {
         "rows": rows,
         "filters": filters,
@@ -110,23 +120,63 @@ async def jobs_context(
 
 @router.get("/jobs")
 async def jobs_page(
-    request: Request, state: str = "", task: TaskFilter = "", cursor: CursorParam = ""
+    request: Request,
+    state: str = "",
+    task: TaskFilter = "",
+    cursor: CursorParam = "",
+    schedule: TaskFilter = "",
 ) -> Response:
     chosen, after = _state(state), _cursor(cursor)
     async with reading() as conn:
-        context = await jobs_context(conn, chosen, task, after)
+        context = await jobs_context(conn, chosen, task, after, schedule=schedule)
         context["counts"] = await stats.counts_by_state(conn)
     return render(request, "jobs.html", {"nav": "jobs", **context})
 
 
 @router.get("/fragments/jobs")
 async def jobs_fragment(
-    request: Request, state: str = "", task: TaskFilter = "", cursor: CursorParam = ""
+    request: Request,
+    state: str = "",
+    task: TaskFilter = "",
+    cursor: CursorParam = "",
+    schedule: TaskFilter = "",
 ) -> Response:
     chosen, after = _state(state), _cursor(cursor)
     async with reading() as conn:
-        context = await jobs_context(conn, chosen, task, after)
+        context = await jobs_context(conn, chosen, task, after, schedule=schedule)
     return render(request, "_jobs.html", context, page=False)
+
+
+async def schedules_context(conn: AsyncConnection, cursor: str) -> dict[str, Any]:
+    after = cursor or None
+    try:
+        if after is not None:
+            scheduling.decode_cursor(after)
+    except ValueError:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "invalid cursor") from None
+    rows, next_cursor = await scheduling.page(conn, limit=PAGE_SIZE, cursor=after)
+    return {
+        "rows": rows,
+        "recent": await scheduling.recent_jobs(conn, [row.name for row in rows], RECENT_JOBS_SHOWN),
+        "describe": scheduling.describe,
+        "cursor": after or "",
+        "this_query": query(cursor=after),
+        "next_query": query(cursor=next_cursor) if next_cursor else None,
+    }
+
+
+@router.get("/schedules")
+async def schedules_page(request: Request, cursor: CursorParam = "") -> Response:
+    async with reading() as conn:
+        context = await schedules_context(conn, cursor)
+    return render(request, "schedules.html", {"nav": "schedules", **context})
+
+
+@router.get("/fragments/schedules")
+async def schedules_fragment(request: Request, cursor: CursorParam = "") -> Response:
+    async with reading() as conn:
+        context = await schedules_context(conn, cursor)
+    return render(request, "_schedules.html", context, page=False)
 
 
 async def job_context(conn: AsyncConnection, job_id: UUID) -> dict[str, Any]:

@@ -19,17 +19,21 @@ from uuid import UUID
 import orjson
 from pydantic import BaseModel
 
-from app.errors import IdempotencyConflict
+from app.errors import IdempotencyConflict, LedgerUnavailable
 from app.jobs.context import peek_current
 from app.jobs.validation import check_payload_json
 from app.ledger import jobs as ledger
 from app.ledger.connections import AsyncConnection, SyncConnection
 from app.ledger.jobs import NewJob
 from app.ledger.schema import JobState
+from app.settings import get_settings
 
 # A year: longer delays are almost certainly a unit mistake (ms for s).
 MAX_DELAY_SECONDS = 365 * 24 * 3600
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# Tries of a keyed insert: each lost race (a holder that rolled back, an expired key released)
+# costs one; more than a few means the key is fought over.
+STORE_ATTEMPTS = 5
 
 
 class Enqueueable(Protocol):
@@ -116,28 +120,40 @@ async def store(conn: AsyncConnection, job: NewJob) -> Accepted:
     """Insert the job in the caller's transaction and wake the relay when it commits.
 
     A job whose key is already taken is not inserted: the first job is returned (the same
-    request) or IdempotencyConflict raised (another request).
+    request) or IdempotencyConflict raised (another request). A key whose window
+    (IDEMPOTENCY_KEY_TTL_SECONDS from its first job's creation) has passed is released from
+    that job, and the job is inserted anew.
     """
-    while True:
+    ttl = get_settings().idempotency_key_ttl_seconds
+    for _ in range(STORE_ATTEMPTS):
         if await ledger.insert_async(conn, [job]):
             await ledger.notify_relay_async(conn)
             return Accepted(job.id, job.task, JobState.QUEUED, duplicate=False)
         assert job.idempotency_key is not None  # only a taken key leaves a row out
-        found = _resolved(job, await ledger.key_holder_async(conn, job.idempotency_key, job.client_id))
-        if found is not None:
+        first = await ledger.key_holder_async(conn, job.idempotency_key, job.client_id, ttl)
+        if first is not None and first.expired:
+            await ledger.release_key_async(conn, job.idempotency_key, job.client_id, ttl)
+            continue
+        if (found := _resolved(job, first)) is not None:
             return found
+    raise LedgerUnavailable(f"Idempotency-Key {job.idempotency_key!r} is contended; retry later")
 
 
 def store_sync(conn: SyncConnection, job: NewJob) -> Accepted:
     """`store`, for a sync connection."""
-    while True:
+    ttl = get_settings().idempotency_key_ttl_seconds
+    for _ in range(STORE_ATTEMPTS):
         if ledger.insert(conn, [job]):
             ledger.notify_relay(conn)
             return Accepted(job.id, job.task, JobState.QUEUED, duplicate=False)
         assert job.idempotency_key is not None
-        found = _resolved(job, ledger.key_holder(conn, job.idempotency_key, job.client_id))
-        if found is not None:
+        first = ledger.key_holder(conn, job.idempotency_key, job.client_id, ttl)
+        if first is not None and first.expired:
+            ledger.release_key(conn, job.idempotency_key, job.client_id, ttl)
+            continue
+        if (found := _resolved(job, first)) is not None:
             return found
+    raise LedgerUnavailable(f"Idempotency-Key {job.idempotency_key!r} is contended; retry later")
 
 
 # -- sessions: the caller's transaction, or one of our own -----------------------------------

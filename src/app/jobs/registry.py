@@ -19,6 +19,7 @@ from app.jobs import enqueue as enqueuing
 from app.jobs.backoff import backoff_seconds
 from app.jobs.context import JobContext
 from app.jobs.enqueue import Accepted
+from app.jobs.schedules import Timing, declared
 from app.settings import get_settings
 
 # RabbitMQ declares a priority queue with its highest priority up front; the API takes 0-9.
@@ -81,6 +82,9 @@ class TaskSpec(Generic[P]):
     time_limit_seconds: float | None
     public: bool
     description: str
+    # Declared in code: the relay keeps a schedule of the task's own name with this timing and
+    # the payload model's defaults.
+    schedule: Timing | None = None
 
     def max_attempts(self) -> int:
         return self.retry.resolved_max_attempts()
@@ -157,8 +161,17 @@ def task(
     backoff_max: float | None = None,
     time_limit_seconds: float | None = None,
     public: bool = True,
+    schedule: Timing | str | None = None,
 ) -> Callable[[TaskFn[P]], TaskSpec[P]]:
-    """Register a function as a task named `<module>.<function>`."""
+    """Register a function as a task named `<module>.<function>`.
+
+    `schedule` (`Every(seconds=60)`, `Cron("0 3 * * *", timezone="Europe/Paris")` or a cron
+    string in UTC) makes the relay fire the task on that timing, with the payload model's
+    defaults, which must then validate from `{}`.
+    """
+    timing = None if schedule is None else declared(schedule)
+    if timing is not None:
+        payload.model_validate({})  # fails at import, not at the first tick
 
     def register(fn: TaskFn[P]) -> TaskSpec[P]:
         name = f"{fn.__module__}.{fn.__name__}"
@@ -171,6 +184,7 @@ def task(
             time_limit_seconds=time_limit_seconds,
             public=public,
             description=(fn.__doc__ or "").strip().split("\n")[0],
+            schedule=timing,
         )
         _registry[name] = spec
         return spec
@@ -188,6 +202,11 @@ def public_tasks() -> list[TaskSpec[Any]]:
 
 def all_tasks() -> list[TaskSpec[Any]]:
     return list(_registry.values())
+
+
+def scheduled_tasks() -> list[TaskSpec[Any]]:
+    """The tasks that declare a schedule in code."""
+    return [spec for spec in _registry.values() if spec.schedule is not None]
 
 
 def retry_delay(task_name: str, attempt: int) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -61,17 +62,21 @@ class NewJob:
     request_hash: str | None = None
     client_id: str | None = None  # the API key that made it
     parent_id: UUID | None = None  # the running job that made it, committed with its success
+    # The schedule and tick that made it: one job per (schedule, tick).
+    schedule: str | None = None
+    scheduled_for: datetime | None = None
     id: UUID = field(default_factory=uuid.uuid4)
 
 
 @dataclass(frozen=True, slots=True)
 class KeyHolder:
-    """The job an idempotency key already made."""
+    """The job an idempotency key already made; `expired`: the key's window has passed."""
 
     id: UUID
     task: str
     state: str
     request_hash: str | None
+    expired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +137,16 @@ def _insert_params(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
         "request_hashes": [j.request_hash for j in jobs],
         "client_ids": [j.client_id for j in jobs],
         "parent_ids": [j.parent_id for j in jobs],
+        "schedules": [j.schedule for j in jobs],
+        "scheduled_fors": [j.scheduled_for for j in jobs],
     }
 
 
 def insert(conn: SyncConnection, jobs: Sequence[NewJob]) -> set[UUID]:
-    """Insert jobs; the ids inserted (a job whose idempotency key is taken is left out)."""
+    """Insert jobs; the ids inserted (a job whose idempotency key is taken, or whose schedule
+    tick has its job already, is left out)."""
+    if not jobs:
+        return set()
     outcome = run(conn, queries.INSERT_JOBS, _insert_params(jobs), prepare=True)
     return {row[0] for row in outcome.rows}
 
@@ -154,16 +164,33 @@ def notify_relay(conn: SyncConnection) -> None:
     run(conn, queries.NOTIFY_RELAY)
 
 
-def key_holder(conn: SyncConnection, key: str, client_id: str | None = None) -> KeyHolder | None:
-    rows = run(conn, queries.FIND_BY_IDEMPOTENCY_KEY, {"key": key, "client_id": client_id}).rows
+def key_holder(conn: SyncConnection, key: str, client_id: str | None, ttl_seconds: float) -> KeyHolder | None:
+    params = {"key": key, "client_id": client_id, "ttl": ttl_seconds}
+    rows = run(conn, queries.FIND_BY_IDEMPOTENCY_KEY, params).rows
     return KeyHolder(*rows[0]) if rows else None
 
 
-async def key_holder_async(conn: AsyncConnection, key: str, client_id: str | None = None) -> KeyHolder | None:
-    """The job a client's idempotency key made (an Idempotency-Key belongs to its client)."""
-    params = {"key": key, "client_id": client_id}
+async def key_holder_async(
+    conn: AsyncConnection, key: str, client_id: str | None, ttl_seconds: float
+) -> KeyHolder | None:
+    """The job a client's idempotency key made (an Idempotency-Key belongs to its client), and
+    whether the key's window of `ttl_seconds` has passed."""
+    params = {"key": key, "client_id": client_id, "ttl": ttl_seconds}
     rows = (await run_async(conn, queries.FIND_BY_IDEMPOTENCY_KEY, params)).rows
     return KeyHolder(*rows[0]) if rows else None
+
+
+def release_key(conn: SyncConnection, key: str, client_id: str | None, ttl_seconds: float) -> bool:
+    """Free a client's key whose window has passed; False when its holder is still inside it."""
+    params = {"key": key, "client_id": client_id, "ttl": ttl_seconds}
+    return bool(run(conn, queries.RELEASE_IDEMPOTENCY_KEY, params).rows)
+
+
+async def release_key_async(
+    conn: AsyncConnection, key: str, client_id: str | None, ttl_seconds: float
+) -> bool:
+    params = {"key": key, "client_id": client_id, "ttl": ttl_seconds}
+    return bool((await run_async(conn, queries.RELEASE_IDEMPOTENCY_KEY, params)).rows)
 
 
 # -- the worker -----------------------------------------------------------------------------

@@ -5,20 +5,21 @@
 -- the job's (run, attempt): a worker that lost its lease can no longer change the row.
 
 -- name: insert_jobs
--- New jobs, many per statement (the accept path's group commit) or one (enqueue, a keyed POST).
--- A row whose idempotency key is taken is not inserted: RETURNING leaves it out.
+-- New jobs, many per statement (the accept path's group commit, a relay's ticks) or one (enqueue,
+-- a keyed POST). A row whose idempotency key is taken, or whose schedule tick already has its
+-- job, is not inserted: RETURNING leaves it out.
 INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at,
-                  idempotency_key, request_hash, client_id, parent_id)
+                  idempotency_key, request_hash, client_id, parent_id, schedule, scheduled_for)
 SELECT t.id, t.task, t.queue, CAST(t.payload AS jsonb), 'queued', t.priority, t.max_attempts,
        now() + make_interval(secs => t.delay), t.idempotency_key, t.request_hash, t.client_id,
-       t.parent_id
+       t.parent_id, t.schedule, t.scheduled_for
 FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(queues)s::text[], %(payloads)s::text[],
             %(priorities)s::smallint[], %(max_attempts)s::integer[], %(delays)s::float8[],
             %(idempotency_keys)s::text[], %(request_hashes)s::text[], %(client_ids)s::text[],
-            %(parent_ids)s::uuid[])
+            %(parent_ids)s::uuid[], %(schedules)s::text[], %(scheduled_fors)s::timestamptz[])
      AS t(id, task, queue, payload, priority, max_attempts, delay, idempotency_key, request_hash,
-          client_id, parent_id)
-ON CONFLICT (coalesce(client_id, ''), idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+          client_id, parent_id, schedule, scheduled_for)
+ON CONFLICT DO NOTHING
 RETURNING id
 
 -- name: notify_relay
@@ -26,9 +27,19 @@ RETURNING id
 SELECT pg_notify('conveyor_jobs', '')
 
 -- name: find_by_idempotency_key
--- The job a client's idempotency key already made, and the fingerprint of the request that made it.
-SELECT id, task, state, request_hash FROM jobs
+-- The job a client's idempotency key already made, the fingerprint of the request that made it,
+-- and whether the key's window (%(ttl)s seconds from that job's creation) has passed.
+SELECT id, task, state, request_hash, created_at < now() - make_interval(secs => %(ttl)s) AS expired
+FROM jobs
 WHERE idempotency_key = %(key)s AND coalesce(client_id, '') = coalesce(%(client_id)s::text, '')
+
+-- name: release_idempotency_key
+-- Frees a client's key whose window has passed from the job that holds it: the same key makes
+-- a new job.
+UPDATE jobs SET idempotency_key = NULL
+WHERE idempotency_key = %(key)s AND coalesce(client_id, '') = coalesce(%(client_id)s::text, '')
+  AND created_at < now() - make_interval(secs => %(ttl)s)
+RETURNING id
 
 -- name: claim
 -- Claims due jobs for a worker: queued|retrying → running, attempts+1, a lease; one attempt row each.
@@ -310,3 +321,129 @@ UPDATE api_keys SET revoked_at = now() WHERE name = %(name)s AND revoked_at IS N
 -- name: list_keys
 -- Every key, newest first: names, scopes and use, never a secret or its hash.
 SELECT name, scopes, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at DESC
+
+-- name: database_now
+-- The database's clock: every relay and API process reckons ticks by this one.
+SELECT now()
+
+-- name: insert_schedule
+-- A new schedule; one whose name is taken is not inserted (RETURNING nothing).
+INSERT INTO schedules (name, task, queue, payload, max_attempts, cron, every_seconds, timezone,
+                       source, next_run_at)
+VALUES (%(name)s, %(task)s, %(queue)s, CAST(%(payload)s AS jsonb), %(max_attempts)s, %(cron)s,
+        %(every_seconds)s, %(timezone)s, 'api', %(next_run_at)s)
+ON CONFLICT (name) DO NOTHING
+RETURNING name
+
+-- name: upsert_declared_schedules
+-- The schedules tasks declare in code, written when a relay starts: a new one is added; a changed
+-- one is updated (its next run anew if its timing changed); one an operator made is left alone.
+INSERT INTO schedules (name, task, queue, payload, max_attempts, cron, every_seconds, timezone,
+                       source, next_run_at)
+SELECT t.name, t.task, t.queue, CAST(t.payload AS jsonb), t.max_attempts, t.cron, t.every_seconds,
+       t.timezone, 'code', t.next_run_at
+FROM unnest(%(names)s::text[], %(tasks)s::text[], %(queues)s::text[], %(payloads)s::text[],
+            %(max_attempts)s::integer[], %(crons)s::text[], %(every_seconds)s::integer[],
+            %(timezones)s::text[], %(next_runs)s::timestamptz[])
+     AS t(name, task, queue, payload, max_attempts, cron, every_seconds, timezone, next_run_at)
+ON CONFLICT (name) DO UPDATE SET
+    task = EXCLUDED.task, queue = EXCLUDED.queue, payload = EXCLUDED.payload,
+    max_attempts = EXCLUDED.max_attempts, cron = EXCLUDED.cron,
+    every_seconds = EXCLUDED.every_seconds, timezone = EXCLUDED.timezone, updated_at = now(),
+    next_run_at = CASE
+        WHEN (schedules.cron, schedules.every_seconds, schedules.timezone)
+             IS NOT DISTINCT FROM (EXCLUDED.cron, EXCLUDED.every_seconds, EXCLUDED.timezone)
+        THEN schedules.next_run_at ELSE EXCLUDED.next_run_at END
+WHERE schedules.source = 'code'
+  AND (schedules.task, schedules.queue, schedules.payload, schedules.max_attempts, schedules.cron,
+       schedules.every_seconds, schedules.timezone)
+      IS DISTINCT FROM (EXCLUDED.task, EXCLUDED.queue, EXCLUDED.payload, EXCLUDED.max_attempts,
+                        EXCLUDED.cron, EXCLUDED.every_seconds, EXCLUDED.timezone)
+RETURNING name
+
+-- name: take_due_schedules
+-- Locks due schedules that are not paused, for one relay (SKIP LOCKED: another relay takes
+-- others), with the database's clock.
+SELECT name, task, queue, payload::text, max_attempts, cron, every_seconds, timezone, next_run_at,
+       now()
+FROM schedules WHERE NOT paused AND next_run_at <= now()
+ORDER BY next_run_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: advance_schedules
+-- Fired: each schedule's next run, and the tick it fired last (kept when it fired none).
+UPDATE schedules s SET next_run_at = t.next_run_at, last_run_at = coalesce(t.last_run_at, s.last_run_at)
+FROM unnest(%(names)s::text[], %(next_runs)s::timestamptz[], %(last_runs)s::timestamptz[])
+     AS t(name, next_run_at, last_run_at)
+WHERE s.name = t.name
+
+-- name: seconds_until_next_tick
+-- How long until the next tick of a schedule that is not paused (negative: one is due; NULL: none).
+SELECT extract(epoch FROM min(next_run_at) - now()) FROM schedules WHERE NOT paused
+
+-- name: pause_schedule
+-- A paused schedule fires nothing until it is resumed.
+UPDATE schedules SET paused = true, updated_at = now() WHERE name = %(name)s
+RETURNING name
+
+-- name: resume_schedule
+-- Paused → firing again from its next tick after now: the ticks it missed while paused never fire.
+UPDATE schedules SET next_run_at = CASE WHEN paused THEN %(next_run_at)s ELSE next_run_at END,
+       paused = false, updated_at = now()
+WHERE name = %(name)s
+RETURNING name
+
+-- name: delete_schedule
+-- A deleted schedule stops; the jobs it made stay, with its name.
+DELETE FROM schedules WHERE name = %(name)s
+RETURNING name
+
+-- name: prune_jobs
+-- Deletes up to %(limit)s jobs of one finished state whose finished_at is older than its
+-- retention, oldest first, with their attempts and artifacts (ON DELETE CASCADE); never an
+-- unfinished job. With %(record_stale)s, a pruned dead job's copy in <queue>.XQ is recorded as
+-- stale for the relay's clean-up pass. The ids go to the DELETE as an array, so each row is
+-- found by its primary key (a join could hash the whole table).
+WITH pruned AS (
+    DELETE FROM jobs WHERE id = ANY(ARRAY(
+        SELECT id FROM jobs
+        WHERE state = %(state)s AND state IN ('succeeded', 'dead', 'cancelled')
+          AND finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => %(retain)s)
+        ORDER BY finished_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING id, state, queue, run, published_at
+), stale AS (
+    INSERT INTO stale_dead_letters (queue, job_id, run)
+    SELECT queue, id, run FROM pruned
+    WHERE %(record_stale)s AND state = 'dead' AND published_at IS NOT NULL
+)
+SELECT count(*) FROM pruned
+
+-- name: count_prunable
+-- How many jobs of one finished state are past their retention (what a pass would delete).
+SELECT count(*) FROM jobs
+WHERE state = %(state)s AND finished_at IS NOT NULL
+  AND finished_at < now() - make_interval(secs => %(retain)s)
+
+-- name: release_expired_idempotency_keys
+-- Frees up to %(limit)s idempotency keys whose window has passed, oldest first (ids as an array:
+-- each row found by its primary key).
+UPDATE jobs SET idempotency_key = NULL
+WHERE id = ANY(ARRAY(
+    SELECT id FROM jobs
+    WHERE idempotency_key IS NOT NULL AND created_at < now() - make_interval(secs => %(ttl)s)
+    ORDER BY created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+))
+
+-- name: prune_workers
+-- Forgets workers whose last heartbeat is older than %(retain)s seconds (stopped or silent).
+DELETE FROM workers WHERE last_seen < now() - make_interval(secs => %(retain)s)
+
+-- name: prune_relays
+-- Forgets relays whose last heartbeat is older than %(retain)s seconds (stopped or silent).
+DELETE FROM relays WHERE last_seen < now() - make_interval(secs => %(retain)s)

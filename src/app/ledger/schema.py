@@ -6,6 +6,8 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -69,6 +71,9 @@ jobs = Table(
     Column("client_id", Text),
     # The job whose run made this one (a child job, committed with the parent's success).
     Column("parent_id", UUID(as_uuid=True)),
+    # The schedule that made the job and the tick it was made for (NULL: not scheduled).
+    Column("schedule", Text),
+    Column("scheduled_for", DateTime(timezone=True)),
     Index("ix_jobs_created", "created_at", "id"),
     Index("ix_jobs_state_created", "state", "created_at", "id"),
     Index("ix_jobs_task_created", "task", "created_at", "id"),
@@ -98,6 +103,50 @@ jobs = Table(
         "id",
         postgresql_where=text("client_id IS NOT NULL"),
     ),
+    # One job per (schedule, tick): any number of relays may fire a tick, one insert wins.
+    Index(
+        "ux_jobs_schedule_tick",
+        "schedule",
+        "scheduled_for",
+        unique=True,
+        postgresql_where=text("schedule IS NOT NULL"),
+    ),
+    Index(
+        "ix_jobs_schedule_created",
+        "schedule",
+        "created_at",
+        "id",
+        postgresql_where=text("schedule IS NOT NULL"),
+    ),
+    # Pruning: one state's finished jobs, oldest first.
+    Index("ix_jobs_prune", "state", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
+    # Releasing idempotency keys whose window has passed, oldest first.
+    Index("ix_jobs_idempotency_created", "created_at", postgresql_where=text("idempotency_key IS NOT NULL")),
+)
+
+# A task fired on a timing. `next_run_at` is always a tick of its timing; `last_run_at` the
+# tick it fired last. `source`: made through the API/CLI, or declared by a task in code.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("task", Text, nullable=False),
+    Column("queue", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("cron", Text),
+    Column("every_seconds", Integer),
+    Column("timezone", Text, nullable=False, server_default="UTC"),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("source", Text, nullable=False, server_default="api"),
+    Column("next_run_at", DateTime(timezone=True), nullable=False),
+    Column("last_run_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint("(cron IS NULL) <> (every_seconds IS NULL)", name="ck_schedules_one_timing"),
+    CheckConstraint("every_seconds IS NULL OR every_seconds >= 1", name="ck_schedules_every"),
+    CheckConstraint("source IN ('api', 'code')", name="ck_schedules_source"),
+    Index("ix_schedules_due", "next_run_at", postgresql_where=text("NOT paused")),
 )
 
 job_attempts = Table(

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, and_, select, text, tuple_
+from sqlalchemy import Row, Select, and_, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.errors import JobNotFound
@@ -35,6 +35,8 @@ JOB_COLUMNS = [
     jobs.c.lease_expires_at,
     jobs.c.client_id,
     jobs.c.parent_id,
+    jobs.c.schedule,
+    jobs.c.scheduled_for,
 ]
 # A reader limited to the jobs one client (API key) created passes its key id as `client_id`;
 # another client's job is then not found, never forbidden: its existence is not revealed.
@@ -72,16 +74,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
     return datetime.fromisoformat(created), UUID(job_id)
 
 
-async def page(
-    conn: AsyncConnection,
+def page_query(
     *,
     state: str | None = None,
     task: str | None = None,
+    schedule: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
     client_id: str | None = ANY_CLIENT,
-) -> tuple[list[Row[Any]], str | None]:
-    """Jobs newest first; keyset paging, so every page costs the same with any ledger size."""
+) -> Select[Any]:
+    """One page of jobs newest first, one more row than `limit` (is there a next page?)."""
     conditions = []
     if client_id is not None:
         conditions.append(jobs.c.client_id == client_id)
@@ -89,14 +91,32 @@ async def page(
         conditions.append(jobs.c.state == state)
     if task is not None:
         conditions.append(jobs.c.task == task)
+    if schedule is not None:
+        conditions.append(jobs.c.schedule == schedule)
     if cursor is not None:
         created_at, job_id = decode_cursor(cursor)
         conditions.append(tuple_(jobs.c.created_at, jobs.c.id) < tuple_(created_at, job_id))
-    query = (
+    return (
         select(*JOB_COLUMNS)
         .where(and_(True, *conditions))
         .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
         .limit(limit + 1)
+    )
+
+
+async def page(
+    conn: AsyncConnection,
+    *,
+    state: str | None = None,
+    task: str | None = None,
+    schedule: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+    client_id: str | None = ANY_CLIENT,
+) -> tuple[list[Row[Any]], str | None]:
+    """Jobs newest first; keyset paging, so every page costs the same with any ledger size."""
+    query = page_query(
+        state=state, task=task, schedule=schedule, limit=limit, cursor=cursor, client_id=client_id
     )
     rows = list((await conn.execute(query)).all())
     next_cursor = None

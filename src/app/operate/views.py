@@ -34,6 +34,8 @@ class JobView(BaseModel):
     worker_id: str | None
     client_id: str | None = None  # the id of the API key that made the job
     parent_id: UUID | None = None  # the job whose run made this one
+    schedule: str | None
+    scheduled_for: datetime | None
 
 
 class AttemptView(BaseModel):
@@ -70,6 +72,8 @@ def job_view(row: Row[Any]) -> JobView:
         worker_id=row.worker_id,
         client_id=row.client_id,
         parent_id=row.parent_id,
+        schedule=row.schedule,
+        scheduled_for=row.scheduled_for,
     )
 
 

@@ -22,3 +22,12 @@ STALE_COPIES_REMOVED = Counter(
     "conveyor_relay_stale_dead_letters_removed_total",
     "Stale copies of replayed or discarded dead runs taken out of <queue>.XQ",
 )
+PRUNED = Counter(
+    "conveyor_pruned_jobs_total",
+    "Finished jobs deleted past their state's retention (with their attempts and artifacts), by state",
+    ["state"],
+)
+SCHEDULED_JOBS = Counter(
+    "conveyor_schedule_jobs_total",
+    "Jobs the relay made for schedule ticks (one per tick, whichever relay fired it)",
+)

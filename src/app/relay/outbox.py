@@ -4,7 +4,9 @@ It is woken by NOTIFY right after a job commits and also sweeps on a timer, so a
 outage delays jobs but never loses them. Rows are taken FOR UPDATE SKIP LOCKED, so any
 number of relays may run. The sweep also hands back jobs whose lease expired (their worker
 crashed or stalled), puts the copies of dead jobs in `<queue>.XQ`, and removes the copies
-of dead runs an operator replayed or discarded. A heartbeat row says the relay is alive.
+of dead runs an operator replayed or discarded. Two threads of the relay work beside it: one
+fires the schedules whose tick has come (`relay.schedules`), one prunes what retention lets
+go (`relay.pruning`). A heartbeat row says the relay is alive.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from app.ledger.schema import NOTIFY_CHANNEL
 from app.logs import Outage, get_logger
 from app.relay import deadletters, metrics
 from app.relay.messages import doorbell
+from app.relay.pruning import Pruner
 from app.relay.publisher import BatchPublisher
+from app.relay.schedules import Ticker
 from app.settings import Settings, get_settings
 
 log = get_logger("conveyor.relay")
@@ -51,6 +55,9 @@ class Relay:
         self._last = {"rearm": 0.0, "clean": 0.0, "beat": 0.0, "sweep": 0.0}
         self._database = Outage(log, "database")
         self._broker = Outage(log, "broker")
+        # The relay's threads share its outage lines: one warning when the database goes away.
+        self.ticker = Ticker(self.settings, outage=self._database)
+        self.pruner = Pruner(self.settings, outage=self._database)
 
     def publish_due(self) -> int:
         """Publish one batch of due jobs; the rows stay locked until the broker took them."""
@@ -138,6 +145,8 @@ class Relay:
     def run(self, stop: threading.Event) -> None:
         """Publish until `stop` is set, surviving database and broker outages."""
         log.info("relay started", relay_id=self.relay_id, batch_size=self.settings.relay_batch_size)
+        self.ticker.start(stop)
+        self.pruner.start(stop)
         listener: psycopg.Connection[tuple[object, ...]] | None = None
         pause = 0.2
         while not stop.is_set():
@@ -162,8 +171,16 @@ class Relay:
                 pause = min(pause * 2, 5.0)
         _close(listener)
         self.publisher.close()
+        self.ticker.join()
+        self.pruner.join()
         self._stopped()
-        log.info("relay stopped", relay_id=self.relay_id, published=self.published, reaped=self.reaped)
+        log.info(
+            "relay stopped",
+            relay_id=self.relay_id,
+            published=self.published,
+            reaped=self.reaped,
+            scheduled=self.ticker.fired,
+        )
 
     def _stopped(self) -> None:
         try:
