@@ -149,3 +149,21 @@ def test_a_worker_dying_after_the_effect_repeats_only_the_effect_outside_the_tra
     assert jobs[inside]["attempts"] == jobs[outside]["attempts"] == 2
     assert ledger.effects()[inside] == 1, "the crashed attempt's effect rolled back with it"
     assert ledger.effects("side_effect")[outside] == 2, "the crashed attempt's side effect stayed"
+
+
+def test_a_stop_signal_that_arrives_twice_at_once_still_lets_running_jobs_finish(conveyor: Conveyor) -> None:
+    # Ctrl-C, `kill -TERM -<pgid>` and systemd signal the whole process group: the worker process
+    # gets the signal, and Dramatiq's main process forwards another copy to it.
+    ledger = conveyor.ledger
+    worker = conveyor.workers.start(threads=2)
+    ids = post_many(conveyor.base_url, EFFECT_TASK, [{"sleep_seconds": 2}] * 2)
+    ledger.wait_until(lambda: ledger.running(ids) == 2, timeout=30, what="both jobs running")
+    worker.signal_group(signal.SIGTERM)
+    time.sleep(0.3)
+    worker.signal_group(signal.SIGTERM)
+    assert worker.popen is not None
+    assert worker.popen.wait(timeout=20) == 0, worker.log()[-3000:]
+
+    assert {job["state"] for job in ledger.jobs(ids).values()} == {"succeeded"}, "finished, not killed"
+    assert ledger.effects() == Counter(dict.fromkeys(ids, 1))
+    assert "a repeated stop signal is the same stop" in worker.log()

@@ -28,6 +28,7 @@ from dramatiq.worker import Worker
 from app.execution import metrics, outcomes
 from app.execution.consumer import AHEAD_HORIZON_SECONDS, Slots, job_id_of
 from app.execution.heartbeat import Heartbeat
+from app.execution.shutdown import tolerate_repeated_stop_signals
 from app.execution.writes import LedgerWrites
 from app.jobs.context import JobContext, peek_current, set_current
 from app.ledger.jobs import Claim, Doorbell
@@ -60,6 +61,8 @@ class LedgerMiddleware(Middleware):
     def after_process_boot(self, broker: Broker) -> None:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.writes.worker_id = self.worker_id
+        if threading.current_thread() is threading.main_thread():
+            tolerate_repeated_stop_signals()
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         # Claimed messages are acknowledged at once (see `consumer`), so the prefetch is what a
