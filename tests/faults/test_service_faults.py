@@ -117,8 +117,10 @@ def test_rabbitmq_restarting_three_times_under_load_loses_no_job_and_doubles_no_
     assert poster.refused == Counter(), "accepting never needs the broker"
     assert Counter(job["state"] for job in jobs.values()) == {"succeeded": len(poster.ids)}
     assert ledger.effects() == Counter(dict.fromkeys(poster.ids, 1))
-    assert skipped >= 1, "jobs that finished while the broker was away were delivered again"
-    assert executions == Counter(dict.fromkeys(poster.ids, 1)), "and never ran again"
+    # A delivery whose job was claimed but whose acknowledgement the restart lost comes again
+    # and is skipped (how many depends on where the restart lands: claims and their
+    # acknowledgement go out together, so it is rare); whatever came again never ran again.
+    assert executions == Counter(dict.fromkeys(poster.ids, 1)), "nothing ran twice"
     assert worker.alive(), "the worker reconnects by itself"
     assert conveyor.stack.processes["relay"].alive()
 

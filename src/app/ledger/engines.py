@@ -38,6 +38,9 @@ def sync_engine(url: str | None = None) -> Engine:
                     pool_size=settings.db_pool_size,
                     max_overflow=settings.db_pool_size,
                     pool_recycle=1800,
+                    # After PostgreSQL restarts, a pooled connection is dead: pinged first, it is
+                    # replaced, instead of failing a task's transaction or an operator's command.
+                    pool_pre_ping=True,
                 )
     return _sync[url]
 

@@ -179,9 +179,12 @@ def _ensure_table() -> None:
         if _table_ready:
             return
         with sync_engine().begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK_KEY})
-            conn.execute(CREATE_EFFECTS)
-            conn.execute(INDEX_EFFECTS)
+            # Looked up without a lock first: a worker frozen (SIGSTOP) inside this transaction
+            # would otherwise hold the lock, and every other worker's first effect would wait.
+            if conn.execute(text("SELECT to_regclass('diagnostic_effects') IS NULL")).scalar_one():
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK_KEY})
+                conn.execute(CREATE_EFFECTS)
+                conn.execute(INDEX_EFFECTS)
         _table_ready = True
 
 
