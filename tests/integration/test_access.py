@@ -280,3 +280,40 @@ def test_keys_create_prints_the_key_last_and_list_never_shows_it(clean_ledger: I
     assert runner.invoke(cli, ["keys", "create", "x", "--scopes", "everything"]).exit_code == 2
     assert runner.invoke(cli, ["keys", "revoke", "ci-robot"]).exit_code == 0
     assert runner.invoke(cli, ["keys", "revoke", "ci-robot"]).exit_code == 1, "already revoked"
+
+
+async def test_concurrent_requests_with_a_key_not_yet_remembered_look_it_up_once(clean_ledger: Infra) -> None:
+    """50 requests of one client at once, cold cache: one read of the key and one write of its
+    last use, not 50 (which queued on the key row's lock each time the entry expired)."""
+    from contextlib import asynccontextmanager
+
+    from app.access.keys import Verifier
+    from app.api.deps import reading
+    from app.errors import Unauthenticated
+
+    key = make_key(["enqueue"])
+    opened = 0
+
+    @asynccontextmanager
+    async def counting() -> AsyncIterator[Any]:
+        nonlocal opened
+        opened += 1
+        async with reading() as conn:
+            await asyncio.sleep(0.05)  # a slow ledger: the others arrive while it is read
+            yield conn
+
+    verifier = Verifier(ttl=60)
+    clients = await asyncio.gather(*(verifier.verify(key, counting) for _ in range(50)))
+    assert opened == 1
+    assert {client.key_id for client in clients} == {clients[0].key_id}
+
+    # A failed lookup is shared by the requests that waited for it, and not remembered.
+    forged = key[:-4] + ("aaaa" if not key.endswith("aaaa") else "bbbb")
+    failures = await asyncio.gather(
+        *(verifier.verify(forged, counting) for _ in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(failure, Unauthenticated) for failure in failures), failures
+    assert opened == 2
+    with pytest.raises(Unauthenticated):
+        await verifier.verify(forged, counting)
+    assert opened == 3

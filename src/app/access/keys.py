@@ -12,12 +12,13 @@ dictionary lookup on the hot path, and a revocation reaches every process within
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -97,11 +98,18 @@ def revoke(conn: SyncConnection, name: str) -> None:
 
 
 class Verifier:
-    """Verifies keys against the ledger and remembers the good ones briefly (one per API process)."""
+    """Verifies keys against the ledger and remembers the good ones briefly (one per API process).
+
+    A key that is not remembered (first use, or its entry expired) is looked up once: the
+    requests that arrive meanwhile wait for that lookup instead of each reading the key and
+    writing its `last_used_at`, which under load made every request of a busy client queue
+    on the same row's lock each time the entry expired.
+    """
 
     def __init__(self, ttl: float | None = None) -> None:
         self.ttl = get_settings().keys_cache_seconds if ttl is None else ttl
         self._known: dict[str, tuple[float, Client]] = {}
+        self._looking: dict[str, asyncio.Future[Client]] = {}
 
     async def verify(self, token: str, conn_factory: Any) -> Client:
         """The client a token names; raises Unauthenticated for a bad, unknown or revoked key.
@@ -114,29 +122,57 @@ class Verifier:
             raise Unauthenticated("malformed API key")
         key_id, secret = match.groups()
         digest = _digest(secret)
-        cached = self._known.get(key_id + digest)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        async with conn_factory() as conn:
-            client = await self._look_up(conn, key_id, digest)
-        self._known[key_id + digest] = (now + self.ttl, client)
-        if len(self._known) > 10_000:  # unbounded tokens must not grow memory
-            self._known = {k: v for k, v in self._known.items() if v[0] > now}
-        return client
+
+        async def look_up() -> Client:
+            async with conn_factory() as conn:
+                return await self._look_up(conn, key_id, digest)
+
+        return await self._remembered(key_id + digest, look_up)
 
     async def client_by_id(self, key_id: str, conn_factory: Any) -> Client:
         """The client of a key id (a dashboard session), if the key is still live."""
-        cached = self._known.get("id:" + key_id)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
+
+        async def look_up() -> Client:
+            async with conn_factory() as conn:
+                found = await stored.find_async(conn, key_id)
+            if found is None or found.revoked:
+                raise Unauthenticated("the key of this session is unknown or revoked")
+            return Client(found.id, found.name, frozenset(Scope(s) for s in found.scopes))
+
+        return await self._remembered("id:" + key_id, look_up)
+
+    async def _remembered(self, entry: str, look_up: Callable[[], Awaitable[Client]]) -> Client:
+        """The remembered client of `entry`, or the one lookup that is under way, or a new one."""
+        cached = self._known.get(entry)
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        async with conn_factory() as conn:
-            found = await stored.find_async(conn, key_id)
-        if found is None or found.revoked:
-            raise Unauthenticated("the key of this session is unknown or revoked")
-        client = Client(found.id, found.name, frozenset(Scope(s) for s in found.scopes))
-        self._known["id:" + key_id] = (now + self.ttl, client)
+        pending = self._looking.get(entry)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this request was cancelled, not the lookup it waited for
+                # the request that looked it up went away: look it up here
+        future: asyncio.Future[Client] = asyncio.get_running_loop().create_future()
+        self._looking[entry] = future
+        try:
+            client = await look_up()
+        except Exception as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waited
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            if self._looking.get(entry) is future:
+                del self._looking[entry]
+        future.set_result(client)
+        now = time.monotonic()
+        self._known[entry] = (now + self.ttl, client)
+        if len(self._known) > 10_000:  # unbounded tokens must not grow memory
+            self._known = {k: v for k, v in self._known.items() if v[0] > now}
         return client
 
     @staticmethod
