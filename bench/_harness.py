@@ -446,6 +446,14 @@ def pg_counters(database: str) -> dict[str, int]:
     return dict(zip(names, (int(v) for v in row or (0,) * 6), strict=True))
 
 
+def wal_bytes() -> int:
+    """The WAL the whole server has written so far (pg_stat_wal): read before and after a run."""
+    with pg_connect(PG_ADMIN) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute("SELECT wal_bytes FROM pg_stat_wal").fetchone()
+    return int(row[0]) if row else 0
+
+
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"

@@ -15,6 +15,8 @@ port of its own; wrk (one thread, from another process) drives it with the same 
 - conveyor: `conveyor api` on a scratch database (conveyor_bench) with `conveyor relay`
   running beside it, publishing what the API accepts, as it is deployed.
 - conveyor-no-relay: the API alone (a diagnostic: the accept path without the relay's load).
+- conveyor-open: `conveyor api` with the key check taken out of the accept route (a bench-only
+  peer, peers/conveyor_open.py), relay running: beside `conveyor`, what access costs.
 
 After its run, Conveyor's API also gets --rejected (200) bodies of --rejected-mb (50) MB,
 half with Content-Length, half chunked, and its RSS is read before and after.
@@ -71,7 +73,8 @@ from _harness import (
 from _profile import API_MARKERS, Recorder, report
 
 DATABASE = "conveyor_bench"
-SYSTEMS = ("bare", "celery", "celery-async", "conveyor", "conveyor-no-relay")
+SYSTEMS = ("bare", "celery", "celery-async", "conveyor", "conveyor-open", "conveyor-no-relay")
+DEFAULT_SYSTEMS = ("bare", "celery", "celery-async", "conveyor", "conveyor-open")
 WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"
 BODY = json.dumps({"task": ECHO_TASK, "payload": ECHO_PAYLOAD})
 
@@ -329,8 +332,8 @@ def run_celery(opts: Options, system: str) -> AcceptResult:
         return result
 
 
-def run_conveyor(opts: Options, relay: bool) -> AcceptResult:
-    system = "conveyor" if relay else "conveyor-no-relay"
+def run_conveyor(opts: Options, system: str) -> AcceptResult:
+    relay = system != "conveyor-no-relay"
     out = work_dir(f"accept-{system}")
     port = free_port()
     with scratch_vhost("conveyor_bench", opts.keep) as broker, processes() as procs:
@@ -347,10 +350,12 @@ def run_conveyor(opts: Options, relay: bool) -> AcceptResult:
             os.environ["BENCH_KEY"] = make_key(env)
             relay_proc = procs.start("relay", [CONVEYOR, "relay"], env, out) if relay else None
             argv = [CONVEYOR, "api", "--host", "127.0.0.1", "--port", str(port)]
+            if system == "conveyor-open":
+                argv = uvicorn_argv("peers.conveyor_open:app", port) + QUIET
             server = procs.start("api", argv, env, out)
             result = measure(system, server, port, opts, out, db=True, relay=relay_proc)
             result.stored = f"{result.accepted:,} answers 202 counted by wrk -> {_ledger_rows()}"
-            if relay and opts.rejected:
+            if system == "conveyor" and opts.rejected:
                 result.rejected = rejected_bodies(server, port, opts.rejected, opts.rejected_mb)
             return result
         finally:
@@ -387,7 +392,7 @@ def run(system: str, opts: Options) -> AcceptResult:
         return run_bare(opts)
     if system.startswith("celery"):
         return run_celery(opts, system)
-    return run_conveyor(opts, relay=system == "conveyor")
+    return run_conveyor(opts, system)
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -481,13 +486,21 @@ def _ratios(conveyor: AcceptResult, by: dict[str, AcceptResult]) -> list[str]:
             return ""
         return f"; by 1-core ceiling {conveyor.ceiling / other.ceiling:.2f}x"
 
-    return [
+    lines = [
         f"- vs FastAPI + Celery .delay(): {verdict(ratio('celery'), 2.0)}{cpu_ratio('celery')}",
         f"- vs the same, async def: {verdict(ratio('celery-async'), 2.0)}{cpu_ratio('celery-async')}",
         f"- vs bare FastAPI 202: {verdict(ratio('bare'), 0.5)}{cpu_ratio('bare')}",
         f"- vs the reference numbers in DESIGN.md: {conveyor.rate / 670:.2f}x Celery's ~670 req/s,"
         f" {conveyor.rate / 3800:.2f}x bare's ~3.8k req/s",
     ]
+    open_ = by.get("conveyor-open")
+    if open_ and open_.rate and open_.server_ms:
+        rate, cpu = conveyor.rate / open_.rate, conveyor.server_ms - open_.server_ms
+        lines.append(
+            "- what access costs (with a key vs conveyor-open, no key check):"
+            f" {rate:.2f}x the rate, {cpu:+.3f} ms of API CPU per request"
+        )
+    return lines
 
 
 def parse(argv: list[str] | None = None) -> tuple[list[str], Options, Path | None]:
@@ -495,7 +508,7 @@ def parse(argv: list[str] | None = None) -> tuple[list[str], Options, Path | Non
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--systems", default=",".join(SYSTEMS), help=f"comma-separated, of {', '.join(SYSTEMS)}"
+        "--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated, of {', '.join(SYSTEMS)}"
     )
     parser.add_argument("--duration", type=int, default=20, help="seconds of measured load (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up load (default 3)")

@@ -65,6 +65,7 @@ from _harness import (
     table,
     verdict,
     wait_until,
+    wal_bytes,
     work_dir,
 )
 from _profile import RELAY_MARKERS, WORKER_MARKERS, Recorder, report
@@ -100,6 +101,11 @@ class DrainResult:
         return self.jobs / self.seconds if self.seconds > 0 else 0.0
 
     @property
+    def rate_with_start_up(self) -> float:
+        """Jobs/s from the worker's launch: boot, imports and connections included."""
+        return self.jobs / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
     def ceiling(self) -> float:
         """Jobs/s if the worker had one core to itself: its GIL lets it use no more."""
         return 1000.0 / self.worker_cpu_ms if self.worker_cpu_ms > 0 else 0.0
@@ -112,6 +118,7 @@ class Options:
     timeout: float
     keep: bool
     profile: bool
+    processes: int = 1  # conveyor's worker processes (the peers always run one)
 
 
 # -- shared steps ------------------------------------------------------------------------------
@@ -265,7 +272,8 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
 
             load_before = load_average()
             counters = pg_counters(DATABASE)
-            argv = [CONVEYOR, "worker", "--processes", "1", "--threads", str(opts.threads)]
+            wal_before = wal_bytes()
+            argv = [CONVEYOR, "worker", "--processes", str(opts.processes), "--threads", str(opts.threads)]
             started = time.monotonic()
             worker = procs.start("worker", argv, env, out)
             window: Window | None = None
@@ -296,6 +304,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             load_after = load_average()
             span = poll.one("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs")
             seconds = float(span[0])
+            wal = wal_bytes() - wal_before
         # Backends flush their statistics when they exit: stop the worker before reading them.
         worker.stop()
         after = pg_counters(DATABASE)
@@ -308,6 +317,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             "rows updated per job": after["tup_updated"] - counters["tup_updated"],
         }
         per_job = {k: v / opts.jobs for k, v in ledger.items()}
+        per_job["WAL bytes per job"] = wal / opts.jobs  # the whole server's WAL: a quiet machine's
         return DrainResult(
             system=system,
             jobs=opts.jobs,
@@ -321,7 +331,12 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             broker_cpu_ms=broker_ms,
             load_before=load_before,
             load_after=load_after,
-            extra={"relay publish jobs/s": relay_rate, "duplicate messages": depth - opts.jobs, **per_job},
+            extra={
+                "relay publish jobs/s": relay_rate,
+                "duplicate messages": depth - opts.jobs,
+                "commits/s": ledger["transactions per job"] / seconds,
+                **per_job,
+            },
             pg_waits=pg_waits,
             profile=profile + relay_profile,
         )
@@ -429,6 +444,7 @@ def render(results: list[DrainResult], opts: Options) -> str:
         "jobs",
         "drain s",
         "jobs/s",
+        "jobs/s from launch",
         "worker CPU ms/job",
         "1-core ceiling jobs/s",
         "PG CPU ms/job",
@@ -443,6 +459,7 @@ def render(results: list[DrainResult], opts: Options) -> str:
             r.jobs,
             r.seconds,
             r.rate,
+            r.rate_with_start_up,
             r.worker_cpu_ms,
             r.ceiling,
             r.db_cpu_ms,
@@ -454,7 +471,7 @@ def render(results: list[DrainResult], opts: Options) -> str:
         for r in results
     ]
     lines = [
-        f"## Drain: one worker process, {opts.jobs:,} jobs, {opts.threads} threads",
+        f"## Drain: {_workers(opts)}, {opts.jobs:,} jobs, {opts.threads} threads",
         "",
         f"Machine: {machine()}. Source: {source_version()}.",
         "",
@@ -464,6 +481,8 @@ def render(results: list[DrainResult], opts: Options) -> str:
         "The 1-core ceiling is 1000 / worker CPU ms per job: the rate the worker reaches when it has",
         "a core to itself (one Python process cannot use more). It is much less sensitive to",
         "the machine's load than jobs/s, so compare ceilings when the load average is high.",
+        "Jobs/s from launch counts from the worker's start (imports, connections, first delivery)",
+        "to its last job: the rate the issue's first table used.",
     ]
     conveyor = by.get("conveyor")
     if conveyor:
@@ -487,6 +506,12 @@ def render(results: list[DrainResult], opts: Options) -> str:
             ]
             lines += [f"- {k}: {v:.2f}" for k, v in r.pg_waits.items() if v >= 0.005]
     return "\n".join(lines) + "\n"
+
+
+def _workers(opts: Options) -> str:
+    if opts.processes == 1:
+        return "one worker process"
+    return f"{opts.processes} Conveyor worker processes (the peers: one)"
 
 
 def _ratios(conveyor: DrainResult, by: dict[str, DrainResult]) -> list[str]:
@@ -522,6 +547,9 @@ def parse(argv: list[str] | None = None) -> tuple[list[str], Options, Path | Non
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs to drain (default 10000)")
     parser.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
     parser.add_argument(
+        "--processes", type=int, default=1, help="conveyor's worker processes (default 1; peers run one)"
+    )
+    parser.add_argument(
         "--systems", default=DEFAULT_SYSTEMS, help=f"comma-separated, of {', '.join(SYSTEMS)}"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per step (default 300)")
@@ -533,7 +561,7 @@ def parse(argv: list[str] | None = None) -> tuple[list[str], Options, Path | Non
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
-    opts = Options(args.jobs, args.threads, args.timeout, args.keep, args.profile)
+    opts = Options(args.jobs, args.threads, args.timeout, args.keep, args.profile, args.processes)
     return systems, opts, args.json
 
 
