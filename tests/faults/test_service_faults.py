@@ -203,3 +203,20 @@ def test_postgresql_restarting_under_load_loses_no_accepted_job(
     assert worker.alive(), "the worker reconnects by itself"
     assert conveyor.stack.processes["relay"].alive()
     assert conveyor.stack.processes["api"].alive()
+
+
+@pytest.mark.skipif(not outages.postgres_restart_allowed(), reason="pg_ctlcluster is not available")
+def test_the_first_posts_after_postgresql_restarted_are_accepted_not_refused(conveyor: Conveyor) -> None:
+    """The intake's pooled connections died with the server while the API was idle; the pool
+    must notice before lending one (the server's goodbye is waiting on the socket), so the
+    first requests after the restart get 202, not a 503 from a stale connection."""
+    job = {"task": EFFECT_TASK, "payload": {"sleep_seconds": 0}}
+    with httpx.Client(base_url=conveyor.base_url, headers=auth(), timeout=10) as client:
+        warm = [client.post("/api/v1/jobs", json=job) for _ in range(5)]  # the pool holds connections now
+        assert [r.status_code for r in warm] == [202] * 5
+        try:
+            outages.restart_postgres()
+        finally:
+            outages.wait_postgres()
+        first = [client.post("/api/v1/jobs", json=job) for _ in range(5)]
+    assert [r.status_code for r in first] == [202] * 5, [r.text for r in first]

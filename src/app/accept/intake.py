@@ -21,6 +21,7 @@ every due row when it wakes, and it sweeps on a timer as well.
 from __future__ import annotations
 
 import asyncio
+import select
 from collections.abc import Coroutine
 from typing import Any
 from uuid import UUID
@@ -44,6 +45,22 @@ UNAVAILABLE = "the job ledger is unavailable; nothing was stored, retry later"
 UNAVAILABLE_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 
 
+async def check_if_stirred(conn: AsyncConnection[Any]) -> None:
+    """The pool's check before it lends a connection: a ping only when the socket has stirred.
+
+    An idle autocommit connection that listens to nothing hears from the server only when the
+    server ends it (a restart, a terminated backend: PostgreSQL says so before it closes the
+    socket). A readable socket is that news, read without a round trip; then the ping (which
+    raises, and the pool takes another connection). Pinging every lend cost each batch a
+    round trip: 8% of the API's CPU at 200 requests/s, when every request is its own batch.
+    """
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 class Intake:
     """Writes accepted jobs in batches; `submit` returns once the job is committed."""
 
@@ -59,7 +76,7 @@ class Intake:
             max_size=concurrency + 1,  # one more for the NOTIFY
             kwargs={"autocommit": True, **api_connect_args()},
             open=False,
-            check=AsyncConnectionPool.check_connection,
+            check=check_if_stirred,
             timeout=settings.db_timeout_seconds,
         )
         self._opened = False
