@@ -165,7 +165,16 @@ def start_stack(procs: Procs, env: dict[str, str], out: Path, port: int) -> list
 def start_worker(procs: Procs, env: dict[str, str], out: Path, port: int, threads: int, api: Proc) -> Proc:
     argv = [CONVEYOR, "worker", "--processes", "1", "--threads", str(threads)]
     worker = procs.start("worker", argv, env, out)
-    wait_health(api, port, "ready")  # ready: a live worker holds a heartbeat
+    with Query(libpq_url(DATABASE)) as query:
+
+        def beating() -> bool:
+            worker.check_alive()
+            row = query.one(
+                "SELECT count(*) FROM workers WHERE stopped_at IS NULL AND last_seen > now() - interval '5 s'"
+            )
+            return int(row[0]) > 0
+
+        wait_until(beating, 90, "the worker's first heartbeat")
     return worker
 
 
@@ -525,9 +534,16 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path | None]:
     parser.add_argument("--profile", action="store_true", help="py-spy on the api, relay and worker")
     parser.add_argument("--json", type=Path, help="also write the measurements as JSON here")
     args = parser.parse_args(argv)
-    return Options(
-        args.rate, args.duration, args.retry_rate, args.threads, args.keep, args.profile
-    ), args.json
+    opts = Options(
+        rate=args.rate,
+        duration=args.duration,
+        retry_rate=args.retry_rate,
+        accept_duration=args.accept_duration,
+        threads=args.threads,
+        keep=args.keep,
+        profile=args.profile,
+    )
+    return opts, args.json
 
 
 def main(argv: list[str] | None = None) -> TimingResult:
