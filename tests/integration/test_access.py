@@ -317,3 +317,18 @@ async def test_concurrent_requests_with_a_key_not_yet_remembered_look_it_up_once
     with pytest.raises(Unauthenticated):
         await verifier.verify(forged, counting)
     assert opened == 3
+
+
+async def test_a_key_in_use_shows_when_it_was_last_used(anonymous: httpx.AsyncClient) -> None:
+    from sqlalchemy import text
+
+    from app.ledger.engines import sync_engine
+
+    name = f"used-{uuid.uuid4().hex[:6]}"
+    key = make_key(["read"], name=name)
+    assert (await anonymous.get("/api/v1/tasks", headers=bearer(key))).status_code == 200
+    with sync_engine().connect() as conn:
+        used = conn.execute(
+            text("SELECT last_used_at FROM api_keys WHERE name = :n"), {"n": name}
+        ).scalar_one()
+    assert used is not None, "`conveyor keys list` would show the key as never used"

@@ -183,4 +183,5 @@ class Verifier:
         if found.revoked:
             raise Unauthenticated("this API key was revoked")
         await stored.touch_async(conn, key_id)
+        await conn.commit()  # a reading connection: without it the write is rolled back
         return Client(found.id, found.name, frozenset(Scope(s) for s in found.scopes))
