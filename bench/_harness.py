@@ -565,3 +565,17 @@ def run_systems(
         rows = [asdict(r) | {"rate": r.rate} for r in results]  # type: ignore[call-overload]
         json_path.write_text(json.dumps(rows, indent=2))
     return results
+
+
+def make_key(env: dict[str, str], scopes: str = "enqueue") -> str:
+    """A key with these scopes in the scratch ledger, made as an operator would: the last line
+    `conveyor keys create` prints."""
+    made = subprocess.run(
+        [CONVEYOR, "keys", "create", f"bench-{os.getpid()}-{time.monotonic_ns()}", "--scopes", scopes],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return made.stdout.strip().splitlines()[-1]

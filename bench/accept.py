@@ -56,6 +56,7 @@ from _harness import (
     libpq_url,
     load_average,
     machine,
+    make_key,
     migrate,
     pg_backends,
     processes,
@@ -362,19 +363,6 @@ def run_conveyor(opts: Options, system: str) -> AcceptResult:
             procs.stop_all()
             if not opts.keep:
                 drop_database(DATABASE)
-
-
-def make_key(env: dict[str, str]) -> str:
-    """A key with the enqueue scope in the scratch ledger, made as an operator would."""
-    made = subprocess.run(
-        [CONVEYOR, "keys", "create", f"bench-{os.getpid()}-{time.monotonic_ns()}", "--scopes", "enqueue"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return made.stdout.strip().splitlines()[-1]
 
 
 def _ledger_rows() -> str:

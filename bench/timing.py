@@ -30,13 +30,13 @@ import argparse
 import asyncio
 import json
 import math
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import drain
 import httpx
 import uvloop
 from _harness import (
@@ -47,14 +47,13 @@ from _harness import (
     Proc,
     Procs,
     Query,
-    child_env,
     create_database,
-    database_url,
     drop_database,
     free_port,
     libpq_url,
     load_average,
     machine,
+    make_key,
     migrate,
     pg_backends,
     processes,
@@ -66,6 +65,8 @@ from _harness import (
     work_dir,
 )
 from _profile import API_MARKERS, RELAY_MARKERS, WORKER_MARKERS, Recorder, report
+
+from app.cli.load import percentile
 
 DATABASE = "conveyor_bench"
 FLAKY_TASK = "app.tasks.example.flaky"
@@ -120,38 +121,7 @@ class TimingResult:
         }
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0-100); NaN when there are none."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
-
-
 # -- the stack ---------------------------------------------------------------------------------
-
-
-def stack_env(broker: str) -> dict[str, str]:
-    return child_env(
-        DATABASE_URL=database_url(DATABASE),
-        BROKER_URL=broker,
-        WORKER_METRICS_PORT=str(free_port()),
-        LOG_FORMAT="json",
-        RETRY_BACKOFF_BASE="1",
-        RETRY_BACKOFF_MAX="2",
-    )
-
-
-def make_key(env: dict[str, str]) -> str:
-    made = subprocess.run(
-        [CONVEYOR, "keys", "create", f"timing-{time.monotonic_ns()}", "--scopes", "enqueue,read,operate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return made.stdout.strip().splitlines()[-1]
 
 
 def start_stack(procs: Procs, env: dict[str, str], out: Path, port: int) -> list[Proc]:
@@ -162,7 +132,7 @@ def start_stack(procs: Procs, env: dict[str, str], out: Path, port: int) -> list
     return [api, relay]
 
 
-def start_worker(procs: Procs, env: dict[str, str], out: Path, port: int, threads: int, api: Proc) -> Proc:
+def start_worker(procs: Procs, env: dict[str, str], out: Path, threads: int) -> Proc:
     argv = [CONVEYOR, "worker", "--processes", "1", "--threads", str(threads)]
     worker = procs.start("worker", argv, env, out)
     with Query(libpq_url(DATABASE)) as query:
@@ -399,12 +369,12 @@ def measure(opts: Options) -> TimingResult:
     create_database(DATABASE)
     try:
         with scratch_vhost("conveyor_bench", opts.keep) as broker, processes() as procs:
-            env = stack_env(broker)
+            env = drain.conveyor_env(broker, RETRY_BACKOFF_BASE="1", RETRY_BACKOFF_MAX="2")
             migrate(env, out)
-            key = make_key(env)
+            key = make_key(env, "enqueue,read,operate")
             api, relay = start_stack(procs, env, out, port)
             accepted = uvloop.run(accept_only(port, key, opts)) if opts.accept_duration > 0 else Posted()
-            worker = start_worker(procs, env, out, port, opts.threads, api)
+            worker = start_worker(procs, env, out, opts.threads)
             wait_finished(list(accepted.sent), timeout=120)  # no backlog into the next phase
             stack = [api, relay, worker]
             load_before = load_average()
