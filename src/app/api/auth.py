@@ -58,7 +58,7 @@ async def identify(request: Request) -> Client:
 async def authenticate(request: Request, *scopes: Scope) -> Client:
     """The client, counted against its rate, holding one of `scopes`; raises 401/429/403 errors."""
     client = await identify(request)
-    limiter(request).hit(client.key_id)
+    await limiter(request).hit(client.key_id)
     return client.require(*scopes)
 
 

@@ -34,7 +34,7 @@ async def viewer(request: Request) -> Client:
             client = await verifier(request).client_by_id(key_id, reading)
         except Unauthenticated:
             raise SignInRequired("the key of this session is no longer valid") from None
-    limiter(request).hit(client.key_id)
+    await limiter(request).hit(client.key_id)
     request.state.client = client
     return client.require(Scope.READ)
 
