@@ -53,15 +53,23 @@ class Process:
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM the main process only (Dramatiq's parent passes it on to its children: a
         second SIGTERM would mean "kill now" to them); SIGKILL the group after `timeout`."""
+        self.terminate()
+        return self.wait_stopped(timeout)
+
+    def terminate(self) -> None:
+        """SIGTERM the main process, without waiting (see `stop`)."""
+        if self.popen is not None and self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float) -> int | None:
+        """Wait for the process to exit; SIGKILL the group after `timeout`."""
         if self.popen is None:
             return None
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal_group(signal.SIGKILL)
-                self.popen.wait(10)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.popen.wait(10)
         return self.popen.returncode
 
     def kill(self) -> None:
@@ -227,5 +235,9 @@ class Stack:
         )
 
     def stop(self) -> None:
-        for process in reversed(list(self.processes.values())):
-            process.stop(timeout=15)
+        """Stop every process at once (each shuts down on its own), then wait for them all."""
+        processes = list(self.processes.values())
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait_stopped(timeout=15)
