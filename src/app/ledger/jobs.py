@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 import psycopg
 
 from app.ledger import queries
@@ -124,22 +125,27 @@ class DeadRun:
 # -- accept ---------------------------------------------------------------------------------
 
 
-def _insert_params(jobs: Sequence[NewJob]) -> dict[str, list[Any]]:
-    return {
-        "ids": [j.id for j in jobs],
-        "tasks": [j.task for j in jobs],
-        "queues": [j.queue for j in jobs],
-        "payloads": [j.payload_json for j in jobs],
-        "priorities": [j.priority for j in jobs],
-        "max_attempts": [j.max_attempts for j in jobs],
-        "delays": [float(j.delay_seconds) for j in jobs],
-        "idempotency_keys": [j.idempotency_key for j in jobs],
-        "request_hashes": [j.request_hash for j in jobs],
-        "client_ids": [j.client_id for j in jobs],
-        "parent_ids": [j.parent_id for j in jobs],
-        "schedules": [j.schedule for j in jobs],
-        "scheduled_fors": [j.scheduled_for for j in jobs],
-    }
+def _insert_params(jobs: Sequence[NewJob]) -> dict[str, str]:
+    """The rows of `insert_jobs`, one JSON array; each payload goes in as the JSON it already is."""
+    rows = [
+        {
+            "id": j.id,
+            "task": j.task,
+            "queue": j.queue,
+            "payload": orjson.Fragment(j.payload_json),
+            "priority": j.priority,
+            "max_attempts": j.max_attempts,
+            "delay": float(j.delay_seconds),
+            "idempotency_key": j.idempotency_key,
+            "request_hash": j.request_hash,
+            "client_id": j.client_id,
+            "parent_id": j.parent_id,
+            "schedule": j.schedule,
+            "scheduled_for": j.scheduled_for,
+        }
+        for j in jobs
+    ]
+    return {"rows": orjson.dumps(rows).decode()}
 
 
 def insert(conn: SyncConnection, jobs: Sequence[NewJob]) -> set[UUID]:
