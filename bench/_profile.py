@@ -66,8 +66,9 @@ RELAY_MARKERS = (
     Marker("broker.enqueue (one message)", r"^RabbitmqBroker\.enqueue "),
     Marker("basic_publish + wait for its confirm", r"^BlockingChannel\.basic_publish "),
     Marker("message encode (Dramatiq JSON)", r"^(?:Message\.encode|JSONEncoder\.encode) "),
-    Marker("take_publishable (SELECT … FOR UPDATE SKIP LOCKED)", r"^take_publishable "),
-    Marker("mark_published (UPDATE … = ANY(ids))", r"^mark_published "),
+    Marker(
+        "take_publishable (UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED) RETURNING)", r"^take_publishable "
+    ),
     Marker("database client (sqlalchemy + psycopg frames)", r"/(?:sqlalchemy|psycopg)/"),
     Marker("pika", r"/pika/"),
     Marker("log calls (structlog/logging, anywhere)", r"\((?:[^)]*/structlog/|[^)]*/logging/)"),

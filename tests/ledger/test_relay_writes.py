@@ -1,5 +1,5 @@
-"""What the relay writes: taking due jobs to publish, marking them published, reaping expired
-leases, and arming again publications nobody claimed."""
+"""What the relay writes: taking due jobs to publish (marked published when the relay's
+transaction commits), reaping expired leases, and arming again publications nobody claimed."""
 
 from __future__ import annotations
 
@@ -24,9 +24,31 @@ def test_due_unpublished_jobs_are_taken_oldest_due_first_and_marked_published(
     with conn.transaction():
         taken = ledger.take_publishable(conn, 10)
         assert [job.id for job in taken] == [earlier, later]
-        ledger.mark_published(conn, [job.id for job in taken])
+        assert row(look, later)["published_at"] is None, "marked only when the relay commits"
     assert row(look, later)["published_at"] is not None
     assert ledger.take_publishable(conn, 10) == []
+
+
+class PublishFailed(Exception):
+    pass
+
+
+def test_a_take_whose_publish_failed_leaves_its_jobs_to_publish_again(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    job_id = given(conn, "queued", due_in=-1)
+    dead = given(conn, "dead", attempts=3)
+    for take in (ledger.take_publishable, ledger.take_dead_letters):
+        try:
+            with conn.transaction():
+                assert len(take(conn, 10)) == 1
+                raise PublishFailed  # the broker did not take the messages: the relay rolls back
+        except PublishFailed:
+            pass
+    assert row(look, job_id)["published_at"] is None
+    assert row(look, dead)["published_at"] is None
+    assert [job.id for job in ledger.take_publishable(conn, 10)] == [job_id]
+    assert [job.id for job in ledger.take_dead_letters(conn, 10)] == [dead]
 
 
 def test_two_relays_never_take_the_same_row(conn: psycopg.Connection[Any]) -> None:
@@ -83,7 +105,6 @@ def test_dead_jobs_whose_copy_is_still_to_go_are_taken_for_the_dead_letter_queue
     with conn.transaction():
         taken = ledger.take_dead_letters(conn, 10)
         assert [(job.id, job.queue, job.run) for job in taken] == [(waiting, "default", 1)]
-        ledger.mark_published(conn, [waiting])
     assert ledger.take_dead_letters(conn, 10) == []
     assert row(look, waiting)["state"] == "dead"
 

@@ -1,10 +1,11 @@
 """Pooled engines, one per process and URL: sync for the worker, relay and CLI; async for the API.
 
-The sync pools skip the pre-ping: it would cost a round trip per checkout on the hot paths,
-and their callers retry (the worker and relay retry ledger writes). The API's pool pings
-each connection it lends: after PostgreSQL restarts, the first request gets a fresh
-connection instead of a stale one's error. Its connects, checkouts and statements are
-bounded in time, so a stalled database answers 503 instead of holding requests.
+Both pools ping each connection they lend: after PostgreSQL restarts, the first statement
+gets a fresh connection instead of a stale one's error. That costs a round trip per
+checkout, so the hot paths (the API's group commit, the worker's claims and successes, the
+relay's publishing loop) use psycopg connections of their own instead. The API's connects,
+checkouts and statements are bounded in time, so a stalled database answers 503 instead of
+holding requests.
 """
 
 from __future__ import annotations

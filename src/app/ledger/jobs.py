@@ -91,7 +91,7 @@ class Publishable:
     priority: int = 0
 
 
-# Takes up to `limit` rows for the relay to publish, locked for the caller's transaction.
+# Takes up to `limit` rows for the relay to publish, marked published in the caller's transaction.
 Taker = Callable[[SyncConnection, int], list[Publishable]]
 
 
@@ -299,14 +299,19 @@ def store_artifact(conn: SyncConnection, job_id: UUID, name: str, content_type: 
 
 
 def take_publishable(conn: SyncConnection, limit: int) -> list[Publishable]:
-    rows = run(conn, queries.TAKE_PUBLISHABLE, {"limit": limit}).rows
+    """Due jobs to publish, oldest due first, marked published in the caller's transaction."""
+    rows = sorted(run(conn, queries.TAKE_PUBLISHABLE, {"limit": limit}, prepare=True).rows, key=_last)
     return [Publishable(id=r[0], task=r[1], queue=r[2], priority=r[3], run=r[4]) for r in rows]
 
 
 def take_dead_letters(conn: SyncConnection, limit: int) -> list[Publishable]:
-    """Dead jobs whose copy is still to go to `<queue>.XQ`, locked for this transaction."""
-    rows = run(conn, queries.TAKE_DEAD_LETTERS, {"limit": limit}).rows
+    """Dead jobs whose copy is still to go to `<queue>.XQ`, marked sent in the caller's transaction."""
+    rows = sorted(run(conn, queries.TAKE_DEAD_LETTERS, {"limit": limit}, prepare=True).rows, key=_last)
     return [Publishable(id=r[0], task=r[1], queue=r[2], run=r[3]) for r in rows]
+
+
+def _last(row: tuple[Any, ...]) -> Any:
+    return row[-1]
 
 
 def take_stale_copies(conn: SyncConnection, limit: int) -> list[StaleCopy]:
@@ -318,13 +323,8 @@ def forget_stale_copies(conn: SyncConnection, ids: Sequence[int]) -> None:
         run(conn, queries.FORGET_STALE_DEAD_LETTERS, {"ids": list(ids)})
 
 
-def mark_published(conn: SyncConnection, job_ids: Sequence[UUID]) -> None:
-    if job_ids:
-        run(conn, queries.MARK_PUBLISHED, {"ids": list(job_ids)})
-
-
 def seconds_until_next_due(conn: SyncConnection) -> float | None:
-    value = run(conn, queries.SECONDS_UNTIL_NEXT_DUE).rows[0][0]
+    value = run(conn, queries.SECONDS_UNTIL_NEXT_DUE, prepare=True).rows[0][0]
     return None if value is None else float(value)
 
 

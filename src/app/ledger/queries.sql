@@ -165,24 +165,33 @@ WITH asked AS (
 SELECT id, pg_notify('conveyor_jobs', '') FROM undone
 
 -- name: take_publishable
--- Locks due, unpublished jobs for one relay (SKIP LOCKED: other relays take other rows).
-SELECT id, task, queue, priority, run FROM jobs
-WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
-ORDER BY available_at
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED
+-- Takes due, unpublished jobs for one relay (SKIP LOCKED: other relays take other rows) and marks
+-- them published, in one statement. The mark is in the relay's transaction, which commits only
+-- once the broker took the messages: a failed publish rolls it back. (now() is the transaction's
+-- start, so the mark reads the same as one written after the publish.) The last column orders
+-- the batch oldest due first.
+WITH due AS (
+    SELECT id FROM jobs
+    WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
+    ORDER BY available_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs j SET published_at = now() FROM due WHERE j.id = due.id
+RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at
 
 -- name: take_dead_letters
--- Locks dead jobs whose copy is still to go to <queue>.XQ, for one relay.
-SELECT id, task, queue, run FROM jobs
-WHERE published_at IS NULL AND state = 'dead'
-ORDER BY finished_at
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED
-
--- name: mark_published
--- The broker took these jobs' messages (or their dead-letter copies).
-UPDATE jobs SET published_at = now() WHERE id = ANY(%(ids)s::uuid[])
+-- Takes dead jobs whose copy is still to go to <queue>.XQ for one relay, marked as take_publishable
+-- marks its jobs (rolled back when the publish fails); oldest death first.
+WITH dead AS (
+    SELECT id FROM jobs
+    WHERE published_at IS NULL AND state = 'dead'
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs j SET published_at = now() FROM dead WHERE j.id = dead.id
+RETURNING j.id, j.task, j.queue, j.run, j.finished_at
 
 -- name: seconds_until_next_due
 -- How long until the next unpublished job is due (negative: one is due now; NULL: none).

@@ -58,6 +58,7 @@ class Relay:
         # The relay's threads share its outage lines: one warning when the database goes away.
         self.ticker = Ticker(self.settings, outage=self._database)
         self.pruner = Pruner(self.settings, outage=self._database)
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
 
     def publish_due(self) -> int:
         """Publish one batch of due jobs; the rows stay locked until the broker took them."""
@@ -68,7 +69,8 @@ class Relay:
         return self._publish(ledger.take_dead_letters, dead=True)
 
     def _publish(self, take: ledger.Taker, *, dead: bool) -> int:
-        with sync_engine().begin() as conn:
+        conn = self._ledger()
+        with conn.transaction():  # the take marks the rows published; a failed publish undoes it
             batch = take(conn, self.settings.relay_batch_size)
             if not batch:
                 return 0
@@ -77,7 +79,6 @@ class Relay:
             except PublishFailed:
                 metrics.BATCHES.labels("failed").inc()
                 raise
-            ledger.mark_published(conn, [job.id for job in batch])
         metrics.BATCHES.labels("published").inc()
         metrics.PUBLISHED.labels("dead_letter" if dead else "job").inc(len(batch))
         self.published += len(batch)
@@ -119,10 +120,20 @@ class Relay:
             relays.beat(conn, heartbeat)
 
     def next_wait(self) -> float:
-        with sync_engine().connect() as conn:
-            due = ledger.seconds_until_next_due(conn)
+        due = ledger.seconds_until_next_due(self._ledger())
         sweep = self.settings.relay_sweep_seconds
         return sweep if due is None else max(0.0, min(sweep, due))
+
+    def _ledger(self) -> psycopg.Connection[tuple[object, ...]]:
+        """The publishing loop's own connection: a round trip per statement, prepared, no pool
+        (a pooled checkout cost a ping, and the loop runs once per accepted batch)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.settings.libpq_url, autocommit=True, connect_timeout=5)
+        return self._conn
+
+    def _forget_ledger(self) -> None:
+        _close(self._conn)
+        self._conn = None
 
     def _due(self, what: str, every: float) -> bool:
         if time.monotonic() - self._last[what] < every:
@@ -161,15 +172,19 @@ class Relay:
                 self._database.failed(error)
                 _close(listener)
                 listener = None
+                self._forget_ledger()
                 self._last["beat"] = 0.0  # beat as soon as it is back
                 stop.wait(pause)
                 pause = min(pause * 2, 5.0)
             except Exception as error:
                 self._broker.failed(error)
                 self.publisher.close()
+                if self._conn is not None and self._conn.broken:
+                    self._forget_ledger()
                 stop.wait(pause)
                 pause = min(pause * 2, 5.0)
         _close(listener)
+        self._forget_ledger()
         self.publisher.close()
         self.ticker.join()
         self.pruner.join()
