@@ -65,10 +65,13 @@ class LedgerMiddleware(Middleware):
             tolerate_repeated_stop_signals()
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
-        # Claimed messages are acknowledged at once (see `consumer`), so the prefetch is what a
-        # worker holds unclaimed besides what it runs: one per thread keeps every thread fed.
+        # Claimed messages are acknowledged at once (see `consumer`), so the prefetch is what
+        # RabbitMQ sends a worker ahead of its claims. One per thread made the consumer wait
+        # for each burst's delivery after acknowledging the last (1,171-1,440 jobs/s on noop
+        # tasks); two per thread, Dramatiq's default, keeps the next burst on its way
+        # (2,125-2,272 jobs/s, and a third less CPU per job: fewer wake-ups).
         settings = get_settings()
-        worker.queue_prefetch = settings.worker_prefetch or worker.worker_threads
+        worker.queue_prefetch = settings.worker_prefetch or 2 * worker.worker_threads
         ahead = settings.worker_claim_ahead
         self.slots.configure(worker.worker_threads, 3 * worker.worker_threads if ahead < 0 else ahead)
 
