@@ -550,6 +550,44 @@ async def test_the_schedules_page_shows_each_schedules_next_and_last_run_status_
     assert (await dashboard.get("/dashboard/schedules?cursor=%21%21")).status_code == 400
 
 
+async def test_an_operator_pauses_and_resumes_a_schedule_from_its_row(
+    dashboard: httpx.AsyncClient, ledger: psycopg.Connection[Any]
+) -> None:
+    add_schedule(ledger, "minutely")
+    rows = dict(
+        re.findall(
+            r'<tr data-schedule="([^"]+)">(.*?)</tr>',
+            (await dashboard.get("/dashboard/schedules")).text,
+            re.S,
+        )
+    )
+    assert 'action="/dashboard/schedules/minutely/pause"' in rows["minutely"]
+    paused = await dashboard.post(
+        "/dashboard/schedules/minutely/pause", headers=SAME_ORIGIN, follow_redirects=True
+    )
+    assert "Paused the schedule" in paused.text
+    assert ledger.execute("SELECT paused FROM schedules WHERE name = 'minutely'").fetchone() == (True,)
+    assert 'action="/dashboard/schedules/minutely/resume"' in paused.text
+    resumed = await dashboard.post(
+        "/dashboard/schedules/minutely/resume", headers=SAME_ORIGIN, follow_redirects=True
+    )
+    assert "Resumed the schedule" in resumed.text
+    paused_now, next_run_at = ledger.execute(
+        "SELECT paused, next_run_at FROM schedules WHERE name = 'minutely'"
+    ).fetchone()
+    assert paused_now is False
+    assert next_run_at > datetime.now(UTC), "from its next tick: the ticks missed while paused never fire"
+    gone = await dashboard.post(
+        "/dashboard/schedules/nothing/pause", headers=SAME_ORIGIN, follow_redirects=True
+    )
+    assert "there is no such schedule" in gone.text
+    foreign = await dashboard.post(
+        "/dashboard/schedules/minutely/pause", headers={"Origin": "https://evil.example"}
+    )
+    assert foreign.status_code == 403
+    assert ledger.execute("SELECT paused FROM schedules WHERE name = 'minutely'").fetchone() == (False,)
+
+
 async def test_the_jobs_page_filters_by_schedule_and_a_job_names_its_schedule(
     dashboard: httpx.AsyncClient, ledger: psycopg.Connection[Any]
 ) -> None:

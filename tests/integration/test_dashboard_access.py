@@ -141,3 +141,22 @@ async def test_a_tampered_session_is_no_session(browser: httpx.AsyncClient, clea
     ):
         browser.cookies.set("conveyor_session", forged)
         assert (await browser.get("/dashboard")).status_code == 303, forged
+
+
+async def test_a_read_key_sees_the_schedules_without_buttons_and_its_forged_pause_is_refused(
+    browser: httpx.AsyncClient, clean_ledger: Infra
+) -> None:
+    with psycopg.connect(clean_ledger.libpq_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO schedules (name, task, queue, payload, max_attempts, every_seconds, next_run_at)"
+            " VALUES ('hourly', 'app.tasks.example.echo', 'default', '{\"message\": \"tick\"}', 5, 3600,"
+            " now() + interval '1 hour')"
+        )
+        await sign_in(browser, make_key(["read"]))
+        page = await browser.get("/dashboard/schedules")
+        assert page.status_code == 200
+        assert 'data-schedule="hourly"' in page.text
+        assert "/dashboard/schedules/hourly/pause" not in page.text, "no button it could not use"
+        forged = await browser.post("/dashboard/schedules/hourly/pause", data={}, headers=SAME_ORIGIN)
+        assert forged.status_code == 403
+        assert conn.execute("SELECT paused FROM schedules WHERE name = 'hourly'").fetchone() == (False,)

@@ -1,4 +1,5 @@
-"""What an operator can do from the dashboard: replay, cancel and discard, one job or in bulk.
+"""What an operator can do from the dashboard: replay, cancel and discard, one job or in bulk;
+pause and resume a schedule.
 
 Actions are plain HTML form posts that answer with a redirect (303) to the page they came
 from, so they work without JavaScript; htmx only makes them smoother. Every action first
@@ -8,11 +9,11 @@ passes the same-origin check.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import parse_qsl
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.responses import RedirectResponse
 
 from app.api.deps import transaction
@@ -20,10 +21,12 @@ from app.dashboard.access import operator
 from app.dashboard.rendering import Notice, leave_notice, safe_next
 from app.dashboard.security import require_same_origin
 from app.dashboard.throughput import minute_counts
-from app.errors import InvalidTransition, JobNotFound
+from app.errors import InvalidTransition, JobNotFound, ScheduleNotFound
+from app.jobs.schedules import NAME_PATTERN
 from app.jobs.validation import storable_text
 from app.ledger.engines import async_engine
 from app.operate import actions
+from app.operate import schedules as scheduling
 from app.operate.actions import BulkAction
 
 if TYPE_CHECKING:
@@ -121,3 +124,29 @@ async def bulk(request: Request) -> RedirectResponse:
     task = fields.get("task") or None
     done = await actions.bulk(async_engine(), action, task=task, up_to=BULK_MAX)
     return back(request, fields, "/dashboard/dead", Notice(BULK_DONE[action], len(done)))
+
+
+ScheduleName = Annotated[str, Path(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+
+
+async def _schedule(
+    request: Request, act: Callable[[AsyncConnection], Awaitable[None]], done: str
+) -> RedirectResponse:
+    fields = await form_fields(request)
+    try:
+        async with transaction() as conn:
+            await act(conn)
+        notice = Notice(done, 1)
+    except ScheduleNotFound:
+        notice = Notice("no_schedule")
+    return back(request, fields, "/dashboard/schedules", notice)
+
+
+@router.post("/schedules/{name}/pause")
+async def pause_schedule(request: Request, name: ScheduleName) -> RedirectResponse:
+    return await _schedule(request, lambda conn: scheduling.pause(conn, name), "paused")
+
+
+@router.post("/schedules/{name}/resume")
+async def resume_schedule(request: Request, name: ScheduleName) -> RedirectResponse:
+    return await _schedule(request, lambda conn: scheduling.resume(conn, name), "resumed")

@@ -29,7 +29,7 @@ class Notice:
 
     @property
     def ok(self) -> bool:
-        return self.kind != "refused"
+        return self.kind not in {"refused", "no_schedule"}
 
     def text(self) -> str:
         jobs = "job" if self.count == 1 else "jobs"
@@ -39,6 +39,12 @@ class Notice:
             return f"Discarded {self.count:,} dead {jobs} and their history."
         if self.kind == "cancelled":
             return "Cancelled the job: it will not run."
+        if self.kind == "paused":
+            return "Paused the schedule: it makes no jobs until it is resumed."
+        if self.kind == "resumed":
+            return "Resumed the schedule: it fires from its next tick; the ticks it missed do not fire."
+        if self.kind == "no_schedule":
+            return "Nothing done: there is no such schedule now."
         return f"Nothing done: the job is {self.state or 'gone'} now."
 
     def encode(self) -> str:
@@ -49,7 +55,10 @@ class Notice:
         kind, _, rest = unquote(raw).partition("|")
         count, _, state = rest.partition("|")
         valid_state = state == "" or state in {s.value for s in JobState}
-        if kind not in {"replayed", "discarded", "cancelled", "refused"} or not count.isdigit():
+        if (
+            kind not in {"replayed", "discarded", "cancelled", "paused", "resumed", "no_schedule", "refused"}
+            or not count.isdigit()
+        ):
             return None
         return cls(kind, int(count), state) if valid_state else None
 
