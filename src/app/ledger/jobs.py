@@ -300,18 +300,14 @@ def store_artifact(conn: SyncConnection, job_id: UUID, name: str, content_type: 
 
 def take_publishable(conn: SyncConnection, limit: int) -> list[Publishable]:
     """Due jobs to publish, oldest due first, marked published in the caller's transaction."""
-    rows = sorted(run(conn, queries.TAKE_PUBLISHABLE, {"limit": limit}, prepare=True).rows, key=_last)
+    rows = run(conn, queries.TAKE_PUBLISHABLE, {"limit": limit}, prepare=True).rows
     return [Publishable(id=r[0], task=r[1], queue=r[2], priority=r[3], run=r[4]) for r in rows]
 
 
 def take_dead_letters(conn: SyncConnection, limit: int) -> list[Publishable]:
     """Dead jobs whose copy is still to go to `<queue>.XQ`, marked sent in the caller's transaction."""
-    rows = sorted(run(conn, queries.TAKE_DEAD_LETTERS, {"limit": limit}, prepare=True).rows, key=_last)
+    rows = run(conn, queries.TAKE_DEAD_LETTERS, {"limit": limit}, prepare=True).rows
     return [Publishable(id=r[0], task=r[1], queue=r[2], run=r[3]) for r in rows]
-
-
-def _last(row: tuple[Any, ...]) -> Any:
-    return row[-1]
 
 
 def take_stale_copies(conn: SyncConnection, limit: int) -> list[StaleCopy]:

@@ -166,32 +166,35 @@ SELECT id, pg_notify('conveyor_jobs', '') FROM undone
 
 -- name: take_publishable
 -- Takes due, unpublished jobs for one relay (SKIP LOCKED: other relays take other rows) and marks
--- them published, in one statement. The mark is in the relay's transaction, which commits only
--- once the broker took the messages: a failed publish rolls it back. (now() is the transaction's
--- start, so the mark reads the same as one written after the publish.) The last column orders
--- the batch oldest due first.
+-- them published, in one statement, oldest due first. The mark is in the relay's transaction,
+-- which commits only once the broker took the messages: a failed publish rolls it back. (now()
+-- is the transaction's start, so the mark reads the same as one written after the publish.)
 WITH due AS (
     SELECT id FROM jobs
     WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
     ORDER BY available_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE jobs j SET published_at = now() FROM due WHERE j.id = due.id
+    RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at
 )
-UPDATE jobs j SET published_at = now() FROM due WHERE j.id = due.id
-RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at
+SELECT id, task, queue, priority, run FROM marked ORDER BY available_at
 
 -- name: take_dead_letters
--- Takes dead jobs whose copy is still to go to <queue>.XQ for one relay, marked as take_publishable
--- marks its jobs (rolled back when the publish fails); oldest death first.
+-- Takes dead jobs whose copy is still to go to <queue>.XQ for one relay, oldest death first, and
+-- marks them sent as take_publishable marks its jobs (rolled back when the publish fails).
 WITH dead AS (
     SELECT id FROM jobs
     WHERE published_at IS NULL AND state = 'dead'
     ORDER BY finished_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE jobs j SET published_at = now() FROM dead WHERE j.id = dead.id
+    RETURNING j.id, j.task, j.queue, j.run, j.finished_at
 )
-UPDATE jobs j SET published_at = now() FROM dead WHERE j.id = dead.id
-RETURNING j.id, j.task, j.queue, j.run, j.finished_at
+SELECT id, task, queue, run FROM marked ORDER BY finished_at
 
 -- name: seconds_until_next_due
 -- How long until the next unpublished job is due (negative: one is due now; NULL: none).
