@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import psycopg
 
+from app.ledger.connections import own_connection
 from app.logs import Outage, get_logger
 
 log = get_logger("conveyor.worker")
@@ -142,7 +143,7 @@ class Batcher(Generic[Item, Out]):
     def _attempt(self, items: list[Item]) -> list[Out]:
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
+                self._conn = own_connection(self.conninfo)
             return self.write(self._conn, items)
         except BaseException as error:
             if self._conn is not None and (self._conn.broken or isinstance(error, psycopg.OperationalError)):

@@ -24,6 +24,7 @@ from app.jobs.context import JobContext
 from app.jobs.registry import retry_delay
 from app.ledger import jobs as ledger
 from app.ledger import workers
+from app.ledger.connections import own_connection
 from app.ledger.engines import autocommit_engine, sync_engine
 from app.ledger.jobs import Claim, Doorbell, Token
 from app.logs import Outage, first_line, get_logger
@@ -108,7 +109,7 @@ class LedgerWrites:
         conn: psycopg.Connection[Any] | None = getattr(self._own, "conn", None)
         try:
             if conn is None or conn.closed:
-                conn = psycopg.connect(get_settings().libpq_url, autocommit=True, connect_timeout=5)
+                conn = own_connection(get_settings().libpq_url)
                 self._own.conn = conn
                 self._own_connections.append(conn)
             claims = ledger.claim(conn, self.worker_id, get_settings().lease_seconds, bells)

@@ -29,6 +29,12 @@ class Outcome:
     rowcount: int
 
 
+def own_connection(conninfo: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """A connection a process keeps for one hot path (or a LISTEN): autocommit, so each
+    statement is its own transaction unless the caller opens one, and a connect bounded in time."""
+    return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+
+
 def run(
     conn: SyncConnection, sql: str, params: Params | None = None, *, prepare: bool | None = None
 ) -> Outcome:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from app.errors import PublishFailed
 from app.ledger import jobs as ledger
 from app.ledger import relays
+from app.ledger.connections import own_connection
 from app.ledger.engines import sync_engine
 from app.ledger.schema import NOTIFY_CHANNEL
 from app.logs import Outage, get_logger
@@ -128,7 +129,7 @@ class Relay:
         """The publishing loop's own connection: a round trip per statement, prepared, no pool
         (a pooled checkout cost a ping, and the loop runs once per accepted batch)."""
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.settings.libpq_url, autocommit=True, connect_timeout=5)
+            self._conn = own_connection(self.settings.libpq_url)
         return self._conn
 
     def _forget_ledger(self) -> None:
@@ -206,7 +207,7 @@ class Relay:
 
 
 def _listen(settings: Settings) -> psycopg.Connection[tuple[object, ...]]:
-    conn = psycopg.connect(settings.libpq_url, autocommit=True, connect_timeout=5)
+    conn = own_connection(settings.libpq_url)
     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
     return conn
 
