@@ -19,6 +19,20 @@ NOTICE_COOKIE = "conveyor_notice"
 DASHBOARD = "/dashboard"
 
 
+# What each kind of notice says; {count}, {jobs} and {state} are filled in. The kinds here
+# are the only ones a notice cookie may carry.
+NOTICE_TEXTS = {
+    "replayed": "Replayed {count:,} {jobs}: queued again, with their history kept.",
+    "discarded": "Discarded {count:,} dead {jobs} and their history.",
+    "cancelled": "Cancelled the job: it will not run.",
+    "paused": "Paused the schedule: it makes no jobs until it is resumed.",
+    "resumed": "Resumed the schedule: it fires from its next tick; the ticks it missed do not fire.",
+    "refused": "Nothing done: the job is {state} now.",
+    "no_schedule": "Nothing done: there is no such schedule now.",
+}
+REFUSALS = frozenset({"refused", "no_schedule"})
+
+
 @dataclass(frozen=True, slots=True)
 class Notice:
     """What an action did, carried to the page it redirects to. Only codes travel, never text."""
@@ -29,23 +43,11 @@ class Notice:
 
     @property
     def ok(self) -> bool:
-        return self.kind not in {"refused", "no_schedule"}
+        return self.kind not in REFUSALS
 
     def text(self) -> str:
         jobs = "job" if self.count == 1 else "jobs"
-        if self.kind == "replayed":
-            return f"Replayed {self.count:,} {jobs}: queued again, with their history kept."
-        if self.kind == "discarded":
-            return f"Discarded {self.count:,} dead {jobs} and their history."
-        if self.kind == "cancelled":
-            return "Cancelled the job: it will not run."
-        if self.kind == "paused":
-            return "Paused the schedule: it makes no jobs until it is resumed."
-        if self.kind == "resumed":
-            return "Resumed the schedule: it fires from its next tick; the ticks it missed do not fire."
-        if self.kind == "no_schedule":
-            return "Nothing done: there is no such schedule now."
-        return f"Nothing done: the job is {self.state or 'gone'} now."
+        return NOTICE_TEXTS[self.kind].format(count=self.count, jobs=jobs, state=self.state or "gone")
 
     def encode(self) -> str:
         return quote(f"{self.kind}|{self.count}|{self.state}")
@@ -55,10 +57,7 @@ class Notice:
         kind, _, rest = unquote(raw).partition("|")
         count, _, state = rest.partition("|")
         valid_state = state == "" or state in {s.value for s in JobState}
-        if (
-            kind not in {"replayed", "discarded", "cancelled", "paused", "resumed", "no_schedule", "refused"}
-            or not count.isdigit()
-        ):
+        if kind not in NOTICE_TEXTS or not count.isdigit():
             return None
         return cls(kind, int(count), state) if valid_state else None
 
