@@ -18,8 +18,8 @@ _configured = False
 
 
 def configure_logging() -> None:
-    """Our lines go straight through structlog (orjson, no stdlib LogRecord: the worker logs
-    two lines per job); Dramatiq's, uvicorn's and alembic's stdlib lines go through the
+    """Our lines go straight through structlog (orjson, no stdlib LogRecord: a line per job
+    in the worker); Dramatiq's, uvicorn's and alembic's stdlib lines go through the
     same processors and renderer, so everything reads alike."""
     global _configured
     if _configured:
@@ -89,7 +89,7 @@ class _DirectStderr:
 
     Dramatiq's worker processes replace `sys.stderr` with a pipe to the parent process, which
     reads every line and writes it again to the real stderr: two processes and four system
-    calls per line, at two lines per job. The child still holds the real stderr as fd 2; a
+    calls per line, at a line per job. The child still holds the real stderr as fd 2; a
     line of up to 4 KiB written there in one call reaches a pipe, a file or a terminal whole,
     as the parent's copy would. Longer lines (tracebacks) and a failed write take the pipe.
     """
