@@ -75,8 +75,9 @@ class Settings(BaseSettings):
 
     worker_processes: int = Field(default=1, ge=1)
     worker_threads: int = Field(default=8, ge=1)
-    # Messages RabbitMQ delivers to a worker process ahead of its claims; 0: two per thread
-    # (Dramatiq's own default), so the next burst is on its way while one is being claimed.
+    # Messages RabbitMQ delivers to a worker process ahead of its claims; 0: four per thread
+    # (Celery's default), as many as it may claim at once. Fewer for long tasks: a worker
+    # whose threads are all busy holds these for up to WORKER_HOLD_SECONDS.
     worker_prefetch: int = Field(default=0, ge=0)
     # Jobs a worker process may claim beyond its threads, so that a thread never waits for a
     # claim's round trip; at most what its threads start in a second at the current pace,
