@@ -57,7 +57,7 @@ def goals(
         "{:.2f}x",
     )
     add("drain vs raw Dramatiq worker", ratio(drain_rates, "conveyor", "dramatiq"), 0.8, "{:.2f}x")
-    # The peers log nothing per job (Celery runs at -l warning); Conveyor logs two lines at INFO.
+    # The peers log nothing per job (Celery runs at -l warning); Conveyor logs one line at INFO.
     add(
         "the same two, Conveyor at LOG_LEVEL=WARNING: vs Celery threads",
         ratio(drain_rates, "conveyor-quiet", "celery"),

@@ -10,6 +10,7 @@ import pytest
 from app.ledger import jobs as ledger
 from app.ledger.jobs import NewJob
 from tests.ledger.rows import attempts, exists, given, row, second_connection
+from tests.support.infra import Infra
 
 pytestmark = pytest.mark.anyio
 
@@ -42,6 +43,30 @@ async def test_a_job_whose_idempotency_key_is_taken_is_left_out_and_the_holder_i
     assert holder is not None
     assert (holder.id, holder.state, holder.expired) == (first.id, "queued", False)
     assert await ledger.key_holder_async(aconn, "never-used", None, DAY) is None
+
+
+def wakes(listener: psycopg.Connection[Any]) -> int:
+    """How many relay wake-ups the listener has received since it last looked."""
+    return sum(1 for _ in listener.notifies(timeout=0.2, stop_after=10))
+
+
+async def test_an_insert_wakes_the_relay_at_its_commit_only_when_asked_and_only_for_a_new_row(
+    aconn: psycopg.AsyncConnection[Any], clean_ledger: Infra
+) -> None:
+    with psycopg.connect(clean_ledger.libpq_url, autocommit=True) as listener:
+        listener.execute("LISTEN conveyor_jobs")
+        await ledger.insert_async(aconn, [new(), new()], notify=True)
+        assert wakes(listener) == 1, "one wake-up per statement, not per row"
+        await ledger.insert_async(aconn, [new()])
+        assert wakes(listener) == 0, "the relay sweeps for rows inserted without one"
+        await ledger.insert_async(aconn, [new("taken")], notify=True)
+        assert wakes(listener) == 1
+        assert await ledger.insert_async(aconn, [new("taken")], notify=True) == set()
+        assert wakes(listener) == 0, "nothing inserted, nothing to publish"
+        async with aconn.transaction():
+            await ledger.insert_async(aconn, [new()], notify=True)
+            assert wakes(listener) == 0, "not before the commit"
+        assert wakes(listener) == 1
 
 
 async def test_a_job_that_has_not_started_can_be_cancelled_and_no_other(

@@ -14,8 +14,12 @@ database.
 
 This is the API's hottest path, so it talks to psycopg directly (a small pool of its own,
 autocommit, prepared statement) rather than through SQLAlchemy's async layer. The relay is
-woken by a NOTIFY sent after the batch committed, at most one at a time: the relay takes
-every due row when it wakes, and it sweeps on a timer as well.
+woken by a NOTIFY that rides in a batch's own INSERT and is delivered at its commit. One
+batch at a time carries it: a NOTIFY holds a database-wide lock until its transaction has
+committed, so two would queue the writers' commits behind each other. A batch that commits
+while the carrier is still in flight is covered by the carrier's later commit; one that
+commits after it sends a NOTIFY of its own (rare under load). The relay takes every due row
+when it wakes, and it sweeps on a timer as well.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class Intake:
         self._pending: list[Pending] = []
         self._in_flight = 0
         self._notify_pending = False
+        self._waking = False  # a batch in flight carries the NOTIFY
         self._tasks: set[asyncio.Task[None]] = set()
         self._outage = Outage(log, "database (accepting jobs)")
 
@@ -109,7 +114,8 @@ class Intake:
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
             self._in_flight += 1
-            self._spawn(self._write(batch))
+            wakes, self._waking = not self._waking, True
+            self._spawn(self._write(batch, wakes))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -122,16 +128,16 @@ class Intake:
             await self.pool.open()
         return self.pool
 
-    async def _insert(self, jobs: list[NewJob]) -> None:
+    async def _insert(self, jobs: list[NewJob], *, wakes: bool = False) -> None:
         pool = await self._connection_pool()
         async with pool.connection(timeout=self.timeout) as conn:
-            inserted = await ledger.insert_async(conn, jobs)
+            inserted = await ledger.insert_async(conn, jobs, notify=wakes)
         if len(inserted) != len(jobs):
             raise RuntimeError(f"inserted {len(inserted)} of {len(jobs)} jobs")
 
-    async def _write(self, batch: list[Pending]) -> None:
+    async def _write(self, batch: list[Pending], wakes: bool) -> None:
         try:
-            await self._insert([job for job, _ in batch])
+            await self._insert([job for job, _ in batch], wakes=wakes)
         except UNAVAILABLE_ERRORS as error:
             self._outage.failed(error, jobs=len(batch))
             _settle(batch, LedgerUnavailable(UNAVAILABLE))
@@ -143,12 +149,21 @@ class Intake:
         else:
             self._outage.recovered()
             _settle(batch, None)
-            if not self._notify_pending:
-                self._notify_pending = True
-                self._spawn(self._notify())
+            if not wakes and not self._waking:
+                self._wake_relay()  # the carrier committed before this batch did
+            return
         finally:
             self._in_flight -= 1
+            if wakes:
+                self._waking = False
             self._kick()
+        if wakes:
+            self._wake_relay()  # its NOTIFY was rolled back: the batches it covered need one
+
+    def _wake_relay(self) -> None:
+        if not self._notify_pending:
+            self._notify_pending = True
+            self._spawn(self._notify())
 
     async def _one_by_one(self, batch: list[Pending]) -> None:
         stored = False
@@ -163,9 +178,8 @@ class Intake:
             else:
                 stored = True
                 _settle([(job, done)], None)
-        if stored and not self._notify_pending:
-            self._notify_pending = True
-            self._spawn(self._notify())
+        if stored:
+            self._wake_relay()
 
     async def _notify(self) -> None:
         try:

@@ -126,8 +126,7 @@ async def store(conn: AsyncConnection, job: NewJob) -> Accepted:
     """
     ttl = get_settings().idempotency_key_ttl_seconds
     for _ in range(STORE_ATTEMPTS):
-        if await ledger.insert_async(conn, [job]):
-            await ledger.notify_relay_async(conn)
+        if await ledger.insert_async(conn, [job], notify=True):
             return Accepted(job.id, job.task, JobState.QUEUED, duplicate=False)
         assert job.idempotency_key is not None  # only a taken key leaves a row out
         first = await ledger.key_holder_async(conn, job.idempotency_key, job.client_id, ttl)
@@ -143,8 +142,7 @@ def store_sync(conn: SyncConnection, job: NewJob) -> Accepted:
     """`store`, for a sync connection."""
     ttl = get_settings().idempotency_key_ttl_seconds
     for _ in range(STORE_ATTEMPTS):
-        if ledger.insert(conn, [job]):
-            ledger.notify_relay(conn)
+        if ledger.insert(conn, [job], notify=True):
             return Accepted(job.id, job.task, JobState.QUEUED, duplicate=False)
         assert job.idempotency_key is not None
         first = ledger.key_holder(conn, job.idempotency_key, job.client_id, ttl)

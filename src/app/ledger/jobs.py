@@ -125,7 +125,7 @@ class DeadRun:
 # -- accept ---------------------------------------------------------------------------------
 
 
-def _insert_params(jobs: Sequence[NewJob]) -> dict[str, str]:
+def _insert_params(jobs: Sequence[NewJob], notify: bool) -> dict[str, object]:
     """The rows of `insert_jobs`, one JSON array; each payload goes in as the JSON it already is."""
     rows = [
         {
@@ -145,29 +145,26 @@ def _insert_params(jobs: Sequence[NewJob]) -> dict[str, str]:
         }
         for j in jobs
     ]
-    return {"rows": orjson.dumps(rows).decode()}
+    return {"rows": orjson.dumps(rows).decode(), "notify": notify}
 
 
-def insert(conn: SyncConnection, jobs: Sequence[NewJob]) -> set[UUID]:
+def insert(conn: SyncConnection, jobs: Sequence[NewJob], *, notify: bool = False) -> set[UUID]:
     """Insert jobs; the ids inserted (a job whose idempotency key is taken, or whose schedule
-    tick has its job already, is left out)."""
+    tick has its job already, is left out). With `notify`, a row inserted wakes the relay
+    when the transaction commits."""
     if not jobs:
         return set()
-    outcome = run(conn, queries.INSERT_JOBS, _insert_params(jobs), prepare=True)
+    outcome = run(conn, queries.INSERT_JOBS, _insert_params(jobs, notify), prepare=True)
     return {row[0] for row in outcome.rows}
 
 
-async def insert_async(conn: AsyncConnection, jobs: Sequence[NewJob]) -> set[UUID]:
-    outcome = await run_async(conn, queries.INSERT_JOBS, _insert_params(jobs), prepare=True)
+async def insert_async(conn: AsyncConnection, jobs: Sequence[NewJob], *, notify: bool = False) -> set[UUID]:
+    outcome = await run_async(conn, queries.INSERT_JOBS, _insert_params(jobs, notify), prepare=True)
     return {row[0] for row in outcome.rows}
 
 
 async def notify_relay_async(conn: AsyncConnection) -> None:
     await run_async(conn, queries.NOTIFY_RELAY)
-
-
-def notify_relay(conn: SyncConnection) -> None:
-    run(conn, queries.NOTIFY_RELAY)
 
 
 def key_holder(conn: SyncConnection, key: str, client_id: str | None, ttl_seconds: float) -> KeyHolder | None:

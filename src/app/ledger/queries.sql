@@ -9,18 +9,26 @@
 -- a keyed POST), as one JSON array of rows: one parameter, serialised in one call, where an array
 -- per column cost the driver a dump per column and value (2.5x the client's CPU). A row whose
 -- idempotency key is taken, or whose schedule tick already has its job, is not inserted:
--- RETURNING leaves it out.
-INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at,
-                  idempotency_key, request_hash, client_id, parent_id, schedule, scheduled_for)
-SELECT t.id, t.task, t.queue, t.payload, 'queued', t.priority, t.max_attempts,
-       now() + make_interval(secs => t.delay), t.idempotency_key, t.request_hash, t.client_id,
-       t.parent_id, t.schedule, t.scheduled_for
-FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb))
-     AS t(id uuid, task text, queue text, payload jsonb, priority smallint, max_attempts integer,
-          delay float8, idempotency_key text, request_hash text, client_id text, parent_id uuid,
-          schedule text, scheduled_for timestamptz)
-ON CONFLICT DO NOTHING
-RETURNING id
+-- it is left out of the ids returned. With %(notify)s, inserting any row also wakes the relay
+-- when the transaction commits (a NOTIFY of its own cost the API a round trip and the
+-- database a transaction per batch).
+WITH inserted AS (
+    INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at,
+                      idempotency_key, request_hash, client_id, parent_id, schedule, scheduled_for)
+    SELECT t.id, t.task, t.queue, t.payload, 'queued', t.priority, t.max_attempts,
+           now() + make_interval(secs => t.delay), t.idempotency_key, t.request_hash, t.client_id,
+           t.parent_id, t.schedule, t.scheduled_for
+    FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb))
+         AS t(id uuid, task text, queue text, payload jsonb, priority smallint, max_attempts integer,
+              delay float8, idempotency_key text, request_hash text, client_id text, parent_id uuid,
+              schedule text, scheduled_for timestamptz)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), woken AS (
+    SELECT pg_notify('conveyor_jobs', '') AS rang WHERE CAST(%(notify)s AS boolean)
+)
+-- `rang` is selected: a CTE column nobody reads is not computed, and the NOTIFY with it.
+SELECT inserted.id, woken.rang FROM inserted LEFT JOIN woken ON true
 
 -- name: notify_relay
 -- Wakes the relay; PostgreSQL delivers it when the transaction commits.

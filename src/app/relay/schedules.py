@@ -107,11 +107,9 @@ class Ticker:
         with sync_engine().begin() as conn:
             due = ledger_schedules.take_due(conn, TAKE_LIMIT)
             jobs, advances = self._plan(due)
-            made = ledger.insert(conn, jobs)
+            made = ledger.insert(conn, jobs, notify=True)  # the publishing loop wakes at the commit
             ledger_schedules.advance(conn, advances)
             wait = ledger_schedules.seconds_until_next_tick(conn)
-            if made:
-                ledger.notify_relay(conn)  # the publishing loop wakes when this commits
         more = len(due) == TAKE_LIMIT
         self._next_at = time.monotonic() + (0.0 if more else self._bounded(wait))
         for job in jobs:
