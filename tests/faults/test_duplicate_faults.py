@@ -70,7 +70,9 @@ def test_a_message_published_twice_and_again_after_success_runs_its_job_once(con
 
 def test_a_job_longer_than_its_lease_keeps_it_and_no_second_worker_takes_it(conveyor: Conveyor) -> None:
     ledger = conveyor.ledger
-    owner = conveyor.workers.start(threads=1)
+    # A prefetch of one: the owner, its one thread busy, holds one copy at most, so the
+    # second worker is sure to be offered the others.
+    owner = conveyor.workers.start(threads=1, env={"WORKER_PREFETCH": "1"})
     job_id = post(conveyor.base_url, EFFECT_TASK, {"sleep_seconds": 4 * LEASE_SECONDS})
     ledger.wait_until(lambda: ledger.job(job_id)["state"] == "running", timeout=30, what="the job running")
     first_lease = ledger.job(job_id)["lease_expires_at"]
