@@ -34,7 +34,8 @@ CATCH_UP = timedelta(seconds=5)
 MID_TICK = """
 SELECT pid FROM pg_stat_activity
 WHERE client_port = ANY(%(ports)s) AND xact_start IS NOT NULL
-  AND (query LIKE 'WITH inserted AS (%%INSERT INTO jobs%%' OR query LIKE 'UPDATE schedules s SET next_run_at%%')
+  AND (query LIKE 'WITH inserted AS (%%INSERT INTO jobs%%'
+       OR query LIKE 'UPDATE schedules s SET next_run_at%%')
 """
 
 
