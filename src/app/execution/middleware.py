@@ -28,7 +28,7 @@ from dramatiq.worker import Worker
 from app.execution import metrics, outcomes
 from app.execution.consumer import AHEAD_HORIZON_SECONDS, Slots, job_id_of
 from app.execution.heartbeat import Heartbeat
-from app.execution.shutdown import tolerate_repeated_stop_signals
+from app.execution.shutdown import log_repeated_stops, tolerate_repeated_stop_signals
 from app.execution.writes import LedgerWrites
 from app.jobs.context import JobContext, peek_current, set_current
 from app.ledger.jobs import Claim, Doorbell
@@ -93,6 +93,7 @@ class LedgerMiddleware(Middleware):
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         self.slots.close()  # the consumers claim nothing more
+        log_repeated_stops()
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         if self._heartbeat is not None:
