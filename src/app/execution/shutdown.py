@@ -8,7 +8,7 @@ second then killed the worker with its jobs half done. Here a repeat within
 REPEAT_WINDOW_SECONDS of the first is the same stop; a later one still kills, as asked.
 
 The handler only counts repeats: the line that says so is logged later, off the handler
-(`repeated_stops`, read at the worker's shutdown). A handler runs on the main thread between
+(`log_repeated_stops`, at the worker's shutdown). A handler runs on the main thread between
 any two bytecodes, also inside a log call that holds structlog's (non-reentrant) write lock;
 logging from it there deadlocked the process, every thread that logs waiting on that lock.
 """
