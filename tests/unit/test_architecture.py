@@ -19,7 +19,10 @@ SRC = REPO / "src" / "app"
 LEDGER = SRC / "ledger"
 MAX_MODULE_LINES = 400
 # A statement that writes one of the ledger's tables, in SQL or in SQLAlchemy Core.
-LEDGER_TABLES = r"(?:jobs|job_attempts|job_artifacts|workers|relays|stale_dead_letters|schedules)"
+LEDGER_TABLES = (
+    r"(?:jobs|job_attempts|job_artifacts|job_artifact_chunks|workers|relays|stale_dead_letters|schedules"
+    r"|api_keys|conveyor_secrets|dashboard_sessions|audit_log)"
+)
 WRITES_A_LEDGER_TABLE = re.compile(
     rf"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM|TRUNCATE)\s+{LEDGER_TABLES}\b"
     rf"|\b{LEDGER_TABLES}\.(?:insert|update|delete)\(",

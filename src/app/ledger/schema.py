@@ -74,6 +74,8 @@ jobs = Table(
     # The schedule that made the job and the tick it was made for (NULL: not scheduled).
     Column("schedule", Text),
     Column("scheduled_for", DateTime(timezone=True)),
+    # At most one job per (task, unique_key) while queued, retrying or running.
+    Column("unique_key", Text),
     Index("ix_jobs_created", "created_at", "id"),
     Index("ix_jobs_state_created", "state", "created_at", "id"),
     Index("ix_jobs_task_created", "task", "created_at", "id"),
@@ -117,6 +119,13 @@ jobs = Table(
         "created_at",
         "id",
         postgresql_where=text("schedule IS NOT NULL"),
+    ),
+    Index(
+        "ux_jobs_unique_in_flight",
+        "task",
+        "unique_key",
+        unique=True,
+        postgresql_where=text("unique_key IS NOT NULL AND state IN ('queued', 'retrying', 'running')"),
     ),
     # Pruning: one state's finished jobs, oldest first.
     Index("ix_jobs_prune", "state", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
@@ -189,6 +198,49 @@ api_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("last_used_at", DateTime(timezone=True)),
     Column("revoked_at", DateTime(timezone=True)),
+    # 'v2': HMAC with the current pepper; 'legacy': made before 0006, re-hashed at first use.
+    Column("hash_scheme", Text, nullable=False, server_default="v2"),
+)
+
+# Secrets Conveyor generates for itself when the environment gives none.
+conveyor_secrets = Table(
+    "conveyor_secrets",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+
+# A dashboard sign-in: the SHA-256 of the cookie's random value, never the value itself.
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("id_hash", Text, primary_key=True),
+    Column("key_id", Text, ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("client_address", Text),
+    Index("ix_dashboard_sessions_key", "key_id"),
+    Index("ix_dashboard_sessions_expires", "expires_at"),
+)
+
+# Who did what: every operator action, every sign-in and sign-out.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("key_id", Text),
+    Column("key_name", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("target", Text),
+    Column("count", Integer),
+    Column("request_id", Text),
+    Column("client_address", Text),
+    Column("detail", JSONB),
+    Index("ix_audit_log_at", "at"),
+    Index("ix_audit_log_action", "action", "id"),
+    Index("ix_audit_log_key", "key_name", "id"),
 )
 
 relays = Table(
@@ -220,6 +272,17 @@ job_artifacts = Table(
     Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
     Column("name", Text, nullable=False),
     Column("content_type", Text, nullable=False),
-    Column("content", LargeBinary, nullable=False),
+    # The whole file, for artifacts stored before 0006; NULL: its pieces are in job_artifact_chunks.
+    Column("content", LargeBinary),
+    Column("size", BigInteger),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+
+# A job's file in pieces, written and read one at a time (the export streams through them).
+job_artifact_chunks = Table(
+    "job_artifact_chunks",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("content", LargeBinary, nullable=False),
 )
