@@ -1,5 +1,6 @@
-"""The files jobs produce: written in the job's own transaction, whole or in pieces, and read
-back a few pieces at a time, so neither the writer nor the reader holds a whole file."""
+"""The files jobs produce, written in the job's own transaction, whole or in pieces: a file in
+pieces is read back a few pieces at a time (`operate.reads.artifact_pieces`), so neither the
+writer nor the reader holds a whole file."""
 
 from __future__ import annotations
 
