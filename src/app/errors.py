@@ -142,3 +142,17 @@ class ScheduleNotFound(ConveyorError):
     def __init__(self, name: str) -> None:
         super().__init__(f"schedule {name!r} not found")
         self.name = name
+
+
+class AlreadyInFlight(ConveyorError):
+    """Raised when a job is refused because another job of its task holds its unique key while
+    queued, retrying or running (one running export per client); `job_id` names that job."""
+
+    def __init__(self, task: str, job_id: object) -> None:
+        short = task.rsplit(".", 1)[-1]
+        super().__init__(
+            f"a {short} job of this client is already queued or running (job {job_id}); "
+            "wait for it to finish, then ask again"
+        )
+        self.task = task
+        self.job_id = job_id

@@ -6,8 +6,11 @@ import json
 import time
 from datetime import datetime
 
+import httpx
+
 from tests.support import broker
 from tests.support.infra import Infra, free_port
+from tests.support.keys import make_key
 from tests.support.smtp import SmtpServer
 from tests.support.stack import Stack
 
@@ -176,21 +179,35 @@ def publish_twice(infra: Infra, job_id: str) -> None:
         broker.publish_raw(infra, "default", message.encode())
 
 
-def test_an_export_reports_progress_and_its_csv_is_fetchable(stack: Stack) -> None:
-    ids = [stack.post_job("app.tasks.example.echo", {"message": f"m{i}"}) for i in range(25)]
-    stack.wait_for(ids)
-    export_id = stack.post_job(
-        "app.tasks.example.export_jobs", {"task": "app.tasks.example.echo", "chunk_size": 10}
+def test_an_export_reports_progress_holds_its_clients_jobs_only_and_its_csv_is_fetchable(
+    stack: Stack,
+) -> None:
+    mine, theirs = make_key(["enqueue"]), make_key(["enqueue"])
+
+    def post(key: str, task: str, payload: dict[str, object]) -> httpx.Response:
+        with stack.client(key) as client:
+            return client.post("/api/v1/jobs", json={"task": task, "payload": payload})
+
+    ids = [post(mine, "app.tasks.example.echo", {"message": f"m{i}"}).json()["id"] for i in range(25)]
+    others = [post(theirs, "app.tasks.example.echo", {"message": "x"}).json()["id"] for _ in range(5)]
+    stack.wait_for(ids + others)
+    accepted = post(
+        mine, "app.tasks.example.export_jobs", {"task": "app.tasks.example.echo", "chunk_size": 10}
     )
+    assert accepted.status_code == 202, accepted.text
+    export_id = accepted.json()["id"]
     job = stack.wait_for([export_id])[export_id]
     assert job["state"] == "succeeded", job
     assert job["progress"] == 100
     assert job["result"]["rows"] == 25
-    with stack.client() as client:
+    with stack.client(mine) as client:
         response = client.get(job["result"]["artifact_url"])
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/csv")
+    assert int(response.headers["content-length"]) == len(response.content) == job["result"]["bytes"]
     lines = response.text.strip().splitlines()
     assert lines[0].startswith("id,task,state")
     assert len(lines) == 26
-    assert {line.split(",")[0] for line in lines[1:]} == set(ids)
+    assert {line.split(",")[0] for line in lines[1:]} == set(ids), "the other client's jobs are left out"
+    with stack.client(theirs) as client:
+        assert client.get(job["result"]["artifact_url"]).status_code == 404

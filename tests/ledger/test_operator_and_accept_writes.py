@@ -50,6 +50,45 @@ def wakes(listener: psycopg.Connection[Any]) -> int:
     return sum(1 for _ in listener.notifies(timeout=0.2, stop_after=10))
 
 
+def unique(key: str, task: str = "app.tasks.example.export_jobs") -> NewJob:
+    return NewJob(task, "exports", "{}", 3, unique_key=key)
+
+
+async def test_a_job_whose_unique_key_an_in_flight_job_holds_is_left_out_alone_and_its_holder_named(
+    aconn: psycopg.AsyncConnection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    first = unique("client:a")
+    assert await ledger.insert_async(aconn, [first]) == {first.id}
+    again, other_client, other_task = unique("client:a"), unique("client:b"), unique("client:a", "t.other")
+    batch = [again, other_client, other_task, new()]
+    assert await ledger.insert_async(aconn, batch) == {job.id for job in batch} - {again.id}
+    assert await ledger.unique_holders_async(aconn, [again, other_client, batch[3]]) == {again.id: first.id}
+    assert row(look, first.id)["state"] == "queued"
+
+
+@pytest.mark.parametrize("state", ["queued", "retrying", "running"])
+async def test_a_unique_key_is_held_while_its_job_is_in_flight(
+    aconn: psycopg.AsyncConnection[Any], state: str
+) -> None:
+    first = unique("client:a")
+    await ledger.insert_async(aconn, [first])
+    await aconn.execute("UPDATE jobs SET state = %s WHERE id = %s", (state, first.id))
+    again = unique("client:a")
+    assert await ledger.insert_async(aconn, [again]) == set()
+    assert await ledger.unique_holders_async(aconn, [again]) == {again.id: first.id}
+
+
+@pytest.mark.parametrize("state", ["succeeded", "dead", "cancelled"])
+async def test_a_unique_key_is_free_again_once_its_job_has_finished(
+    aconn: psycopg.AsyncConnection[Any], state: str
+) -> None:
+    first = unique("client:a")
+    await ledger.insert_async(aconn, [first])
+    await aconn.execute("UPDATE jobs SET state = %s WHERE id = %s", (state, first.id))
+    again = unique("client:a")
+    assert await ledger.insert_async(aconn, [again]) == {again.id}
+
+
 async def test_an_insert_wakes_the_relay_at_its_commit_only_when_asked_and_only_for_a_new_row(
     aconn: psycopg.AsyncConnection[Any], clean_ledger: Infra
 ) -> None:

@@ -12,8 +12,8 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from app.ledger import artifacts, retention
 from app.ledger import jobs as ledger
-from app.ledger import retention
 from app.ledger import schedules as ledger_schedules
 from app.ledger.jobs import NewJob
 from app.ledger.schedules import Advance, NewSchedule
@@ -201,7 +201,9 @@ def test_finished_jobs_past_their_retention_are_pruned_with_their_attempts_and_a
             "INSERT INTO job_attempts (job_id, run, attempt, outcome) VALUES (%s, 1, 1, 'succeeded')",
             (job_id,),
         )
-        ledger.store_artifact(conn, job_id, "a.csv", "text/csv", b"x")
+        writer = artifacts.ArtifactWriter(conn, job_id, "a.csv", "text/csv")
+        writer.write(b"x")
+        writer.close()
     age(conn, old, finished=3600)
     old_dead = given(conn, "dead")
     age(conn, old_dead, finished=3600)
@@ -211,6 +213,8 @@ def test_finished_jobs_past_their_retention_are_pruned_with_their_attempts_and_a
     assert look.execute("SELECT count(*) AS n FROM job_artifacts WHERE job_id = %s", (old,)).fetchone() == {
         "n": 0
     }
+    pieces = look.execute("SELECT count(*) AS n FROM job_artifact_chunks WHERE job_id = %s", (old,))
+    assert pieces.fetchone() == {"n": 0}
     assert exists(look, young)
     assert exists(look, old_dead), "another state, another retention"
 

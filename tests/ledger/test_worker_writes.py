@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
+from app.ledger import artifacts, workers
 from app.ledger import jobs as ledger
-from app.ledger import workers
 from app.ledger.jobs import Doorbell, Token
 from tests.ledger.rows import WORKER, attempts, given, row, running
 
@@ -262,10 +262,38 @@ def test_an_artifact_is_stored_once_per_job_and_replaced_by_a_later_attempt(
     conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
 ) -> None:
     job_id = given(conn, "running", attempts=1)
-    ledger.store_artifact(conn, job_id, "a.csv", "text/csv", b"first")
-    ledger.store_artifact(conn, job_id, "b.csv", "text/csv", b"second")
-    stored = look.execute("SELECT name, content FROM job_artifacts WHERE job_id = %s", (job_id,)).fetchall()
-    assert stored == [{"name": "b.csv", "content": b"second"}]
+    artifacts.store_artifact(conn, job_id, "a.csv", "text/csv", b"first")
+    artifacts.store_artifact(conn, job_id, "b.csv", "text/csv", b"second")
+    stored = look.execute("SELECT name, content, size FROM job_artifacts WHERE job_id = %s", (job_id,))
+    assert stored.fetchall() == [{"name": "b.csv", "content": b"second", "size": 6}]
+
+
+def test_an_artifact_written_in_pieces_keeps_them_in_order_with_its_size_and_no_whole_copy(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    job_id = given(conn, "running", attempts=1)
+    artifacts.store_artifact(conn, job_id, "old.csv", "text/csv", b"an earlier run's file")
+    writer = artifacts.ArtifactWriter(conn, job_id, "jobs.csv", "text/csv")
+    for piece in (b"id,task\n", b"", b"1,a\n", b"2,b\n"):
+        writer.write(piece)
+    writer.close()
+    stored = look.execute("SELECT name, content, size FROM job_artifacts WHERE job_id = %s", (job_id,))
+    assert stored.fetchall() == [{"name": "jobs.csv", "content": None, "size": 16}]
+    pieces = look.execute(
+        "SELECT seq, content FROM job_artifact_chunks WHERE job_id = %s ORDER BY seq", (job_id,)
+    )
+    assert [(p["seq"], p["content"]) for p in pieces] == [(0, b"id,task\n"), (1, b"1,a\n"), (2, b"2,b\n")]
+    artifacts.ArtifactWriter(conn, job_id, "again.csv", "text/csv").close()
+    left = look.execute("SELECT count(*) AS n FROM job_artifact_chunks WHERE job_id = %s", (job_id,))
+    assert left.fetchone() == {"n": 0}, "a new file replaces the pieces of the last one"
+
+
+def test_the_client_of_a_job_is_read_from_its_row(conn: psycopg.Connection[Any]) -> None:
+    job_id = given(conn, "running", attempts=1)
+    assert ledger.job_client(conn, job_id) == (True, None)
+    conn.execute("UPDATE jobs SET client_id = 'abc123' WHERE id = %s", (job_id,))
+    assert ledger.job_client(conn, job_id) == (True, "abc123")
+    assert ledger.job_client(conn, uuid.uuid4()) == (False, None)
 
 
 def test_a_heartbeat_records_the_worker_and_a_stop_marks_it_stopped(

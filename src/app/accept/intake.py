@@ -7,7 +7,9 @@ With no load a batch is one job and nothing waits.
 
 Requests share batches, so one client's bad row must not fail the others: a batch the
 database refuses for what it holds (not for being away) is written again one row at a
-time, and only the row that is refused again fails. Input is checked at the door so that
+time, and only the row that is refused again fails. A row whose unique key an in-flight job
+holds is left out by the INSERT itself (the unique index decides); the rest of its batch
+commits, and that request alone is refused with the holder's id. Input is checked at the door so that
 this is a second line, not the first. The queue of waiting requests is bounded: past
 INTAKE_MAX_PENDING the API answers 503 at once instead of holding requests on a stalled
 database.
@@ -34,7 +36,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from app.errors import JobRefused, LedgerUnavailable
+from app.errors import AlreadyInFlight, JobRefused, LedgerUnavailable
 from app.ledger import jobs as ledger
 from app.ledger.engines import api_connect_args
 from app.ledger.jobs import NewJob
@@ -44,6 +46,9 @@ from app.settings import get_settings
 log = get_logger("conveyor.intake")
 
 Pending = tuple[NewJob, "asyncio.Future[None]"]
+# Tries of a row refused for its unique key whose holder had finished by the time it was looked
+# up: each try is a race lost to a job ending just then.
+UNIQUE_ATTEMPTS = 5
 UNAVAILABLE = "the job ledger is unavailable; nothing was stored, retry later"
 # Errors that say the database is away or overloaded, not that a row is wrong.
 UNAVAILABLE_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
@@ -128,16 +133,33 @@ class Intake:
             await self.pool.open()
         return self.pool
 
-    async def _insert(self, jobs: list[NewJob], *, wakes: bool = False) -> None:
+    async def _insert(self, jobs: list[NewJob], *, wakes: bool = False) -> dict[UUID, Exception]:
+        """Insert jobs in one statement; the refusal of each job left out (its unique key held)."""
         pool = await self._connection_pool()
+        refused: dict[UUID, Exception] = {}
         async with pool.connection(timeout=self.timeout) as conn:
             inserted = await ledger.insert_async(conn, jobs, notify=wakes)
-        if len(inserted) != len(jobs):
-            raise RuntimeError(f"inserted {len(inserted)} of {len(jobs)} jobs")
+            left_out = [job for job in jobs if job.id not in inserted]
+            for _ in range(UNIQUE_ATTEMPTS):
+                if not left_out:
+                    return refused
+                # Autocommit: the INSERT waited for any holder's commit, and this is a new snapshot.
+                holders = await ledger.unique_holders_async(conn, left_out)
+                refused |= {
+                    job.id: AlreadyInFlight(job.task, holders[job.id])
+                    for job in left_out
+                    if job.id in holders
+                }
+                again = [job for job in left_out if job.id not in holders]
+                inserted = await ledger.insert_async(conn, again, notify=True) if again else set()
+                left_out = [job for job in again if job.id not in inserted]
+        for job in left_out:
+            refused[job.id] = LedgerUnavailable(f"unique key {job.unique_key!r} is contended; retry later")
+        return refused
 
     async def _write(self, batch: list[Pending], wakes: bool) -> None:
         try:
-            await self._insert([job for job, _ in batch], wakes=wakes)
+            refused = await self._insert([job for job, _ in batch], wakes=wakes)
         except UNAVAILABLE_ERRORS as error:
             self._outage.failed(error, jobs=len(batch))
             _settle(batch, LedgerUnavailable(UNAVAILABLE))
@@ -148,7 +170,8 @@ class Intake:
                 await self._one_by_one(batch)
         else:
             self._outage.recovered()
-            _settle(batch, None)
+            for job, done in batch:
+                _settle([(job, done)], refused.get(job.id))
             if not wakes and not self._waking:
                 self._wake_relay()  # the carrier committed before this batch did
             return
@@ -169,15 +192,15 @@ class Intake:
         stored = False
         for job, done in batch:
             try:
-                await self._insert([job])
+                refused = await self._insert([job])
             except UNAVAILABLE_ERRORS as error:
                 self._outage.failed(error, jobs=1)
                 _settle([(job, done)], LedgerUnavailable(UNAVAILABLE))
             except Exception as error:
                 _settle([(job, done)], _refusal(error))
             else:
-                stored = True
-                _settle([(job, done)], None)
+                stored = stored or job.id not in refused
+                _settle([(job, done)], refused.get(job.id))
         if stored:
             self._wake_relay()
 

@@ -20,7 +20,7 @@ from app.api.auth import authenticate
 from app.api.deps import transaction
 from app.api.errors import field_errors, unstorable
 from app.api.metrics import JOBS_ACCEPTED
-from app.api.responses import AUTH, BODY, UNAVAILABLE, responses
+from app.api.responses import AUTH, BODY, IN_FLIGHT, UNAVAILABLE, responses
 from app.api.schemas import JobAccepted, JobRequest
 from app.errors import UnknownTask, UnstorableInput
 from app.jobs import enqueue as accepting
@@ -33,7 +33,7 @@ from app.settings import get_settings
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 M = TypeVar("M", bound=BaseModel)
-ACCEPT_ERRORS = responses(BODY, AUTH, UNAVAILABLE)
+ACCEPT_ERRORS = responses(BODY, AUTH, IN_FLIGHT, UNAVAILABLE)
 
 
 def _parse(model: type[M], body: bytes) -> M:

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.errors import (
+    AlreadyInFlight,
     Forbidden,
     IdempotencyConflict,
     InvalidTransition,
@@ -85,6 +86,12 @@ async def _conflict(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
+async def _in_flight(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AlreadyInFlight)
+    body = {"detail": str(exc), "job_id": str(exc.job_id), "status_url": f"/api/v1/jobs/{exc.job_id}"}
+    return JSONResponse(body, status_code=409)
+
+
 async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
     loc = ["body", "task"] if isinstance(exc, UnknownTask) else ["header", "Idempotency-Key"]
     kind = "unknown_task" if isinstance(exc, UnknownTask) else "idempotency_key_reused"
@@ -141,5 +148,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ScheduleNotFound, _not_found)
     app.add_exception_handler(InvalidTransition, _conflict)
     app.add_exception_handler(ScheduleNameTaken, _conflict)
+    app.add_exception_handler(AlreadyInFlight, _in_flight)
     app.add_exception_handler(UnknownTask, _unprocessable)
     app.add_exception_handler(IdempotencyConflict, _unprocessable)

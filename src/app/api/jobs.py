@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator
 
 from app.access.keys import Client, Scope
@@ -29,6 +31,9 @@ ONE_JOB = responses(NOT_FOUND, INVALID, AUTH, UNAVAILABLE)
 # its key first thing in its body: after FastAPI validated the path and the query, so bad
 # input is a 422 even while the ledger (where keys are verified) is away.
 READERS = (Scope.READ, Scope.ENQUEUE)
+# Pieces of a file read per statement while it is sent: a few at a time, so a download holds
+# a few pieces in memory, and a pooled connection only while it reads them.
+PIECES_PER_READ = 4
 
 
 def _own(client: Client) -> str | None:
@@ -62,11 +67,26 @@ async def get_artifact(job_id: UUID, request: Request) -> Response:
         row = await reads.artifact(conn, job_id)
     if row is None:
         raise JobNotFound(f"{job_id} (or its artifact)")
-    return Response(
-        content=row.content,
-        media_type=row.content_type,
-        headers={"Content-Disposition": f'attachment; filename="{row.name}"'},
-    )
+    headers = {"Content-Disposition": f'attachment; filename="{row.name}"'}
+    if row.content is not None:  # stored whole, before files were kept in pieces
+        return Response(content=row.content, media_type=row.content_type, headers=headers)
+    if row.size is not None:
+        headers["Content-Length"] = str(row.size)
+    return StreamingResponse(_pieces(job_id), media_type=row.content_type, headers=headers)
+
+
+async def _pieces(job_id: UUID) -> AsyncIterator[bytes]:
+    """A file's pieces in order, each few read on a connection taken for that read alone: a slow
+    client holds no pooled connection while it reads."""
+    after = -1
+    while True:
+        async with reading() as conn:
+            pieces = await reads.artifact_pieces(conn, job_id, after, PIECES_PER_READ)
+        for _, content in pieces:
+            yield content
+        if len(pieces) < PIECES_PER_READ:
+            return
+        after = pieces[-1][0]
 
 
 @router.get("/jobs", response_model=JobList, responses=responses(INVALID, AUTH, UNAVAILABLE))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.api.schemas import ErrorBody
+from app.api.schemas import ErrorBody, InFlightBody
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -28,6 +28,13 @@ AUTH: Responses = {
         "description": "This key's request rate is used up (RATE_LIMIT)",
         "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}},
     },
+}
+IN_FLIGHT: Responses = {
+    409: {
+        "model": InFlightBody,
+        "description": "A job of this task is already queued or running for this client "
+        "(export_jobs: one at a time per key); `job_id` names it",
+    }
 }
 NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No such job"}}
 NO_SCHEDULE: Responses = {404: {"model": ErrorBody, "description": "No such schedule"}}

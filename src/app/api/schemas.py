@@ -56,6 +56,13 @@ class ErrorBody(BaseModel):
     detail: Any = Field(description="A message, or FastAPI's list of field errors")
 
 
+class InFlightBody(ErrorBody):
+    """A job refused because one of its task is in flight for this client (one export at a time)."""
+
+    job_id: UUID = Field(description="The job that is queued, retrying or running")
+    status_url: str
+
+
 class ScheduleRequest(BaseModel):
     """A task fired on a timing: exactly one of `cron` (5 fields, read in `timezone`) and
     `every_seconds` (ticks on the multiples of it since the Unix epoch)."""

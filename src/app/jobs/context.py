@@ -42,6 +42,15 @@ class JobContext:
     def attempt(self) -> int:
         return self.token.attempt
 
+    def client_id(self) -> str | None:
+        """The API key that enqueued this job, as the ledger holds it; None for an operator's job
+        (the CLI, Python, a schedule). Raises LeaseLost when the job is no longer in the ledger."""
+        with sync_engine().connect() as conn:
+            found, client = ledger.job_client(conn, self.token.job_id)
+        if not found:
+            raise LeaseLost(f"job {self.job_id} is no longer in the ledger")
+        return client
+
     def progress(self, percent: float) -> None:
         """Record progress (0-100) and renew the lease; raises LeaseLost if the job is no longer ours."""
         value = max(0, min(100, int(percent)))

@@ -19,7 +19,7 @@ from uuid import UUID
 import orjson
 from pydantic import BaseModel
 
-from app.errors import IdempotencyConflict, LedgerUnavailable
+from app.errors import AlreadyInFlight, IdempotencyConflict, LedgerUnavailable
 from app.jobs.context import peek_current
 from app.jobs.validation import check_payload_json
 from app.ledger import jobs as ledger
@@ -31,8 +31,8 @@ from app.settings import get_settings
 # A year: longer delays are almost certainly a unit mistake (ms for s).
 MAX_DELAY_SECONDS = 365 * 24 * 3600
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
-# Tries of a keyed insert: each lost race (a holder that rolled back, an expired key released)
-# costs one; more than a few means the key is fought over.
+# Tries of a keyed insert: each lost race (a holder that rolled back or finished, an expired
+# key released) costs one; more than a few means the key is fought over.
 STORE_ATTEMPTS = 5
 
 
@@ -45,6 +45,8 @@ class Enqueueable(Protocol):
     def queue(self) -> str: ...
     @property
     def payload_model(self) -> type[BaseModel]: ...
+    @property
+    def one_per_client(self) -> bool: ...
     def max_attempts(self) -> int: ...
 
 
@@ -66,6 +68,14 @@ def fingerprint(task: str, payload_json: str, delay_seconds: float, priority: in
         [task, orjson.loads(payload_json), float(delay_seconds), priority], option=orjson.OPT_SORT_KEYS
     )
     return hashlib.sha256(canonical).hexdigest()
+
+
+def unique_key(spec: Enqueueable, client_id: str | None) -> str | None:
+    """The key at most one in-flight job of the task holds: the client's, for a task that runs
+    one job per client at a time. An operator's job (no client) is never held back."""
+    if spec.one_per_client and client_id is not None:
+        return f"client:{client_id}"
+    return None
 
 
 def new_job(
@@ -104,38 +114,52 @@ def new_job(
             fingerprint(spec.name, payload_json, delay_seconds, priority) if idempotency_key else None
         ),
         parent_id=running.token.job_id if running is not None else None,
+        unique_key=unique_key(spec, client_id),
     )
 
 
-def _resolved(job: NewJob, first: ledger.KeyHolder | None) -> Accepted | None:
-    """The answer for a job whose key was taken: the first job, or None (look again)."""
-    if first is None:  # the first request's transaction rolled back after we waited on it
-        return None
+def _resolved(job: NewJob, first: ledger.KeyHolder) -> Accepted:
+    """The answer for a job whose idempotency key its client used before: the first job."""
     if first.request_hash != job.request_hash:
         raise IdempotencyConflict(job.idempotency_key or "")
     return Accepted(first.id, first.task, first.state, duplicate=True)
 
 
+def _refuse_if_held(job: NewJob, holders: dict[UUID, UUID]) -> None:
+    """The policy of a taken unique key, for now: the job is refused, naming the holder."""
+    if job.id in holders:
+        raise AlreadyInFlight(job.task, holders[job.id])
+
+
+def _contended(job: NewJob) -> LedgerUnavailable:
+    what = f"Idempotency-Key {job.idempotency_key!r}" if job.idempotency_key else f"job {job.unique_key!r}"
+    return LedgerUnavailable(f"{what} is contended; retry later")
+
+
 async def store(conn: AsyncConnection, job: NewJob) -> Accepted:
     """Insert the job in the caller's transaction and wake the relay when it commits.
 
-    A job whose key is already taken is not inserted: the first job is returned (the same
-    request) or IdempotencyConflict raised (another request). A key whose window
+    A job whose idempotency key is already taken is not inserted: the first job is returned
+    (the same request) or IdempotencyConflict raised (another request). A key whose window
     (IDEMPOTENCY_KEY_TTL_SECONDS from its first job's creation) has passed is released from
-    that job, and the job is inserted anew.
+    that job, and the job is inserted anew. A job whose unique key an in-flight job of its task
+    holds is not inserted: AlreadyInFlight names that job.
     """
     ttl = get_settings().idempotency_key_ttl_seconds
     for _ in range(STORE_ATTEMPTS):
         if await ledger.insert_async(conn, [job], notify=True):
             return Accepted(job.id, job.task, JobState.QUEUED, duplicate=False)
-        assert job.idempotency_key is not None  # only a taken key leaves a row out
-        first = await ledger.key_holder_async(conn, job.idempotency_key, job.client_id, ttl)
-        if first is not None and first.expired:
-            await ledger.release_key_async(conn, job.idempotency_key, job.client_id, ttl)
-            continue
-        if (found := _resolved(job, first)) is not None:
-            return found
-    raise LedgerUnavailable(f"Idempotency-Key {job.idempotency_key!r} is contended; retry later")
+        if job.idempotency_key is not None:
+            first = await ledger.key_holder_async(conn, job.idempotency_key, job.client_id, ttl)
+            if first is not None and first.expired:
+                await ledger.release_key_async(conn, job.idempotency_key, job.client_id, ttl)
+                continue
+            if first is not None:
+                return _resolved(job, first)
+        if job.unique_key is not None:
+            _refuse_if_held(job, await ledger.unique_holders_async(conn, [job]))
+        # What refused the row is gone (its transaction rolled back, or its job finished): again.
+    raise _contended(job)
 
 
 def store_sync(conn: SyncConnection, job: NewJob) -> Accepted:
@@ -144,14 +168,16 @@ def store_sync(conn: SyncConnection, job: NewJob) -> Accepted:
     for _ in range(STORE_ATTEMPTS):
         if ledger.insert(conn, [job], notify=True):
             return Accepted(job.id, job.task, JobState.QUEUED, duplicate=False)
-        assert job.idempotency_key is not None
-        first = ledger.key_holder(conn, job.idempotency_key, job.client_id, ttl)
-        if first is not None and first.expired:
-            ledger.release_key(conn, job.idempotency_key, job.client_id, ttl)
-            continue
-        if (found := _resolved(job, first)) is not None:
-            return found
-    raise LedgerUnavailable(f"Idempotency-Key {job.idempotency_key!r} is contended; retry later")
+        if job.idempotency_key is not None:
+            first = ledger.key_holder(conn, job.idempotency_key, job.client_id, ttl)
+            if first is not None and first.expired:
+                ledger.release_key(conn, job.idempotency_key, job.client_id, ttl)
+                continue
+            if first is not None:
+                return _resolved(job, first)
+        if job.unique_key is not None:
+            _refuse_if_held(job, ledger.unique_holders(conn, [job]))
+    raise _contended(job)
 
 
 # -- sessions: the caller's transaction, or one of our own -----------------------------------

@@ -85,6 +85,9 @@ class TaskSpec(Generic[P]):
     # Declared in code: the relay keeps a schedule of the task's own name with this timing and
     # the payload model's defaults.
     schedule: Timing | None = None
+    # At most one queued, retrying or running job per client (the key that enqueued it); a
+    # second is refused with AlreadyInFlight. Operators' jobs (no client) are not counted.
+    one_per_client: bool = False
 
     def max_attempts(self) -> int:
         return self.retry.resolved_max_attempts()
@@ -162,12 +165,14 @@ def task(
     time_limit_seconds: float | None = None,
     public: bool = True,
     schedule: Timing | str | None = None,
+    one_per_client: bool = False,
 ) -> Callable[[TaskFn[P]], TaskSpec[P]]:
     """Register a function as a task named `<module>.<function>`.
 
     `schedule` (`Every(seconds=60)`, `Cron("0 3 * * *", timezone="Europe/Paris")` or a cron
     string in UTC) makes the relay fire the task on that timing, with the payload model's
-    defaults, which must then validate from `{}`.
+    defaults, which must then validate from `{}`. `one_per_client` lets each client (API key)
+    have one job of the task queued, retrying or running at a time.
     """
     timing = None if schedule is None else declared(schedule)
     if timing is not None:
@@ -185,6 +190,7 @@ def task(
             public=public,
             description=(fn.__doc__ or "").strip().split("\n")[0],
             schedule=timing,
+            one_per_client=one_per_client,
         )
         _registry[name] = spec
         return spec

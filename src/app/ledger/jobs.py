@@ -66,6 +66,8 @@ class NewJob:
     # The schedule and tick that made it: one job per (schedule, tick).
     schedule: str | None = None
     scheduled_for: datetime | None = None
+    # At most one in-flight job of its task holds it (ux_jobs_unique_in_flight).
+    unique_key: str | None = None
     id: UUID = field(default_factory=uuid.uuid4)
 
 
@@ -142,6 +144,7 @@ def _insert_params(jobs: Sequence[NewJob], notify: bool) -> dict[str, object]:
             "parent_id": j.parent_id,
             "schedule": j.schedule,
             "scheduled_for": j.scheduled_for,
+            "unique_key": j.unique_key,
         }
         for j in jobs
     ]
@@ -149,9 +152,10 @@ def _insert_params(jobs: Sequence[NewJob], notify: bool) -> dict[str, object]:
 
 
 def insert(conn: SyncConnection, jobs: Sequence[NewJob], *, notify: bool = False) -> set[UUID]:
-    """Insert jobs; the ids inserted (a job whose idempotency key is taken, or whose schedule
-    tick has its job already, is left out). With `notify`, a row inserted wakes the relay
-    when the transaction commits."""
+    """Insert jobs; the ids inserted (a job whose idempotency key is taken, whose schedule tick
+    has its job already, or whose unique key an in-flight job holds, is left out: see
+    `unique_holders`). With `notify`, a row inserted wakes the relay when the transaction
+    commits."""
     if not jobs:
         return set()
     outcome = run(conn, queries.INSERT_JOBS, _insert_params(jobs, notify), prepare=True)
@@ -165,6 +169,29 @@ async def insert_async(conn: AsyncConnection, jobs: Sequence[NewJob], *, notify:
 
 async def notify_relay_async(conn: AsyncConnection) -> None:
     await run_async(conn, queries.NOTIFY_RELAY)
+
+
+def _holder_params(jobs: Sequence[NewJob]) -> dict[str, object]:
+    keyed = [j for j in jobs if j.unique_key is not None]
+    return {
+        "ids": [j.id for j in keyed],
+        "tasks": [j.task for j in keyed],
+        "keys": [j.unique_key for j in keyed],
+    }
+
+
+def unique_holders(conn: SyncConnection, jobs: Sequence[NewJob]) -> dict[UUID, UUID]:
+    """For jobs that `insert` left out: the in-flight job holding each one's unique key, by the
+    left-out job's id. A job missing here was not refused for its unique key, or its holder
+    has finished since (inserting it again may succeed). Call it after the insert, in a new
+    statement: the index decides, this only names who holds the key."""
+    rows = run(conn, queries.FIND_UNIQUE_HOLDERS, _holder_params(jobs)).rows
+    return {row[0]: row[1] for row in rows}
+
+
+async def unique_holders_async(conn: AsyncConnection, jobs: Sequence[NewJob]) -> dict[UUID, UUID]:
+    rows = (await run_async(conn, queries.FIND_UNIQUE_HOLDERS, _holder_params(jobs))).rows
+    return {row[0]: row[1] for row in rows}
 
 
 def key_holder(conn: SyncConnection, key: str, client_id: str | None, ttl_seconds: float) -> KeyHolder | None:
@@ -286,10 +313,10 @@ def unclaim(conn: SyncConnection, worker_id: str, tokens: Sequence[Token]) -> in
     return len(run(conn, queries.UNCLAIM, params).rows)
 
 
-def store_artifact(conn: SyncConnection, job_id: UUID, name: str, content_type: str, content: bytes) -> None:
-    """The file a job produced; call it inside `job.transaction()` so it commits with the success."""
-    params = {"job_id": job_id, "name": name, "content_type": content_type, "content": content}
-    run(conn, queries.STORE_ARTIFACT, params)
+def job_client(conn: SyncConnection, job_id: UUID) -> tuple[bool, str | None]:
+    """Whether the job exists, and the key that enqueued it (None: an operator's job)."""
+    rows = run(conn, queries.JOB_CLIENT, {"id": job_id}).rows
+    return (False, None) if not rows else (True, rows[0][0])
 
 
 # -- the relay ------------------------------------------------------------------------------

@@ -56,3 +56,9 @@ def listing(conn: SyncConnection) -> list[KeyListing]:
         KeyListing(name, tuple(scopes), created, used, revoked)
         for name, scopes, created, used, revoked in run(conn, queries.LIST_KEYS).rows
     ]
+
+
+def live_scopes(conn: SyncConnection, key_id: str) -> tuple[str, ...] | None:
+    """The scopes of a key that is not revoked; None when it is unknown or revoked."""
+    rows = run(conn, queries.LIVE_KEY_SCOPES, {"id": key_id}).rows
+    return None if not rows else tuple(rows[0][0])

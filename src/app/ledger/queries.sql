@@ -8,20 +8,22 @@
 -- New jobs, many per statement (the accept path's group commit, a relay's ticks) or one (enqueue,
 -- a keyed POST), as one JSON array of rows: one parameter, serialised in one call, where an array
 -- per column cost the driver a dump per column and value (2.5x the client's CPU). A row whose
--- idempotency key is taken, or whose schedule tick already has its job, is not inserted:
--- it is left out of the ids returned. With %(notify)s, inserting any row also wakes the relay
+-- idempotency key is taken, whose schedule tick already has its job, or whose unique key an
+-- in-flight job of its task holds (ux_jobs_unique_in_flight), is not inserted: it is left out
+-- of the ids returned, and the others are inserted. With %(notify)s, inserting any row also wakes the relay
 -- when the transaction commits (a NOTIFY of its own cost the API a round trip and the
 -- database a transaction per batch).
 WITH inserted AS (
     INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at,
-                      idempotency_key, request_hash, client_id, parent_id, schedule, scheduled_for)
+                      idempotency_key, request_hash, client_id, parent_id, schedule, scheduled_for,
+                      unique_key)
     SELECT t.id, t.task, t.queue, t.payload, 'queued', t.priority, t.max_attempts,
            now() + make_interval(secs => t.delay), t.idempotency_key, t.request_hash, t.client_id,
-           t.parent_id, t.schedule, t.scheduled_for
+           t.parent_id, t.schedule, t.scheduled_for, t.unique_key
     FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb))
          AS t(id uuid, task text, queue text, payload jsonb, priority smallint, max_attempts integer,
               delay float8, idempotency_key text, request_hash text, client_id text, parent_id uuid,
-              schedule text, scheduled_for timestamptz)
+              schedule text, scheduled_for timestamptz, unique_key text)
     ON CONFLICT DO NOTHING
     RETURNING id
 ), woken AS (
@@ -40,6 +42,16 @@ SELECT pg_notify('conveyor_jobs', '')
 SELECT id, task, state, request_hash, created_at < now() - make_interval(secs => %(ttl)s) AS expired
 FROM jobs
 WHERE idempotency_key = %(key)s AND coalesce(client_id, '') = coalesce(%(client_id)s::text, '')
+
+-- name: find_unique_holders
+-- For each new job (id, task, unique key) that insert_jobs left out, the job of its task that
+-- holds the key while in flight; a job the index refused whose holder has finished since is not
+-- listed (the caller inserts it again). A statement of its own: its snapshot is taken after the
+-- INSERT, which waited for the holder's transaction, so a holder that committed is seen.
+SELECT t.id, j.id
+FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(keys)s::text[]) AS t(id, task, unique_key)
+JOIN jobs j ON j.task = t.task AND j.unique_key = t.unique_key AND j.id <> t.id
+           AND j.state IN ('queued', 'retrying', 'running')
 
 -- name: release_idempotency_key
 -- Frees a client's key whose window has passed from the job that holds it: the same key makes
@@ -287,11 +299,34 @@ SELECT id, queue, job_id, run FROM stale_dead_letters ORDER BY id LIMIT %(limit)
 DELETE FROM stale_dead_letters WHERE id = ANY(%(ids)s::bigint[])
 
 -- name: store_artifact
--- The file a job produced, written in the job's own transaction (replaces an earlier attempt's).
-INSERT INTO job_artifacts (job_id, name, content_type, content)
-VALUES (%(job_id)s, %(name)s, %(content_type)s, %(content)s)
+-- The file a job produced, whole, written in the job's own transaction (replaces an earlier
+-- attempt's).
+INSERT INTO job_artifacts (job_id, name, content_type, content, size)
+VALUES (%(job_id)s, %(name)s, %(content_type)s, %(content)s, octet_length(%(content)s))
 ON CONFLICT (job_id) DO UPDATE SET name = EXCLUDED.name, content_type = EXCLUDED.content_type,
-    content = EXCLUDED.content, created_at = now()
+    content = EXCLUDED.content, size = EXCLUDED.size, created_at = now()
+
+-- name: clear_artifact
+-- Forgets a job's file and its pieces (what an earlier run left), before it is written anew.
+WITH pieces AS (
+    DELETE FROM job_artifact_chunks WHERE job_id = %(job_id)s
+)
+DELETE FROM job_artifacts WHERE job_id = %(job_id)s
+
+-- name: store_artifact_chunk
+-- One piece of a job's file, in the job's own transaction; pieces are read back in seq order.
+INSERT INTO job_artifact_chunks (job_id, seq, content) VALUES (%(job_id)s, %(seq)s, %(content)s)
+
+-- name: close_artifact
+-- The file whose pieces a job wrote: its name, type and size (content NULL: it is in pieces).
+INSERT INTO job_artifacts (job_id, name, content_type, content, size)
+VALUES (%(job_id)s, %(name)s, %(content_type)s, NULL, %(size)s)
+ON CONFLICT (job_id) DO UPDATE SET name = EXCLUDED.name, content_type = EXCLUDED.content_type,
+    content = NULL, size = EXCLUDED.size, created_at = now()
+
+-- name: job_client
+-- The key that enqueued a job (NULL: an operator's job, from the CLI or Python); no row: no job.
+SELECT client_id FROM jobs WHERE id = %(id)s
 
 -- name: job_state
 -- The state of one job (NULL: no such job).
@@ -329,6 +364,10 @@ RETURNING id
 -- name: find_key
 -- A key by its public id, for verifying a request.
 SELECT id, name, secret_hash, scopes, revoked_at FROM api_keys WHERE id = %(id)s
+
+-- name: live_key_scopes
+-- The scopes of a key that is not revoked (no row: unknown or revoked), for work done on its behalf.
+SELECT scopes FROM api_keys WHERE id = %(id)s AND revoked_at IS NULL
 
 -- name: touch_key
 -- A verified key was used (written at most once per cache period per API process).

@@ -11,7 +11,7 @@ from sqlalchemy import Row, Select, and_, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.errors import JobNotFound
-from app.ledger.schema import job_artifacts, job_attempts, jobs
+from app.ledger.schema import job_artifact_chunks, job_artifacts, job_attempts, jobs
 
 JOB_COLUMNS = [
     jobs.c.id,
@@ -133,8 +133,22 @@ async def children(conn: AsyncConnection, job_id: UUID, limit: int = 50) -> list
 
 
 async def artifact(conn: AsyncConnection, job_id: UUID) -> Row[Any] | None:
+    """A job's file: name, content_type, size, and content (NULL when it is kept in pieces)."""
     query = select(job_artifacts).where(job_artifacts.c.job_id == job_id)
     return (await conn.execute(query)).first()
+
+
+async def artifact_pieces(
+    conn: AsyncConnection, job_id: UUID, after: int, limit: int
+) -> list[tuple[int, bytes]]:
+    """Up to `limit` pieces of a job's file after piece `after` (-1: from the start), in order."""
+    query = (
+        select(job_artifact_chunks.c.seq, job_artifact_chunks.c.content)
+        .where(job_artifact_chunks.c.job_id == job_id, job_artifact_chunks.c.seq > after)
+        .order_by(job_artifact_chunks.c.seq)
+        .limit(limit)
+    )
+    return [(row.seq, row.content) for row in await conn.execute(query)]
 
 
 async def now(conn: AsyncConnection) -> datetime:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import smtplib
 import time
@@ -11,16 +9,16 @@ from email.message import EmailMessage
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, EmailStr, Field
-from sqlalchemy import and_, func, select, tuple_
+from sqlalchemy import func, select
 
 from app.errors import PermanentError, TransientError
 from app.jobs.context import JobContext
 from app.jobs.registry import Payload, Queue, task
-from app.ledger import jobs as ledger
 from app.ledger.engines import sync_engine
-from app.ledger.schema import JobState, job_attempts, jobs
+from app.ledger.schema import JobState, job_attempts
 from app.logs import get_logger
 from app.settings import get_settings
+from app.tasks import exporting
 
 log = get_logger("conveyor.tasks")
 
@@ -104,55 +102,15 @@ class ExportPayload(Payload):
     chunk_size: int = Field(default=1000, ge=10, le=10_000)
 
 
-EXPORT_COLUMNS = (
-    "id",
-    "task",
-    "state",
-    "attempts",
-    "max_attempts",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "last_error",
-)
-
-
-@task(ExportPayload, queue=Queue.EXPORTS, max_attempts=3, time_limit_seconds=3600)
+@task(ExportPayload, queue=Queue.EXPORTS, max_attempts=3, time_limit_seconds=3600, one_per_client=True)
 def export_jobs(payload: ExportPayload, job: JobContext) -> dict[str, Any]:
-    """Write the job history as CSV in chunks, reporting progress; the file is kept with the job."""
-    filters = []
-    if payload.state is not None:
-        filters.append(jobs.c.state == payload.state.value)
-    if payload.task is not None:
-        filters.append(jobs.c.task == payload.task)
-    where = and_(True, *filters)
-    columns = [jobs.c[name] for name in EXPORT_COLUMNS]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(EXPORT_COLUMNS)
-    with sync_engine().connect() as conn:
-        total = conn.execute(select(func.count()).select_from(jobs).where(where)).scalar_one()
-        written, after = 0, None
-        while True:
-            query = select(*columns).where(where)
-            if after is not None:
-                query = query.where(tuple_(jobs.c.created_at, jobs.c.id) > tuple_(*after))
-            query = query.order_by(jobs.c.created_at, jobs.c.id).limit(payload.chunk_size)
-            rows = conn.execute(query).all()
-            if not rows:
-                break
-            writer.writerows(rows)
-            written += len(rows)
-            after = (rows[-1].created_at, rows[-1].id)
-            job.progress(100 * written / max(total, 1) * 0.99)
-    content = buffer.getvalue().encode()
-    with job.transaction() as effects:
-        ledger.store_artifact(effects, job.token.job_id, f"jobs-{job.job_id}.csv", "text/csv", content)
-    return {
-        "rows": written,
-        "bytes": len(content),
-        "artifact_url": f"/api/v1/jobs/{job.job_id}/artifact",
-    }
+    """Write the job history as CSV in chunks, reporting progress; the file is kept with the job.
+
+    It holds what the job's client may read (every job with `read`, else its own), and each
+    client has one export queued or running at a time.
+    """
+    state = None if payload.state is None else payload.state.value
+    return exporting.export(job, state, payload.task, payload.chunk_size)
 
 
 class FlakyPayload(Payload):
