@@ -284,3 +284,40 @@ async def test_the_export_of_a_revoked_key_fails_for_good_and_exports_nothing(
     assert job[0] == "dead"
     assert "revoked" in job[1]
     assert files == pieces == (0,)
+
+
+def kill(infra: Infra, job_id: str) -> None:
+    with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
+        conn.execute("UPDATE jobs SET state = 'dead', finished_at = now() WHERE id = %s", (job_id,))
+
+
+async def test_a_dead_export_is_not_replayed_while_its_client_has_another_in_flight(
+    api: httpx.AsyncClient, clean_ledger: Infra, keys: dict[str, str]
+) -> None:
+    dead = (await post_export(api, keys["a"])).json()["id"]
+    kill(clean_ledger, dead)
+    in_flight = (await post_export(api, keys["a"])).json()["id"]
+    refused = await api.post(f"/api/v1/jobs/{dead}/replay")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["job_id"] == in_flight
+    kill(clean_ledger, in_flight)
+    replayed = await api.post(f"/api/v1/jobs/{dead}/replay")
+    assert replayed.status_code == 202, replayed.text
+
+
+async def test_replaying_every_dead_export_replays_one_per_client(
+    api: httpx.AsyncClient, clean_ledger: Infra, keys: dict[str, str]
+) -> None:
+    from app.ledger.engines import async_engine
+    from app.operate import actions
+
+    made = []
+    for key in (keys["a"], keys["a"], keys["b"]):
+        job_id = (await post_export(api, key)).json()["id"]
+        kill(clean_ledger, job_id)
+        made.append(job_id)
+    done = await actions.bulk(async_engine(), "replay", task=EXPORT, up_to=10)
+    assert {str(run.id) for run in done} in ({made[0], made[2]}, {made[1], made[2]})
+    with psycopg.connect(clean_ledger.libpq_url) as conn:
+        states = dict(conn.execute("SELECT id::text, state FROM jobs WHERE task = %s", (EXPORT,)).fetchall())
+    assert sorted(states.values()) == ["dead", "queued", "queued"], "one of A's stays dead, nothing failed"

@@ -53,6 +53,13 @@ FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(keys)s::text[]) AS t(id, task,
 JOIN jobs j ON j.task = t.task AND j.unique_key = t.unique_key AND j.id <> t.id
            AND j.state IN ('queued', 'retrying', 'running')
 
+-- name: unique_holder_of_job
+-- The in-flight job of the same task that holds this job's unique key, if any.
+SELECT h.task, h.id FROM jobs d
+JOIN jobs h ON h.task = d.task AND h.unique_key = d.unique_key AND h.id <> d.id
+           AND h.state IN ('queued', 'retrying', 'running')
+WHERE d.id = %(id)s
+
 -- name: release_idempotency_key
 -- Frees a client's key whose window has passed from the job that holds it: the same key makes
 -- a new job.
@@ -258,11 +265,22 @@ RETURNING id
 -- name: replay_dead
 -- dead → queued as a new run (attempts from 0, history kept), oldest first; wakes the relay.
 -- The dead run's copy in <queue>.XQ, if it went out, is recorded as stale for the relay to remove.
-WITH chosen AS (
-    SELECT id, queue, run, published_at FROM jobs WHERE state = 'dead'
-      AND (%(task)s::text IS NULL OR task = %(task)s)
-      AND (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))
-    ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+-- A job whose unique key another job holds in flight stays dead, and of several dead jobs with
+-- one unique key only the oldest is replayed: the unique index would refuse the others.
+WITH candidates AS (
+    SELECT d.id, d.queue, d.run, d.published_at, d.task, d.unique_key, d.created_at FROM jobs d
+    WHERE d.state = 'dead'
+      AND (%(task)s::text IS NULL OR d.task = %(task)s)
+      AND (%(ids)s::uuid[] IS NULL OR d.id = ANY(%(ids)s::uuid[]))
+      AND (d.unique_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM jobs h WHERE h.task = d.task AND h.unique_key = d.unique_key
+              AND h.state IN ('queued', 'retrying', 'running')))
+    ORDER BY d.created_at LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED
+), chosen AS (
+    SELECT DISTINCT ON (coalesce(unique_key, id::text), CASE WHEN unique_key IS NULL THEN '' ELSE task END)
+           id, queue, run, published_at
+    FROM candidates ORDER BY coalesce(unique_key, id::text), CASE WHEN unique_key IS NULL THEN '' ELSE task END,
+           created_at
 ), replayed AS (
     UPDATE jobs j SET state = 'queued', run = j.run + 1, attempts = 0, progress = 0,
            available_at = now(), published_at = NULL, started_at = NULL, finished_at = NULL,

@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 from uuid import UUID
 
-from app.errors import InvalidTransition, JobNotFound
+from app.errors import AlreadyInFlight, InvalidTransition, JobNotFound
 from app.ledger import jobs as ledger
+from app.ledger import unique
 from app.ledger.jobs import DeadRun
 
 if TYPE_CHECKING:
@@ -33,7 +34,12 @@ async def replay(conn: AsyncConnection, job_id: UUID) -> DeadRun:
     """dead → queued as a new run; raises InvalidTransition (not dead) or JobNotFound."""
     done = await ledger.replay_dead(conn, ids=[job_id], limit=1)
     if not done:
-        raise InvalidTransition(job_id, await _state_of(conn, job_id), "replay", "dead")
+        state = await _state_of(conn, job_id)
+        if state == "dead":  # another job holds its unique key while in flight
+            holder = await unique.holder_of(conn, job_id)
+            if holder is not None:
+                raise AlreadyInFlight(holder.task, holder.job_id)
+        raise InvalidTransition(job_id, state, "replay", "dead")
     return done[0]
 
 
