@@ -25,6 +25,8 @@ from app.jobs.registry import all_tasks
 from app.operate import health
 
 router = APIRouter(tags=["health"])
+# What stops a key from being verified: a refusal (unknown, revoked, throttled) or the ledger away.
+KEY_NOT_VERIFIED: tuple[type[Exception], ...] = (ConveyorError, *UNAVAILABLE)
 
 
 @router.get("/health/live")
@@ -68,7 +70,7 @@ async def _holds_a_key(request: Request) -> bool:
         return False
     try:
         await authenticate(request, *Scope)
-    except (ConveyorError, *UNAVAILABLE):
+    except KEY_NOT_VERIFIED:
         return False
     return True
 
