@@ -125,7 +125,12 @@ class UseEnqueue(ConveyorError):
 
 class InvalidSchedule(ConveyorError, ValueError):
     """Raised when a schedule's timing is not valid: a bad cron expression, an interval below one
-    second, both or neither of them, or a time zone that is not an IANA name."""
+    second, both or neither of them, a time zone that is not an IANA name, or ticks closer
+    together than MIN_SCHEDULE_INTERVAL_SECONDS; `field` names the field at fault, when one is."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ScheduleNameTaken(ConveyorError):
@@ -134,6 +139,16 @@ class ScheduleNameTaken(ConveyorError):
     def __init__(self, name: str) -> None:
         super().__init__(f"a schedule named {name!r} exists already; delete it first or choose another name")
         self.name = name
+
+
+class TooManySchedules(ConveyorError):
+    """Raised when a new schedule would make more than MAX_SCHEDULES."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"{limit} schedules exist already, as many as MAX_SCHEDULES allows; delete one first"
+        )
+        self.limit = limit
 
 
 class ScheduleNotFound(ConveyorError):

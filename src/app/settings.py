@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     # database restart); ticks missed for longer (downtime) are coalesced: only the most
     # recent fires.
     schedule_catch_up_seconds: float = Field(default=5.0, ge=0.0)
+    # Limits an operator can rely on: at most this many schedules (a create past it is refused;
+    # those declared in code are written anyway and count), and no schedule made through the
+    # API or the CLI, or declared in code, ticking more often than this.
+    max_schedules: int = Field(default=1000, ge=0)
+    min_schedule_interval_seconds: int = Field(default=1, ge=1)
 
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     # Registers app.tasks.diagnostics (fault-test tasks); never on in production.

@@ -98,6 +98,7 @@ class ComposeProject:
         fresh credentials, and retries shrunk to fractions of a second."""
         return {
             "PUBLISH_ADDRESS": "127.0.0.1",
+            "ADMIN_PUBLISH_ADDRESS": "127.0.0.1",
             "API_PORT": str(free_port()),
             "MAILPIT_UI_PORT": str(free_port()),
             "RABBITMQ_UI_PORT": str(free_port()),

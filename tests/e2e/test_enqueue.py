@@ -106,7 +106,9 @@ def test_a_job_committed_while_the_relay_is_dead_runs_when_a_relay_sweeps(
 
 @pytest.fixture
 def diagnostics_stack(clean_ledger: Infra, tmp_path: Path) -> Iterator[Stack]:
-    running = Stack(workdir=tmp_path, env={**os.environ, "DIAGNOSTIC_TASKS": "true"})
+    running = Stack(
+        workdir=tmp_path, env={**os.environ, "DIAGNOSTIC_TASKS": "true"}, diagnostics_over_http=True
+    )
     try:
         running.start_all()
         yield running

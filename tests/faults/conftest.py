@@ -2,7 +2,8 @@
 
 Every process of the suite reaches RabbitMQ through a TCP proxy, so a test can make the
 broker unreachable without touching the RabbitMQ that other processes on the machine
-share. The diagnostics tasks are on; database pools are small, because the PostgreSQL
+share. The diagnostics tasks are on, and its API accepts them over HTTP (a test-only API:
+tests/support/diagnostic_api.py); database pools are small, because the PostgreSQL
 here is shared too.
 """
 
@@ -64,7 +65,7 @@ def base_stack(
 ) -> Iterator[Stack]:
     env = dict(os.environ) | FAULT_ENV
     env["BROKER_URL"] = f"amqp://guest:guest@127.0.0.1:{rabbit_proxy.port}/{quote(infra.vhost, safe='')}"
-    stack = Stack(workdir=Path(tmp_path_factory.mktemp("faults")), env=env)
+    stack = Stack(workdir=Path(tmp_path_factory.mktemp("faults")), env=env, diagnostics_over_http=True)
     try:
         stack.start_api()
         stack.start_relay()

@@ -34,6 +34,26 @@ async def api(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
     await dispose_async_engines()
 
 
+@pytest.fixture
+async def anonymous(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in this process, and a client that sends no key unless a test gives one."""
+    from app.asgi import create_app
+    from app.ledger.engines import dispose_async_engines
+
+    application = create_app()
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as client:
+        yield client
+    intake = getattr(application.state, "intake", None)
+    if intake is not None:
+        await intake.close()
+    await dispose_async_engines()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
 def count_jobs(infra: Infra) -> int:
     with psycopg.connect(infra.libpq_url) as conn:
         row = conn.execute("SELECT count(*) FROM jobs").fetchone()

@@ -153,6 +153,69 @@ async def test_an_invalid_schedule_is_422_naming_the_field_and_nothing_is_stored
     assert (await api.get("/api/v1/schedules")).json()["items"] == []
 
 
+@pytest.fixture
+def limits(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """At most 5 schedules, none ticking more often than every 2 minutes."""
+    from app.settings import get_settings
+
+    monkeypatch.setenv("MAX_SCHEDULES", "5")
+    monkeypatch.setenv("MIN_SCHEDULE_INTERVAL_SECONDS", "120")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+async def test_twenty_concurrent_creates_past_max_schedules_make_exactly_that_many(
+    limits: None, api: httpx.AsyncClient
+) -> None:
+    answers = await asyncio.gather(
+        *(api.post("/api/v1/schedules", json=every(f"s{n}", seconds=300)) for n in range(20))
+    )
+    assert sorted(answer.status_code for answer in answers) == [201] * 5 + [409] * 15
+    refused = next(answer for answer in answers if answer.status_code == 409)
+    assert "MAX_SCHEDULES" in refused.json()["detail"]
+    made = [item["name"] for item in (await api.get("/api/v1/schedules")).json()["items"]]
+    assert len(made) == 5
+    assert (await api.delete(f"/api/v1/schedules/{made[0]}")).status_code == 204
+    again = await api.post("/api/v1/schedules", json=every("after-a-delete", seconds=300))
+    assert again.status_code == 201, "a delete makes room"
+
+
+@pytest.mark.parametrize(
+    ("timing", "field"),
+    [
+        ({"every_seconds": 119}, "every_seconds"),
+        ({"every_seconds": 1}, "every_seconds"),
+        ({"every_seconds": None, "cron": "* * * * *"}, "cron"),
+        ({"every_seconds": None, "cron": "0,1 3 * * *"}, "cron"),
+        ({"every_seconds": None, "cron": "59 23 * * *"}, None),
+        ({"every_seconds": None, "cron": "0,59 0,23 * * *"}, "cron"),
+        ({"every_seconds": None, "cron": "*/2 * * * *"}, None),
+        ({"every_seconds": 120}, None),
+    ],
+)
+async def test_a_schedule_that_ticks_more_often_than_the_minimum_is_422_naming_its_field(
+    limits: None, api: httpx.AsyncClient, timing: dict[str, Any], field: str | None
+) -> None:
+    body = {key: value for key, value in (every() | timing).items() if value is not None}
+    answer = await api.post("/api/v1/schedules", json=body)
+    if field is None:
+        assert answer.status_code == 201, answer.text
+        return
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["detail"]
+    assert error["loc"] == ["body", field]
+    assert "MIN_SCHEDULE_INTERVAL_SECONDS" in error["msg"]
+    assert (await api.get("/api/v1/schedules")).json()["items"] == []
+
+
+async def test_the_document_says_what_a_409_and_a_422_of_a_new_schedule_mean(api: httpx.AsyncClient) -> None:
+    answers = (await api.get("/openapi.json")).json()["paths"]["/api/v1/schedules"]["post"]["responses"]
+    assert "MAX_SCHEDULES" in answers["409"]["description"]
+    assert "MIN_SCHEDULE_INTERVAL_SECONDS" in answers["422"]["description"]
+
+
 async def test_a_path_that_cannot_name_a_schedule_is_422(api: httpx.AsyncClient) -> None:
     assert (await api.get("/api/v1/schedules/-x")).status_code == 422
 

@@ -101,6 +101,29 @@ def test_a_missing_or_taken_schedule_is_exit_1_and_a_bad_one_exit_2(ledger: psyc
     assert "unknown time zone" in zone.stderr
 
 
+def test_adding_past_max_schedules_is_exit_1_and_too_often_exit_2(
+    ledger: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.settings import get_settings
+
+    monkeypatch.setenv("MAX_SCHEDULES", "1")
+    monkeypatch.setenv("MIN_SCHEDULE_INTERVAL_SECONDS", "120")
+    get_settings.cache_clear()
+    try:
+        base = ["schedules", "add", "--task", "echo", "--payload", '{"message": "hi"}']
+        often = conveyor(*base[:2], "a", *base[2:], "--every", "60")
+        assert often.exit_code == 2
+        assert "--every is 60: at least 120" in often.stderr
+        assert conveyor(*base[:2], "a", *base[2:], "--cron", "* * * * *").exit_code == 2
+        assert conveyor(*base[:2], "a", *base[2:], "--every", "120").exit_code == 0
+        full = conveyor(*base[:2], "b", *base[2:], "--every", "120")
+        assert full.exit_code == 1
+        assert "MAX_SCHEDULES" in full.stderr
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
 def test_prune_dry_run_counts_and_prune_deletes_only_what_retention_lets_go(
     ledger: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

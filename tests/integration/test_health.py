@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.operate import health
 from app.settings import Settings, get_settings
+from tests.integration.conftest import bearer
 from tests.support.infra import Infra, free_port
+from tests.support.keys import make_key, revoke_key
 from tests.support.seed import declare_queues, insert_relay, insert_worker
 
 
@@ -103,6 +105,71 @@ async def test_ready_answers_503_naming_the_worker_check_when_no_worker_sent_a_r
     worker = body["checks"]["worker"]
     assert worker["ok"] is False
     assert "no worker sent a heartbeat in the last" in worker["reason"]
+
+
+def only_ok(body: dict[str, object]) -> bool:
+    """Whether a readiness answer says `ok`/`fail` per check and nothing more."""
+    checks = body["checks"]
+    assert isinstance(checks, dict)
+    return set(body) == {"status", "checks"} and all(set(check) == {"ok"} for check in checks.values())
+
+
+@pytest.mark.anyio
+async def test_ready_without_a_key_says_only_ok_or_fail_per_check_with_the_same_status(
+    ready_infra: Infra, anonymous: httpx.AsyncClient
+) -> None:
+    response = await anonymous.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "fail",
+        "checks": {
+            "database": {"ok": True},
+            "broker": {"ok": True},
+            "worker": {"ok": False},
+            "relay": {"ok": False},
+        },
+    }, "no reason, no migration, no queue names or depths"
+    insert_worker(ready_infra, host="somewhere")
+    insert_relay(ready_infra, host="elsewhere")
+    response = await anonymous.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    assert only_ok(response.json())
+    assert "www-authenticate" not in response.headers
+
+
+@pytest.mark.anyio
+async def test_ready_with_a_key_of_any_scope_gives_every_detail(
+    ready_infra: Infra, anonymous: httpx.AsyncClient
+) -> None:
+    insert_worker(ready_infra, host="somewhere")
+    for scope in ("metrics", "enqueue", "read", "operate"):
+        response = await anonymous.get("/health/ready", headers=bearer(make_key([scope])))
+        assert response.status_code == 503, "no relay"
+        checks = response.json()["checks"]
+        assert checks["database"]["migration"], scope
+        assert set(checks["broker"]["queues"]) == {"default", "email", "exports"}
+        assert checks["worker"]["live"] == 1
+        assert checks["relay"]["reason"].startswith("no relay sent a heartbeat")
+
+
+@pytest.mark.anyio
+async def test_ready_with_a_bad_key_answers_as_without_one_never_401(
+    ready_infra: Infra, anonymous: httpx.AsyncClient
+) -> None:
+    revoked = make_key(["read"], name="revoked-for-health")
+    revoke_key("revoked-for-health")
+    for headers in (
+        bearer("cvk_0123456789ab_" + "x" * 43),
+        bearer(revoked),
+        bearer("not a key"),
+        {"authorization": "Basic abc"},
+        {"cookie": "conveyor_session=forged"},
+    ):
+        response = await anonymous.get("/health/ready", headers=headers)
+        assert response.status_code == 503, (headers, response.text)
+        assert only_ok(response.json()), headers
+        assert "www-authenticate" not in response.headers
 
 
 @pytest.mark.anyio

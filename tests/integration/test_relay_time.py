@@ -137,6 +137,17 @@ def test_the_schedules_tasks_declare_in_code_are_written_when_a_relay_starts(
     assert Ticker(get_settings()).declare() == [], "a second relay changes nothing"
 
 
+def test_a_schedule_declared_in_code_that_ticks_too_often_is_not_written_and_the_rest_are(
+    ledger: psycopg.Connection[Any], declared_tasks: list[str]
+) -> None:
+    from app.settings import Settings
+
+    strict = Settings(min_schedule_interval_seconds=7200, max_schedules=0)
+    _hourly, weekly = declared_tasks
+    assert Ticker(strict).declare() == [weekly], "weekly is far enough apart; MAX_SCHEDULES refuses none"
+    assert [row[0] for row in ledger.execute("SELECT name FROM schedules")] == [weekly]
+
+
 def test_a_task_that_declares_a_schedule_needs_a_payload_that_validates_from_nothing() -> None:
     class Needs(Payload):
         x: int

@@ -5,6 +5,7 @@ keys released after their window, and the rows of workers and relays long gone.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.anyio
 
 ECHO = "app.tasks.example.echo"
 DAY = 86_400.0
+LIMIT = 1000  # schedules: more than any test here makes
 
 
 def schedule(
@@ -85,10 +87,37 @@ def key_of(look: psycopg.Connection[dict[str, Any]], job_id: UUID) -> str | None
 async def test_a_new_schedule_is_stored_and_a_taken_name_is_left_out(
     aconn: psycopg.AsyncConnection[Any], look: psycopg.Connection[dict[str, Any]]
 ) -> None:
-    assert await ledger_schedules.insert_async(aconn, schedule()) is True
-    assert await ledger_schedules.insert_async(aconn, schedule(every=5)) is False
+    assert await ledger_schedules.insert_async(aconn, schedule(), LIMIT) == "inserted"
+    assert await ledger_schedules.insert_async(aconn, schedule(every=5), LIMIT) == "name taken"
     stored = look.execute("SELECT every_seconds, source, paused FROM schedules").fetchall()
     assert stored == [{"every_seconds": 60, "source": "api", "paused": False}]
+
+
+async def test_concurrent_creates_never_pass_the_limit_on_schedules(clean_ledger: Any) -> None:
+    """Twenty transactions at once, each holding its insert open a while before it commits:
+    without the count's lock each would count the same few rows and all twenty would insert."""
+
+    async def create(n: int) -> str:
+        async with await psycopg.AsyncConnection.connect(clean_ledger.libpq_url, autocommit=True) as own:
+            async with own.transaction():
+                outcome = await ledger_schedules.insert_async(own, schedule(f"s{n}"), 5)
+                await asyncio.sleep(0.05)
+            return outcome
+
+    outcomes = await asyncio.gather(*(create(n) for n in range(20)))
+    assert sorted(outcomes) == ["full"] * 15 + ["inserted"] * 5
+    async with await psycopg.AsyncConnection.connect(clean_ledger.libpq_url) as check:
+        assert (await (await check.execute("SELECT count(*) FROM schedules")).fetchone()) == (5,)
+
+
+async def test_a_full_ledger_refuses_a_new_schedule_and_a_taken_name_says_so_first(
+    aconn: psycopg.AsyncConnection[Any], conn: psycopg.Connection[Any]
+) -> None:
+    assert await ledger_schedules.insert_async(aconn, schedule("a"), 2) == "inserted"
+    ledger_schedules.upsert_declared(conn, [schedule("app.tasks.b")])
+    assert await ledger_schedules.insert_async(aconn, schedule("c"), 2) == "full", "declared ones count"
+    assert await ledger_schedules.insert_async(aconn, schedule("a"), 2) == "name taken"
+    assert await ledger_schedules.insert_async(aconn, schedule("c"), 3) == "inserted"
 
 
 def test_declared_schedules_are_added_updated_and_an_operators_one_is_left_alone(
@@ -116,9 +145,9 @@ def test_declared_schedules_are_added_updated_and_an_operators_one_is_left_alone
 async def test_due_schedules_are_taken_once_and_another_relay_skips_them(
     aconn: psycopg.AsyncConnection[Any], conn: psycopg.Connection[Any]
 ) -> None:
-    await ledger_schedules.insert_async(aconn, schedule("due", due_in=-1))
-    await ledger_schedules.insert_async(aconn, schedule("later", due_in=60))
-    await ledger_schedules.insert_async(aconn, schedule("paused", due_in=-1))
+    await ledger_schedules.insert_async(aconn, schedule("due", due_in=-1), LIMIT)
+    await ledger_schedules.insert_async(aconn, schedule("later", due_in=60), LIMIT)
+    await ledger_schedules.insert_async(aconn, schedule("paused", due_in=-1), LIMIT)
     assert await ledger_schedules.pause(aconn, "paused") is True
     with conn.transaction():
         [taken] = ledger_schedules.take_due(conn, 10)
@@ -153,7 +182,7 @@ async def test_firing_moves_a_schedule_to_its_next_tick_and_records_the_last(
     conn: psycopg.Connection[Any],
     look: psycopg.Connection[dict[str, Any]],
 ) -> None:
-    await ledger_schedules.insert_async(aconn, schedule("due", due_in=-1))
+    await ledger_schedules.insert_async(aconn, schedule("due", due_in=-1), LIMIT)
     fired, upcoming = datetime.now(UTC), datetime.now(UTC) + timedelta(seconds=30)
     ledger_schedules.advance(conn, [Advance("due", upcoming, fired)])
     ledger_schedules.advance(conn, [Advance("due", upcoming, None)])
@@ -171,7 +200,7 @@ async def test_a_paused_schedule_resumes_from_the_given_tick_and_a_deleted_one_i
     conn: psycopg.Connection[Any],
     look: psycopg.Connection[dict[str, Any]],
 ) -> None:
-    await ledger_schedules.insert_async(aconn, schedule("s", due_in=-100))
+    await ledger_schedules.insert_async(aconn, schedule("s", due_in=-100), LIMIT)
     assert ledger_schedules.seconds_until_next_tick(conn) is not None
     await ledger_schedules.pause(aconn, "s")
     assert ledger_schedules.seconds_until_next_tick(conn) is None, "a paused schedule has no next tick"

@@ -75,10 +75,24 @@ def test_each_app_service_runs_under_an_init_so_sigterm_stops_it_even_while_it_s
     assert service(name)["init"] is True
 
 
-def test_published_ports_bind_the_address_publish_address_names() -> None:
-    for name, definition in compose()["services"].items():
-        for port in definition.get("ports", []):
-            assert str(port).startswith("${PUBLISH_ADDRESS:-"), f"{name}: {port}"
+# The API guards itself with keys; the admin UIs have no key of Conveyor's in front of them.
+API_PUBLISHED = {"api"}
+ADMIN_PUBLISHED = {"mailpit", "rabbitmq", "prometheus", "grafana"}
+
+
+def published(name: str) -> list[str]:
+    return [str(port) for port in compose()["services"][name].get("ports", [])]
+
+
+def test_the_api_is_published_on_publish_address_and_the_admin_uis_on_admin_publish_address() -> None:
+    with_ports = {name for name in compose()["services"] if published(name)}
+    assert with_ports == API_PUBLISHED | ADMIN_PUBLISHED
+    for name in API_PUBLISHED:
+        for port in published(name):
+            assert port.startswith("${PUBLISH_ADDRESS:-127.0.0.1}:"), f"{name}: {port}"
+    for name in ADMIN_PUBLISHED:
+        for port in published(name):
+            assert port.startswith("${ADMIN_PUBLISH_ADDRESS:-127.0.0.1}:"), f"{name}: {port}"
 
 
 def test_no_named_volume_belongs_to_a_profile_only_service() -> None:
@@ -175,10 +189,19 @@ def test_the_app_is_configured_only_through_settings_that_exist() -> None:
     assert environment["LOG_FORMAT"] == "json"
 
 
-def test_the_api_and_worker_send_mail_to_mailpit() -> None:
+def test_the_api_and_worker_send_mail_to_mailpit_unless_smtp_host_says_otherwise() -> None:
     for name in ("api", "worker"):
         environment = _environment(name)
-        assert (environment["SMTP_HOST"], environment["SMTP_PORT"]) == ("mailpit", "1025")
+        assert (environment["SMTP_HOST"], environment["SMTP_PORT"]) == (
+            "${SMTP_HOST:-mailpit}",
+            "${SMTP_PORT:-1025}",
+        )
+        assert environment["SMTP_FROM"].startswith("${SMTP_FROM:-")
+
+
+def test_grafanas_admin_password_comes_from_the_environment() -> None:
+    environment = service("grafana")["environment"]
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:-")
 
 
 def test_the_worker_metrics_port_is_the_one_prometheus_scrapes() -> None:

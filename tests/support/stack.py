@@ -17,6 +17,7 @@ import httpx
 from tests.support.infra import free_port
 
 CONVEYOR = str(Path(sys.executable).with_name("conveyor"))
+REPOSITORY = Path(__file__).resolve().parents[2]
 TERMINAL = frozenset({"succeeded", "dead", "cancelled"})
 PORT_ATTEMPTS = 3
 
@@ -91,6 +92,9 @@ class Stack:
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     processes: dict[str, Process] = field(default_factory=dict)
+    # Serve the API with the diagnostics tasks accepted over HTTP (tests/support/diagnostic_api.py),
+    # for the suites that post them; Conveyor's own API never accepts them.
+    diagnostics_over_http: bool = False
 
     @property
     def base_url(self) -> str:
@@ -104,16 +108,22 @@ class Stack:
         }
         return httpx.Client(base_url=self.base_url, timeout=10.0, headers=headers, **kwargs)
 
-    def _process(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
+    def _process(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, command: list[str] | None = None
+    ) -> Process:
         merged = {**self.env, **(env or {})}
-        process = Process(name, [CONVEYOR, *args], self.workdir / f"{name}.log", merged)
+        process = Process(name, [*(command or [CONVEYOR]), *args], self.workdir / f"{name}.log", merged)
         self.processes[name] = process
         return process.start()
 
     def start_api(self, env: dict[str, str] | None = None) -> Process:
         """The API on a free port; another free port if something took this one meanwhile."""
+        command, args = [CONVEYOR, "api"], ["--host", "127.0.0.1"]
+        if self.diagnostics_over_http:
+            command = [sys.executable, "-m", "tests.support.diagnostic_api"]
+            env = {"PYTHONPATH": str(REPOSITORY), "DIAGNOSTIC_TASKS": "true", **(env or {})}
         for _ in range(PORT_ATTEMPTS):
-            process = self._process("api", ["api", "--host", "127.0.0.1", "--port", str(self.port)], env)
+            process = self._process("api", [*args, "--port", str(self.port)], env, command)
             if not self._lost_its_port(process):
                 return process
             self.port = free_port()

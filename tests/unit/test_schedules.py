@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.errors import InvalidSchedule
-from app.jobs.schedules import Cron, Every, check_name, plan, timing
+from app.jobs.schedules import Cron, Every, check_interval, check_name, plan, shortest_gap, timing
 
 PARIS = "Europe/Paris"
 
@@ -118,3 +118,26 @@ def test_after_a_month_of_downtime_a_cron_schedule_fires_its_latest_tick_once() 
     assert done.next_run_at == utc(2026, 5, 1, 12, 10)
     daily = Cron("0 3 * * *")
     assert plan(daily, utc(2026, 4, 1, 3), utc(2026, 4, 20, 5), 5.0).fire == [utc(2026, 4, 20, 3)]
+
+
+def test_the_shortest_gap_of_a_cron_expression_is_found_among_its_next_ticks() -> None:
+    start = utc(2026, 5, 1, 12, 0)
+    assert shortest_gap(Cron("*/5 * * * *"), start) == 300
+    assert shortest_gap(Cron("0,1 3 * * *"), start) == 60, "twice a day, a minute apart"
+    assert shortest_gap(Cron("0,59 0,23 * * *"), start) == 60, "23:59, then 00:00 the next day"
+    assert shortest_gap(Cron("0 4 * * 1"), start) == 7 * 86_400
+    assert shortest_gap(Cron("0 4 * * 1", timezone=PARIS), start) == 7 * 86_400 - 3600, (
+        "the week of a DST change"
+    )
+
+
+def test_a_timing_closer_than_the_minimum_is_refused_naming_its_field() -> None:
+    start = utc(2026, 5, 1, 12, 0)
+    with pytest.raises(InvalidSchedule, match="MIN_SCHEDULE_INTERVAL_SECONDS") as every:
+        check_interval(Every(seconds=59), 60, start)
+    assert every.value.field == "every_seconds"
+    with pytest.raises(InvalidSchedule, match="fires 60s apart") as cron:
+        check_interval(Cron("0,1 3 * * *"), 61, start)
+    assert cron.value.field == "cron"
+    assert check_interval(Every(seconds=60), 60, start) == Every(seconds=60)
+    assert check_interval(Cron("* * * * *"), 60, start) == Cron("* * * * *")

@@ -20,6 +20,7 @@ from app.errors import (
     AlreadyInFlight,
     Forbidden,
     IdempotencyConflict,
+    InvalidSchedule,
     InvalidTransition,
     JobNotFound,
     JobRefused,
@@ -27,6 +28,7 @@ from app.errors import (
     RateLimited,
     ScheduleNameTaken,
     ScheduleNotFound,
+    TooManySchedules,
     Unauthenticated,
     UnknownTask,
     UnstorableInput,
@@ -98,6 +100,12 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": [{"loc": loc, "msg": str(exc), "type": kind}]}, status_code=422)
 
 
+async def _invalid_schedule(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidSchedule)
+    loc = ["body", exc.field] if exc.field else ["body"]
+    return JSONResponse({"detail": [{"loc": loc, "msg": str(exc), "type": "value_error"}]}, status_code=422)
+
+
 async def _refused(request: Request, exc: Exception) -> JSONResponse:
     detail = str(exc) if isinstance(exc, JobRefused) else "the ledger refused a value of this request"
     return JSONResponse({"detail": detail}, status_code=422)
@@ -149,5 +157,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(InvalidTransition, _conflict)
     app.add_exception_handler(ScheduleNameTaken, _conflict)
     app.add_exception_handler(AlreadyInFlight, _in_flight)
+    app.add_exception_handler(TooManySchedules, _conflict)
+    app.add_exception_handler(InvalidSchedule, _invalid_schedule)
     app.add_exception_handler(UnknownTask, _unprocessable)
     app.add_exception_handler(IdempotencyConflict, _unprocessable)

@@ -11,25 +11,31 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import Depends, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 
 from app.access.keys import Scope
+from app.api import docs
 from app.api.auth import require
 from app.jobs.enqueue import MAX_DELAY_SECONDS
 from app.jobs.registry import MAX_PRIORITY, TaskSpec, public_tasks
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 JOBS_PATH = "/api/v1/jobs"
-PUBLIC_PATHS = ("/health/live", "/health/ready")
+OPENAPI_URL = "/openapi.json"
+# Who may call each open route: anyone (`[]`), or anyone with a key optional (`[{}, bearer]`:
+# readiness gives its details to a key's holder only).
+OPEN_PATHS: dict[str, list[dict[str, list[str]]]] = {
+    "/health/live": [],
+    "/health/ready": [{}, {"bearer": []}],
+}
 BEARER = {
     "type": "http",
     "scheme": "bearer",
     "description": "An API key (`cvk_…`): `conveyor keys create NAME --scopes enqueue,read,…`",
 }
-ANY_KEY = require(*Scope)
+READERS = require(Scope.READ)
 
 
 def _job_model(spec: TaskSpec[Any]) -> type[BaseModel]:
@@ -58,7 +64,7 @@ def job_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def install(application: FastAPI, *, serve_docs: bool) -> None:
     """The document with the per-task job bodies and the bearer scheme; `/openapi.json` and
-    `/docs` behind a key (a Bearer header, or the dashboard's sign-in), when `serve_docs`."""
+    `/docs` for `read` (a Bearer key, or the dashboard's sign-in), when `serve_docs`."""
 
     def openapi() -> dict[str, Any]:
         if application.openapi_schema is None:
@@ -73,9 +79,9 @@ def install(application: FastAPI, *, serve_docs: bool) -> None:
             components.setdefault("schemas", {}).update(definitions)
             components["securitySchemes"] = {"bearer": BEARER}
             document["security"] = [{"bearer": []}]
-            for path in PUBLIC_PATHS:
+            for path, security in OPEN_PATHS.items():
                 for operation in document["paths"].get(path, {}).values():
-                    operation["security"] = []
+                    operation["security"] = security
             content = document["paths"][JOBS_PATH]["post"]["requestBody"]["content"]
             content["application/json"]["schema"] = body
             application.openapi_schema = document
@@ -85,10 +91,8 @@ def install(application: FastAPI, *, serve_docs: bool) -> None:
     if not serve_docs:
         return
 
-    @application.get("/openapi.json", include_in_schema=False, dependencies=[Depends(ANY_KEY)])
+    @application.get(OPENAPI_URL, include_in_schema=False, dependencies=[Depends(READERS)])
     async def openapi_document() -> JSONResponse:
         return JSONResponse(application.openapi())
 
-    @application.get("/docs", include_in_schema=False, dependencies=[Depends(ANY_KEY)])
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{application.title} API")
+    docs.install(application, f"{application.title} API", OPENAPI_URL)

@@ -38,7 +38,12 @@ IN_FLIGHT: Responses = {
 }
 NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No such job"}}
 NO_SCHEDULE: Responses = {404: {"model": ErrorBody, "description": "No such schedule"}}
-NAME_TAKEN: Responses = {409: {"model": ErrorBody, "description": "A schedule of that name exists"}}
+SCHEDULE_CONFLICT: Responses = {
+    409: {
+        "model": ErrorBody,
+        "description": "A schedule of that name exists, or MAX_SCHEDULES schedules exist already",
+    }
+}
 SCHEDULE_BODY: Responses = {
     400: {"model": ErrorBody, "description": "Malformed JSON"},
     413: {"model": ErrorBody, "description": "Body larger than MAX_BODY_BYTES (also when chunked)"},
@@ -46,7 +51,9 @@ SCHEDULE_BODY: Responses = {
     422: {
         "model": ErrorBody,
         "description": "Invalid schedule: a bad cron expression, both or neither of cron and "
-        "every_seconds, every_seconds below 1, an unknown time zone or task, or an invalid payload",
+        "every_seconds, ticks closer together than MIN_SCHEDULE_INTERVAL_SECONDS (every_seconds "
+        "below it, or a cron expression some of whose ticks are), an unknown time zone or task, "
+        "or an invalid payload",
     },
 }
 BODY: Responses = {

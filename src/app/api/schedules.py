@@ -18,7 +18,15 @@ from app.api.auth import authenticate
 from app.api.deps import reading, transaction
 from app.api.errors import field_errors, unstorable
 from app.api.jobs import QueryText
-from app.api.responses import AUTH, INVALID, NAME_TAKEN, NO_SCHEDULE, SCHEDULE_BODY, UNAVAILABLE, responses
+from app.api.responses import (
+    AUTH,
+    INVALID,
+    NO_SCHEDULE,
+    SCHEDULE_BODY,
+    SCHEDULE_CONFLICT,
+    UNAVAILABLE,
+    responses,
+)
 from app.api.schemas import ScheduleList, ScheduleRequest
 from app.errors import UnknownTask, UnstorableInput
 from app.jobs.registry import get_task, public_tasks
@@ -54,7 +62,7 @@ def _draft(body: ScheduleRequest) -> accepting.Draft:
     "/schedules",
     status_code=status.HTTP_201_CREATED,
     response_model=ScheduleView,
-    responses=responses(SCHEDULE_BODY, NAME_TAKEN, AUTH, UNAVAILABLE),
+    responses=responses(SCHEDULE_BODY, SCHEDULE_CONFLICT, AUTH, UNAVAILABLE),
     summary="Fire a task on a cron expression or every N seconds",
 )
 async def create_schedule(body: ScheduleRequest, request: Request, response: Response) -> ScheduleView:

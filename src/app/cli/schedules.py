@@ -69,7 +69,9 @@ def schedules_add(
     task: Annotated[str, typer.Option("--task", "-t", help="The task: its full name or the last part")],
     payload: Annotated[str, typer.Option("--payload", "-p", help="The payload, a JSON object")] = "{}",
     cron: Annotated[str | None, typer.Option(help="A 5-field cron expression, e.g. '*/5 * * * *'")] = None,
-    every: Annotated[int | None, typer.Option(help="Every N seconds (N ≥ 1)")] = None,
+    every: Annotated[
+        int | None, typer.Option(help="Every N seconds (N ≥ MIN_SCHEDULE_INTERVAL_SECONDS, 1 by default)")
+    ] = None,
     timezone: Annotated[str, typer.Option(help="The IANA time zone the cron expression is read in")] = "UTC",
 ) -> None:
     """Add a schedule (exactly one of --cron and --every), validated like the API does."""
@@ -77,7 +79,7 @@ def schedules_add(
     import pydantic
 
     from app.accept import schedules as accepting
-    from app.errors import InvalidSchedule, ScheduleNameTaken, UnstorableInput
+    from app.errors import InvalidSchedule, ScheduleNameTaken, TooManySchedules, UnstorableInput
     from app.jobs.schedules import timing
 
     spec = task_spec(task)
@@ -90,7 +92,11 @@ def schedules_add(
     try:
         draft = accepting.draft(name, spec, raw, timing(cron, every, timezone))
     except InvalidSchedule as error:
-        usage(str(error).replace("cron and every_seconds", "--cron and --every"))
+        usage(
+            str(error)
+            .replace("cron and every_seconds", "--cron and --every")
+            .replace("every_seconds", "--every")
+        )
     except pydantic.ValidationError as error:
         usage("invalid payload: " + "; ".join(_field_error(e) for e in error.errors()))
     except UnstorableInput as error:
@@ -102,7 +108,7 @@ def schedules_add(
 
     try:
         stored = with_database(store)
-    except ScheduleNameTaken as error:
+    except (ScheduleNameTaken, TooManySchedules) as error:
         fail(str(error))
     typer.echo(f"{draft.timing.describe()}, next run {when(stored.next_run_at)} UTC", err=True)
     typer.echo(stored.name)

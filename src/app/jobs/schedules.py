@@ -42,6 +42,9 @@ _NAME = re.compile(NAME_PATTERN)
 MAX_TICKS_IN_WINDOW = 100_000
 # The first look back for the latest missed tick; doubled until one is found.
 FIRST_LOOK_BACK = timedelta(minutes=1)
+# How many ticks of a cron expression are looked at for the two closest together: enough to
+# go round every pattern of a day's minutes and hours that fires a few times a day.
+GAP_SAMPLE_TICKS = 200
 
 
 @lru_cache(maxsize=1)
@@ -52,14 +55,17 @@ def _zone_names() -> frozenset[str]:
 def check_timezone(name: str) -> str:
     """The name, if it is an IANA time zone; raises InvalidSchedule otherwise."""
     if name not in _zone_names():
-        raise InvalidSchedule(f"unknown time zone {name!r}: use an IANA name such as 'Europe/Paris' or 'UTC'")
+        raise InvalidSchedule(
+            f"unknown time zone {name!r}: use an IANA name such as 'Europe/Paris' or 'UTC'", "timezone"
+        )
     return name
 
 
 def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise InvalidSchedule(
-            "a schedule name is 1 to 200 letters, digits and . _ : - (starting with a letter or digit)"
+            "a schedule name is 1 to 200 letters, digits and . _ : - (starting with a letter or digit)",
+            "name",
         )
     return name
 
@@ -69,21 +75,59 @@ def check_cron(expression: str) -> str:
     fields = expression.split()
     if len(fields) != CRON_FIELDS or len(expression) > MAX_CRON_LENGTH:
         raise InvalidSchedule(
-            f"a cron expression has 5 fields (minute hour day-of-month month day-of-week), got {expression!r}"
+            "a cron expression has 5 fields (minute hour day-of-month month day-of-week), "
+            f"got {expression!r}",
+            "cron",
         )
     try:
         next(CronSim(expression, datetime.now(UTC)))
     except CronSimError as error:
-        raise InvalidSchedule(f"invalid cron expression {expression!r}: {error}") from None
+        raise InvalidSchedule(f"invalid cron expression {expression!r}: {error}", "cron") from None
     except StopIteration:
-        raise InvalidSchedule(f"cron expression {expression!r} never fires") from None
+        raise InvalidSchedule(f"cron expression {expression!r} never fires", "cron") from None
     return expression
 
 
 def check_every(seconds: int) -> int:
     if isinstance(seconds, bool) or not 1 <= seconds <= MAX_EVERY_SECONDS:
-        raise InvalidSchedule(f"every_seconds is a whole number from 1 to {MAX_EVERY_SECONDS}")
+        raise InvalidSchedule(
+            f"every_seconds is a whole number from 1 to {MAX_EVERY_SECONDS}", "every_seconds"
+        )
     return seconds
+
+
+def check_interval(timing: Timing, minimum: float, start: datetime | None = None) -> Timing:
+    """The timing, if no two of its ticks come closer than `minimum` seconds; raises
+    InvalidSchedule naming `every_seconds` or `cron` otherwise. A cron expression is judged by
+    its next GAP_SAMPLE_TICKS ticks after `start` (now)."""
+    if timing.every_seconds is not None:
+        if timing.every_seconds < minimum:
+            raise InvalidSchedule(
+                f"every_seconds is {timing.every_seconds}: at least {minimum:g} here "
+                "(MIN_SCHEDULE_INTERVAL_SECONDS)",
+                "every_seconds",
+            )
+        return timing
+    gap = shortest_gap(timing, start or datetime.now(UTC))
+    if gap is not None and gap < minimum:
+        raise InvalidSchedule(
+            f"cron expression {timing.cron!r} fires {gap:g}s apart: at least {minimum:g} here "
+            "(MIN_SCHEDULE_INTERVAL_SECONDS)",
+            "cron",
+        )
+    return timing
+
+
+def shortest_gap(timing: Timing, start: datetime, ticks: int = GAP_SAMPLE_TICKS) -> float | None:
+    """The fewest seconds between two consecutive ticks among the next `ticks` after `start`."""
+    shortest: float | None = None
+    previous = timing.next_after(start)
+    for _ in range(ticks - 1):
+        tick = timing.next_after(previous)
+        gap = (tick - previous).total_seconds()
+        shortest = gap if shortest is None else min(shortest, gap)
+        previous = tick
+    return shortest
 
 
 class Timing(ABC):

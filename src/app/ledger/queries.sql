@@ -403,14 +403,28 @@ SELECT name, scopes, created_at, last_used_at, revoked_at FROM api_keys ORDER BY
 -- The database's clock: every relay and API process reckons ticks by this one.
 SELECT now()
 
+-- name: lock_schedule_count
+-- Creates of schedules take turns until their transactions end, so that the count the next
+-- statement makes is one no concurrent create passes. A statement of its own: a statement's
+-- snapshot is taken when it starts, before a lock it then waits for is granted.
+SELECT pg_advisory_xact_lock(CAST(%(lock_key)s AS bigint))
+
 -- name: insert_schedule
--- A new schedule; one whose name is taken is not inserted (RETURNING nothing).
-INSERT INTO schedules (name, task, queue, payload, max_attempts, cron, every_seconds, timezone,
-                       source, next_run_at)
-VALUES (%(name)s, %(task)s, %(queue)s, CAST(%(payload)s AS jsonb), %(max_attempts)s, %(cron)s,
-        %(every_seconds)s, %(timezone)s, 'api', %(next_run_at)s)
-ON CONFLICT (name) DO NOTHING
-RETURNING name
+-- A new schedule, unless its name is taken or `max_schedules` schedules exist already (those
+-- declared in code count too). Run after lock_schedule_count in the same transaction. Answers
+-- the name inserted (NULL when none was), the count before, and whether the name was taken.
+WITH counted AS (SELECT count(*) AS schedules FROM schedules),
+inserted AS (
+    INSERT INTO schedules (name, task, queue, payload, max_attempts, cron, every_seconds, timezone,
+                           source, next_run_at)
+    SELECT %(name)s, %(task)s, %(queue)s, CAST(%(payload)s AS jsonb), %(max_attempts)s, %(cron)s,
+           CAST(%(every_seconds)s AS integer), %(timezone)s, 'api', CAST(%(next_run_at)s AS timestamptz)
+    FROM counted WHERE counted.schedules < %(max_schedules)s
+    ON CONFLICT (name) DO NOTHING
+    RETURNING name
+)
+SELECT (SELECT name FROM inserted), (SELECT schedules FROM counted),
+       EXISTS (SELECT 1 FROM schedules WHERE name = %(name)s)
 
 -- name: upsert_declared_schedules
 -- The schedules tasks declare in code, written when a relay starts: a new one is added; a changed

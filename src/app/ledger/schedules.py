@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from app.ledger import queries
 from app.ledger.connections import AsyncConnection, SyncConnection, run, run_async
+
+# The advisory lock that creates of schedules take turns on ("sched" in ASCII).
+SCHEDULE_COUNT_LOCK = 0x7363686564
+Inserted = Literal["inserted", "name taken", "full"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +83,15 @@ async def database_now_async(conn: AsyncConnection) -> datetime:
     return value
 
 
-async def insert_async(conn: AsyncConnection, schedule: NewSchedule) -> bool:
-    """Insert a schedule; False when its name is taken."""
-    return bool((await run_async(conn, queries.INSERT_SCHEDULE, schedule.params())).rows)
+async def insert_async(conn: AsyncConnection, schedule: NewSchedule, max_schedules: int) -> Inserted:
+    """Insert a schedule unless its name is taken or `max_schedules` exist; holds the count's
+    lock until the caller's transaction ends, so concurrent creates never pass the limit."""
+    await run_async(conn, queries.LOCK_SCHEDULE_COUNT, {"lock_key": SCHEDULE_COUNT_LOCK})
+    params = {**schedule.params(), "max_schedules": max_schedules}
+    name, _, exists = (await run_async(conn, queries.INSERT_SCHEDULE, params)).rows[0]
+    if name is not None:
+        return "inserted"
+    return "name taken" if exists else "full"
 
 
 def upsert_declared(conn: SyncConnection, declared: Sequence[NewSchedule]) -> list[str]:

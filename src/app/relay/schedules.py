@@ -8,7 +8,8 @@ and the next relay to look fires the tick, late but not lost. Ticks at most
 SCHEDULE_CATCH_UP_SECONDS late all fire; after longer downtime only the most recent missed
 one does. Time is the database's clock, so relays on machines whose clocks disagree agree.
 
-When a relay starts, it writes the schedules that tasks declare in code (`@task(schedule=...)`).
+When a relay starts, it writes the schedules that tasks declare in code (`@task(schedule=...)`),
+but none that ticks more often than MIN_SCHEDULE_INTERVAL_SECONDS.
 """
 
 from __future__ import annotations
@@ -88,11 +89,16 @@ class Ticker:
             stop.wait(self.seconds_to_next())
 
     def declare(self) -> list[str]:
-        """Write the schedules tasks declare in code; the names added or changed."""
+        """Write the schedules tasks declare in code; the names added or changed.
+
+        They are written whatever MAX_SCHEDULES says (the code, not a client, decides how many
+        there are) and count towards it; one that ticks more often than
+        MIN_SCHEDULE_INTERVAL_SECONDS is left out, with an error in the log.
+        """
         with sync_engine().begin() as conn:
             now = ledger_schedules.database_now(conn)
             changed = ledger_schedules.upsert_declared(
-                conn, [declaration(spec, now) for spec in scheduled_tasks()]
+                conn, [declaration(spec, now) for spec in self._within_the_minimum(scheduled_tasks(), now)]
             )
         self.declared = True
         self._next_at = 0.0
@@ -124,6 +130,18 @@ class Ticker:
         metrics.SCHEDULED_JOBS.inc(len(made))
         self.fired += len(made)
         return len(made)
+
+    def _within_the_minimum(self, specs: list[TaskSpec[Any]], now: datetime) -> list[TaskSpec[Any]]:
+        kept = []
+        for spec in specs:
+            assert spec.schedule is not None
+            try:
+                schedules.check_interval(spec.schedule, self.settings.min_schedule_interval_seconds, now)
+            except InvalidSchedule as error:
+                log.error("schedule declared in code not written", schedule=spec.name, error=str(error))
+                continue
+            kept.append(spec)
+        return kept
 
     def seconds_to_next(self) -> float:
         return max(0.0, self._next_at - time.monotonic())

@@ -1,5 +1,9 @@
 """Tasks for fault tests and soak runs; registered only when DIAGNOSTIC_TASKS=true.
 
+They are never public, whatever the setting: one of them ends its worker process on purpose,
+so no client may ask for them. The API refuses them (`422` unknown task) and does not list
+them; workers run them, and Python code enqueues them (`effect.enqueue_sync(...)`).
+
 Each execution leaves rows in `diagnostic_effects`, keyed by job id, run and attempt:
 
 - `started`: written at once, outside any transaction, when an attempt begins. Counting
@@ -80,7 +84,7 @@ class EffectPayload(Payload):
     exit_always: bool = False
 
 
-@task(EffectPayload, queue=Queue.DEFAULT, max_attempts=3, time_limit_seconds=60)
+@task(EffectPayload, queue=Queue.DEFAULT, max_attempts=3, time_limit_seconds=60, public=False)
 def effect(payload: EffectPayload, job: JobContext) -> dict[str, Any]:
     """Write one effect row in the job's fenced transaction: exactly once per succeeded job."""
     _record(job, "started")
@@ -90,7 +94,7 @@ def effect(payload: EffectPayload, job: JobContext) -> dict[str, Any]:
     return {"attempt": job.attempt, "pid": os.getpid()}
 
 
-@task(EffectPayload, queue=Queue.DEFAULT, max_attempts=3, time_limit_seconds=60)
+@task(EffectPayload, queue=Queue.DEFAULT, max_attempts=3, time_limit_seconds=60, public=False)
 def side_effect(payload: EffectPayload, job: JobContext) -> dict[str, Any]:
     """Write one effect row outside the job's transaction: at least once, like an email."""
     _record(job, "started")
@@ -194,7 +198,7 @@ class ParentPayload(Payload):
     fail_on_attempt: int | None = Field(default=None, ge=1)
 
 
-@task(ParentPayload, queue=Queue.DEFAULT, max_attempts=3, time_limit_seconds=60)
+@task(ParentPayload, queue=Queue.DEFAULT, max_attempts=3, time_limit_seconds=60, public=False)
 def parent(payload: ParentPayload, job: JobContext) -> dict[str, Any]:
     """Make child jobs inside the job's transaction: they exist only if this attempt succeeds."""
     from app.tasks.example import echo
