@@ -171,7 +171,8 @@ async def test_the_audit_log_pages_newest_first_with_a_cursor_and_filters_by_act
     item = alices["items"][0]
     fields = "id at key_name key_id action target count request_id client_address detail"
     assert set(item) == set(fields.split())
-    for bad in ("limit=0", "limit=201", "cursor=abc", "cursor=-1"):
+    too_big = "9" * 20
+    for bad in ("limit=0", "limit=201", "cursor=abc", "cursor=-1", f"cursor={too_big}", "cursor=%C2%B2"):
         assert (await app_client.get(f"/api/v1/audit?{bad}", headers=headers)).status_code == 422, bad
 
 

@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 
+BIGINT_MAX = 2**63 - 1  # the largest id audit_log's bigserial can hold
+
+
 class Action(StrEnum):
     """What an entry says was done: short dotted verbs, `<what>.<verb>`."""
 
@@ -146,7 +149,7 @@ async def record_schedule_created(conn: AsyncConnection, actor: Actor, schedule:
 
 def decode_cursor(cursor: str) -> int:
     """The id a page continues before; ValueError for a cursor no page handed out."""
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not cursor.isascii() or not cursor.isdigit() or int(cursor) > BIGINT_MAX:
         raise ValueError(f"invalid cursor {cursor!r}")
     return int(cursor)
 
