@@ -291,3 +291,37 @@ async def test_the_audit_page_pages_older_entries_behind_a_cursor(
     assert len(re.findall(r'<tr data-entry="\d+"', second.text)) == 10
     assert 'rel="next"' not in second.text
     assert (await app_client.get("/dashboard/audit?cursor=nope")).status_code == 400
+
+
+async def test_a_bulk_action_cut_short_records_what_its_committed_batches_did(
+    clean_ledger: Infra, log: psycopg.Connection[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.ledger import jobs as ledger
+    from app.ledger.engines import async_engine, dispose_async_engines
+    from app.operate import actions
+    from app.operate.audit import Actor
+
+    for _ in range(5):
+        insert_job(clean_ledger)
+    monkeypatch.setattr(actions, "BATCH", 2)
+    real = ledger.discard_dead
+    calls = 0
+
+    async def fails_on_the_third_batch(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise ConnectionError("the database went away")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "discard_dead", fails_on_the_third_batch)
+    try:
+        with pytest.raises(ConnectionError):
+            await actions.bulk(
+                async_engine(), "discard", up_to=100, actor=Actor("k1", "ops-bulk", "r1", "10.0.0.1")
+            )
+    finally:
+        await dispose_async_engines()
+    [entry] = entries(log)
+    assert (entry["key_name"], entry["action"], entry["count"]) == ("ops-bulk", "dead.discard_all", 4)
+    assert entry["detail"] == {"task": None, "cut_short": "ConnectionError"}

@@ -141,14 +141,14 @@ ScheduleName = Annotated[str, Path(min_length=1, max_length=200, pattern=NAME_PA
 async def _schedule(
     request: Request,
     name: str,
-    act: Callable[[AsyncConnection], Awaitable[None]],
+    act: Callable[[AsyncConnection, str], Awaitable[None]],
     done: str,
     action: audit.Action,
 ) -> RedirectResponse:
     fields = await form_fields(request)
     try:
         async with transaction() as conn:
-            await act(conn)
+            await act(conn, name)
             await audit.record(conn, operator_actor(request), action, target=name)
         notice = Notice(done, 1)
     except ScheduleNotFound:
@@ -158,13 +158,9 @@ async def _schedule(
 
 @router.post("/schedules/{name}/pause")
 async def pause_schedule(request: Request, name: ScheduleName) -> RedirectResponse:
-    act = scheduling.pause
-    return await _schedule(request, name, lambda conn: act(conn, name), "paused", audit.Action.SCHEDULE_PAUSE)
+    return await _schedule(request, name, scheduling.pause, "paused", audit.Action.SCHEDULE_PAUSE)
 
 
 @router.post("/schedules/{name}/resume")
 async def resume_schedule(request: Request, name: ScheduleName) -> RedirectResponse:
-    act = scheduling.resume
-    return await _schedule(
-        request, name, lambda conn: act(conn, name), "resumed", audit.Action.SCHEDULE_RESUME
-    )
+    return await _schedule(request, name, scheduling.resume, "resumed", audit.Action.SCHEDULE_RESUME)

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 BATCH = 500
 
 BulkAction = Literal["replay", "discard"]
-log = get_logger("conveyor.operate")
 Progress = Callable[[int], None]
+
+log = get_logger("conveyor.operate")
 
 
 async def replay(conn: AsyncConnection, job_id: UUID) -> DeadRun:
