@@ -45,6 +45,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("POST", "/api/v1/schedules/nightly/pause", None, {"operate"}),
     ("POST", "/api/v1/schedules/nightly/resume", None, {"operate"}),
     ("DELETE", "/api/v1/schedules/nightly", None, {"operate"}),
+    ("GET", "/api/v1/audit", None, {"operate"}),
     ("GET", "/metrics", None, {"metrics"}),
     ("GET", "/openapi.json", None, {"read"}),
     ("GET", "/docs", None, {"read"}),

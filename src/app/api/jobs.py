@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator
 
 from app.access.keys import Client, Scope
+from app.api.audit import actor
 from app.api.auth import authenticate
 from app.api.deps import reading, transaction
 from app.api.responses import AUTH, INVALID, NOT_FOUND, UNAVAILABLE, responses
@@ -20,7 +21,7 @@ from app.errors import JobNotFound
 from app.jobs.registry import public_tasks
 from app.jobs.validation import storable_text
 from app.ledger.schema import JobState
-from app.operate import actions, reads
+from app.operate import actions, audit, reads
 from app.operate.views import AttemptView, JobView, attempt_view, job_view
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -127,9 +128,10 @@ async def list_jobs(
     responses=responses(ONE_JOB, {409: {"model": ErrorBody, "description": "Job is not dead"}}),
 )
 async def replay_job(job_id: UUID, request: Request, response: Response) -> JobAccepted:
-    await authenticate(request, Scope.OPERATE)
+    client = await authenticate(request, Scope.OPERATE)
     async with transaction() as conn:
         await actions.replay(conn, job_id)
+        await audit.record(conn, actor(request, client), audit.Action.JOB_REPLAY, target=str(job_id))
         row = await reads.get(conn, job_id)
     status_url = f"/api/v1/jobs/{job_id}"
     response.headers["Location"] = status_url
@@ -142,9 +144,10 @@ async def replay_job(job_id: UUID, request: Request, response: Response) -> JobA
     responses=responses(ONE_JOB, {409: {"model": ErrorBody, "description": "Job has started or ended"}}),
 )
 async def cancel_job(job_id: UUID, request: Request) -> JobView:
-    await authenticate(request, Scope.OPERATE)
+    client = await authenticate(request, Scope.OPERATE)
     async with transaction() as conn:
         await actions.cancel(conn, job_id)
+        await audit.record(conn, actor(request, client), audit.Action.JOB_CANCEL, target=str(job_id))
         row = await reads.get(conn, job_id)
     return job_view(row)
 

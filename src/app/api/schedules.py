@@ -11,9 +11,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.accept import schedules as accepting
-from app.access.keys import Scope
+from app.access.keys import Client, Scope
+from app.api.audit import actor
 from app.api.auth import authenticate
 from app.api.deps import reading, transaction
 from app.api.errors import field_errors, unstorable
@@ -31,6 +33,7 @@ from app.api.schemas import ScheduleList, ScheduleRequest
 from app.errors import UnknownTask, UnstorableInput
 from app.jobs.registry import get_task, public_tasks
 from app.jobs.schedules import NAME_PATTERN, timing
+from app.operate import audit
 from app.operate import schedules as operating
 from app.operate.schedules import ScheduleView, schedule_view
 
@@ -58,6 +61,12 @@ def _draft(body: ScheduleRequest) -> accepting.Draft:
         raise unstorable(error, LOC_PAYLOAD) from None
 
 
+async def _record(
+    conn: AsyncConnection, request: Request, client: Client, action: audit.Action, name: str
+) -> None:
+    await audit.record(conn, actor(request, client), action, target=name)
+
+
 @router.post(
     "/schedules",
     status_code=status.HTTP_201_CREATED,
@@ -66,10 +75,11 @@ def _draft(body: ScheduleRequest) -> accepting.Draft:
     summary="Fire a task on a cron expression or every N seconds",
 )
 async def create_schedule(body: ScheduleRequest, request: Request, response: Response) -> ScheduleView:
-    await authenticate(request, Scope.OPERATE)
+    client = await authenticate(request, Scope.OPERATE)
     draft = _draft(body)
     async with transaction() as conn:
-        await accepting.store(conn, draft)
+        stored = await accepting.store(conn, draft)
+        await audit.record_schedule_created(conn, actor(request, client), stored)
         row = await operating.get(conn, draft.name)
     response.headers["Location"] = f"/api/v1/schedules/{draft.name}"
     return schedule_view(row)
@@ -108,17 +118,19 @@ async def get_schedule(name: ScheduleName, request: Request) -> ScheduleView:
     summary="Stop a schedule for good (the jobs it made stay)",
 )
 async def delete_schedule(name: ScheduleName, request: Request) -> Response:
-    await authenticate(request, Scope.OPERATE)
+    client = await authenticate(request, Scope.OPERATE)
     async with transaction() as conn:
         await operating.delete(conn, name)
+        await _record(conn, request, client, audit.Action.SCHEDULE_DELETE, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/schedules/{name}/pause", response_model=ScheduleView, responses=ONE_SCHEDULE)
 async def pause_schedule(name: ScheduleName, request: Request) -> ScheduleView:
-    await authenticate(request, Scope.OPERATE)
+    client = await authenticate(request, Scope.OPERATE)
     async with transaction() as conn:
         await operating.pause(conn, name)
+        await _record(conn, request, client, audit.Action.SCHEDULE_PAUSE, name)
         return schedule_view(await operating.get(conn, name))
 
 
@@ -129,7 +141,8 @@ async def pause_schedule(name: ScheduleName, request: Request) -> ScheduleView:
     summary="Fire again from the next tick (ticks missed while paused never fire)",
 )
 async def resume_schedule(name: ScheduleName, request: Request) -> ScheduleView:
-    await authenticate(request, Scope.OPERATE)
+    client = await authenticate(request, Scope.OPERATE)
     async with transaction() as conn:
         await operating.resume(conn, name)
+        await _record(conn, request, client, audit.Action.SCHEDULE_RESUME, name)
         return schedule_view(await operating.get(conn, name))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import dlq, enqueue, health, jobs, keys, load, schedules, serve, status
+from app.cli import audit, dlq, enqueue, health, jobs, keys, load, schedules, serve, status
 
 cli = typer.Typer(
     name="conveyor",
@@ -28,6 +28,7 @@ cli.command()(schedules.prune)
 cli.command()(enqueue.enqueue)
 cli.command()(status.workers)
 cli.command()(status.stats)
+cli.command("audit")(audit.audit_log)
 
 
 def main() -> None:

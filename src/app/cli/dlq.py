@@ -139,10 +139,14 @@ async def _by_ids(
 ) -> tuple[list[DeadRun], list[str]]:
     """The named jobs in one transaction; a line for each one that was not dead."""
     from app.ledger import jobs as ledger
-    from app.operate import actions
+    from app.operate import actions, audit
 
+    verb = audit.Action.JOB_REPLAY if action == "replay" else audit.Action.JOB_DISCARD
+    who = audit.cli_actor()
     async with engine.begin() as conn:
         done = await actions.on_dead(conn, action, ids=ids)
+        for run in done:
+            await audit.record(conn, who, verb, target=str(run.id))
         acted = {run.id for run in done}
         refused = []
         for job_id in ids:
@@ -160,11 +164,17 @@ async def _in_batches(
     engine: AsyncEngine, action: BulkAction, verb: str, task: str | None, total: int
 ) -> list[DeadRun]:
     from app.operate import actions
+    from app.operate.audit import cli_actor
 
     with _progress() as progress:
         bar = progress.add_task(verb, total=total)
         return await actions.bulk(
-            engine, action, task=task, up_to=total, progress=lambda n: progress.advance(bar, n)
+            engine,
+            action,
+            task=task,
+            up_to=total,
+            progress=lambda n: progress.advance(bar, n),
+            actor=cli_actor(),
         )
 
 
@@ -180,20 +190,34 @@ def _clean_broker(done: list[DeadRun], *, purge_all: bool) -> None:
     url = get_settings().broker_url
     if url.startswith("stub") or (not done and not purge_all):
         return
+    purged: dict[str, int] = {}
     try:
         if purge_all:
             purged = deadletters.purge(url, {*task_queues(), *(run.queue for run in done)})
             typer.echo(f"emptied the dead-letter queues: {sum(purged.values())} message(s)")
-            return
-        with _progress() as progress:
-            total = sum(deadletters.depth(url, queue) for queue in {run.queue for run in done})
-            bar = progress.add_task("dead-letter copies", total=total)
-            removed = stale_copies.clean(sync_engine(), url, lambda n: progress.advance(bar, n))
-        typer.echo(f"removed {removed} stale message(s) from the dead-letter queues")
+        else:
+            with _progress() as progress:
+                total = sum(deadletters.depth(url, queue) for queue in {run.queue for run in done})
+                bar = progress.add_task("dead-letter copies", total=total)
+                removed = stale_copies.clean(sync_engine(), url, lambda n: progress.advance(bar, n))
+            typer.echo(f"removed {removed} stale message(s) from the dead-letter queues")
     except Exception as error:
         warn(
             f"the ledger is done; the stale dead-letter copies are left for the relay to remove: "
             f"{first_line(error)}"
+        )
+    if purged:
+        with_database(lambda engine: _record_purge(engine, purged))
+
+
+async def _record_purge(engine: AsyncEngine, purged: dict[str, int]) -> None:
+    """`dlq.purge`: the broker has no transaction to share, so it is written once the queues
+    are empty, with how many messages each held."""
+    from app.operate import audit
+
+    async with engine.begin() as conn:
+        await audit.record(
+            conn, audit.cli_actor(), audit.Action.DLQ_PURGE, count=sum(purged.values()), detail=purged
         )
 
 

@@ -23,11 +23,19 @@ def create(
     from app.access import keys
     from app.errors import KeyNameTaken
     from app.ledger.engines import sync_engine
+    from app.operate import audit
 
     try:
         chosen = keys.parse_scopes(scopes)
         with sync_engine().begin() as conn:
             token = keys.create(conn, name, chosen)
+            audit.record_sync(
+                conn,
+                audit.cli_actor(),
+                audit.Action.KEY_CREATE,
+                target=name,
+                detail={"scopes": sorted(chosen)},
+            )
     except ValueError as error:
         usage(str(error))
     except KeyNameTaken as error:
@@ -77,10 +85,12 @@ def revoke(name: Annotated[str, typer.Argument(help="The key's name")]) -> None:
     from app.access import keys
     from app.errors import KeyNotFound
     from app.ledger.engines import sync_engine
+    from app.operate import audit
 
     try:
         with sync_engine().begin() as conn:
             keys.revoke(conn, name)
+            audit.record_sync(conn, audit.cli_actor(), audit.Action.KEY_REVOKE, target=name)
     except KeyNotFound as error:
         fail(str(error))
     typer.echo(f"revoked key {name!r}")

@@ -103,8 +103,12 @@ def schedules_add(
         usage(f"invalid payload: {'.'.join(map(str, error.loc))}: {error}")
 
     async def store(engine: AsyncEngine) -> Any:
+        from app.operate import audit
+
         async with engine.begin() as conn:
-            return await accepting.store(conn, draft)
+            stored = await accepting.store(conn, draft)
+            await audit.record_schedule_created(conn, audit.cli_actor(), stored)
+            return stored
 
     try:
         stored = with_database(store)
@@ -121,6 +125,7 @@ def _field_error(error: Any) -> str:
 
 def _act(name: str, verb: str) -> None:
     from app.errors import ScheduleNotFound
+    from app.operate import audit
     from app.operate import schedules as operating
 
     acts = {"pause": operating.pause, "resume": operating.resume, "delete": operating.delete}
@@ -129,6 +134,7 @@ def _act(name: str, verb: str) -> None:
         conn: AsyncConnection
         async with engine.begin() as conn:
             await acts[verb](conn, name)
+            await audit.record(conn, audit.cli_actor(), audit.Action(f"schedule.{verb}"), target=name)
 
     try:
         with_database(act)
@@ -167,8 +173,9 @@ def prune(
     as_json: JsonOption = False,
 ) -> None:
     """Delete finished jobs past their retention (RETAIN_*_SECONDS), with their attempts and
-    artifacts, release expired idempotency keys, forget long-silent workers and relays: one pass
-    of what the relay does every PRUNE_INTERVAL_SECONDS."""
+    artifacts, release expired idempotency keys, forget long-silent workers and relays, delete
+    audit entries past RETAIN_AUDIT_SECONDS: one pass of what the relay does every
+    PRUNE_INTERVAL_SECONDS."""
     from sqlalchemy.exc import DBAPIError
 
     from app.logs import first_line
@@ -194,6 +201,7 @@ def prune(
                 "idempotency_keys_released": done.keys_released,
                 "workers": done.workers,
                 "relays": done.relays,
+                "audit_entries": done.audit_entries,
             }
         )
         return
@@ -203,6 +211,7 @@ def prune(
         table.add_row(state, str(count))
     stdout().print(table)
     typer.echo(f"{verb} {done.total} finished job(s)")
+    typer.echo(f"{verb} {done.audit_entries} audit entr{'y' if done.audit_entries == 1 else 'ies'}")
     if not dry_run:
         typer.echo(
             f"released {done.keys_released} idempotency key(s); forgot {done.workers} worker(s) "

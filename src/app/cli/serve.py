@@ -166,10 +166,14 @@ def _development_key() -> str:
     """A new key with every scope, named after this start (`conveyor keys list` shows them)."""
     from app.access import keys
     from app.ledger.engines import sync_engine
+    from app.operate import audit
 
     name = f"development-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with sync_engine().begin() as conn:
-        return keys.create(conn, name, set(keys.Scope))
+        token = keys.create(conn, name, set(keys.Scope))
+        detail = {"scopes": sorted(keys.Scope), "by": "conveyor dev"}
+        audit.record_sync(conn, audit.cli_actor(), audit.Action.KEY_CREATE, target=name, detail=detail)
+        return token
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -16,6 +16,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.responses import RedirectResponse
 
+from app.api.audit import actor
 from app.api.deps import transaction
 from app.dashboard.access import operator
 from app.dashboard.rendering import Notice, leave_notice, safe_next
@@ -25,7 +26,7 @@ from app.errors import InvalidTransition, JobNotFound, ScheduleNotFound
 from app.jobs.schedules import NAME_PATTERN
 from app.jobs.validation import storable_text
 from app.ledger.engines import async_engine
-from app.operate import actions
+from app.operate import actions, audit
 from app.operate import schedules as scheduling
 from app.operate.actions import BulkAction
 
@@ -73,12 +74,18 @@ def back(request: Request, fields: dict[str, str], default: str, notice: Notice)
 Act = Callable[["AsyncConnection"], Awaitable[Notice]]
 
 
-async def _one(request: Request, job_id: UUID, act: Act) -> RedirectResponse:
+def operator_actor(request: Request) -> audit.Actor:
+    """Who acts: the signed-in key (`operator` put it on the request), from this request."""
+    return actor(request, request.state.client)
+
+
+async def _one(request: Request, job_id: UUID, act: Act, action: audit.Action) -> RedirectResponse:
     fields = await form_fields(request)
     default = f"/dashboard/jobs/{job_id}"
     try:
         async with transaction() as conn:
             notice = await act(conn)
+            await audit.record(conn, operator_actor(request), action, target=str(job_id))
     except InvalidTransition as error:
         notice = Notice("refused", state=error.state)
     except JobNotFound:
@@ -92,7 +99,7 @@ async def replay(request: Request, job_id: UUID) -> RedirectResponse:
         await actions.replay(conn, job_id)
         return Notice("replayed", 1)
 
-    return await _one(request, job_id, act)
+    return await _one(request, job_id, act, audit.Action.JOB_REPLAY)
 
 
 @router.post("/jobs/{job_id}/cancel")
@@ -101,7 +108,7 @@ async def cancel(request: Request, job_id: UUID) -> RedirectResponse:
         await actions.cancel(conn, job_id)
         return Notice("cancelled", 1)
 
-    return await _one(request, job_id, act)
+    return await _one(request, job_id, act, audit.Action.JOB_CANCEL)
 
 
 @router.post("/jobs/{job_id}/discard")
@@ -110,7 +117,7 @@ async def discard(request: Request, job_id: UUID) -> RedirectResponse:
         await actions.discard(conn, job_id)
         return Notice("discarded", 1)
 
-    return await _one(request, job_id, act)
+    return await _one(request, job_id, act, audit.Action.JOB_DISCARD)
 
 
 @router.post("/dead/bulk")
@@ -122,7 +129,9 @@ async def bulk(request: Request) -> RedirectResponse:
     if fields.get("confirm") != "yes":
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "a bulk action needs confirm=yes")
     task = fields.get("task") or None
-    done = await actions.bulk(async_engine(), action, task=task, up_to=BULK_MAX)
+    done = await actions.bulk(
+        async_engine(), action, task=task, up_to=BULK_MAX, actor=operator_actor(request)
+    )
     return back(request, fields, "/dashboard/dead", Notice(BULK_DONE[action], len(done)))
 
 
@@ -130,12 +139,17 @@ ScheduleName = Annotated[str, Path(min_length=1, max_length=200, pattern=NAME_PA
 
 
 async def _schedule(
-    request: Request, act: Callable[[AsyncConnection], Awaitable[None]], done: str
+    request: Request,
+    name: str,
+    act: Callable[[AsyncConnection, str], Awaitable[None]],
+    done: str,
+    action: audit.Action,
 ) -> RedirectResponse:
     fields = await form_fields(request)
     try:
         async with transaction() as conn:
-            await act(conn)
+            await act(conn, name)
+            await audit.record(conn, operator_actor(request), action, target=name)
         notice = Notice(done, 1)
     except ScheduleNotFound:
         notice = Notice("no_schedule")
@@ -144,9 +158,9 @@ async def _schedule(
 
 @router.post("/schedules/{name}/pause")
 async def pause_schedule(request: Request, name: ScheduleName) -> RedirectResponse:
-    return await _schedule(request, lambda conn: scheduling.pause(conn, name), "paused")
+    return await _schedule(request, name, scheduling.pause, "paused", audit.Action.SCHEDULE_PAUSE)
 
 
 @router.post("/schedules/{name}/resume")
 async def resume_schedule(request: Request, name: ScheduleName) -> RedirectResponse:
-    return await _schedule(request, lambda conn: scheduling.resume(conn, name), "resumed")
+    return await _schedule(request, name, scheduling.resume, "resumed", audit.Action.SCHEDULE_RESUME)

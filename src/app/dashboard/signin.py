@@ -10,6 +10,7 @@ from app.api.auth import verifier
 from app.api.deps import reading
 from app.dashboard.access import LOGIN, clear_session, set_session
 from app.dashboard.actions import form_fields
+from app.dashboard.audit import record_sign_in, record_sign_out
 from app.dashboard.rendering import render, safe_next
 from app.dashboard.security import require_same_origin
 from app.dashboard.views import HERE
@@ -36,13 +37,15 @@ async def login(request: Request) -> Response:
     except (Unauthenticated, Forbidden) as error:
         context = {"nav": "", "next": target, "refused": str(error)}
         return render(request, "login.html", context, status_code=status.HTTP_401_UNAUTHORIZED)
+    await record_sign_in(request, client)
     response = RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
     set_session(response, request, client)
     return response
 
 
 @router.post("/logout", dependencies=[Depends(require_same_origin)])
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    await record_sign_out(request)
     response = RedirectResponse(LOGIN, status_code=status.HTTP_303_SEE_OTHER)
     clear_session(response)
     return response

@@ -490,6 +490,39 @@ RETURNING name
 DELETE FROM schedules WHERE name = %(name)s
 RETURNING name
 
+-- name: insert_audit_entry
+-- Who did what: one operator action (or sign-in, sign-out), written in the action's own
+-- transaction, so it stands in the log exactly when the action took effect.
+INSERT INTO audit_log (key_id, key_name, action, target, count, request_id, client_address, detail)
+VALUES (%(key_id)s, %(key_name)s, %(action)s, %(target)s, %(count)s, %(request_id)s,
+        %(client_address)s, CAST(%(detail)s AS jsonb))
+RETURNING id
+
+-- name: audit_page
+-- Audit entries newest first, before the entry %(before)s (NULL: from the newest), of one action
+-- and one key name when given: the (action, id) and (key_name, id) indexes, or the primary key.
+SELECT id, at, key_id, key_name, action, target, count, request_id, client_address, detail::text
+FROM audit_log
+WHERE (%(action)s::text IS NULL OR action = %(action)s)
+  AND (%(key_name)s::text IS NULL OR key_name = %(key_name)s)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: prune_audit_log
+-- Deletes up to %(limit)s audit entries older than %(retain)s seconds, oldest first (ids as an
+-- array: each row found by its primary key).
+DELETE FROM audit_log WHERE id = ANY(ARRAY(
+    SELECT id FROM audit_log WHERE at < now() - make_interval(secs => %(retain)s)
+    ORDER BY at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+))
+
+-- name: count_prunable_audit
+-- How many audit entries are past their retention (what a pass would delete).
+SELECT count(*) FROM audit_log WHERE at < now() - make_interval(secs => %(retain)s)
+
 -- name: prune_jobs
 -- Deletes up to %(limit)s jobs of one finished state whose finished_at is older than its
 -- retention, oldest first, with their attempts and artifacts (ON DELETE CASCADE); never an

@@ -18,6 +18,9 @@ from app.errors import AlreadyInFlight, InvalidTransition, JobNotFound
 from app.ledger import jobs as ledger
 from app.ledger import unique
 from app.ledger.jobs import DeadRun
+from app.logs import get_logger
+from app.operate import audit
+from app.operate.audit import Actor
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -28,6 +31,8 @@ BATCH = 500
 
 BulkAction = Literal["replay", "discard"]
 Progress = Callable[[int], None]
+
+log = get_logger("conveyor.operate")
 
 
 async def replay(conn: AsyncConnection, job_id: UUID) -> DeadRun:
@@ -79,16 +84,51 @@ async def bulk(
     task: str | None = None,
     up_to: int,
     progress: Progress | None = None,
+    actor: Actor | None = None,
 ) -> list[DeadRun]:
-    """Replay or discard up to `up_to` dead jobs (of one task, or all), oldest first, in batches."""
+    """Replay or discard up to `up_to` dead jobs (of one task, or all), oldest first, in batches.
+
+    With an `actor`, one audit entry tells the total, in the last batch's transaction; a bulk
+    action cut short by an error still records what its committed batches did."""
     act = ledger.replay_dead if action == "replay" else ledger.discard_dead
     done: list[DeadRun] = []
-    while len(done) < up_to:
+    try:
+        while True:
+            async with engine.begin() as conn:
+                batch = await act(conn, task=task, limit=max(0, min(BATCH, up_to - len(done))))
+                last = len(batch) < BATCH or len(done) + len(batch) >= up_to
+                if last and actor is not None:
+                    await _record_bulk(conn, actor, action, task, len(done) + len(batch))
+            done += batch
+            if progress is not None:
+                progress(len(batch))
+            if last:
+                return done
+    except Exception as error:
+        if actor is not None and done:
+            await _record_cut_short(engine, actor, action, task, len(done), error)
+        raise
+
+
+async def _record_bulk(
+    conn: AsyncConnection,
+    actor: Actor,
+    action: BulkAction,
+    task: str | None,
+    count: int,
+    detail: dict[str, object] | None = None,
+) -> None:
+    verb = audit.Action.DEAD_REPLAY_ALL if action == "replay" else audit.Action.DEAD_DISCARD_ALL
+    await audit.record(conn, actor, verb, count=count, detail={"task": task, **(detail or {})})
+
+
+async def _record_cut_short(
+    engine: AsyncEngine, actor: Actor, action: BulkAction, task: str | None, count: int, error: Exception
+) -> None:
+    """Best effort: the database that failed the batch may fail this too, and the error that
+    cut the action short is the one to raise."""
+    try:
         async with engine.begin() as conn:
-            batch = await act(conn, task=task, limit=min(BATCH, up_to - len(done)))
-        done += batch
-        if progress is not None:
-            progress(len(batch))
-        if len(batch) < BATCH:
-            break
-    return done
+            await _record_bulk(conn, actor, action, task, count, {"cut_short": type(error).__name__})
+    except Exception:
+        log.warning("the audit entry of a bulk action cut short was not written", action=action, count=count)

@@ -1,6 +1,7 @@
 """Retention: finished jobs older than their state's retention are deleted, with their attempts
 and artifacts; idempotency keys older than their window are released; worker and relay rows
-long silent are forgotten. Nothing unfinished is ever pruned.
+long silent are forgotten; audit entries older than RETAIN_AUDIT_SECONDS are deleted. Nothing
+unfinished is ever pruned.
 
 A relay runs a pass every PRUNE_INTERVAL_SECONDS in a thread of its own, so publishing never
 waits for it; `conveyor prune` runs one by hand. A pass deletes in statements of
@@ -22,7 +23,7 @@ from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from app.ledger import retention
+from app.ledger import audit, retention
 from app.ledger.engines import sync_engine
 from app.ledger.schema import JobState
 from app.logs import Outage, get_logger
@@ -55,6 +56,7 @@ class Pass:
     keys_released: int = 0
     workers: int = 0
     relays: int = 0
+    audit_entries: int = 0
 
     @property
     def total(self) -> int:
@@ -99,11 +101,18 @@ def prune(
     with engine.begin() as conn:
         done.workers = retention.prune_workers(conn, settings.retain_workers_seconds)
         done.relays = retention.prune_relays(conn, settings.retain_workers_seconds)
+    while stop is None or not stop.is_set():
+        with engine.begin() as conn:
+            pruned = audit.prune(conn, settings.retain_audit_seconds, batch)
+        done.audit_entries += pruned
+        if pruned < batch:
+            break
+        pause.wait(settings.prune_pause_seconds)
     return done
 
 
 def count(settings: Settings | None = None, engine: Engine | None = None) -> Pass:
-    """What a pass would delete now (`conveyor prune --dry-run`): jobs by state only."""
+    """What a pass would delete now (`conveyor prune --dry-run`): jobs by state, audit entries."""
     settings = settings or get_settings()
     engine = engine or sync_engine()
     with engine.connect() as conn:
@@ -111,7 +120,8 @@ def count(settings: Settings | None = None, engine: Engine | None = None) -> Pas
             jobs={
                 state: retention.count_prunable(conn, state, keep)
                 for state, keep in retention_of(settings).items()
-            }
+            },
+            audit_entries=audit.count_prunable(conn, settings.retain_audit_seconds),
         )
 
 
@@ -151,12 +161,13 @@ class Pruner:
             return None
         self._outage.recovered()
         self.passes += 1
-        if done.total or done.keys_released or done.workers or done.relays:
+        if done.total or done.keys_released or done.workers or done.relays or done.audit_entries:
             log.info(
                 "pruned",
                 jobs=done.jobs,
                 idempotency_keys_released=done.keys_released,
                 workers=done.workers,
                 relays=done.relays,
+                audit_entries=done.audit_entries,
             )
         return done
