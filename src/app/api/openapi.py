@@ -20,9 +20,11 @@ from app.access.keys import Scope
 from app.api.auth import require
 from app.jobs.enqueue import MAX_DELAY_SECONDS
 from app.jobs.registry import MAX_PRIORITY, TaskSpec, public_tasks
+from app.settings import get_settings
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 JOBS_PATH = "/api/v1/jobs"
+BATCH_PATH = "/api/v1/jobs/batch"
 PUBLIC_PATHS = ("/health/live", "/health/ready")
 BEARER = {
     "type": "http",
@@ -56,6 +58,19 @@ def job_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     return schema, definitions
 
 
+def batch_schema(job: dict[str, Any]) -> dict[str, Any]:
+    """The body of `POST /api/v1/jobs/batch`: 1 to MAX_BATCH_JOBS bodies of `POST /api/v1/jobs`."""
+    limit = get_settings().max_batch_jobs
+    jobs = {"type": "array", "items": job, "minItems": 1, "maxItems": limit}
+    return {
+        "type": "object",
+        "properties": {"jobs": jobs},
+        "required": ["jobs"],
+        "additionalProperties": False,
+        "title": "JobBatchRequest",
+    }
+
+
 def install(application: FastAPI, *, serve_docs: bool) -> None:
     """The document with the per-task job bodies and the bearer scheme; `/openapi.json` and
     `/docs` behind a key (a Bearer header, or the dashboard's sign-in), when `serve_docs`."""
@@ -78,6 +93,8 @@ def install(application: FastAPI, *, serve_docs: bool) -> None:
                     operation["security"] = []
             content = document["paths"][JOBS_PATH]["post"]["requestBody"]["content"]
             content["application/json"]["schema"] = body
+            content = document["paths"][BATCH_PATH]["post"]["requestBody"]["content"]
+            content["application/json"]["schema"] = batch_schema(body)
             application.openapi_schema = document
         return application.openapi_schema
 
