@@ -56,9 +56,11 @@ async def test_a_batch_is_stored_whole_and_answered_in_request_order(
     assert second[2] == {"seconds": 0.0}
     assert last[2] == {"message": "last"}
     client_ids = {row[4] for row in stored.values()}
-    assert len(client_ids) == 1 and None not in client_ids  # the client is recorded, as on a single POST
+    assert len(client_ids) == 1
+    assert None not in client_ids
     view = (await api.get(answered[2]["status_url"])).json()
-    assert view["state"] == "queued" and view["available_at"] > view["created_at"]
+    assert view["state"] == "queued"
+    assert view["available_at"] > view["created_at"]
 
 
 async def test_each_job_of_a_batch_counts_as_accepted(api: httpx.AsyncClient) -> None:

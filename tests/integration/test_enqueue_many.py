@@ -45,7 +45,9 @@ def test_jobs_enqueued_in_a_committed_session_are_stored_in_order_with_the_optio
         row = conn.execute(
             "SELECT min(priority), max(priority), min(available_at - created_at) FROM jobs"
         ).fetchone()
-    assert row is not None and row[0] == row[1] == 4 and row[2].total_seconds() >= 29
+    assert row is not None
+    assert row[0] == row[1] == 4
+    assert row[2].total_seconds() >= 29
 
 
 def test_jobs_enqueued_in_a_rolled_back_transaction_never_existed(clean_ledger: Infra) -> None:
@@ -95,7 +97,8 @@ def test_without_a_session_the_batch_commits_alone(clean_ledger: Infra) -> None:
     accepted = echo.enqueue_many_sync(messages(3))
     assert set(stored_messages(clean_ledger)) == {str(job.id) for job in accepted}
     more = asyncio.run(echo.enqueue_many(messages(2)))
-    assert count_jobs(clean_ledger) == 5 and len(more) == 2
+    assert count_jobs(clean_ledger) == 5
+    assert len(more) == 2
 
 
 def test_an_invalid_payload_refuses_the_batch_naming_its_index(clean_ledger: Infra) -> None:
@@ -113,7 +116,8 @@ def test_an_idempotency_key_covers_the_whole_batch(clean_ledger: Infra) -> None:
     first = echo.enqueue_many_sync(messages(3), idempotency_key="import-7")
     again = echo.enqueue_many_sync(messages(3), idempotency_key="import-7")
     assert [job.id for job in again] == [job.id for job in first]
-    assert all(job.duplicate for job in again) and not any(job.duplicate for job in first)
+    assert all(job.duplicate for job in again)
+    assert not any(job.duplicate for job in first)
     assert count_jobs(clean_ledger) == 3
     with pytest.raises(IdempotencyConflict):
         echo.enqueue_many_sync(messages(3, "other"), idempotency_key="import-7")
