@@ -73,6 +73,7 @@ class TaskSpec(Generic[P]):
     `await send_email.enqueue(payload, session=session)` writes the job in the caller's
     transaction (it exists if and only if that transaction commits); `enqueue_sync` does the
     same for sync code. Inside a running task, the new job is that job's child.
+    `enqueue_many` (and `enqueue_many_sync`) make many jobs with one INSERT, all or none.
     """
 
     name: str
