@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import app.tasks  # noqa: F401  (registers the public tasks the API accepts)
-from app.api import accept, audit, emails, errors, health, jobs, openapi, schedules
+from app.api import accept, audit, batch, emails, errors, health, jobs, openapi, schedules
 from app.api.failures import LastResort
 from app.api.guard import BodyGuard
 from app.api.metrics import HttpMetrics
@@ -48,6 +48,7 @@ def create_app() -> FastAPI:
     dashboard_access.install(application)
     openapi.install(application, serve_docs=settings.docs_enabled)
     application.include_router(accept.router)
+    application.include_router(batch.router)
     application.include_router(emails.router)
     application.include_router(jobs.router)
     application.include_router(schedules.router)

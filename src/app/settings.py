@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     min_schedule_interval_seconds: int = Field(default=1, ge=1)
 
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+    # Jobs in one `POST /api/v1/jobs/batch` (and in each transaction of `conveyor enqueue
+    # --file`): one INSERT each, so a batch holds its connection only for milliseconds.
+    max_batch_jobs: int = Field(default=1000, ge=1, le=100_000)
     # Registers app.tasks.diagnostics (fault-test tasks); never on in production.
     diagnostic_tasks: bool = False
     api_base_url: str = "http://127.0.0.1:8000"

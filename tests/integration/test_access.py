@@ -32,6 +32,7 @@ ID = "00000000-0000-4000-8000-000000000000"
 ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("POST", "/api/v1/jobs", A_JOB, {"enqueue"}),
     ("POST", "/api/v1/emails", {"to": "a@example.com", "subject": "s", "body": "b"}, {"enqueue"}),
+    ("POST", "/api/v1/jobs/batch", {"jobs": [A_JOB]}, {"enqueue"}),
     ("GET", "/api/v1/jobs", None, {"read", "enqueue"}),
     ("GET", f"/api/v1/jobs/{ID}", None, {"read", "enqueue"}),
     ("GET", f"/api/v1/jobs/{ID}/attempts", None, {"read", "enqueue"}),
@@ -112,7 +113,7 @@ async def test_every_route_refuses_a_key_without_its_scope_with_403(
     for scope in sorted(allowed):
         response = await anonymous.request(method, path, json=body, headers=bearer(make_key([scope])))
         assert response.status_code not in {401, 403}, (scope, response.text)
-    creates_jobs = method == "POST" and path in {"/api/v1/jobs", "/api/v1/emails"}
+    creates_jobs = method == "POST" and path in {"/api/v1/jobs", "/api/v1/emails", "/api/v1/jobs/batch"}
     assert count_jobs(clean_ledger) == (len(allowed) if creates_jobs else 0), "refused keys created nothing"
 
 

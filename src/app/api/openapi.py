@@ -20,6 +20,7 @@ from app.api import docs
 from app.api.auth import require
 from app.jobs.enqueue import MAX_DELAY_SECONDS
 from app.jobs.registry import MAX_PRIORITY, TaskSpec, public_tasks
+from app.settings import get_settings
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 JOBS_PATH = "/api/v1/jobs"
@@ -30,6 +31,7 @@ OPEN_PATHS: dict[str, list[dict[str, list[str]]]] = {
     "/health/live": [],
     "/health/ready": [{}, {"bearer": []}],
 }
+BATCH_PATH = "/api/v1/jobs/batch"
 BEARER = {
     "type": "http",
     "scheme": "bearer",
@@ -62,6 +64,19 @@ def job_request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     return schema, definitions
 
 
+def batch_schema(job: dict[str, Any]) -> dict[str, Any]:
+    """The body of `POST /api/v1/jobs/batch`: 1 to MAX_BATCH_JOBS bodies of `POST /api/v1/jobs`."""
+    limit = get_settings().max_batch_jobs
+    jobs = {"type": "array", "items": job, "minItems": 1, "maxItems": limit}
+    return {
+        "type": "object",
+        "properties": {"jobs": jobs},
+        "required": ["jobs"],
+        "additionalProperties": False,
+        "title": "JobBatchRequest",
+    }
+
+
 def install(application: FastAPI, *, serve_docs: bool) -> None:
     """The document with the per-task job bodies and the bearer scheme; `/openapi.json` and
     `/docs` for `read` (a Bearer key, or the dashboard's sign-in), when `serve_docs`."""
@@ -84,6 +99,8 @@ def install(application: FastAPI, *, serve_docs: bool) -> None:
                     operation["security"] = security
             content = document["paths"][JOBS_PATH]["post"]["requestBody"]["content"]
             content["application/json"]["schema"] = body
+            content = document["paths"][BATCH_PATH]["post"]["requestBody"]["content"]
+            content["application/json"]["schema"] = batch_schema(body)
             application.openapi_schema = document
         return application.openapi_schema
 

@@ -32,6 +32,18 @@ class JobAccepted(BaseModel):
     status_url: str
 
 
+class JobBatchRequest(BaseModel):
+    """Jobs to enqueue together, all or none: 1 to MAX_BATCH_JOBS bodies of `POST /api/v1/jobs`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    jobs: list[JobRequest] = Field(min_length=1)
+
+
+class JobBatchAccepted(BaseModel):
+    jobs: list[JobAccepted] = Field(description="The jobs in the order of the request's")
+
+
 class JobList(BaseModel):
     items: list[JobView]
     next_cursor: str | None

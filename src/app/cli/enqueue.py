@@ -1,7 +1,9 @@
-"""`conveyor enqueue`: one job, validated and stored exactly as the API does it."""
+"""`conveyor enqueue`: one job, validated and stored exactly as the API does it (or a file of
+them: `cli.bulk`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -26,8 +28,16 @@ def enqueue(
     idempotency_key: Annotated[
         str | None, typer.Option(help="Repeat safely: the same key and job return the first job")
     ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="A JSON-lines file, one payload per line: validated whole, then enqueued in batches",
+        ),
+    ] = None,
 ) -> None:
-    """Enqueue a job, validated like the API does; prints its id."""
+    """Enqueue a job, validated like the API does; prints its id. With --file, one job per line."""
     import orjson
     import pydantic
 
@@ -35,6 +45,13 @@ def enqueue(
     from app.jobs import enqueue as accepting
 
     spec = task_spec(task)
+    if file is not None:
+        if payload != "{}":
+            usage("give --payload or --file, not both")
+        from app.cli.bulk import enqueue_file
+
+        enqueue_file(spec, file, delay=delay, priority=priority, idempotency_key=idempotency_key)
+        return
     try:
         raw = orjson.loads(payload)
     except orjson.JSONDecodeError as error:

@@ -7,7 +7,7 @@ CLI read the same specs without ever building one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from app.errors import UseEnqueue
+from app.jobs import batches
 from app.jobs import enqueue as enqueuing
 from app.jobs.backoff import backoff_seconds
 from app.jobs.context import JobContext
@@ -72,6 +73,7 @@ class TaskSpec(Generic[P]):
     `await send_email.enqueue(payload, session=session)` writes the job in the caller's
     transaction (it exists if and only if that transaction commits); `enqueue_sync` does the
     same for sync code. Inside a running task, the new job is that job's child.
+    `enqueue_many` (and `enqueue_many_sync`) make many jobs with one INSERT, all or none.
     """
 
     name: str
@@ -142,6 +144,57 @@ class TaskSpec(Generic[P]):
             return enqueuing.store_sync(enqueuing.sync_connection(session), job)
         with enqueuing.own_transaction() as conn:
             return enqueuing.store_sync(conn, job)
+
+    async def enqueue_many(
+        self,
+        payloads: Iterable[P | dict[str, Any]],
+        *,
+        session: Any = None,
+        delay_seconds: float = 0.0,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        client_id: str | None = None,
+    ) -> list[Accepted]:
+        """Enqueue a job per payload with ONE INSERT, in `session`'s transaction (as `enqueue`)
+        or in one of its own; returns the jobs in the payloads' order. The options apply to
+        every job.
+
+        All or nothing: an invalid payload raises pydantic's ValidationError (each error's
+        `loc` starts with the payload's index) before anything is written. `idempotency_key`
+        covers the whole batch, as the HTTP batch's header does: the same key with the same
+        payloads and options returns the first batch's jobs (`duplicate` set, nothing new
+        stored), with others raises IdempotencyConflict. A keyed batch is two statements, so
+        give it a session in a transaction (not a psycopg connection in autocommit mode).
+        """
+        jobs = batches.new_jobs(
+            self, payloads, delay_seconds=delay_seconds, priority=priority, client_id=client_id
+        )
+        if session is not None:
+            conn = await enqueuing.async_connection(session)
+            return await batches.store_many(conn, jobs, idempotency_key=idempotency_key)
+        async with enqueuing.own_async_transaction() as conn:
+            return await batches.store_many(conn, jobs, idempotency_key=idempotency_key)
+
+    def enqueue_many_sync(
+        self,
+        payloads: Iterable[P | dict[str, Any]],
+        *,
+        session: Any = None,
+        delay_seconds: float = 0.0,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        client_id: str | None = None,
+    ) -> list[Accepted]:
+        """`enqueue_many` for sync code: `session` is a SQLAlchemy Session or Connection (a
+        task's `job.transaction()` is one), or a psycopg connection."""
+        jobs = batches.new_jobs(
+            self, payloads, delay_seconds=delay_seconds, priority=priority, client_id=client_id
+        )
+        if session is not None:
+            conn = enqueuing.sync_connection(session)
+            return batches.store_many_sync(conn, jobs, idempotency_key=idempotency_key)
+        with enqueuing.own_transaction() as conn:
+            return batches.store_many_sync(conn, jobs, idempotency_key=idempotency_key)
 
     def send(self, *args: Any, **kwargs: Any) -> None:
         """Not how a job is made: see `enqueue`."""

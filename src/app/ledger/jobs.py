@@ -388,3 +388,13 @@ async def discard_dead(
 async def job_state(conn: AsyncConnection, job_id: UUID) -> str | None:
     rows = (await run_async(conn, queries.JOB_STATE, {"id": job_id})).rows
     return None if not rows else str(rows[0][0])
+
+
+def job_states(conn: SyncConnection, job_ids: Sequence[UUID]) -> dict[UUID, str]:
+    """The states of the jobs that exist among `job_ids`."""
+    return {row[0]: str(row[1]) for row in run(conn, queries.JOB_STATES, {"ids": list(job_ids)}).rows}
+
+
+async def job_states_async(conn: AsyncConnection, job_ids: Sequence[UUID]) -> dict[UUID, str]:
+    rows = (await run_async(conn, queries.JOB_STATES, {"ids": list(job_ids)})).rows
+    return {row[0]: str(row[1]) for row in rows}

@@ -350,6 +350,10 @@ SELECT client_id FROM jobs WHERE id = %(id)s
 -- The state of one job (NULL: no such job).
 SELECT state FROM jobs WHERE id = %(id)s
 
+-- name: job_states
+-- The states of many jobs (a repeated batch's, for its answer); a job that is gone is left out.
+SELECT id, state FROM jobs WHERE id = ANY(%(ids)s::uuid[])
+
 -- name: upsert_worker
 -- A worker's heartbeat: it is alive, with how much it runs and has run.
 INSERT INTO workers (id, host, pid, queues, started_at, last_seen, in_flight, processed)
