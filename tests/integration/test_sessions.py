@@ -10,7 +10,7 @@ import hmac
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -44,9 +44,13 @@ async def browser(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
     await dispose_async_engines()
 
 
-async def sign_in(client: httpx.AsyncClient, key: str, headers: dict[str, str] | None = None) -> httpx.Response:
+async def sign_in(
+    client: httpx.AsyncClient, key: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
     response = await client.post(
-        "/dashboard/login", data={"key": key, "next": "/dashboard"}, headers={**SAME_ORIGIN, **(headers or {})}
+        "/dashboard/login",
+        data={"key": key, "next": "/dashboard"},
+        headers={**SAME_ORIGIN, **(headers or {})},
     )
     assert response.status_code == 303, response.text
     return response
@@ -110,7 +114,9 @@ async def test_a_signed_out_cookie_opens_nothing(browser: httpx.AsyncClient, cle
     assert (await browser.get("/api/v1/jobs")).status_code == 401
 
 
-async def test_a_cookie_opens_nothing_once_keys_revoke_ran(browser: httpx.AsyncClient, clean_ledger: Infra) -> None:
+async def test_a_cookie_opens_nothing_once_keys_revoke_ran(
+    browser: httpx.AsyncClient, clean_ledger: Infra
+) -> None:
     name = f"revoked-{uuid.uuid4().hex[:6]}"
     key = make_key(["read"], name=name)
     await sign_in(browser, key)
@@ -135,7 +141,9 @@ async def test_a_session_whose_key_was_revoked_opens_nothing_even_if_its_row_sur
     assert (await browser.get("/dashboard")).status_code == 303
 
 
-async def test_an_expired_session_opens_nothing_and_is_pruned(browser: httpx.AsyncClient, clean_ledger: Infra) -> None:
+async def test_an_expired_session_opens_nothing_and_is_pruned(
+    browser: httpx.AsyncClient, clean_ledger: Infra
+) -> None:
     from app.relay.pruning import prune
 
     expired, live = make_key(["read"]), make_key(["read"])
@@ -175,7 +183,7 @@ async def test_a_session_lasts_session_seconds(browser: httpx.AsyncClient, clean
 
 
 @pytest.fixture
-def served(clean_ledger: Infra) -> Iterator[object]:
+def served(clean_ledger: Infra) -> object:
     """The app as `conveyor api` hands it to uvicorn: uvicorn's own proxy-headers wrapping,
     with the options `conveyor api` passes."""
     import uvicorn
@@ -185,7 +193,7 @@ def served(clean_ledger: Infra) -> Iterator[object]:
 
     config = uvicorn.Config(create_app(), **server_options())
     config.load()
-    yield config.loaded_app
+    return config.loaded_app
 
 
 async def sign_in_from(app: object, address: str, headers: dict[str, str]) -> httpx.Response:
@@ -199,7 +207,9 @@ async def sign_in_from(app: object, address: str, headers: dict[str, str]) -> ht
         await dispose_async_engines()
 
 
-async def test_behind_a_trusted_proxy_saying_https_the_cookie_is_host_prefixed_and_secure(served: object) -> None:
+async def test_behind_a_trusted_proxy_saying_https_the_cookie_is_host_prefixed_and_secure(
+    served: object,
+) -> None:
     signed_in = await sign_in_from(served, PROXY, {"x-forwarded-proto": "https"})
     cookie = signed_in.headers["set-cookie"]
     assert cookie.startswith("__Host-conveyor_session=")
