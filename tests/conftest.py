@@ -113,8 +113,8 @@ def _reset(infra: services.Infra) -> None:
 
     with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters, schedules"
-            " CASCADE"
+            "TRUNCATE jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters, schedules,"
+            " dashboard_sessions CASCADE"
         )
     purge_queues(infra.broker_url)
 
