@@ -43,6 +43,10 @@ TEST_ENV = {
     "KEYS_CACHE_SECONDS": "0.5",
     # Generous: the suite's own load must never meet it (one test lowers it).
     "RATE_LIMIT": "100000/second",
+    # Likewise for refusals: the suite refuses many keys from one address (the refusal tests
+    # put the defaults back).
+    "REFUSAL_LIMIT_PER_ADDRESS": "100000/minute",
+    "REFUSAL_LIMIT_GLOBAL": "100000/minute",
     # Dramatiq's idle threads wake this often (ms; 1000 by default): a worker stops in about
     # 1.8 s instead of 2.8, and the suite stops a worker some forty times.
     "dramatiq_worker_timeout": "100",
@@ -109,8 +113,8 @@ def _reset(infra: services.Infra) -> None:
 
     with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters, schedules"
-            " CASCADE"
+            "TRUNCATE jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters, schedules,"
+            " dashboard_sessions CASCADE"
         )
     purge_queues(infra.broker_url)
 

@@ -85,10 +85,11 @@ class Forbidden(ConveyorError):
 
 
 class RateLimited(ConveyorError):
-    """Raised when a client has used up its request rate; `retry_after` says when to come back (429)."""
+    """Raised when a client has used up its request rate, or an address its refusals (requests
+    without a valid key, failed sign-ins); `retry_after` says when to come back (429)."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"rate limit exceeded for this key; retry in {retry_after} s")
+    def __init__(self, retry_after: int, what: str = "rate limit exceeded for this key") -> None:
+        super().__init__(f"{what}; retry in {retry_after} s")
         self.retry_after = retry_after
 
 

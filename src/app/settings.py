@@ -11,7 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Development defaults that must never reach production: the settings refuse to load with
 # ENVIRONMENT=production while one of them is in use.
-DEVELOPMENT_KEYS_SECRET = "conveyor-development-keys-secret-change-me"
+# Values that once stood in the repository as defaults: anyone can read them, so production
+# refuses them (access.keys still verifies keys hashed with the old default, nothing else).
+PUBLISHED_SECRETS = frozenset({"conveyor-development-keys-secret-change-me"})
 DEVELOPMENT_PASSWORDS = frozenset({"conveyor", "guest", "postgres", "admin", "password", ""})
 
 
@@ -110,9 +112,11 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
-    # Access: API keys are random tokens; the ledger keeps only an HMAC of each, keyed with
-    # this secret (change it and every key stops working).
-    keys_secret: SecretStr = SecretStr(DEVELOPMENT_KEYS_SECRET)
+    # Access: API keys are random tokens; the ledger keeps only an HMAC of each, keyed with this
+    # pepper (change it and every key stops working). Empty: one generated at first start and
+    # kept in the ledger (conveyor_secrets), so no secret ships with the code; set, 32+
+    # characters in production.
+    keys_secret: SecretStr = SecretStr("")
     # How long an API process trusts a key it verified: a revocation takes effect within it.
     keys_cache_seconds: float = Field(default=5.0, ge=0.0, le=300.0)
     # Requests per client key and API process, in `limits` notation ("1000/second;50000/minute");
@@ -120,6 +124,18 @@ class Settings(BaseSettings):
     rate_limit: str = "1000/second"
     # A dashboard sign-in lasts this long.
     session_seconds: int = Field(default=8 * 3600, ge=60)
+    # Requests without a valid key (and failed sign-ins), per client address and in all, per
+    # API process, in `limits` notation; past either, 429 before any key is looked up. A flood
+    # of made-up keys costs a dictionary lookup, not a database round trip.
+    refusal_limit_per_address: str = "30/minute"
+    refusal_limit_global: str = "600/minute"
+    # How long an API process remembers a key id that does not exist, or a key that did not
+    # match (wrong secret, revoked), so that asking again does not reach the database.
+    refusal_memory_seconds: float = Field(default=60.0, ge=0.0, le=3600.0)
+    # Addresses whose X-Forwarded-Proto and X-Forwarded-For `conveyor api` believes (uvicorn's
+    # forwarded_allow_ips: comma-separated addresses or networks, "*" for any): the proxies in
+    # front of it. Only then does https at the proxy make the session cookie Secure.
+    forwarded_allow_ips: str = "127.0.0.1"
     # /docs and /openapi.json: on, except in production unless asked for.
     api_docs: bool | None = None
     # The key a client command (`conveyor loadtest`) sends to the API.
@@ -130,8 +146,10 @@ class Settings(BaseSettings):
         if self.environment != "production":
             return self
         problems = []
-        if self.keys_secret.get_secret_value() == DEVELOPMENT_KEYS_SECRET or len(self.keys_secret) < 32:
-            problems.append("KEYS_SECRET is the development default or shorter than 32 characters")
+        if self.keys_secret.get_secret_value() and len(self.keys_secret) < 32:
+            problems.append("KEYS_SECRET is shorter than 32 characters (or leave it empty: one is generated)")
+        if self.keys_secret.get_secret_value() in PUBLISHED_SECRETS:
+            problems.append("KEYS_SECRET is a value published in Conveyor's repository")
         for name, url in (("DATABASE_URL", self.database_url), ("BROKER_URL", self.broker_url)):
             if (urlsplit(url).password or "") in DEVELOPMENT_PASSWORDS:
                 problems.append(f"{name} has no password or a development one")

@@ -169,3 +169,21 @@ def test_every_page_renders_live_without_script_errors(
     expect(page.locator('tr[data-schedule="heartbeat"] .recent a').nth(2)).to_be_visible(timeout=15_000)
     page.screenshot(path=str(screenshots / "schedules.png"), full_page=True)
     assert browser_errors == []
+
+
+def test_a_signed_out_cookie_set_again_by_hand_opens_nothing(stack: Stack, page: Page) -> None:
+    sign_in(page, stack, make_key(["read"]))
+    kept = [cookie for cookie in page.context.cookies() if cookie["name"] == "conveyor_session"]
+    assert len(kept) == 1
+    assert kept[0]["httpOnly"]
+    assert kept[0]["sameSite"] == "Strict"
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(f"{stack.base_url}/dashboard/login")
+    assert not [cookie for cookie in page.context.cookies() if cookie["name"] == "conveyor_session"]
+
+    # Copied before signing out (or kept by a browser that never dropped it), and set again:
+    page.context.add_cookies([{"name": "conveyor_session", "value": kept[0]["value"], "url": stack.base_url}])
+    page.goto(f"{stack.base_url}/dashboard")
+    expect(page).to_have_url(re.compile(r"/dashboard/login\?next="))
+    assert page.request.get(f"{stack.base_url}/api/v1/jobs").status == 401

@@ -255,13 +255,25 @@ def test_production_turns_the_docs_off_unless_asked_for(
     assert "/docs" in {getattr(route, "path", None) for route in create_app().routes}
 
 
-def test_production_refuses_the_development_secrets() -> None:
-    from pydantic import ValidationError
+def test_production_refuses_the_development_passwords_and_a_short_keys_secret() -> None:
+    from pydantic import SecretStr, ValidationError
 
     from app.settings import Settings
 
-    with pytest.raises(ValidationError, match="KEYS_SECRET"):
+    with pytest.raises(ValidationError, match="DATABASE_URL has no password or a development one"):
         Settings(environment="production")
+    passwords = {
+        "database_url": "postgresql+psycopg://conveyor:not-dev@db/conveyor",
+        "broker_url": "amqp://conveyor:not-dev@mq:5672/",
+    }
+    with pytest.raises(ValidationError, match="KEYS_SECRET is shorter than 32 characters"):
+        Settings(environment="production", keys_secret=SecretStr("short"), **passwords)
+    published = SecretStr("conveyor-development-keys-secret-change-me")
+    with pytest.raises(ValidationError, match="KEYS_SECRET is a value published"):
+        Settings(environment="production", keys_secret=published, **passwords)
+    generated = Settings(environment="production", keys_secret=SecretStr(""), **passwords)
+    assert generated.keys_secret.get_secret_value() == "", "no KEYS_SECRET: the ledger's pepper is used"
+    Settings(environment="production", keys_secret=SecretStr("x" * 32), **passwords)
 
 
 def test_keys_create_prints_the_key_last_and_list_never_shows_it(clean_ledger: Infra) -> None:
@@ -306,11 +318,13 @@ async def test_concurrent_requests_with_a_key_not_yet_remembered_look_it_up_once
             yield conn
 
     verifier = Verifier(ttl=60)
+    await verifier.load_pepper(reading)
     clients = await asyncio.gather(*(verifier.verify(key, counting) for _ in range(50)))
     assert opened == 1
     assert {client.key_id for client in clients} == {clients[0].key_id}
 
-    # A failed lookup is shared by the requests that waited for it, and not remembered.
+    # A failed lookup is shared by the requests that waited for it, and remembered: asking
+    # again reaches no database, whether the key id exists (a wrong secret) or not.
     forged = key[:-4] + ("aaaa" if not key.endswith("aaaa") else "bbbb")
     failures = await asyncio.gather(
         *(verifier.verify(forged, counting) for _ in range(10)), return_exceptions=True
@@ -319,7 +333,20 @@ async def test_concurrent_requests_with_a_key_not_yet_remembered_look_it_up_once
     assert opened == 2
     with pytest.raises(Unauthenticated):
         await verifier.verify(forged, counting)
-    assert opened == 3
+    assert opened == 2
+    unknown = "cvk_0123456789ab_" + key[-43:]
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            await verifier.verify(unknown, counting)
+    with pytest.raises(Unauthenticated):
+        await verifier.verify("cvk_0123456789ab_" + forged[-43:], counting)
+    assert opened == 3, "an unknown key id is remembered, whatever secret comes with it"
+    forgetful = Verifier(ttl=60, refusal_ttl=0)
+    await forgetful.load_pepper(reading)
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            await forgetful.verify(forged, counting)
+    assert opened == 5
 
 
 async def test_a_key_in_use_shows_when_it_was_last_used(anonymous: httpx.AsyncClient) -> None:

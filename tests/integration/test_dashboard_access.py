@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 
@@ -117,30 +117,24 @@ async def test_signing_out_ends_the_session(browser: httpx.AsyncClient) -> None:
     assert (await browser.get("/dashboard")).status_code == 303
 
 
-async def test_revoking_a_key_ends_its_dashboard_sessions_within_seconds(browser: httpx.AsyncClient) -> None:
+async def test_revoking_a_key_ends_its_dashboard_sessions_at_once(browser: httpx.AsyncClient) -> None:
     name = f"dashboard-{uuid.uuid4().hex[:6]}"
     await sign_in(browser, make_key(["read"], name=name))
     assert (await browser.get("/dashboard")).status_code == 200
     revoke_key(name)
-    await asyncio.sleep(get_settings().keys_cache_seconds + 0.1)
     assert (await browser.get("/dashboard")).status_code == 303
 
 
-async def test_a_tampered_session_is_no_session(browser: httpx.AsyncClient, clean_ledger: Infra) -> None:
+async def test_a_tampered_session_is_no_session(browser: httpx.AsyncClient) -> None:
     signed_in = await sign_in(browser, make_key(["read"]))
     value = signed_in.cookies["conveyor_session"]
-    key_id, expires, signature = value.split(".")
-    with psycopg.connect(clean_ledger.libpq_url) as conn:
-        other = conn.execute("SELECT id FROM api_keys WHERE id <> %s LIMIT 1", (key_id,)).fetchone()
-    assert other is not None
     browser.cookies.clear()
-    for forged in (
-        f"{other[0]}.{expires}.{signature}",
-        f"{key_id}.{int(expires) + 86400}.{signature}",
-        "x.y.z",
-    ):
+    flipped = ("A" if value[0] != "A" else "B") + value[1:]
+    for forged in (flipped, value[:-1], value + "A", secrets.token_urlsafe(32), "x.y.z", ""):
         browser.cookies.set("conveyor_session", forged)
         assert (await browser.get("/dashboard")).status_code == 303, forged
+    browser.cookies.set("conveyor_session", value)
+    assert (await browser.get("/dashboard")).status_code == 200, "the untampered value still opens"
 
 
 async def test_a_read_key_sees_the_schedules_without_buttons_and_its_forged_pause_is_refused(

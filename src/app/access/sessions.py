@@ -1,43 +1,69 @@
-"""The dashboard's sign-in: a cookie naming the key it was made with, signed, with an expiry.
+"""The dashboard's sign-in: a server-side session, named by a random cookie value.
 
-The cookie is `<key id>.<expires, unix seconds>.<signature>`, the signature an HMAC of both
-with KEYS_SECRET. It holds no secret: the key itself never leaves the sign-in form. Every
-request checks the signature and the expiry, and that the key is still live, so revoking a
-key signs its sessions out within KEYS_CACHE_SECONDS.
+Signing in stores a row (the SHA-256 of 32 random bytes, the key, the expiry); the cookie holds
+those random bytes and nothing else: no key id, no signature, so no secret can forge one.
+Every request looks its row up, joined to the key, so signing out, revoking the key or the
+expiry ends a session at once in every API process. Sessions are not cached: dashboard
+traffic is light, and a cache would let a session outlive its row.
+
+Over https the cookie is `__Host-conveyor_session` with Secure (the browser then sends it only
+over https, to this host, for every path, and no subdomain can set it); over plain http it is
+`conveyor_session`. Both are HttpOnly and SameSite=Strict.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import time
+import re
+import secrets
+from typing import Any
 
+from app.access.keys import Client, client_of
+from app.ledger import sessions as stored
 from app.settings import get_settings
 
 COOKIE = "conveyor_session"
+SECURE_COOKIE = "__Host-conveyor_session"
+# What `secrets.token_urlsafe(32)` makes; anything else is refused without a lookup.
+VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
-def _signature(key_id: str, expires: int) -> str:
-    secret = get_settings().keys_secret.get_secret_value().encode()
-    mac = hmac.new(secret, f"session|{key_id}|{expires}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+def cookie_name(secure: bool) -> str:
+    """The cookie's name over https (`secure`) or plain http."""
+    return SECURE_COOKIE if secure else COOKIE
 
 
-def issue(key_id: str, seconds: int | None = None) -> tuple[str, int]:
-    """A session value and how long it lasts."""
-    lasts = seconds or get_settings().session_seconds
-    expires = int(time.time()) + lasts
-    return f"{key_id}.{expires}.{_signature(key_id, expires)}", lasts
+def well_formed(value: str) -> bool:
+    return VALUE.fullmatch(value) is not None
 
 
-def key_id_of(value: str) -> str | None:
-    """The key id a valid, unexpired session names; None for anything else."""
-    key_id, _, rest = value.partition(".")
-    expires_text, _, signature = rest.partition(".")
-    if not key_id or not expires_text.isdigit() or not signature:
+def _id_hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+async def open_session(client: Client, address: str | None, conn_factory: Any) -> tuple[str, int] | None:
+    """A new session of `client`: the cookie's value and how many seconds it lasts; None when
+    the key was revoked meanwhile. `conn_factory()` opens a transaction that commits."""
+    value, lasts = secrets.token_urlsafe(32), get_settings().session_seconds
+    async with conn_factory() as conn:
+        opened = await stored.insert_async(conn, _id_hash(value), client.key_id, lasts, address)
+    return (value, lasts) if opened else None
+
+
+async def client_of_session(value: str, conn_factory: Any) -> Client | None:
+    """The client of a live session; None for a value that names none (ended, expired, revoked,
+    malformed). `conn_factory()` opens a ledger connection."""
+    if not well_formed(value):
         return None
-    expires = int(expires_text)
-    if expires < time.time() or not hmac.compare_digest(signature, _signature(key_id, expires)):
+    async with conn_factory() as conn:
+        found = await stored.find_async(conn, _id_hash(value))
+    return None if found is None else client_of(found.id, found.name, found.scopes)
+
+
+async def end_session(value: str, conn_factory: Any) -> tuple[str, str] | None:
+    """Sign out: the session's row goes. The id and name of its key, or None when there was
+    none. `conn_factory()` opens a transaction that commits."""
+    if not well_formed(value):
         return None
-    return key_id
+    async with conn_factory() as conn:
+        return await stored.delete_async(conn, _id_hash(value))

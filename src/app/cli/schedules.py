@@ -173,9 +173,9 @@ def prune(
     as_json: JsonOption = False,
 ) -> None:
     """Delete finished jobs past their retention (RETAIN_*_SECONDS), with their attempts and
-    artifacts, release expired idempotency keys, forget long-silent workers and relays, delete
-    audit entries past RETAIN_AUDIT_SECONDS: one pass of what the relay does every
-    PRUNE_INTERVAL_SECONDS."""
+    artifacts, release expired idempotency keys, end expired dashboard sessions, forget
+    long-silent workers and relays, delete audit entries past RETAIN_AUDIT_SECONDS: one pass of
+    what the relay does every PRUNE_INTERVAL_SECONDS."""
     from sqlalchemy.exc import DBAPIError
 
     from app.logs import first_line
@@ -199,6 +199,7 @@ def prune(
                 "dry_run": dry_run,
                 "jobs": done.jobs,
                 "idempotency_keys_released": done.keys_released,
+                "sessions": done.sessions,
                 "workers": done.workers,
                 "relays": done.relays,
                 "audit_entries": done.audit_entries,
@@ -214,8 +215,8 @@ def prune(
     typer.echo(f"{verb} {done.audit_entries} audit entr{'y' if done.audit_entries == 1 else 'ies'}")
     if not dry_run:
         typer.echo(
-            f"released {done.keys_released} idempotency key(s); forgot {done.workers} worker(s) "
-            f"and {done.relays} relay(s)"
+            f"released {done.keys_released} idempotency key(s); ended {done.sessions} expired "
+            f"session(s); forgot {done.workers} worker(s) and {done.relays} relay(s)"
         )
 
 

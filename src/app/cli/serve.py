@@ -9,12 +9,12 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from app.cli import mailsink
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 
 
 def api(
@@ -29,16 +29,22 @@ def api(
 
     configure_logging()
     uvicorn.run(
-        "app.asgi:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        server_header=False,
+        "app.asgi:create_app", factory=True, host=host, port=port, workers=workers, **server_options()
     )
+
+
+def server_options(settings: Settings | None = None) -> dict[str, Any]:
+    """What `conveyor api` tells uvicorn besides where to listen. X-Forwarded-Proto and -For are
+    believed only from FORWARDED_ALLOW_IPS (the proxies in front): from anyone else, a header
+    saying https would make a plain-http session cookie look like a Secure one."""
+    settings = settings or get_settings()
+    return {
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "server_header": False,
+    }
 
 
 def worker(

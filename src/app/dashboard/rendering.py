@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
@@ -16,6 +17,7 @@ from app.ledger.schema import JobState
 templates = make_templates()
 
 NOTICE_COOKIE = "conveyor_notice"
+COUNT = re.compile(r"[0-9]{1,12}")
 DASHBOARD = "/dashboard"
 
 
@@ -54,10 +56,12 @@ class Notice:
 
     @classmethod
     def decode(cls, raw: str) -> Notice | None:
+        """The notice a cookie carries; None for anything this dashboard did not write."""
         kind, _, rest = unquote(raw).partition("|")
         count, _, state = rest.partition("|")
         valid_state = state == "" or state in {s.value for s in JobState}
-        if kind not in NOTICE_TEXTS or not count.isdigit():
+        # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+        if kind not in NOTICE_TEXTS or COUNT.fullmatch(count) is None:
             return None
         return cls(kind, int(count), state) if valid_state else None
 

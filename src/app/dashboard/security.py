@@ -1,10 +1,10 @@
 """What keeps another site from steering the dashboard: a same-origin check on every action.
 
-The dashboard has no login of its own (put it behind the same gate as the API), so the
-threat is cross-site request forgery: a page elsewhere posting a form to "replay all"
-through an operator's browser. Browsers mark every such POST: `Origin` names the page
-that sent it, and `Sec-Fetch-Site` says whether it came from the same origin. An action
-is refused unless the origin (or, from an old browser, the referrer) is this host.
+A signed-in operator's browser carries a session cookie, so the threat is cross-site request
+forgery: a page elsewhere posting a form to "replay all" through that browser. Browsers mark
+every such POST: `Origin` names the page that sent it, and `Sec-Fetch-Site` says whether it
+came from the same origin. An action is refused unless the origin (or, from an old browser,
+the referrer) is this host.
 """
 
 from __future__ import annotations

@@ -1,20 +1,24 @@
-"""Signing in to the dashboard with an API key (a form field named `key`), and out again."""
+"""Signing in to the dashboard with an API key (a form field named `key`), and out again.
+
+The form is guarded like a request with a bad key: an address past its refusal budget gets a
+429 page before its key is looked at, and each failed sign-in counts against the budget.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse
 
-from app.access.keys import Scope
-from app.api.auth import verifier
+from app.access.keys import Client, Scope
+from app.api.auth import address_of, refusals, verifier
 from app.api.deps import reading
-from app.dashboard.access import LOGIN, clear_session, set_session
+from app.dashboard.access import LOGIN, end_session, open_session
 from app.dashboard.actions import form_fields
 from app.dashboard.audit import record_sign_in, record_sign_out
 from app.dashboard.rendering import render, safe_next
 from app.dashboard.security import require_same_origin
 from app.dashboard.views import HERE
-from app.errors import Forbidden, Unauthenticated
+from app.errors import Forbidden, RateLimited, Unauthenticated
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 HOME = "/dashboard"
@@ -31,23 +35,48 @@ async def login_page(request: Request, next: str = "") -> Response:
 async def login(request: Request) -> Response:
     fields = await form_fields(request)
     target = safe_next(fields.get("next"), HOME)
-    try:
-        client = await verifier(request).verify(fields.get("key", "").strip(), reading)
-        client.require(Scope.READ)
-    except (Unauthenticated, Forbidden) as error:
-        context = {"nav": "", "next": target, "refused": str(error)}
-        return render(request, "login.html", context, status_code=status.HTTP_401_UNAUTHORIZED)
-    await record_sign_in(request, client)
     response = RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
-    set_session(response, request, client)
+    try:
+        client = await _signing_in(request, fields.get("key", ""), response)
+    except RateLimited as limited:
+        return _refused_page(request, target, limited)
+    except (Unauthenticated, Forbidden) as error:
+        try:
+            await refusals(request).refuse(address_of(request), f"sign-in: {error}")
+        except RateLimited as limited:
+            return _refused_page(request, target, limited)
+        return _refused_page(request, target, error)
+    await record_sign_in(request, client)
     return response
+
+
+async def _signing_in(request: Request, key: str, response: Response) -> Client:
+    """The client of a key that may look, signed in on `response`; raises Unauthenticated,
+    Forbidden, or RateLimited when the address has used up its refusals."""
+    gate, address = refusals(request), address_of(request)
+    await gate.admit(address)  # even a key this process remembers is not tried while throttled
+    client = (await verifier(request).verify(key.strip(), reading, lambda: gate.lookup(address))).require(
+        Scope.READ
+    )
+    if not await open_session(request, response, client):
+        raise Unauthenticated("this API key was revoked")
+    return client
+
+
+def _refused_page(request: Request, target: str, error: Exception) -> Response:
+    context = {"nav": "", "next": target, "refused": str(error)}
+    if not isinstance(error, RateLimited):
+        return render(request, "login.html", context, status_code=status.HTTP_401_UNAUTHORIZED)
+    page = render(request, "login.html", context, status_code=status.HTTP_429_TOO_MANY_REQUESTS)
+    page.headers["Retry-After"] = str(error.retry_after)
+    return page
 
 
 @router.post("/logout", dependencies=[Depends(require_same_origin)])
 async def logout(request: Request) -> Response:
-    await record_sign_out(request)
     response = RedirectResponse(LOGIN, status_code=status.HTTP_303_SEE_OTHER)
-    clear_session(response)
+    await record_sign_out(request)  # first: it names the key whose session this is
+    await end_session(request, response)
     return response
 
 

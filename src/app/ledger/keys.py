@@ -1,4 +1,5 @@
-"""The api_keys table: creating, finding, touching, revoking and listing keys (never a secret)."""
+"""The api_keys table: creating, finding, touching, re-hashing, revoking and listing keys (never a
+secret)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class StoredKey:
     secret_hash: str
     scopes: tuple[str, ...]
     revoked: bool
+    legacy: bool  # hashed before migration 0006: with KEYS_SECRET or the old development default
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +40,15 @@ async def find_async(conn: AsyncConnection, key_id: str) -> StoredKey | None:
     rows = (await run_async(conn, queries.FIND_KEY, {"id": key_id})).rows
     if not rows:
         return None
-    found_id, name, secret_hash, scopes, revoked_at = rows[0]
-    return StoredKey(found_id, name, secret_hash, tuple(scopes), revoked_at is not None)
+    found_id, name, secret_hash, scopes, revoked_at, hash_scheme = rows[0]
+    return StoredKey(
+        found_id, name, secret_hash, tuple(scopes), revoked_at is not None, hash_scheme == "legacy"
+    )
+
+
+async def rehash_async(conn: AsyncConnection, key_id: str, secret_hash: str) -> None:
+    """Store a legacy key's hash made with the current pepper; it is no longer legacy."""
+    await run_async(conn, queries.REHASH_KEY, {"id": key_id, "secret_hash": secret_hash})
 
 
 async def touch_async(conn: AsyncConnection, key_id: str) -> None:
@@ -47,7 +56,7 @@ async def touch_async(conn: AsyncConnection, key_id: str) -> None:
 
 
 def revoke(conn: SyncConnection, name: str) -> bool:
-    """Revoke the live key of that name; False when there is none."""
+    """Revoke the live key of that name and end its dashboard sessions; False when there is none."""
     return bool(run(conn, queries.REVOKE_KEY, {"name": name}).rows)
 
 

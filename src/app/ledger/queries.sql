@@ -384,8 +384,14 @@ ON CONFLICT (name) DO NOTHING
 RETURNING id
 
 -- name: find_key
--- A key by its public id, for verifying a request.
-SELECT id, name, secret_hash, scopes, revoked_at FROM api_keys WHERE id = %(id)s
+-- A key by its public id, for verifying a request; `hash_scheme` says which pepper hashed it.
+SELECT id, name, secret_hash, scopes, revoked_at, hash_scheme FROM api_keys WHERE id = %(id)s
+
+-- name: rehash_key
+-- A key hashed before migration 0006 proved its secret: from now on it is stored with the
+-- current pepper.
+UPDATE api_keys SET secret_hash = %(secret_hash)s, hash_scheme = 'v2'
+WHERE id = %(id)s AND hash_scheme = 'legacy'
 
 -- name: live_key_scopes
 -- The scopes of a key that is not revoked (no row: unknown or revoked), for work done on its behalf.
@@ -396,8 +402,42 @@ SELECT scopes FROM api_keys WHERE id = %(id)s AND revoked_at IS NULL
 UPDATE api_keys SET last_used_at = now() WHERE id = %(id)s
 
 -- name: revoke_key
--- A live key by name stops working (within KEYS_CACHE_SECONDS in every API process).
-UPDATE api_keys SET revoked_at = now() WHERE name = %(name)s AND revoked_at IS NULL RETURNING id
+-- A live key by name stops working (within KEYS_CACHE_SECONDS in every API process), and its
+-- dashboard sessions end at once, in the same statement.
+WITH revoked AS (
+    UPDATE api_keys SET revoked_at = now() WHERE name = %(name)s AND revoked_at IS NULL RETURNING id
+), ended AS (
+    DELETE FROM dashboard_sessions WHERE key_id IN (SELECT id FROM revoked)
+)
+SELECT id FROM revoked
+
+-- name: insert_secret
+-- A secret generated at first start; when another process stored one first, this does nothing
+-- (waiting for that one's commit) and find_secret reads the winner.
+INSERT INTO conveyor_secrets (name, value) VALUES (%(name)s, %(value)s) ON CONFLICT (name) DO NOTHING
+
+-- name: find_secret
+-- A secret Conveyor generated for itself.
+SELECT value FROM conveyor_secrets WHERE name = %(name)s
+
+-- name: insert_session
+-- A dashboard sign-in: the SHA-256 of the cookie's value, for a key that is still live.
+INSERT INTO dashboard_sessions (id_hash, key_id, expires_at, client_address)
+SELECT %(id_hash)s, id, now() + make_interval(secs => %(seconds)s), %(client_address)s
+FROM api_keys WHERE id = %(key_id)s AND revoked_at IS NULL
+RETURNING key_id
+
+-- name: find_session
+-- The key of a live session: not expired, its key not revoked.
+SELECT k.id, k.name, k.scopes
+FROM dashboard_sessions s JOIN api_keys k ON k.id = s.key_id
+WHERE s.id_hash = %(id_hash)s AND s.expires_at > now() AND k.revoked_at IS NULL
+
+-- name: delete_session
+-- Signing out: the session ends everywhere; the id and name of its key, for the record.
+DELETE FROM dashboard_sessions s USING api_keys k
+WHERE s.id_hash = %(id_hash)s AND k.id = s.key_id
+RETURNING k.id, k.name
 
 -- name: list_keys
 -- Every key, newest first: names, scopes and use, never a secret or its hash.
@@ -575,3 +615,10 @@ DELETE FROM workers WHERE last_seen < now() - make_interval(secs => %(retain)s)
 -- name: prune_relays
 -- Forgets relays whose last heartbeat is older than %(retain)s seconds (stopped or silent).
 DELETE FROM relays WHERE last_seen < now() - make_interval(secs => %(retain)s)
+
+-- name: prune_sessions
+-- Deletes up to %(limit)s expired dashboard sessions, oldest first.
+DELETE FROM dashboard_sessions WHERE id_hash = ANY(ARRAY(
+    SELECT id_hash FROM dashboard_sessions WHERE expires_at <= now()
+    ORDER BY expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+))

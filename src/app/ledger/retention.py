@@ -1,6 +1,7 @@
 """What keeps the ledger bounded: finished jobs past their retention, expired idempotency keys,
-and the rows of workers and relays long gone. Each call is one statement of at most `limit`
-rows, taken SKIP LOCKED, so several relays may prune at once and none holds locks for long.
+expired dashboard sessions, and the rows of workers and relays long gone. Each call is one
+statement of at most `limit` rows, taken SKIP LOCKED, so several relays may prune at once and
+none holds locks for long.
 """
 
 from __future__ import annotations
@@ -38,3 +39,8 @@ def prune_workers(conn: SyncConnection, retain_seconds: float) -> int:
 
 def prune_relays(conn: SyncConnection, retain_seconds: float) -> int:
     return run(conn, queries.PRUNE_RELAYS, {"retain": retain_seconds}).rowcount
+
+
+def prune_sessions(conn: SyncConnection, limit: int) -> int:
+    """Delete up to `limit` expired dashboard sessions; how many went."""
+    return run(conn, queries.PRUNE_SESSIONS, {"limit": limit}).rowcount

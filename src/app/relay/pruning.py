@@ -1,7 +1,7 @@
 """Retention: finished jobs older than their state's retention are deleted, with their attempts
-and artifacts; idempotency keys older than their window are released; worker and relay rows
-long silent are forgotten; audit entries older than RETAIN_AUDIT_SECONDS are deleted. Nothing
-unfinished is ever pruned.
+and artifacts; idempotency keys older than their window are released; expired dashboard
+sessions are deleted; worker and relay rows long silent are forgotten; audit entries older than
+RETAIN_AUDIT_SECONDS are deleted. Nothing unfinished is ever pruned.
 
 A relay runs a pass every PRUNE_INTERVAL_SECONDS in a thread of its own, so publishing never
 waits for it; `conveyor prune` runs one by hand. A pass deletes in statements of
@@ -54,6 +54,7 @@ class Pass:
 
     jobs: dict[str, int] = field(default_factory=dict)
     keys_released: int = 0
+    sessions: int = 0
     workers: int = 0
     relays: int = 0
     audit_entries: int = 0
@@ -69,7 +70,8 @@ def prune(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> Pass:
-    """One pass: every finished state, then the idempotency keys, then workers and relays."""
+    """One pass: every finished state, the idempotency keys, the expired sessions, then workers
+    and relays."""
     settings = settings or get_settings()
     engine = engine or sync_engine()
     done = Pass()
@@ -96,6 +98,13 @@ def prune(
         if progress is not None:
             progress(KEYS, released)
         if released < batch:
+            break
+        pause.wait(settings.prune_pause_seconds)
+    while stop is None or not stop.is_set():
+        with engine.begin() as conn:
+            ended = retention.prune_sessions(conn, batch)
+        done.sessions += ended
+        if ended < batch:
             break
         pause.wait(settings.prune_pause_seconds)
     with engine.begin() as conn:
@@ -161,11 +170,19 @@ class Pruner:
             return None
         self._outage.recovered()
         self.passes += 1
-        if done.total or done.keys_released or done.workers or done.relays or done.audit_entries:
+        if (
+            done.total
+            or done.keys_released
+            or done.sessions
+            or done.workers
+            or done.relays
+            or done.audit_entries
+        ):
             log.info(
                 "pruned",
                 jobs=done.jobs,
                 idempotency_keys_released=done.keys_released,
+                sessions=done.sessions,
                 workers=done.workers,
                 relays=done.relays,
                 audit_entries=done.audit_entries,
