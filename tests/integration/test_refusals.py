@@ -139,6 +139,26 @@ async def test_a_remembered_good_key_is_served_while_its_address_is_throttled(ap
         ).status_code == 200
 
 
+async def test_a_good_key_whose_cache_entry_expired_is_looked_up_again_past_the_throttle(app: Any) -> None:
+    """Clients behind one address (a NAT, a proxy not in FORWARDED_ALLOW_IPS) share its refusal
+    budget: a flood of bad keys among them must not lock out the good keys, whose digest this
+    process has seen proved. A revoked one is refused all the same."""
+    name = f"shared-{secrets.token_hex(3)}"
+    good = make_key(["read"], name=name)
+    headers = {"authorization": f"Bearer {good}"}
+    async with client_from(app, FLOODER) as client:
+        assert (await client.get("/api/v1/tasks", headers=headers)).status_code == 200
+        for _ in range(32):
+            await client.get("/api/v1/tasks", headers={"authorization": f"Bearer {unknown_key()}"})
+        throttled = await client.get("/api/v1/tasks", headers={"authorization": f"Bearer {unknown_key()}"})
+        assert throttled.status_code == 429
+        await asyncio.sleep(get_settings().keys_cache_seconds + 0.2)  # its cache entry expires
+        assert (await client.get("/api/v1/tasks", headers=headers)).status_code == 200
+        revoke_key(name)
+        await asyncio.sleep(get_settings().keys_cache_seconds + 0.2)
+        assert (await client.get("/api/v1/tasks", headers=headers)).status_code in (401, 429)
+
+
 async def test_malformed_headers_wrong_secrets_revoked_keys_and_bad_session_cookies_are_refusals(
     clean_ledger: Infra, monkeypatch: pytest.MonkeyPatch
 ) -> None:

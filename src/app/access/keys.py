@@ -143,6 +143,10 @@ class Verifier:
         self.refusal_ttl = settings.refusal_memory_seconds if refusal_ttl is None else refusal_ttl
         self._known: dict[str, tuple[float, Client]] = {}
         self._refused: dict[str, tuple[float, str]] = {}
+        # Keys this process has verified (by id and digest): looked up again past the refusal
+        # throttle, so a flood of bad keys from a shared address (a NAT, an untrusted proxy)
+        # does not lock out the good keys behind it. A digest proves the secret was known.
+        self._proven: set[str] = set()
         self._looking: dict[str, asyncio.Future[Client]] = {}
         self._pepper: bytes | None = _configured_pepper()
         self._pepper_lock = asyncio.Lock()
@@ -170,8 +174,13 @@ class Verifier:
                 refused = self._refused.get(remembered)
                 if refused is not None and refused[0] > time.monotonic():
                     raise Unauthenticated(refused[1])
-            async with guard() if guard is not None else nullcontext(), conn_factory() as conn:
-                return await self._look_up(conn, key_id, secret, entry)
+            throttled = guard is not None and entry not in self._proven
+            async with guard() if throttled and guard is not None else nullcontext(), conn_factory() as conn:
+                client = await self._look_up(conn, key_id, secret, entry)
+            if len(self._proven) >= REFUSED_MEMORY_SIZE:
+                self._proven.clear()
+            self._proven.add(entry)
+            return client
 
         return await self._remembered(entry, look_up)
 
@@ -243,6 +252,7 @@ class Verifier:
         if not matches:
             raise self._refuse(entry, UNKNOWN_KEY)
         if found.revoked:
+            self._proven.discard(entry)
             raise self._refuse(entry, "this API key was revoked")
         if found.legacy:
             await stored.rehash_async(conn, key_id, digest)
