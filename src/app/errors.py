@@ -65,10 +65,15 @@ class PublishFailed(ConveyorError):
 
 
 class UnstorableInput(ConveyorError):
-    """Raised when input holds a value the ledger cannot store (a NUL character in a string)."""
+    """Raised when input holds a value the ledger cannot store (a NUL character in a string, an
+    integer past 64 bits)."""
 
-    def __init__(self, loc: tuple[str | int, ...]) -> None:
-        super().__init__("must not contain a NUL character (\\u0000), which PostgreSQL cannot store")
+    def __init__(
+        self,
+        loc: tuple[str | int, ...],
+        reason: str = "must not contain a NUL character (\\u0000), which PostgreSQL cannot store",
+    ) -> None:
+        super().__init__(reason)
         self.loc = loc
 
 

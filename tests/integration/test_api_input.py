@@ -165,3 +165,15 @@ async def test_every_error_answer_of_the_post_routes_is_documented(api: httpx.As
     for path in ("/api/v1/jobs", "/api/v1/emails"):
         documented = set(schema["paths"][path]["post"]["responses"])
         assert {"202", "400", "413", "415", "422"} <= documented, (path, documented)
+
+
+async def test_an_integer_past_64_bits_anywhere_in_a_payload_is_a_422_not_a_500(
+    api: httpx.AsyncClient, clean_ledger: Infra
+) -> None:
+    body = (
+        b'{"task": "app.tasks.example.export_jobs", "payload": {"task": {"n": [-14043975374808906105418]}}}'
+    )
+    response = await api.post("/api/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "payload"]
+    assert count_jobs(clean_ledger) == 0

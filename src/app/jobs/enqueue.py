@@ -19,7 +19,7 @@ from uuid import UUID
 import orjson
 from pydantic import BaseModel
 
-from app.errors import AlreadyInFlight, IdempotencyConflict, LedgerUnavailable
+from app.errors import AlreadyInFlight, IdempotencyConflict, LedgerUnavailable, UnstorableInput
 from app.jobs.context import peek_current
 from app.jobs.validation import check_payload_json
 from app.ledger import jobs as ledger
@@ -97,7 +97,11 @@ def new_job(
     if isinstance(payload, spec.payload_model):
         model = payload
     else:
-        model = spec.payload_model.model_validate_json(orjson.dumps(payload))
+        try:
+            raw = orjson.dumps(payload)
+        except TypeError as error:  # an integer past 64 bits: no JSON column holds it exactly
+            raise UnstorableInput((), f"holds a value the ledger cannot store: {error}") from None
+        model = spec.payload_model.model_validate_json(raw)
     payload_json = model.model_dump_json()
     check_payload_json(payload_json)
     running = peek_current()
