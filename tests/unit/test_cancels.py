@@ -69,11 +69,17 @@ def test_an_interruption_racing_the_end_of_a_task_cancels_it_or_misses_it_and_le
         inside = threading.Event()
         hit: list[bool] = []
 
+        # From well inside the task to just past its end.
+        delay = (round_ % 20) * 0.0001
+
         def interrupter(
-            job: JobContext = job, inside: threading.Event = inside, hit: list[bool] = hit
+            job: JobContext = job,
+            inside: threading.Event = inside,
+            hit: list[bool] = hit,
+            delay: float = delay,
         ) -> None:
             inside.wait()
-            busy((round_ % 20) * 0.0001)  # from well inside the task to just past its end
+            busy(delay)
             hit.append(interrupt(job))
 
         thread = threading.Thread(target=interrupter)
@@ -92,4 +98,5 @@ def test_an_interruption_racing_the_end_of_a_task_cancels_it_or_misses_it_and_le
         assert not stray, f"round {round_}: an interruption landed after the task"
         assert (end == "cancelled") == hit[0], f"round {round_}: {end}, interrupt() said {hit[0]}"
         ends[end] += 1
-    assert ends["returned"] and ends["cancelled"], ends
+    assert ends["returned"], ends
+    assert ends["cancelled"], ends

@@ -92,9 +92,9 @@ class CancelWatcher:
         self._thread.start()
 
     def stop(self) -> None:
+        # Not joined: a worker's shutdown does not wait for the listener's current wait, and
+        # the process's exit closes its connection.
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=POLL_SECONDS + 1)
 
     def _loop(self) -> None:
         conn: psycopg.Connection[Any] | None = None
