@@ -39,7 +39,7 @@ def test_a_task_that_never_looks_is_interrupted_where_it_runs() -> None:
 
 def test_a_job_asked_to_stop_before_its_thread_got_to_it_does_not_start() -> None:
     job = new_job()
-    job._cancel.set()
+    assert job.ask_to_cancel() is True
     ran = []
     with pytest.raises(Cancelled):
         run_task(job, lambda: ran.append(1))
