@@ -23,6 +23,16 @@ class LeaseLost(ConveyorError):
     """Raised when a worker's write is refused because another attempt now owns the job."""
 
 
+class Cancelled(BaseException):
+    """Raised in a running task when its job's cancellation was asked: by
+    `job.raise_if_cancelled()` and `job.progress()`, or asynchronously in the task's thread once
+    CANCEL_GRACE_SECONDS have passed. A BaseException, as KeyboardInterrupt is, so that a task's
+    `except Exception` does not swallow it; a task may catch it to clean up, then re-raise."""
+
+    def __init__(self, message: str = "the job's cancellation was asked") -> None:
+        super().__init__(message)
+
+
 class UnknownTask(ConveyorError):
     """Raised when a request names a task that is not registered as public."""
 

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 9191  # 0: no exporter
     worker_metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, to be scraped
     worker_shutdown_seconds: float = 30.0
+    # How long a running job whose cancellation was asked may take to stop on its own (a task
+    # that checks `job.cancel_requested`) before an exception is raised in its thread.
+    cancel_grace_seconds: float = Field(default=10.0, ge=0.0)
 
     db_pool_size: int = 10
     # The API's bound on connecting, waiting for a pooled connection, and one statement.

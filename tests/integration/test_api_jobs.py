@@ -113,12 +113,29 @@ async def test_a_job_that_has_not_started_can_be_cancelled_once(
     assert cancelled.status_code == 200
     assert cancelled.json()["state"] == "cancelled"
     assert cancelled.json()["finished_at"] is not None
-    assert (await api.post(f"/api/v1/jobs/{job_id}/cancel")).status_code == 409
+    assert cancelled.json()["cancel_requested_at"] is None, "nothing to ask: it never ran"
+    refused = await api.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert refused.status_code == 409
+    assert "cancelled" in refused.json()["detail"]
+
+
+async def test_a_running_job_is_asked_to_stop_with_a_202_and_a_finished_one_is_a_409(
+    api: httpx.AsyncClient, clean_ledger: Infra
+) -> None:
     running = (await post_echo(api)).json()["id"]
     set_state(clean_ledger, running, "running")
-    refused = await api.post(f"/api/v1/jobs/{running}/cancel")
-    assert refused.status_code == 409
-    assert "running" in refused.json()["detail"]
+    asked = await api.post(f"/api/v1/jobs/{running}/cancel")
+    assert asked.status_code == 202
+    assert asked.json()["state"] == "running", "its worker ends it"
+    assert asked.json()["cancel_requested_at"] is not None
+    again = await api.post(f"/api/v1/jobs/{running}/cancel")
+    assert again.status_code == 202
+    assert again.json()["cancel_requested_at"] == asked.json()["cancel_requested_at"]
+    for state in ("succeeded", "dead"):
+        set_state(clean_ledger, running, state)
+        refused = await api.post(f"/api/v1/jobs/{running}/cancel")
+        assert refused.status_code == 409
+        assert state in refused.json()["detail"]
 
 
 async def test_the_task_list_shows_every_example_with_its_schema_and_retry_policy(

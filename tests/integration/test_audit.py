@@ -107,7 +107,9 @@ async def test_cancel_and_every_schedule_change_through_the_api_are_recorded(
 ) -> None:
     headers = auth(make_key(["operate"], name="ops-api"))
     queued = insert_job(clean_ledger, state="queued")
+    running = insert_job(clean_ledger, state="running")
     assert (await app_client.post(f"/api/v1/jobs/{queued}/cancel", headers=headers)).status_code == 200
+    assert (await app_client.post(f"/api/v1/jobs/{running}/cancel", headers=headers)).status_code == 202
     body = {
         "name": "nightly",
         "task": "app.tasks.example.echo",
@@ -122,12 +124,14 @@ async def test_cancel_and_every_schedule_change_through_the_api_are_recorded(
     assert (await app_client.delete("/api/v1/schedules/nightly", headers=headers)).status_code == 204
     assert actions_of(log) == [
         ("ops-api", "job.cancel", str(queued)),
+        ("ops-api", "job.cancel", str(running)),
         ("ops-api", "schedule.create", "nightly"),
         ("ops-api", "schedule.pause", "nightly"),
         ("ops-api", "schedule.resume", "nightly"),
         ("ops-api", "schedule.delete", "nightly"),
     ]
-    created = entries(log)[1]["detail"]
+    assert [e["detail"] for e in entries(log)[:2]] == [None, {"running": True}]
+    created = entries(log)[2]["detail"]
     assert created == {
         "task": "app.tasks.example.echo",
         "cron": "0 3 * * *",
@@ -195,6 +199,7 @@ async def test_every_dashboard_action_is_recorded_with_the_signed_in_key(
     await sign_in(app_client, make_key(["read", "operate"], name="dash-ops"))
     replayed, discarded = insert_job(clean_ledger), insert_job(clean_ledger)
     queued = insert_job(clean_ledger, state="queued")
+    running = insert_job(clean_ledger, state="running")
     flaky = [insert_job(clean_ledger, task=FLAKY, payload={"fail_times": 1}) for _ in range(3)]
     log.execute(
         "INSERT INTO schedules (name, task, queue, payload, max_attempts, every_seconds, next_run_at)"
@@ -203,6 +208,7 @@ async def test_every_dashboard_action_is_recorded_with_the_signed_in_key(
     await post_form(app_client, f"/dashboard/jobs/{replayed}/replay")
     await post_form(app_client, f"/dashboard/jobs/{discarded}/discard")
     await post_form(app_client, f"/dashboard/jobs/{queued}/cancel")
+    await post_form(app_client, f"/dashboard/jobs/{running}/cancel")
     await post_form(app_client, "/dashboard/dead/bulk", action="discard", task=FLAKY, confirm="yes")
     await post_form(app_client, "/dashboard/schedules/tick/pause")
     await post_form(app_client, "/dashboard/schedules/tick/resume")
@@ -211,11 +217,13 @@ async def test_every_dashboard_action_is_recorded_with_the_signed_in_key(
         ("dash-ops", "job.replay", str(replayed)),
         ("dash-ops", "job.discard", str(discarded)),
         ("dash-ops", "job.cancel", str(queued)),
+        ("dash-ops", "job.cancel", str(running)),
         ("dash-ops", "dead.discard_all", None),
         ("dash-ops", "schedule.pause", "tick"),
         ("dash-ops", "schedule.resume", "tick"),
     ]
-    bulk = entries(log)[4]
+    assert [e["detail"] for e in entries(log)[3:5]] == [None, {"running": True}]
+    bulk = entries(log)[5]
     assert (bulk["count"], bulk["detail"]) == (len(flaky), {"task": FLAKY})
     assert all(e["request_id"] and e["client_address"] == "127.0.0.1" for e in entries(log))
 

@@ -57,6 +57,32 @@ def test_dlq_replay_and_purge_by_id_record_each_job_they_changed_and_none_they_l
     assert {(e["key_name"], e["key_id"]) for e in entries(log)} == {(ME, None)}
 
 
+def test_jobs_cancel_cancels_a_queued_job_asks_a_running_one_refuses_a_finished_one_and_records_each(
+    clean_ledger: Infra, log: psycopg.Connection[dict[str, Any]]
+) -> None:
+    queued = insert_job(clean_ledger, state="queued")
+    running = insert_job(clean_ledger, state="running")
+    finished = insert_job(clean_ledger, state="succeeded")
+    cancelled = conveyor("jobs", "cancel", str(queued))
+    assert (cancelled.exit_code, "will not run" in cancelled.output) == (0, True), cancelled.output
+    asked = conveyor("jobs", "cancel", str(running))
+    assert (asked.exit_code, "asked to stop" in asked.output) == (0, True), asked.output
+    refused = conveyor("jobs", "cancel", str(finished))
+    assert refused.exit_code == 1
+    assert "succeeded" in refused.output
+    assert actions_of(log) == [("job.cancel", str(queued), None), ("job.cancel", str(running), None)]
+    assert [e["detail"] for e in entries(log)] == [None, {"running": True}]
+    assert {e["key_name"] for e in entries(log)} == {ME}
+    states = log.execute(
+        "SELECT id::text, state, cancel_requested_at IS NOT NULL AS asked FROM jobs WHERE id = ANY(%s)",
+        ([queued, running],),
+    ).fetchall()
+    assert {(r["id"], r["state"], r["asked"]) for r in states} == {
+        (str(queued), "cancelled", False),
+        (str(running), "running", True),
+    }
+
+
 def test_a_bulk_replay_in_many_batches_is_one_entry_with_the_total_and_the_task(
     clean_ledger: Infra, log: psycopg.Connection[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

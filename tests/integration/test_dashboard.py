@@ -308,23 +308,32 @@ async def test_replay_on_a_dead_jobs_page_queues_it_again_and_says_so(
     assert "Replayed" not in (await dashboard.get(f"/dashboard/jobs/{job_id}")).text, "a notice shows once"
 
 
-async def test_cancel_stops_a_queued_job_and_is_refused_for_a_running_one(
+async def test_cancel_stops_a_queued_job_asks_a_running_one_and_is_refused_for_a_finished_one(
     dashboard: httpx.AsyncClient, ledger: psycopg.Connection[Any]
 ) -> None:
     queued = add_job(ledger, state="queued")
     running = add_job(ledger, state="running")
+    finished = add_job(ledger, state="succeeded")
     assert f'/dashboard/jobs/{queued}/cancel"' in (await dashboard.get(f"/dashboard/jobs/{queued}")).text
-    assert "/cancel" not in (await dashboard.get(f"/dashboard/jobs/{running}")).text
+    running_page = (await dashboard.get(f"/dashboard/jobs/{running}")).text
+    assert f'/dashboard/jobs/{running}/cancel"' in running_page
+    assert "data-cancel-requested" not in running_page
     done = await dashboard.post(
         f"/dashboard/jobs/{queued}/cancel", headers=SAME_ORIGIN, follow_redirects=True
     )
     assert state_of(ledger, queued) == "cancelled"
     assert "Cancelled the job" in done.text
-    refused = await dashboard.post(
+    asked = await dashboard.post(
         f"/dashboard/jobs/{running}/cancel", headers=SAME_ORIGIN, follow_redirects=True
     )
-    assert state_of(ledger, running) == "running"
-    assert "Nothing done: the job is running now" in refused.text
+    assert state_of(ledger, running) == "running", "its worker ends it"
+    assert "Asked the worker to stop the job" in asked.text
+    assert "data-cancel-requested" in asked.text
+    refused = await dashboard.post(
+        f"/dashboard/jobs/{finished}/cancel", headers=SAME_ORIGIN, follow_redirects=True
+    )
+    assert state_of(ledger, finished) == "succeeded"
+    assert "Nothing done: the job is succeeded now" in refused.text
 
 
 async def test_discarding_one_dead_job_deletes_it_and_its_history_only(

@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from app.ledger import cancels
 from app.ledger import jobs as ledger
 from app.ledger.jobs import NewJob
 from tests.ledger.rows import attempts, exists, given, row, second_connection
@@ -115,9 +116,9 @@ async def test_a_job_that_has_not_started_can_be_cancelled_and_no_other(
 ) -> None:
     queued, retrying = given(conn, "queued"), given(conn, "retrying", attempts=1)
     others = [given(conn, "running", attempts=1), given(conn, "succeeded"), given(conn, "dead")]
-    assert await ledger.cancel(aconn, queued) is True
-    assert await ledger.cancel(aconn, retrying) is True
-    assert [await ledger.cancel(aconn, job_id) for job_id in others] == [False, False, False]
+    assert await cancels.cancel(aconn, queued) is True
+    assert await cancels.cancel(aconn, retrying) is True
+    assert [await cancels.cancel(aconn, job_id) for job_id in others] == [False, False, False]
     assert (row(look, queued)["state"], row(look, retrying)["state"]) == ("cancelled", "cancelled")
     assert row(look, queued)["finished_at"] is not None
     assert [row(look, job_id)["state"] for job_id in others] == ["running", "succeeded", "dead"]

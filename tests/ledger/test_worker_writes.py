@@ -128,7 +128,7 @@ def test_a_retry_hands_the_job_back_for_later_and_wakes_nobody_early(
     conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
 ) -> None:
     token = running(conn, published=True)
-    assert ledger.retry(conn, token, "TransientError: try later", 60.0) is True
+    assert ledger.retry(conn, token, "TransientError: try later", 60.0) == "retrying"
     after = row(look, token.job_id)
     assert (after["state"], after["last_error"], after["delayed"]) == (
         "retrying",
@@ -157,9 +157,9 @@ def test_retry_bury_and_progress_are_refused_to_a_fenced_attempt(
 ) -> None:
     token = running(conn, attempts=2)
     stale = Token(token.job_id, token.run, 1)
-    assert ledger.retry(conn, stale, "late", 0.0) is False
+    assert ledger.retry(conn, stale, "late", 0.0) is None
     assert ledger.bury(conn, stale, "late") is False
-    assert ledger.report_progress(conn, stale, 50, 30.0) is False
+    assert ledger.report_progress(conn, stale, 50, 30.0) == (False, False)
     after = row(look, token.job_id)
     assert (after["state"], after["progress"], after["last_error"]) == ("running", 0, None)
 
@@ -170,7 +170,7 @@ def test_a_finished_job_refuses_every_worker_write(
     job_id = given(conn, "succeeded", attempts=1)
     token = Token(job_id, 1, 1)
     assert ledger.succeed(conn, [(token, "2")]) == [False]
-    assert ledger.retry(conn, token, "late", 0.0) is False
+    assert ledger.retry(conn, token, "late", 0.0) is None
     assert ledger.bury(conn, token, "late") is False
     assert row(look, job_id)["state"] == "succeeded"
 
@@ -180,7 +180,7 @@ def test_progress_is_recorded_and_renews_the_lease(
 ) -> None:
     token = running(conn, lease_in=1.0)
     before = row(look, token.job_id)["lease_expires_at"]
-    assert ledger.report_progress(conn, token, 42, 300.0) is True
+    assert ledger.report_progress(conn, token, 42, 300.0) == (True, False)
     after = row(look, token.job_id)
     assert after["progress"] == 42
     assert after["lease_expires_at"] > before

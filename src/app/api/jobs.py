@@ -141,14 +141,29 @@ async def replay_job(job_id: UUID, request: Request, response: Response) -> JobA
 @router.post(
     "/jobs/{job_id}/cancel",
     response_model=JobView,
-    responses=responses(ONE_JOB, {409: {"model": ErrorBody, "description": "Job has started or ended"}}),
+    summary="Cancel a job: at once if it has not started (200), by asking its worker if it runs (202)",
+    responses=responses(
+        ONE_JOB,
+        {
+            202: {
+                "model": JobView,
+                "description": "The job is running: its worker is asked to stop it, and it ends "
+                "cancelled (or succeeded, if it finished first)",
+            },
+            409: {"model": ErrorBody, "description": "Job has ended"},
+        },
+    ),
 )
-async def cancel_job(job_id: UUID, request: Request) -> JobView:
+async def cancel_job(job_id: UUID, request: Request, response: Response) -> JobView:
     client = await authenticate(request, Scope.OPERATE)
     async with transaction() as conn:
-        await actions.cancel(conn, job_id)
-        await audit.record(conn, actor(request, client), audit.Action.JOB_CANCEL, target=str(job_id))
+        outcome = await actions.cancel(conn, job_id)
+        detail = {"running": True} if outcome == "requested" else None
+        who = actor(request, client)
+        await audit.record(conn, who, audit.Action.JOB_CANCEL, target=str(job_id), detail=detail)
         row = await reads.get(conn, job_id)
+    if outcome == "requested":
+        response.status_code = status.HTTP_202_ACCEPTED
     return job_view(row)
 
 

@@ -1,4 +1,5 @@
-"""`conveyor jobs list|show`: jobs in the ledger, read directly, so they work while the API is down."""
+"""`conveyor jobs list|show|cancel`: jobs in the ledger, read and cancelled directly, so they work
+while the API is down."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Row
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-app = typer.Typer(help="Look at jobs in the ledger.", no_args_is_help=True)
+app = typer.Typer(help="Look at jobs in the ledger, and cancel one.", no_args_is_help=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 STATE_STYLES = {
@@ -135,6 +136,32 @@ def jobs_show(
         )
     console.print()
     console.print(history)
+
+
+@app.command("cancel")
+def jobs_cancel(job_id: Annotated[UUID, typer.Argument(help="The job's id")]) -> None:
+    """Cancel a job: at once if it has not started; if it runs, ask its worker to stop it (it ends
+    cancelled, or succeeded if it finishes first). Exit 1 if it has ended or does not exist."""
+    from app.errors import InvalidTransition, JobNotFound
+    from app.operate import actions, audit
+
+    async def act(engine: AsyncEngine) -> str:
+        async with engine.begin() as conn:
+            outcome = await actions.cancel(conn, job_id)
+            detail = {"running": True} if outcome == "requested" else None
+            await audit.record(
+                conn, audit.cli_actor(), audit.Action.JOB_CANCEL, target=str(job_id), detail=detail
+            )
+            return outcome
+
+    try:
+        outcome = with_database(act)
+    except (InvalidTransition, JobNotFound) as error:
+        fail(str(error))
+    if outcome == "requested":
+        typer.echo(f"job {job_id} is running: its worker was asked to stop it")
+    else:
+        typer.echo(f"job {job_id} cancelled: it will not run")
 
 
 def job_json(row: Row[Any]) -> dict[str, Any]:

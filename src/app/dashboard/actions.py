@@ -85,7 +85,8 @@ async def _one(request: Request, job_id: UUID, act: Act, action: audit.Action) -
     try:
         async with transaction() as conn:
             notice = await act(conn)
-            await audit.record(conn, operator_actor(request), action, target=str(job_id))
+            detail = {"running": True} if notice.kind == "cancelling" else None
+            await audit.record(conn, operator_actor(request), action, target=str(job_id), detail=detail)
     except InvalidTransition as error:
         notice = Notice("refused", state=error.state)
     except JobNotFound:
@@ -105,8 +106,8 @@ async def replay(request: Request, job_id: UUID) -> RedirectResponse:
 @router.post("/jobs/{job_id}/cancel")
 async def cancel(request: Request, job_id: UUID) -> RedirectResponse:
     async def act(conn: AsyncConnection) -> Notice:
-        await actions.cancel(conn, job_id)
-        return Notice("cancelled", 1)
+        outcome = await actions.cancel(conn, job_id)
+        return Notice("cancelled" if outcome == "cancelled" else "cancelling", 1)
 
     return await _one(request, job_id, act, audit.Action.JOB_CANCEL)
 

@@ -187,7 +187,7 @@ async def job_context(conn: AsyncConnection, job_id: UUID) -> dict[str, Any]:
         "children": await service.children(conn, job_id),
         "terminal": job.state in TERMINAL_STATES,
         "can_replay": job.state == JobState.DEAD,
-        "can_cancel": job.state in (JobState.QUEUED, JobState.RETRYING),
+        "can_cancel": job.state in (JobState.QUEUED, JobState.RETRYING, JobState.RUNNING),
     }
 
 

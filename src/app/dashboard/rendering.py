@@ -27,6 +27,7 @@ NOTICE_TEXTS = {
     "replayed": "Replayed {count:,} {jobs}: queued again, with their history kept.",
     "discarded": "Discarded {count:,} dead {jobs} and their history.",
     "cancelled": "Cancelled the job: it will not run.",
+    "cancelling": "Asked the worker to stop the job: it ends cancelled, or succeeded if it finishes first.",
     "paused": "Paused the schedule: it makes no jobs until it is resumed.",
     "resumed": "Resumed the schedule: it fires from its next tick; the ticks it missed do not fire.",
     "refused": "Nothing done: the job is {state} now.",

@@ -14,7 +14,8 @@ import dramatiq
 import pydantic
 from dramatiq.broker import Broker
 
-from app.errors import PermanentError, TaskError, UseEnqueue
+from app.errors import Cancelled, PermanentError, TaskError, UseEnqueue
+from app.execution.cancels import run_task
 from app.jobs.context import current_job
 from app.jobs.registry import TaskSpec, get_task
 
@@ -41,8 +42,8 @@ def _declare(broker: Broker, spec: TaskSpec[Any]) -> None:
         run_claimed_job()
 
     run.__name__ = spec.name.rsplit(".", 1)[-1]
-    # Task errors are outcomes, not crashes: Dramatiq logs them without a traceback.
-    options: dict[str, Any] = {"throws": (TaskError, pydantic.ValidationError)}
+    # Task errors and cancellations are outcomes, not crashes: Dramatiq logs them without a traceback.
+    options: dict[str, Any] = {"throws": (TaskError, pydantic.ValidationError, Cancelled)}
     if spec.time_limit_seconds is not None:
         options["time_limit"] = int(spec.time_limit_seconds * 1000)
     dramatiq.actor(
@@ -56,4 +57,4 @@ def run_claimed_job() -> None:
     spec = get_task(ctx.task)
     if spec is None:
         raise PermanentError(f"this worker has no task {ctx.task!r}")
-    ctx.result = spec.fn(spec.payload_model.model_validate_json(ctx.payload_json), ctx)
+    ctx.result = run_task(ctx, lambda: spec.fn(spec.payload_model.model_validate_json(ctx.payload_json), ctx))

@@ -16,6 +16,9 @@ JOBS_RETRIED = Counter(
     ["task", "queue"],
 )
 JOBS_DEAD = Counter("conveyor_worker_jobs_dead_total", "Jobs that went dead", ["task", "queue"])
+JOBS_CANCELLED = Counter(
+    "conveyor_worker_jobs_cancelled_total", "Running jobs that ended cancelled when asked", ["task", "queue"]
+)
 JOBS_SKIPPED = Counter(
     "conveyor_worker_messages_skipped_total",
     "Messages acknowledged without running (duplicate, finished, cancelled or not yet due)",
@@ -53,6 +56,7 @@ class TaskMetrics:
     succeeded: Any
     retried: Any
     dead: Any
+    cancelled: Any
     fenced: Any
     in_progress: Any
     duration: Any
@@ -65,6 +69,7 @@ def for_task(task: str, queue: str) -> TaskMetrics:
         succeeded=JOBS_SUCCEEDED.labels(task, queue),
         retried=JOBS_RETRIED.labels(task, queue),
         dead=JOBS_DEAD.labels(task, queue),
+        cancelled=JOBS_CANCELLED.labels(task, queue),
         fenced=JOBS_FENCED.labels(task, queue),
         in_progress=JOBS_IN_PROGRESS.labels(task, queue),
         duration=JOB_DURATION.labels(task, queue),

@@ -5,7 +5,7 @@ messages and hands only the claimed ones to the threads; on another broker (Dram
 broker in tests) each message is claimed here before it runs. Raising SkipMessage before
 processing acknowledges a message without running it. Everything else (retries, delays)
 lives in the ledger. The hooks stay thin: the writes are in `writes`, the outcomes in
-`outcomes`, the heartbeat in `heartbeat`.
+`outcomes`, the heartbeat in `heartbeat`, cancel requests in `cancels`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dramatiq.middleware import Middleware, SkipMessage
 from dramatiq.worker import Worker
 
 from app.execution import metrics, outcomes
+from app.execution.cancels import CancelWatcher
 from app.execution.consumer import AHEAD_HORIZON_SECONDS, Slots, job_id_of
 from app.execution.heartbeat import Heartbeat
 from app.execution.shutdown import log_repeated_stops, tolerate_repeated_stop_signals
@@ -55,6 +56,7 @@ class LedgerMiddleware(Middleware):
         self._waiting: dict[UUID, tuple[JobContext, float]] = {}
         self._lock = threading.Lock()
         self._heartbeat: Heartbeat | None = None
+        self._cancels: CancelWatcher | None = None
 
     # -- process and worker life ---------------------------------------------------------
 
@@ -85,11 +87,17 @@ class LedgerMiddleware(Middleware):
         self.writes.start(self.worker_id)
         self._heartbeat = Heartbeat(self.worker_id, queues, datetime.now(UTC), self._snapshot)
         self._heartbeat.start()
+        self._cancels = CancelWatcher(self._held)
+        self._cancels.start()
         log.info("worker started", worker_id=self.worker_id, queues=queues)
 
     def _snapshot(self) -> tuple[list[UUID], int]:
         with self._lock:
             return list(self._in_flight), self.processed
+
+    def _held(self) -> list[JobContext]:
+        with self._lock:
+            return list(self._in_flight.values())
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         self.slots.close()  # the consumers claim nothing more
@@ -98,6 +106,8 @@ class LedgerMiddleware(Middleware):
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        if self._cancels is not None:
+            self._cancels.stop()
         self.writes.close()
         with self._lock:
             started = [job_id for job_id in self._in_flight if job_id not in self._waiting]

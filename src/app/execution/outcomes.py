@@ -1,4 +1,5 @@
-"""How an attempt ended, written to the ledger: succeeded, retrying, dead, or refused by the fence."""
+"""How an attempt ended, written to the ledger: succeeded, retrying, dead, cancelled, or refused by
+the fence."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pydantic
 import structlog
 from dramatiq.broker import MessageProxy
 
-from app.errors import LeaseLost, PermanentError
+from app.errors import Cancelled, LeaseLost, PermanentError
 from app.execution import metrics
 from app.execution.writes import LedgerWrites
 from app.jobs.context import JobContext
@@ -48,7 +49,19 @@ def finish(writes: LedgerWrites, ctx: JobContext, message: MessageProxy, exc: Ba
     if isinstance(exc, LeaseLost):
         refused(ctx, message.queue_name, writes.worker_id)
         return
+    if isinstance(exc, Cancelled):
+        _cancelled(writes, ctx, message, duration)
+        return
     _failed(writes, ctx, message, exc, duration)
+
+
+def _cancelled(writes: LedgerWrites, ctx: JobContext, message: MessageProxy, duration: float) -> None:
+    how = "interrupted after its grace" if ctx.interrupted else "the task stopped"
+    if not writes.cancelled(ctx.token, f"cancelled while running: {how}"):
+        refused(ctx, message.queue_name, writes.worker_id)
+        return
+    metrics.for_task(ctx.task, message.queue_name).cancelled.inc()
+    log.info("job cancelled", interrupted=ctx.interrupted, duration_s=round(duration, 4))
 
 
 def _failed(
@@ -66,7 +79,11 @@ def _failed(
         log.error("job dead", reason=reason, error=error, duration_s=round(duration, 4))
         return
     delay = retry_delay(ctx.task, ctx.attempt)
-    if writes.retry(ctx.token, error, delay):
+    state = writes.retry(ctx.token, error, delay)
+    if state == "cancelled":  # its cancellation was asked: never retried
+        task_metrics.cancelled.inc()
+        log.info("job cancelled: it failed after its cancellation was asked", error=error)
+    elif state is not None:
         task_metrics.retried.inc()
         log.warning(
             f"job retrying in {delay:.3f}s",

@@ -22,8 +22,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from app.execution.batcher import Batcher
 from app.jobs.context import JobContext
 from app.jobs.registry import retry_delay
+from app.ledger import cancels, workers
 from app.ledger import jobs as ledger
-from app.ledger import workers
 from app.ledger.connections import own_connection
 from app.ledger.engines import autocommit_engine, sync_engine
 from app.ledger.jobs import Claim, Doorbell, Token
@@ -175,14 +175,19 @@ class LedgerWrites:
         ctx.discard_effects()
         return False
 
-    def retry(self, token: Token, error: str, delay_seconds: float) -> bool:
-        return self._single(lambda conn: ledger.retry(conn, token, error, delay_seconds), token)
+    def retry(self, token: Token, error: str, delay_seconds: float) -> str | None:
+        """The job's new state: retrying, or cancelled when that was asked; None: fenced."""
+        return self._single(lambda conn: ledger.retry(conn, token, error, delay_seconds), token, None)
 
     def bury(self, token: Token, error: str) -> bool:
-        return self._single(lambda conn: ledger.bury(conn, token, error), token)
+        return self._single(lambda conn: ledger.bury(conn, token, error), token, False)
 
-    def _single(self, write: Callable[[Any], bool], token: Token) -> bool:
-        def attempt() -> bool:
+    def cancelled(self, token: Token, reason: str) -> bool:
+        """Fenced: the attempt stopped because its cancellation was asked; the job ends cancelled."""
+        return self._single(lambda conn: cancels.finish(conn, token, reason), token, False)
+
+    def _single(self, write: Callable[[Any], T], token: Token, failed: T) -> T:
+        def attempt() -> T:
             with autocommit_engine().connect() as conn:
                 return write(conn)
 
@@ -190,7 +195,7 @@ class LedgerWrites:
             return with_db_retry(attempt, what="finish", job_id=token.job_id)
         except Exception:
             log.exception("could not record the outcome; the lease will expire and it will rerun")
-            return False
+            return failed
 
     def unclaim(self, tokens: Sequence[Token]) -> int:
         """Undo claims that never started, at once (the relay publishes their jobs again)."""

@@ -268,10 +268,12 @@ def _fence(token: Token) -> dict[str, Any]:
     return {"id": token.job_id, "run": token.run, "attempt": token.attempt}
 
 
-def retry(conn: SyncConnection, token: Token, error: str, delay_seconds: float) -> bool:
-    """Fenced: running → retrying, due again in `delay_seconds`."""
+def retry(conn: SyncConnection, token: Token, error: str, delay_seconds: float) -> str | None:
+    """Fenced: running → retrying, due again in `delay_seconds` (or cancelled, when that was
+    asked); the new state, None when the attempt no longer owned the job."""
     params = _fence(token) | {"error": error, "delay": delay_seconds}
-    return bool(run(conn, queries.RETRY, params).rows)
+    rows = run(conn, queries.RETRY, params).rows
+    return str(rows[0][0]) if rows else None
 
 
 def bury(conn: SyncConnection, token: Token, error: str) -> bool:
@@ -279,10 +281,13 @@ def bury(conn: SyncConnection, token: Token, error: str) -> bool:
     return bool(run(conn, queries.BURY, _fence(token) | {"error": error}).rows)
 
 
-def report_progress(conn: SyncConnection, token: Token, progress: int, lease_seconds: float) -> bool:
-    """Fenced: record progress and renew the lease."""
+def report_progress(
+    conn: SyncConnection, token: Token, progress: int, lease_seconds: float
+) -> tuple[bool, bool]:
+    """Fenced: record progress and renew the lease; (owned, whether its cancellation was asked)."""
     params = _fence(token) | {"progress": progress, "lease": lease_seconds}
-    return bool(run(conn, queries.REPORT_PROGRESS, params).rows)
+    rows = run(conn, queries.REPORT_PROGRESS, params).rows
+    return (True, bool(rows[0][1])) if rows else (False, False)
 
 
 def renew_leases(conn: SyncConnection, worker_id: str, job_ids: Sequence[UUID], lease: float) -> int:
@@ -358,11 +363,6 @@ def rearm_stale_publications(conn: SyncConnection, age_seconds: float) -> int:
 
 
 # -- operators ------------------------------------------------------------------------------
-
-
-async def cancel(conn: AsyncConnection, job_id: UUID) -> bool:
-    """queued|retrying → cancelled; False when the job is in another state (or missing)."""
-    return bool((await run_async(conn, queries.CANCEL, {"id": job_id})).rows)
 
 
 def _dead_params(task: str | None, ids: Sequence[UUID] | None, limit: int) -> dict[str, Any]:

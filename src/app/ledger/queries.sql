@@ -113,19 +113,22 @@ WITH input AS (
 SELECT id, run, attempts FROM done
 
 -- name: retry
--- Fenced: running → retrying, due again after %(delay)s seconds; wakes the relay.
+-- Fenced: running → retrying, due again after %(delay)s seconds; wakes the relay. A job whose
+-- cancellation was asked is never retried: it ends cancelled instead. Returns the new state.
 WITH done AS (
-    UPDATE jobs SET state = 'retrying', last_error = %(error)s, lease_expires_at = NULL,
+    UPDATE jobs SET state = CASE WHEN cancel_requested_at IS NULL THEN 'retrying' ELSE 'cancelled' END,
+           finished_at = CASE WHEN cancel_requested_at IS NOT NULL THEN now() END,
+           last_error = %(error)s, lease_expires_at = NULL,
            available_at = now() + make_interval(secs => %(delay)s), published_at = NULL,
            updated_at = now()
     WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
-    RETURNING id, run, attempts
+    RETURNING id, run, attempts, state
 ), closed AS (
-    UPDATE job_attempts a SET finished_at = now(), outcome = 'retrying', error = %(error)s,
+    UPDATE job_attempts a SET finished_at = now(), outcome = done.state, error = %(error)s,
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
 )
-SELECT done.id, pg_notify('conveyor_jobs', '') FROM done
+SELECT done.state, pg_notify('conveyor_jobs', '') FROM done
 
 -- name: bury
 -- Fenced: running → dead (a permanent error, or the last attempt failed); the relay puts its
@@ -143,10 +146,11 @@ WITH done AS (
 SELECT done.id FROM done
 
 -- name: report_progress
--- Fenced: records progress (0-100) and renews the lease.
+-- Fenced: records progress (0-100) and renews the lease; says whether the job's cancellation
+-- was asked, so a task that reports progress learns of it then.
 UPDATE jobs SET progress = %(progress)s, lease_expires_at = now() + make_interval(secs => %(lease)s)
 WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
-RETURNING id
+RETURNING id, cancel_requested_at IS NOT NULL
 
 -- name: renew_leases
 -- Renews the leases of the jobs a worker is running (its heartbeat).
@@ -155,10 +159,13 @@ WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND worker_id = %(worker_i
 
 -- name: release
 -- A worker shutting down mid-attempt hands its jobs back: running → retrying, due now; or dead
--- when that was the last attempt, as the reaper does (the relay then puts its copy in .XQ).
+-- when that was the last attempt, as the reaper does (the relay then puts its copy in .XQ);
+-- or cancelled when its cancellation was asked.
 WITH done AS (
-    UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'retrying' END,
-           finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+    UPDATE jobs SET state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                                 WHEN attempts >= max_attempts THEN 'dead' ELSE 'retrying' END,
+           finished_at = CASE WHEN cancel_requested_at IS NOT NULL OR attempts >= max_attempts
+                              THEN now() END,
            available_at = now(), published_at = NULL,
            lease_expires_at = NULL, updated_at = now(), last_error = %(error)s
     WHERE id = ANY(%(ids)s::uuid[]) AND worker_id = %(worker_id)s AND state = 'running'
@@ -172,12 +179,15 @@ SELECT done.id, pg_notify('conveyor_jobs', '') FROM done
 
 -- name: unclaim
 -- Claims that never started (the worker stopped before a thread took them) are undone: the
--- attempt is given back, its row removed, and the job is due again at once.
+-- attempt is given back, its row removed, and the job is due again at once; or, when its
+-- cancellation was asked meanwhile, cancelled.
 WITH asked AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(runs)s::integer[], %(attempts)s::integer[])
              AS t(id, run, attempt)
 ), undone AS (
-    UPDATE jobs j SET state = CASE WHEN j.attempts = 1 THEN 'queued' ELSE 'retrying' END,
+    UPDATE jobs j SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                                   WHEN j.attempts = 1 THEN 'queued' ELSE 'retrying' END,
+           finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL THEN now() END,
            attempts = j.attempts - 1,
            started_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.started_at END,
            available_at = now(), published_at = NULL, lease_expires_at = NULL, updated_at = now()
@@ -230,14 +240,16 @@ WHERE published_at IS NULL AND state IN ('queued', 'retrying')
 
 -- name: reap_expired_leases
 -- Jobs whose worker stopped renewing the lease: back to retrying, or dead once attempts are used
--- up (the relay then puts the dead job's copy in <queue>.XQ).
+-- up (the relay then puts the dead job's copy in <queue>.XQ), or cancelled when that was asked.
 WITH expired AS (
     SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < now()
     ORDER BY lease_expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), upd AS (
     UPDATE jobs j SET
-        state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'retrying' END,
-        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+        state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                     WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'retrying' END,
+        finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempts >= j.max_attempts
+                           THEN now() END,
         published_at = NULL, available_at = now(), lease_expires_at = NULL, updated_at = now(),
         last_error = 'lease expired: worker ' || coalesce(j.worker_id, '?')
                      || ' stopped renewing it (crashed or stalled)'
@@ -262,6 +274,41 @@ UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
 WHERE id = %(id)s AND state IN ('queued', 'retrying')
 RETURNING id
 
+-- name: request_cancel
+-- Asks a running job to stop: records when (the first request's time is kept) and wakes the
+-- worker running it, whose listener takes the job id from the payload when this commits.
+WITH asked AS (
+    UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
+    WHERE id = %(id)s AND state = 'running'
+    RETURNING id
+)
+SELECT id, pg_notify('conveyor_cancel', id::text) FROM asked
+
+-- name: listen_for_cancels
+-- A worker's listener: woken by request_cancel with the job id.
+LISTEN conveyor_cancel
+
+-- name: cancel_requests
+-- Of the jobs a worker runs, those whose cancellation was asked (its poll, beside the NOTIFY).
+SELECT id FROM jobs
+WHERE id = ANY(%(ids)s::uuid[]) AND state = 'running' AND cancel_requested_at IS NOT NULL
+
+-- name: finish_cancelled
+-- Fenced: running → cancelled, for an attempt that stopped because its cancellation was asked
+-- (or was interrupted after the grace); its attempt is recorded as cancelled, and it is never
+-- retried. Exclusive with succeed: both need the attempt still running.
+WITH done AS (
+    UPDATE jobs SET state = 'cancelled', last_error = %(error)s, lease_expires_at = NULL,
+           finished_at = now(), updated_at = now()
+    WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
+    RETURNING id, run, attempts
+), closed AS (
+    UPDATE job_attempts a SET finished_at = now(), outcome = 'cancelled', error = %(error)s,
+           duration_seconds = extract(epoch FROM now() - a.started_at)
+    FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
+)
+SELECT done.id FROM done
+
 -- name: replay_dead
 -- dead → queued as a new run (attempts from 0, history kept), oldest first; wakes the relay.
 -- The dead run's copy in <queue>.XQ, if it went out, is recorded as stale for the relay to remove.
@@ -284,7 +331,8 @@ WITH candidates AS (
 ), replayed AS (
     UPDATE jobs j SET state = 'queued', run = j.run + 1, attempts = 0, progress = 0,
            available_at = now(), published_at = NULL, started_at = NULL, finished_at = NULL,
-           last_error = NULL, result = NULL, worker_id = NULL, updated_at = now()
+           last_error = NULL, result = NULL, worker_id = NULL, cancel_requested_at = NULL,
+           updated_at = now()
     FROM chosen c WHERE j.id = c.id
     RETURNING j.id
 ), stale AS (

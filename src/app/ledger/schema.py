@@ -76,6 +76,8 @@ jobs = Table(
     Column("scheduled_for", DateTime(timezone=True)),
     # At most one job per (task, unique_key) while queued, retrying or running.
     Column("unique_key", Text),
+    # When an operator asked the running job to stop; its worker ends it `cancelled`.
+    Column("cancel_requested_at", DateTime(timezone=True)),
     Index("ix_jobs_created", "created_at", "id"),
     Index("ix_jobs_state_created", "state", "created_at", "id"),
     Index("ix_jobs_task_created", "task", "created_at", "id"),

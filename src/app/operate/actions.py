@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Literal
 from uuid import UUID
 
 from app.errors import AlreadyInFlight, InvalidTransition, JobNotFound
+from app.ledger import cancels, unique
 from app.ledger import jobs as ledger
-from app.ledger import unique
 from app.ledger.jobs import DeadRun
+from app.ledger.schema import TERMINAL_STATES
 from app.logs import get_logger
 from app.operate import audit
 from app.operate.audit import Actor
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 BATCH = 500
 
 BulkAction = Literal["replay", "discard"]
+# How a cancel went: the job will not run (`cancelled`), or its worker was asked to stop it.
+CancelOutcome = Literal["cancelled", "requested"]
+# A job that changes state between the statements of one cancel (claimed, or retried, just
+# then) is asked again; a few rounds settle any such race.
+CANCEL_ROUNDS = 3
 Progress = Callable[[int], None]
 
 log = get_logger("conveyor.operate")
@@ -56,10 +62,19 @@ async def discard(conn: AsyncConnection, job_id: UUID) -> DeadRun:
     return done[0]
 
 
-async def cancel(conn: AsyncConnection, job_id: UUID) -> None:
-    """queued|retrying → cancelled; raises InvalidTransition (started or ended) or JobNotFound."""
-    if not await ledger.cancel(conn, job_id):
-        raise InvalidTransition(job_id, await _state_of(conn, job_id), "cancel", "queued or retrying")
+async def cancel(conn: AsyncConnection, job_id: UUID) -> CancelOutcome:
+    """queued|retrying → cancelled at once; running → its worker is asked to stop it (it ends
+    cancelled unless it finishes first). Raises InvalidTransition (finished) or JobNotFound."""
+    state = "?"
+    for _ in range(CANCEL_ROUNDS):
+        if await cancels.cancel(conn, job_id):
+            return "cancelled"
+        if await cancels.request(conn, job_id):
+            return "requested"
+        state = await _state_of(conn, job_id)
+        if state in TERMINAL_STATES:
+            break
+    raise InvalidTransition(job_id, state, "cancel", "queued, retrying or running")
 
 
 async def _state_of(conn: AsyncConnection, job_id: UUID) -> str:

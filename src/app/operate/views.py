@@ -36,6 +36,8 @@ class JobView(BaseModel):
     parent_id: UUID | None = None  # the job whose run made this one
     schedule: str | None
     scheduled_for: datetime | None
+    # When an operator asked the running job to stop (null: never in this run).
+    cancel_requested_at: datetime | None = None
 
 
 class AttemptView(BaseModel):
@@ -74,6 +76,7 @@ def job_view(row: Row[Any]) -> JobView:
         parent_id=row.parent_id,
         schedule=row.schedule,
         scheduled_for=row.scheduled_for,
+        cancel_requested_at=row.cancel_requested_at,
     )
 
 

@@ -1,4 +1,4 @@
-"""The example tasks: an email, a long export, a flaky task, the cheapest echo, and a sleep."""
+"""The example tasks: an email, a long export, a flaky task, the cheapest echo, a sleep and a spin."""
 
 from __future__ import annotations
 
@@ -151,10 +151,27 @@ class SleepPayload(Payload):
 
 @task(SleepPayload, max_attempts=3, time_limit_seconds=3700)
 def sleep(payload: SleepPayload, job: JobContext) -> dict[str, Any]:
-    """Sleep, reporting progress: a long job for demos and fault tests."""
+    """Sleep, reporting progress: a long job for demos and fault tests. It stops within a second
+    when its cancellation is asked (a cooperative task)."""
     deadline = time.monotonic() + payload.seconds
     while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(left, 0.5))
+        time.sleep(min(left, 0.25))
+        job.raise_if_cancelled()
         done = payload.seconds - max(deadline - time.monotonic(), 0)
         job.progress(100 * done / payload.seconds)
     return {"slept": payload.seconds}
+
+
+class SpinPayload(Payload):
+    seconds: float = Field(ge=0, le=3600, examples=[1.5])
+
+
+@task(SpinPayload, max_attempts=3, time_limit_seconds=3700)
+def spin(payload: SpinPayload, job: JobContext) -> dict[str, Any]:
+    """Keep a CPU busy for that long without ever looking at its job: what cancellation must
+    interrupt once its grace has passed (a task that does not cooperate)."""
+    deadline = time.monotonic() + payload.seconds
+    while time.monotonic() < deadline:
+        for _ in range(10_000):
+            pass
+    return {"spun": payload.seconds}
