@@ -4,6 +4,7 @@ Every item is checked before anything is written, and every invalid item is name
 (`["body", "jobs", 3, "payload", "message"]`). The batch is written in one transaction of
 its own, not through the group commit of single accepts: it already is a batch, and as one
 statement it stands or falls whole. An Idempotency-Key covers the whole batch (`jobs.batches`).
+An item whose unique key is held is no error: it is answered by its holder, `duplicate` set.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def new_jobs(items: list[JobRequest], client: Client) -> list[NewJob]:
                     delay_seconds=item.delay_seconds,
                     priority=item.priority,
                     client_id=client.key_id,
+                    unique_key=item.unique_key,
                 )
             )
         except ValidationError as error:
@@ -99,14 +101,19 @@ async def enqueue_batch(request: Request) -> Response:
     async with transaction() as conn:
         accepted = await batches.store_many(conn, jobs, idempotency_key=key)
     headers = {}
-    if accepted[0].duplicate:
+    if accepted[0].replayed:
         headers["Idempotent-Replayed"] = "true"
-    else:
-        for task, count in Counter(job.task for job in jobs).items():
-            JOBS_ACCEPTED.labels(task).inc(count)
+    for task, count in Counter(job.task for job in accepted if not job.duplicate).items():
+        JOBS_ACCEPTED.labels(task).inc(count)
     body = {
         "jobs": [
-            {"id": job.id, "task": job.task, "state": job.state, "status_url": f"/api/v1/jobs/{job.id}"}
+            {
+                "id": job.id,
+                "task": job.task,
+                "state": job.state,
+                "status_url": f"/api/v1/jobs/{job.id}",
+                "duplicate": job.duplicate,
+            }
             for job in accepted
         ]
     }

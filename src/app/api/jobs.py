@@ -167,6 +167,7 @@ async def list_tasks(request: Request) -> list[TaskView]:
                 backoff_max_seconds=spec.retry.resolved_max(),
             ),
             time_limit_seconds=spec.time_limit_seconds,
+            unique_key=spec.unique_key,
         )
         for spec in public_tasks()
     ]

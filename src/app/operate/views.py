@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel
 from sqlalchemy import Row
 
+from app.jobs.enqueue import shown_unique_key
 from app.ledger.schema import JobState
 
 
@@ -36,6 +37,9 @@ class JobView(BaseModel):
     parent_id: UUID | None = None  # the job whose run made this one
     schedule: str | None
     scheduled_for: datetime | None
+    # As given (a payload field's value, or the enqueue option), without the namespace it is
+    # stored under; a one-per-client task's key shows as `client:<key id>`.
+    unique_key: str | None = None
 
 
 class AttemptView(BaseModel):
@@ -74,6 +78,7 @@ def job_view(row: Row[Any]) -> JobView:
         parent_id=row.parent_id,
         schedule=row.schedule,
         scheduled_for=row.scheduled_for,
+        unique_key=shown_unique_key(row.unique_key),
     )
 
 
