@@ -46,8 +46,7 @@ async def test_a_batch_is_stored_whole_and_answered_in_request_order(
     assert response.status_code == 202, response.text
     answered = response.json()["jobs"]
     assert [job["task"] for job in answered] == [ECHO, SLEEP, ECHO]
-    assert all(set(job) == {"id", "task", "state", "status_url", "duplicate"} for job in answered)
-    assert not any(job["duplicate"] for job in answered)
+    assert all(set(job) == {"id", "task", "state", "status_url"} for job in answered)
     assert all(job["state"] == "queued" for job in answered)
     assert all(job["status_url"] == f"/api/v1/jobs/{job['id']}" for job in answered)
     stored = rows(clean_ledger)

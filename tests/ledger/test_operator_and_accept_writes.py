@@ -63,7 +63,9 @@ async def test_a_job_whose_unique_key_an_in_flight_job_holds_is_left_out_alone_a
     again, other_client, other_task = unique("client:a"), unique("client:b"), unique("client:a", "t.other")
     batch = [again, other_client, other_task, new()]
     assert await ledger.insert_async(aconn, batch) == {job.id for job in batch} - {again.id}
-    assert await holders_async(aconn, [again, other_client, batch[3]]) == {again.id: Holder(first.id, "queued")}
+    assert await holders_async(aconn, [again, other_client, batch[3]]) == {
+        again.id: Holder(first.id, "queued")
+    }
     assert row(look, first.id)["state"] == "queued"
 
 

@@ -105,13 +105,14 @@ async def _accept(request: Request, job: NewJob) -> Response:
         headers["Idempotent-Replayed"] = "true"
     if not accepted.duplicate:
         JOBS_ACCEPTED.labels(job.task).inc()
-    body = {
+    body: dict[str, object] = {
         "id": accepted.id,
         "task": job.task,
         "state": accepted.state,
         "status_url": status_url,
-        "duplicate": accepted.duplicate,
     }
+    if accepted.duplicate:  # said only when true, so a new job's answer stays what it always was
+        body["duplicate"] = True
     return Response(orjson.dumps(body), status_code=202, headers=headers, media_type="application/json")
 
 

@@ -27,6 +27,7 @@ from app.api.schemas import JobBatchAccepted, JobBatchRequest, JobRequest
 from app.errors import UnknownTask, UnstorableInput
 from app.jobs import batches
 from app.jobs import enqueue as accepting
+from app.jobs.enqueue import Accepted
 from app.jobs.registry import get_task, public_tasks
 from app.ledger.jobs import NewJob
 from app.settings import get_settings
@@ -81,6 +82,18 @@ def new_jobs(items: list[JobRequest], client: Client) -> list[NewJob]:
     return jobs
 
 
+def _answer(job: Accepted) -> dict[str, object]:
+    answer: dict[str, object] = {
+        "id": job.id,
+        "task": job.task,
+        "state": job.state,
+        "status_url": f"/api/v1/jobs/{job.id}",
+    }
+    if job.duplicate:  # as for a single job: said only when true
+        answer["duplicate"] = True
+    return answer
+
+
 @router.post(
     "/jobs/batch",
     status_code=status.HTTP_202_ACCEPTED,
@@ -105,16 +118,5 @@ async def enqueue_batch(request: Request) -> Response:
         headers["Idempotent-Replayed"] = "true"
     for task, count in Counter(job.task for job in accepted if not job.duplicate).items():
         JOBS_ACCEPTED.labels(task).inc(count)
-    body = {
-        "jobs": [
-            {
-                "id": job.id,
-                "task": job.task,
-                "state": job.state,
-                "status_url": f"/api/v1/jobs/{job.id}",
-                "duplicate": job.duplicate,
-            }
-            for job in accepted
-        ]
-    }
+    body = {"jobs": [_answer(job) for job in accepted]}
     return Response(orjson.dumps(body), status_code=202, headers=headers, media_type="application/json")

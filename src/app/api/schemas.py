@@ -47,7 +47,7 @@ class JobAccepted(BaseModel):
     duplicate: bool = Field(
         default=False,
         description="No job was made: this is the job there already (the one this "
-        "Idempotency-Key made, or the in-flight job holding the unique key)",
+        "Idempotency-Key made, or the in-flight job holding the unique key). Sent only when true",
     )
 
 
