@@ -302,3 +302,15 @@ def test_python_enqueues_answer_duplicates_with_the_holder(clean_ledger: Infra) 
     assert (many[0].id, many[2].id) == (first.id, many[1].id)
     with pytest.raises(ValueError, match="unique_key"):
         echo.enqueue_sync({"message": "hi"}, unique_key="")
+
+
+async def test_the_same_idempotency_key_with_another_unique_key_is_another_request(
+    api: httpx.AsyncClient, clean_ledger: Infra
+) -> None:
+    keyed = {**auth(), "Idempotency-Key": "sync-3"}
+    body = {"task": ECHO, "payload": {"message": "hi"}, "unique_key": "one"}
+    assert (await api.post("/api/v1/jobs", json=body, headers=keyed)).status_code == 202
+    assert (await api.post("/api/v1/jobs", json=body, headers=keyed)).status_code == 202
+    other = await api.post("/api/v1/jobs", json={**body, "unique_key": "two"}, headers=keyed)
+    assert other.status_code == 422
+    assert other.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]

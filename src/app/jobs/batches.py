@@ -93,13 +93,22 @@ def _indexed(index: int, detail: Any) -> InitErrorDetails:
 
 
 def fingerprint(jobs: Sequence[NewJob]) -> str:
-    """What a keyed batch asked for: every job's task, payload, delay and priority, in order.
-    Payload keys are sorted, as a single job's fingerprint sorts them."""
+    """What a keyed batch asked for: every job's task, payload, delay and priority, in order, and
+    its unique key when it has one of its own (not a client's, which comes with the key's
+    client: left out, the fingerprints kept from before unique keys still match). Payload keys
+    are sorted, as a single job's fingerprint sorts them."""
     items = [
-        [job.task, orjson.loads(job.payload_json), float(job.delay_seconds), job.priority] for job in jobs
+        [job.task, orjson.loads(job.payload_json), float(job.delay_seconds), job.priority]
+        + ([] if _own_key(job) is None else [_own_key(job)])
+        for job in jobs
     ]
     canonical = orjson.dumps(["batch", items], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
+
+
+def _own_key(job: NewJob) -> str | None:
+    key = job.unique_key
+    return None if key is None or key.startswith(enqueuing.CLIENT_NAMESPACE) else key
 
 
 def anchor_hash(batch: str, position: int) -> str:

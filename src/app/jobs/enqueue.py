@@ -74,13 +74,17 @@ class Accepted:
     replayed: bool = False
 
 
-def fingerprint(task: str, payload_json: str, delay_seconds: float, priority: int) -> str:
+def fingerprint(
+    task: str, payload_json: str, delay_seconds: float, priority: int, unique_key: str | None = None
+) -> str:
     """What a keyed request asked for, whichever door it came through: the same key with the
-    same job returns the first job; with another job it is refused."""
-    canonical = orjson.dumps(
-        [task, orjson.loads(payload_json), float(delay_seconds), priority], option=orjson.OPT_SORT_KEYS
-    )
-    return hashlib.sha256(canonical).hexdigest()
+    same job returns the first job; with another job it is refused. A unique key given to the
+    enqueue is part of the job asked for; left out when not given, so that the fingerprints kept
+    from before unique keys still match."""
+    asked: list[Any] = [task, orjson.loads(payload_json), float(delay_seconds), priority]
+    if unique_key is not None:
+        asked.append(unique_key)
+    return hashlib.sha256(orjson.dumps(asked, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def check_unique_key(value: str) -> str:
@@ -152,7 +156,9 @@ def new_job(
         idempotency_key=idempotency_key,
         client_id=client_id,
         request_hash=(
-            fingerprint(spec.name, payload_json, delay_seconds, priority) if idempotency_key else None
+            fingerprint(spec.name, payload_json, delay_seconds, priority, unique_key)
+            if idempotency_key
+            else None
         ),
         parent_id=running.token.job_id if running is not None else None,
         unique_key=stored_unique_key(spec, model, client_id, unique_key),
