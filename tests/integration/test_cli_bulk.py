@@ -82,3 +82,17 @@ def test_a_payload_and_a_file_together_are_a_usage_error(clean_ledger: Infra, tm
     assert result.exit_code == 2
     assert conveyor("enqueue", "echo", "--file", str(tmp_path / "missing.jsonl")).exit_code == 2
     assert count_jobs(clean_ledger) == 0
+
+
+def test_lines_whose_unique_key_is_in_flight_are_counted_as_duplicates_not_stored(
+    clean_ledger: Infra, tmp_path: Path
+) -> None:
+    path = tmp_path / "accounts.jsonl"
+    accounts = ["acme", "globex", "acme", "initech", "globex"]
+    path.write_text("\n".join(orjson.dumps({"account": a}).decode() for a in accounts) + "\n")
+    first = conveyor("enqueue", "sync_account", "--file", str(path))
+    assert first.exit_code == 0, first.output
+    assert "enqueued 3 job(s) of app.tasks.example.sync_account; 2 were duplicates" in first.stdout
+    again = conveyor("enqueue", "sync_account", "--file", str(path))
+    assert "enqueued 0 job(s) of app.tasks.example.sync_account; 5 were duplicates" in again.stdout
+    assert count_jobs(clean_ledger) == 3

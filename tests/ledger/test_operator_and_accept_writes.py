@@ -10,6 +10,7 @@ import pytest
 from app.ledger import cancels
 from app.ledger import jobs as ledger
 from app.ledger.jobs import NewJob
+from app.ledger.unique import Holder, holders_async
 from tests.ledger.rows import attempts, exists, given, row, second_connection
 from tests.support.infra import Infra
 
@@ -63,7 +64,9 @@ async def test_a_job_whose_unique_key_an_in_flight_job_holds_is_left_out_alone_a
     again, other_client, other_task = unique("client:a"), unique("client:b"), unique("client:a", "t.other")
     batch = [again, other_client, other_task, new()]
     assert await ledger.insert_async(aconn, batch) == {job.id for job in batch} - {again.id}
-    assert await ledger.unique_holders_async(aconn, [again, other_client, batch[3]]) == {again.id: first.id}
+    assert await holders_async(aconn, [again, other_client, batch[3]]) == {
+        again.id: Holder(first.id, "queued")
+    }
     assert row(look, first.id)["state"] == "queued"
 
 
@@ -76,7 +79,7 @@ async def test_a_unique_key_is_held_while_its_job_is_in_flight(
     await aconn.execute("UPDATE jobs SET state = %s WHERE id = %s", (state, first.id))
     again = unique("client:a")
     assert await ledger.insert_async(aconn, [again]) == set()
-    assert await ledger.unique_holders_async(aconn, [again]) == {again.id: first.id}
+    assert await holders_async(aconn, [again]) == {again.id: Holder(first.id, state)}
 
 
 @pytest.mark.parametrize("state", ["succeeded", "dead", "cancelled"])

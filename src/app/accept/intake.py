@@ -9,7 +9,8 @@ Requests share batches, so one client's bad row must not fail the others: a batc
 database refuses for what it holds (not for being away) is written again one row at a
 time, and only the row that is refused again fails. A row whose unique key an in-flight job
 holds is left out by the INSERT itself (the unique index decides); the rest of its batch
-commits, and that request alone is refused with the holder's id. Input is checked at the door so that
+commits, and that request alone is answered with the holder (`enqueue.answer_held`: a duplicate,
+or a refusal for a task that runs one job per client). Input is checked at the door so that
 this is a second line, not the first. The queue of waiting requests is bounded: past
 INTAKE_MAX_PENDING the API answers 503 at once instead of holding requests on a stalled
 database.
@@ -36,16 +37,23 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from app.errors import AlreadyInFlight, JobRefused, LedgerUnavailable
+from app.errors import JobRefused, LedgerUnavailable
+from app.jobs.enqueue import Accepted, answer_held
 from app.ledger import jobs as ledger
+from app.ledger import unique
 from app.ledger.engines import api_connect_args
 from app.ledger.jobs import NewJob
+from app.ledger.schema import JobState
+from app.ledger.unique import Holder
 from app.logs import Outage, first_line, get_logger
 from app.settings import get_settings
 
 log = get_logger("conveyor.intake")
 
-Pending = tuple[NewJob, "asyncio.Future[None]"]
+# A job's future holds the in-flight job holding its unique key, or None once the job is stored.
+Pending = tuple[NewJob, "asyncio.Future[Holder | None]"]
+# What a job of a batch came to, when it was not stored: its key's holder, or the refusal.
+Outcome = Holder | Exception
 # Tries of a row refused for its unique key whose holder had finished by the time it was looked
 # up: each try is a race lost to a job ending just then.
 UNIQUE_ATTEMPTS = 5
@@ -96,19 +104,22 @@ class Intake:
         self._tasks: set[asyncio.Task[None]] = set()
         self._outage = Outage(log, "database (accepting jobs)")
 
-    async def submit(self, job: NewJob) -> UUID:
-        """Store a job without an idempotency key; returns its id once it is committed.
+    async def submit(self, job: NewJob) -> Accepted:
+        """Store a job without an idempotency key; returns it once it is committed, or the
+        in-flight job holding its unique key (`enqueue.answer_held`).
 
         Raises LedgerUnavailable (503) when the database is away or too far behind, and
         JobRefused when the database refused this job's row itself.
         """
         if len(self._pending) >= self.max_pending:
             raise LedgerUnavailable(UNAVAILABLE)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[Holder | None] = asyncio.get_running_loop().create_future()
         self._pending.append((job, done))
         self._kick()
-        await done
-        return job.id
+        holder = await done
+        if holder is None:
+            return Accepted(job.id, job.task, JobState.QUEUED, duplicate=False)
+        return answer_held(job, holder)
 
     async def close(self) -> None:
         if self._opened:
@@ -133,10 +144,10 @@ class Intake:
             await self.pool.open()
         return self.pool
 
-    async def _insert(self, jobs: list[NewJob], *, wakes: bool = False) -> dict[UUID, Exception]:
-        """Insert jobs in one statement; the refusal of each job left out (its unique key held)."""
+    async def _insert(self, jobs: list[NewJob], *, wakes: bool = False) -> dict[UUID, Outcome]:
+        """Insert jobs in one statement; what each job left out came to (its unique key's holder)."""
         pool = await self._connection_pool()
-        refused: dict[UUID, Exception] = {}
+        refused: dict[UUID, Outcome] = {}
         async with pool.connection(timeout=self.timeout) as conn:
             inserted = await ledger.insert_async(conn, jobs, notify=wakes)
             left_out = [job for job in jobs if job.id not in inserted]
@@ -144,12 +155,8 @@ class Intake:
                 if not left_out:
                     return refused
                 # Autocommit: the INSERT waited for any holder's commit, and this is a new snapshot.
-                holders = await ledger.unique_holders_async(conn, left_out)
-                refused |= {
-                    job.id: AlreadyInFlight(job.task, holders[job.id])
-                    for job in left_out
-                    if job.id in holders
-                }
+                holders = await unique.holders_async(conn, left_out)
+                refused |= holders
                 again = [job for job in left_out if job.id not in holders]
                 inserted = await ledger.insert_async(conn, again, notify=True) if again else set()
                 left_out = [job for job in again if job.id not in inserted]
@@ -224,11 +231,11 @@ def _refusal(error: Exception) -> Exception:
     return error
 
 
-def _settle(batch: list[Pending], error: BaseException | None) -> None:
+def _settle(batch: list[Pending], outcome: Outcome | None) -> None:
     for _, done in batch:
         if done.done():
             continue
-        if error is None:
-            done.set_result(None)
+        if isinstance(outcome, Exception):
+            done.set_exception(outcome)
         else:
-            done.set_exception(error)
+            done.set_result(outcome)

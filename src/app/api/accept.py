@@ -27,7 +27,6 @@ from app.jobs import enqueue as accepting
 from app.jobs.enqueue import MAX_IDEMPOTENCY_KEY_LENGTH
 from app.jobs.registry import TaskSpec, get_task, public_tasks
 from app.ledger.jobs import NewJob
-from app.ledger.schema import JobState
 from app.settings import get_settings
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -53,6 +52,7 @@ def _new_job(
     key: str | None,
     delay_seconds: int = 0,
     priority: int = 0,
+    unique_key: str | None = None,
 ) -> NewJob:
     try:
         return accepting.new_job(
@@ -62,6 +62,7 @@ def _new_job(
             priority=priority,
             idempotency_key=key,
             client_id=client.key_id,
+            unique_key=unique_key,
         )
     except ValidationError as error:
         raise RequestValidationError(field_errors(error.errors(), loc)) from None
@@ -94,18 +95,24 @@ def _idempotency_key(request: Request) -> str | None:
 
 async def _accept(request: Request, job: NewJob) -> Response:
     if job.idempotency_key is None:
-        job_id, state, duplicate = await _intake(request).submit(job), JobState.QUEUED.value, False
+        accepted = await _intake(request).submit(job)
     else:
         async with transaction() as conn:
             accepted = await accepting.store(conn, job)
-        job_id, state, duplicate = accepted.id, accepted.state, accepted.duplicate
-    status_url = f"/api/v1/jobs/{job_id}"
+    status_url = f"/api/v1/jobs/{accepted.id}"
     headers = {"Location": status_url}
-    if duplicate:
+    if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
-    else:
+    if not accepted.duplicate:
         JOBS_ACCEPTED.labels(job.task).inc()
-    body = {"id": job_id, "task": job.task, "state": state, "status_url": status_url}
+    body: dict[str, object] = {
+        "id": accepted.id,
+        "task": job.task,
+        "state": accepted.state,
+        "status_url": status_url,
+    }
+    if accepted.duplicate:  # said only when true, so a new job's answer stays what it always was
+        body["duplicate"] = True
     return Response(orjson.dumps(body), status_code=202, headers=headers, media_type="application/json")
 
 
@@ -144,5 +151,6 @@ async def enqueue(request: Request) -> Response:
         key=key,
         delay_seconds=job.delay_seconds,
         priority=job.priority,
+        unique_key=job.unique_key,
     )
     return await _accept(request, new)

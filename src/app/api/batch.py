@@ -4,6 +4,7 @@ Every item is checked before anything is written, and every invalid item is name
 (`["body", "jobs", 3, "payload", "message"]`). The batch is written in one transaction of
 its own, not through the group commit of single accepts: it already is a batch, and as one
 statement it stands or falls whole. An Idempotency-Key covers the whole batch (`jobs.batches`).
+An item whose unique key is held is no error: it is answered by its holder, `duplicate` set.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from app.api.schemas import JobBatchAccepted, JobBatchRequest, JobRequest
 from app.errors import UnknownTask, UnstorableInput
 from app.jobs import batches
 from app.jobs import enqueue as accepting
+from app.jobs.enqueue import Accepted
 from app.jobs.registry import get_task, public_tasks
 from app.ledger.jobs import NewJob
 from app.settings import get_settings
@@ -68,6 +70,7 @@ def new_jobs(items: list[JobRequest], client: Client) -> list[NewJob]:
                     delay_seconds=item.delay_seconds,
                     priority=item.priority,
                     client_id=client.key_id,
+                    unique_key=item.unique_key,
                 )
             )
         except ValidationError as error:
@@ -77,6 +80,18 @@ def new_jobs(items: list[JobRequest], client: Client) -> list[NewJob]:
     if errors:
         raise RequestValidationError(errors)
     return jobs
+
+
+def _answer(job: Accepted) -> dict[str, object]:
+    answer: dict[str, object] = {
+        "id": job.id,
+        "task": job.task,
+        "state": job.state,
+        "status_url": f"/api/v1/jobs/{job.id}",
+    }
+    if job.duplicate:  # as for a single job: said only when true
+        answer["duplicate"] = True
+    return answer
 
 
 @router.post(
@@ -99,15 +114,9 @@ async def enqueue_batch(request: Request) -> Response:
     async with transaction() as conn:
         accepted = await batches.store_many(conn, jobs, idempotency_key=key)
     headers = {}
-    if accepted[0].duplicate:
+    if accepted[0].replayed:
         headers["Idempotent-Replayed"] = "true"
-    else:
-        for task, count in Counter(job.task for job in jobs).items():
-            JOBS_ACCEPTED.labels(task).inc(count)
-    body = {
-        "jobs": [
-            {"id": job.id, "task": job.task, "state": job.state, "status_url": f"/api/v1/jobs/{job.id}"}
-            for job in accepted
-        ]
-    }
+    for task, count in Counter(job.task for job in accepted if not job.duplicate).items():
+        JOBS_ACCEPTED.labels(task).inc(count)
+    body = {"jobs": [_answer(job) for job in accepted]}
     return Response(orjson.dumps(body), status_code=202, headers=headers, media_type="application/json")

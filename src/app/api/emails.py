@@ -38,6 +38,7 @@ IdempotencyKey = Annotated[
     "/emails",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
+    response_model_exclude_defaults=True,  # `duplicate` only when true, as POST /api/v1/jobs says it
     responses=responses(BODY, AUTH, UNAVAILABLE),
     summary="Send an email in the background",
 )
@@ -58,4 +59,6 @@ async def post_email(
         response.headers["Idempotent-Replayed"] = "true"
     else:
         JOBS_ACCEPTED.labels(job.task).inc()
-    return JobAccepted(id=job.id, task=job.task, state=job.state, status_url=status_url)
+    return JobAccepted(
+        id=job.id, task=job.task, state=job.state, status_url=status_url, duplicate=job.duplicate
+    )

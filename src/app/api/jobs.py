@@ -125,6 +125,7 @@ async def list_jobs(
     "/jobs/{job_id}/replay",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
+    response_model_exclude_defaults=True,  # `duplicate` only when true, as POST /api/v1/jobs says it
     responses=responses(ONE_JOB, {409: {"model": ErrorBody, "description": "Job is not dead"}}),
 )
 async def replay_job(job_id: UUID, request: Request, response: Response) -> JobAccepted:
@@ -182,6 +183,7 @@ async def list_tasks(request: Request) -> list[TaskView]:
                 backoff_max_seconds=spec.retry.resolved_max(),
             ),
             time_limit_seconds=spec.time_limit_seconds,
+            unique_key=spec.unique_key,
         )
         for spec in public_tasks()
     ]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.jobs.enqueue import MAX_DELAY_SECONDS
+from app.jobs.enqueue import MAX_DELAY_SECONDS, MAX_UNIQUE_KEY_LENGTH
 from app.jobs.registry import MAX_PRIORITY
 from app.jobs.schedules import MAX_EVERY_SECONDS, NAME_PATTERN, check_cron, check_timezone
+from app.jobs.validation import storable_text
 from app.operate.schedules import ScheduleView
 from app.operate.views import JobView
 
@@ -23,6 +24,19 @@ class JobRequest(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict, examples=[{"message": "hello"}])
     delay_seconds: int = Field(default=0, ge=0, le=MAX_DELAY_SECONDS)
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY, description="0 (default) to 9 (first)")
+    unique_key: Annotated[
+        str | None,
+        Field(
+            default=None,
+            min_length=1,
+            max_length=MAX_UNIQUE_KEY_LENGTH,
+            description="While a job of the task with this key is queued, retrying or running, "
+            "the answer is that job (`duplicate`) and no job is made. Overrides the task's "
+            "own `unique_key` field.",
+            examples=["account-42"],
+        ),
+        AfterValidator(lambda value: value and storable_text(value)),
+    ]
 
 
 class JobAccepted(BaseModel):
@@ -30,6 +44,11 @@ class JobAccepted(BaseModel):
     task: str
     state: str
     status_url: str
+    duplicate: bool = Field(
+        default=False,
+        description="No job was made: this is the job there already (the one this "
+        "Idempotency-Key made, or the in-flight job holding the unique key). Sent only when true",
+    )
 
 
 class JobBatchRequest(BaseModel):
@@ -62,6 +81,9 @@ class TaskView(BaseModel):
     payload_schema: dict[str, Any]
     retry: RetryPolicyView
     time_limit_seconds: float | None
+    unique_key: str | None = Field(
+        default=None, description="The payload field whose value one in-flight job at a time holds"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -45,9 +45,10 @@ def enqueue_file(
     last_key = _batch_key(idempotency_key or "", (total - 1) // get_settings().max_batch_jobs)
     if idempotency_key is not None and len(last_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         fail("--idempotency-key is too long to number the file's batches", EXIT_USAGE)
-    new, repeated = _store(spec, path, total, delay=delay, priority=priority, key=idempotency_key)
+    new, repeated, held = _store(spec, path, total, delay=delay, priority=priority, key=idempotency_key)
     again = f"; {repeated} were stored before under this key" if repeated else ""
-    typer.echo(f"enqueued {new} job(s) of {spec.name}{again}")
+    duplicates = f"; {held} were duplicates of jobs in flight with their unique key" if held else ""
+    typer.echo(f"enqueued {new} job(s) of {spec.name}{again}{duplicates}")
 
 
 def _lines(path: Path) -> Iterator[Line]:
@@ -102,8 +103,9 @@ def _validate(spec: TaskSpec[Any], path: Path, *, delay: int, priority: int) -> 
 
 def _store(
     spec: TaskSpec[Any], path: Path, total: int, *, delay: int, priority: int, key: str | None
-) -> tuple[int, int]:
-    """Enqueue the file batch by batch; (new jobs, jobs a repeated key found stored)."""
+) -> tuple[int, int, int]:
+    """Enqueue the file batch by batch; (new jobs, jobs a repeated key found stored, lines whose
+    unique key an in-flight job held)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from sqlalchemy import create_engine
 
@@ -115,7 +117,7 @@ def _store(
         settings.database_url, pool_size=1, connect_args={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS}
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    new = repeated = last_line = 0
+    new = repeated = held = last_line = 0
     try:
         with Progress(*columns, console=stderr(), transient=True) as progress:
             bar = progress.add_task(spec.name, total=total)
@@ -129,10 +131,9 @@ def _store(
                         priority=priority,
                         idempotency_key=batch_key,
                     )
-                if accepted[0].duplicate:
-                    repeated += len(accepted)
-                else:
-                    new += len(accepted)
+                new += sum(1 for job in accepted if not job.duplicate)
+                repeated += sum(1 for job in accepted if job.replayed)
+                held += sum(1 for job in accepted if job.duplicate and not job.replayed)
                 last_line = batch[-1].number
                 progress.advance(bar, len(batch))
     except typer.Exit:
@@ -141,11 +142,11 @@ def _store(
         if not last_line:
             fail(f"stopped: {first_line(error)}\nnothing was stored")
         rerun = "; run the same command again to store the rest" if key is not None else ""
-        stored = f"lines 1-{last_line} are stored ({new + repeated} jobs), the lines after it are not"
+        stored = f"lines 1-{last_line} are stored ({new + repeated + held} jobs), the lines after it are not"
         fail(f"stopped: {first_line(error)}\n{stored}{rerun}")
     finally:
         engine.dispose()
-    return new, repeated
+    return new, repeated, held
 
 
 def _batches(path: Path, size: int) -> Iterator[list[Line]]:

@@ -21,16 +21,25 @@ from pydantic import BaseModel
 
 from app.errors import AlreadyInFlight, IdempotencyConflict, LedgerUnavailable, UnstorableInput
 from app.jobs.context import peek_current
-from app.jobs.validation import check_payload_json
+from app.jobs.validation import NUL, check_payload_json
 from app.ledger import jobs as ledger
+from app.ledger import unique
 from app.ledger.connections import AsyncConnection, SyncConnection
 from app.ledger.jobs import NewJob
 from app.ledger.schema import JobState
+from app.ledger.unique import Holder
 from app.settings import get_settings
 
 # A year: longer delays are almost certainly a unit mistake (ms for s).
 MAX_DELAY_SECONDS = 365 * 24 * 3600
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_UNIQUE_KEY_LENGTH = 255
+# Namespaces of the stored unique key, so that the two policies sharing the unique index never
+# meet: a task's own keys (a payload field, or the enqueue option), the one-job-per-client keys,
+# and a payload field's value too long for a btree index row, stored as its digest.
+UNIQUE_NAMESPACE = "key:"
+CLIENT_NAMESPACE = "client:"
+DIGEST_NAMESPACE = "sha256:"
 # Tries of a keyed insert: each lost race (a holder that rolled back or finished, an expired
 # key released) costs one; more than a few means the key is fought over.
 STORE_ATTEMPTS = 5
@@ -47,35 +56,69 @@ class Enqueueable(Protocol):
     def payload_model(self) -> type[BaseModel]: ...
     @property
     def one_per_client(self) -> bool: ...
+    @property
+    def unique_key(self) -> str | None: ...
     def max_attempts(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A job as enqueued: its id, task and state; `duplicate` when an idempotency key found the
-    first job instead."""
+    """A job as enqueued: its id, task and state. `duplicate`: no job was made, this is the job
+    that was there already: the one an idempotency key made (`replayed` too), or the in-flight
+    job holding the unique key."""
 
     id: UUID
     task: str
     state: str
     duplicate: bool
+    replayed: bool = False
 
 
-def fingerprint(task: str, payload_json: str, delay_seconds: float, priority: int) -> str:
+def fingerprint(
+    task: str, payload_json: str, delay_seconds: float, priority: int, unique_key: str | None = None
+) -> str:
     """What a keyed request asked for, whichever door it came through: the same key with the
-    same job returns the first job; with another job it is refused."""
-    canonical = orjson.dumps(
-        [task, orjson.loads(payload_json), float(delay_seconds), priority], option=orjson.OPT_SORT_KEYS
-    )
-    return hashlib.sha256(canonical).hexdigest()
+    same job returns the first job; with another job it is refused. A unique key given to the
+    enqueue is part of the job asked for; left out when not given, so that the fingerprints kept
+    from before unique keys still match."""
+    asked: list[Any] = [task, orjson.loads(payload_json), float(delay_seconds), priority]
+    if unique_key is not None:
+        asked.append(unique_key)
+    return hashlib.sha256(orjson.dumps(asked, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def unique_key(spec: Enqueueable, client_id: str | None) -> str | None:
+def check_unique_key(value: str) -> str:
+    """The enqueue option `unique_key`: 1 to MAX_UNIQUE_KEY_LENGTH characters, storable."""
+    if not 1 <= len(value) <= MAX_UNIQUE_KEY_LENGTH:
+        raise ValueError(f"unique_key must be 1 to {MAX_UNIQUE_KEY_LENGTH} characters")
+    if NUL in value:
+        raise ValueError("unique_key must not contain a NUL character (\\u0000), which cannot be stored")
+    return value
+
+
+def stored_unique_key(
+    spec: Enqueueable, model: BaseModel, client_id: str | None, given: str | None
+) -> str | None:
     """The key at most one in-flight job of the task holds: the client's, for a task that runs
-    one job per client at a time. An operator's job (no client) is never held back."""
+    one job per client at a time (an operator's job, without a client, is never held back);
+    else the one given to this enqueue, or the value of the task's `unique_key` payload field."""
     if spec.one_per_client and client_id is not None:
-        return f"client:{client_id}"
-    return None
+        return f"{CLIENT_NAMESPACE}{client_id}"
+    if given is None and spec.unique_key is not None:
+        value = model.model_dump(mode="json", include={spec.unique_key}).get(spec.unique_key)
+        if value is None:
+            return None
+        given = value if isinstance(value, str) else orjson.dumps(value).decode()
+        if len(given) > MAX_UNIQUE_KEY_LENGTH:
+            return DIGEST_NAMESPACE + hashlib.sha256(given.encode()).hexdigest()
+    return None if given is None else UNIQUE_NAMESPACE + check_unique_key(given)
+
+
+def shown_unique_key(stored: str | None) -> str | None:
+    """A stored unique key as a job's view shows it: as given, without its namespace."""
+    if stored is not None and stored.startswith(UNIQUE_NAMESPACE):
+        return stored[len(UNIQUE_NAMESPACE) :]
+    return stored
 
 
 def new_job(
@@ -86,9 +129,11 @@ def new_job(
     priority: int = 0,
     idempotency_key: str | None = None,
     client_id: str | None = None,
+    unique_key: str | None = None,
 ) -> NewJob:
     """The job to insert; raises pydantic's ValidationError when the payload does not fit the task,
-    UnstorableInput when it holds what the ledger cannot store.
+    UnstorableInput when it holds what the ledger cannot store, ValueError for a `unique_key`
+    that cannot be one (empty, too long, holding a NUL).
 
     A dict is validated as the JSON it becomes (strict types: `true` is not an integer, `"5"`
     is not a number), whichever door it came through. Inside a running task the new job is
@@ -115,10 +160,12 @@ def new_job(
         idempotency_key=idempotency_key,
         client_id=client_id,
         request_hash=(
-            fingerprint(spec.name, payload_json, delay_seconds, priority) if idempotency_key else None
+            fingerprint(spec.name, payload_json, delay_seconds, priority, unique_key)
+            if idempotency_key
+            else None
         ),
         parent_id=running.token.job_id if running is not None else None,
-        unique_key=unique_key(spec, client_id),
+        unique_key=stored_unique_key(spec, model, client_id, unique_key),
     )
 
 
@@ -126,16 +173,20 @@ def _resolved(job: NewJob, first: ledger.KeyHolder) -> Accepted:
     """The answer for a job whose idempotency key its client used before: the first job."""
     if first.request_hash != job.request_hash:
         raise IdempotencyConflict(job.idempotency_key or "")
-    return Accepted(first.id, first.task, first.state, duplicate=True)
+    return Accepted(first.id, first.task, first.state, duplicate=True, replayed=True)
 
 
-def _refuse_if_held(job: NewJob, holders: dict[UUID, UUID]) -> None:
-    """The policy of a taken unique key, for now: the job is refused, naming the holder."""
-    if job.id in holders:
-        raise AlreadyInFlight(job.task, holders[job.id])
+def answer_held(job: NewJob, holder: Holder) -> Accepted:
+    """The answer for a job whose unique key an in-flight job holds: that job, as a duplicate.
+    A task that runs one job per client refuses the second instead (AlreadyInFlight names the
+    holder): its client asked for something it cannot have yet, and is told so."""
+    if job.unique_key is not None and job.unique_key.startswith(CLIENT_NAMESPACE):
+        raise AlreadyInFlight(job.task, holder.id)
+    return Accepted(holder.id, job.task, holder.state, duplicate=True)
 
 
-def _contended(job: NewJob) -> LedgerUnavailable:
+def contended(job: NewJob) -> LedgerUnavailable:
+    """A job whose keys kept changing hands through every try: a 503, to be asked again."""
     what = f"Idempotency-Key {job.idempotency_key!r}" if job.idempotency_key else f"job {job.unique_key!r}"
     return LedgerUnavailable(f"{what} is contended; retry later")
 
@@ -147,7 +198,8 @@ async def store(conn: AsyncConnection, job: NewJob) -> Accepted:
     (the same request) or IdempotencyConflict raised (another request). A key whose window
     (IDEMPOTENCY_KEY_TTL_SECONDS from its first job's creation) has passed is released from
     that job, and the job is inserted anew. A job whose unique key an in-flight job of its task
-    holds is not inserted: AlreadyInFlight names that job.
+    holds is not inserted: that job is the answer (`answer_held`). The idempotency key is
+    looked at first: a repeated request gets its first job whoever holds the unique key now.
     """
     ttl = get_settings().idempotency_key_ttl_seconds
     for _ in range(STORE_ATTEMPTS):
@@ -161,9 +213,11 @@ async def store(conn: AsyncConnection, job: NewJob) -> Accepted:
             if first is not None:
                 return _resolved(job, first)
         if job.unique_key is not None:
-            _refuse_if_held(job, await ledger.unique_holders_async(conn, [job]))
+            holder = (await unique.holders_async(conn, [job])).get(job.id)
+            if holder is not None:
+                return answer_held(job, holder)
         # What refused the row is gone (its transaction rolled back, or its job finished): again.
-    raise _contended(job)
+    raise contended(job)
 
 
 def store_sync(conn: SyncConnection, job: NewJob) -> Accepted:
@@ -180,8 +234,10 @@ def store_sync(conn: SyncConnection, job: NewJob) -> Accepted:
             if first is not None:
                 return _resolved(job, first)
         if job.unique_key is not None:
-            _refuse_if_held(job, ledger.unique_holders(conn, [job]))
-    raise _contended(job)
+            holder = unique.holders(conn, [job]).get(job.id)
+            if holder is not None:
+                return answer_held(job, holder)
+    raise contended(job)
 
 
 # -- sessions: the caller's transaction, or one of our own -----------------------------------

@@ -74,6 +74,9 @@ class TaskSpec(Generic[P]):
     transaction (it exists if and only if that transaction commits); `enqueue_sync` does the
     same for sync code. Inside a running task, the new job is that job's child.
     `enqueue_many` (and `enqueue_many_sync`) make many jobs with one INSERT, all or none.
+    The option `unique_key=` of one enqueue (or the task's `unique_key` field, for every enqueue)
+    makes the job unique while in flight: the result is the job holding that key, `duplicate`
+    set, when there is one.
     """
 
     name: str
@@ -90,6 +93,9 @@ class TaskSpec(Generic[P]):
     # At most one queued, retrying or running job per client (the key that enqueued it); a
     # second is refused with AlreadyInFlight. Operators' jobs (no client) are not counted.
     one_per_client: bool = False
+    # The payload field whose value is the job's unique key: while a job of the task with that
+    # value is queued, retrying or running, enqueuing another returns that job as a duplicate.
+    unique_key: str | None = None
 
     def max_attempts(self) -> int:
         return self.retry.resolved_max_attempts()
@@ -103,10 +109,14 @@ class TaskSpec(Generic[P]):
         priority: int = 0,
         idempotency_key: str | None = None,
         client_id: str | None = None,
+        unique_key: str | None = None,
     ) -> Accepted:
         """Enqueue a job of this task in `session`'s transaction (an AsyncSession or
         AsyncConnection of SQLAlchemy, or a psycopg AsyncConnection), or in a transaction of
-        its own. Raises pydantic's ValidationError for a payload that does not fit."""
+        its own. Raises pydantic's ValidationError for a payload that does not fit.
+
+        With `unique_key` (or the task's own), while a job of this task with that key is
+        queued, retrying or running, no job is made: the result is that job, `duplicate` set."""
         job = enqueuing.new_job(
             self,
             payload,
@@ -114,6 +124,7 @@ class TaskSpec(Generic[P]):
             priority=priority,
             idempotency_key=idempotency_key,
             client_id=client_id,
+            unique_key=unique_key,
         )
         if session is not None:
             return await enqueuing.store(await enqueuing.async_connection(session), job)
@@ -129,6 +140,7 @@ class TaskSpec(Generic[P]):
         priority: int = 0,
         idempotency_key: str | None = None,
         client_id: str | None = None,
+        unique_key: str | None = None,
     ) -> Accepted:
         """`enqueue` for sync code: `session` is a SQLAlchemy Session or Connection (a task's
         `job.transaction()` is one), or a psycopg connection."""
@@ -139,6 +151,7 @@ class TaskSpec(Generic[P]):
             priority=priority,
             idempotency_key=idempotency_key,
             client_id=client_id,
+            unique_key=unique_key,
         )
         if session is not None:
             return enqueuing.store_sync(enqueuing.sync_connection(session), job)
@@ -165,6 +178,10 @@ class TaskSpec(Generic[P]):
         payloads and options returns the first batch's jobs (`duplicate` set, nothing new
         stored), with others raises IdempotencyConflict. A keyed batch is two statements, so
         give it a session in a transaction (not a psycopg connection in autocommit mode).
+
+        A task with a `unique_key` field gives each job its key: a job whose key an in-flight
+        job holds (or an earlier job of the same batch) is not made, and its place in the
+        result is that job, `duplicate` set; the rest are stored.
         """
         jobs = batches.new_jobs(
             self, payloads, delay_seconds=delay_seconds, priority=priority, client_id=client_id
@@ -219,14 +236,21 @@ def task(
     public: bool = True,
     schedule: Timing | str | None = None,
     one_per_client: bool = False,
+    unique_key: str | None = None,
 ) -> Callable[[TaskFn[P]], TaskSpec[P]]:
     """Register a function as a task named `<module>.<function>`.
 
     `schedule` (`Every(seconds=60)`, `Cron("0 3 * * *", timezone="Europe/Paris")` or a cron
     string in UTC) makes the relay fire the task on that timing, with the payload model's
     defaults, which must then validate from `{}`. `one_per_client` lets each client (API key)
-    have one job of the task queued, retrying or running at a time.
+    have one job of the task queued, retrying or running at a time (a second is refused).
+    `unique_key="field"` makes the value of that payload field a key that one job of the task
+    at a time holds while queued, retrying or running: enqueuing another returns that job.
     """
+    if unique_key is not None and unique_key not in payload.model_fields:
+        raise ValueError(f"unique_key {unique_key!r} is not a field of {payload.__name__}")
+    if unique_key is not None and one_per_client:
+        raise ValueError("a task is either one_per_client or unique_key: both use the unique index")
     timing = None if schedule is None else declared(schedule)
     if timing is not None:
         payload.model_validate({})  # fails at import, not at the first tick
@@ -244,6 +268,7 @@ def task(
             description=(fn.__doc__ or "").strip().split("\n")[0],
             schedule=timing,
             one_per_client=one_per_client,
+            unique_key=unique_key,
         )
         _registry[name] = spec
         return spec

@@ -171,29 +171,6 @@ async def notify_relay_async(conn: AsyncConnection) -> None:
     await run_async(conn, queries.NOTIFY_RELAY)
 
 
-def _holder_params(jobs: Sequence[NewJob]) -> dict[str, object]:
-    keyed = [j for j in jobs if j.unique_key is not None]
-    return {
-        "ids": [j.id for j in keyed],
-        "tasks": [j.task for j in keyed],
-        "keys": [j.unique_key for j in keyed],
-    }
-
-
-def unique_holders(conn: SyncConnection, jobs: Sequence[NewJob]) -> dict[UUID, UUID]:
-    """For jobs that `insert` left out: the in-flight job holding each one's unique key, by the
-    left-out job's id. A job missing here was not refused for its unique key, or its holder
-    has finished since (inserting it again may succeed). Call it after the insert, in a new
-    statement: the index decides, this only names who holds the key."""
-    rows = run(conn, queries.FIND_UNIQUE_HOLDERS, _holder_params(jobs)).rows
-    return {row[0]: row[1] for row in rows}
-
-
-async def unique_holders_async(conn: AsyncConnection, jobs: Sequence[NewJob]) -> dict[UUID, UUID]:
-    rows = (await run_async(conn, queries.FIND_UNIQUE_HOLDERS, _holder_params(jobs))).rows
-    return {row[0]: row[1] for row in rows}
-
-
 def key_holder(conn: SyncConnection, key: str, client_id: str | None, ttl_seconds: float) -> KeyHolder | None:
     params = {"key": key, "client_id": client_id, "ttl": ttl_seconds}
     rows = run(conn, queries.FIND_BY_IDEMPOTENCY_KEY, params).rows

@@ -45,10 +45,10 @@ WHERE idempotency_key = %(key)s AND coalesce(client_id, '') = coalesce(%(client_
 
 -- name: find_unique_holders
 -- For each new job (id, task, unique key) that insert_jobs left out, the job of its task that
--- holds the key while in flight; a job the index refused whose holder has finished since is not
--- listed (the caller inserts it again). A statement of its own: its snapshot is taken after the
--- INSERT, which waited for the holder's transaction, so a holder that committed is seen.
-SELECT t.id, j.id
+-- holds the key while in flight, and its state; a job the index refused whose holder has finished
+-- since is not listed (the caller inserts it again). A statement of its own: its snapshot is taken
+-- after the INSERT, which waited for the holder's transaction, so a holder that committed is seen.
+SELECT t.id, j.id, j.state
 FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(keys)s::text[]) AS t(id, task, unique_key)
 JOIN jobs j ON j.task = t.task AND j.unique_key = t.unique_key AND j.id <> t.id
            AND j.state IN ('queued', 'retrying', 'running')

@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel
 from sqlalchemy import Row
 
+from app.jobs.enqueue import shown_unique_key
 from app.ledger.schema import JobState
 
 
@@ -38,6 +39,9 @@ class JobView(BaseModel):
     scheduled_for: datetime | None
     # When an operator asked the running job to stop (null: never in this run).
     cancel_requested_at: datetime | None = None
+    # As given (a payload field's value, or the enqueue option), without the namespace it is
+    # stored under; a one-per-client task's key shows as `client:<key id>`.
+    unique_key: str | None = None
 
 
 class AttemptView(BaseModel):
@@ -77,6 +81,7 @@ def job_view(row: Row[Any]) -> JobView:
         schedule=row.schedule,
         scheduled_for=row.scheduled_for,
         cancel_requested_at=row.cancel_requested_at,
+        unique_key=shown_unique_key(row.unique_key),
     )
 
 

@@ -1,4 +1,5 @@
-"""The example tasks: an email, a long export, a flaky task, the cheapest echo, a sleep and a spin."""
+"""The example tasks: an email, a long export, a flaky task, the cheapest echo, a sleep, a
+spin, and an account sync that is unique while in flight."""
 
 from __future__ import annotations
 
@@ -175,3 +176,18 @@ def spin(payload: SpinPayload, job: JobContext) -> dict[str, Any]:
         for _ in range(10_000):
             pass
     return {"spun": payload.seconds}
+
+
+class SyncAccountPayload(Payload):
+    account: str = Field(min_length=1, max_length=200, examples=["acme"])
+    seconds: float = Field(default=1.0, ge=0, le=3600, examples=[1.5])
+
+
+@task(SyncAccountPayload, max_attempts=3, time_limit_seconds=3700, unique_key="account")
+def sync_account(payload: SyncAccountPayload, job: JobContext) -> dict[str, Any]:
+    """Sleep as a sync of one account would take: one sync per account is in flight at a time."""
+    deadline = time.monotonic() + payload.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        job.raise_if_cancelled()
+        time.sleep(min(left, 0.25))
+    return {"account": payload.account, "synced": payload.seconds}
