@@ -21,7 +21,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.execution.batcher import Batcher
 from app.jobs.context import JobContext
-from app.jobs.registry import retry_delay
+from app.jobs.registry import limited_tasks, retry_delay
+from app.ledger import flow
 from app.ledger import jobs as ledger
 from app.ledger import workers
 from app.ledger.connections import own_connection
@@ -59,6 +60,29 @@ def with_db_retry(fn: Callable[[], T], *, what: str, job_id: UUID | None = None)
             return result
 
 
+def claim_all(
+    conn: psycopg.Connection[Any], worker_id: str, lease: float, bells: Sequence[Doorbell]
+) -> tuple[list[Claim | None], set[UUID]]:
+    """Claim a burst: jobs of tasks without limits with the plain claim, as before there were
+    limits; jobs of tasks with limits with the claim that counts them. For each doorbell its
+    claim or None, and the jobs that were not claimed and wait (a paused queue, a limit):
+    their message is spent, so they were marked unpublished for the relay to publish again."""
+    limited = limited_tasks()
+    if not limited or all(bell.task not in limited for bell in bells):
+        claims = ledger.claim(conn, worker_id, lease, bells)
+        refused = [bell.job_id for bell, claim in zip(bells, claims, strict=True) if claim is None]
+        return claims, flow.hold_back(conn, refused)
+    plain = [bell for bell in bells if bell.task not in limited]
+    counted = [bell for bell in bells if bell.task in limited]
+    by_bell: dict[int, Claim | None] = {}
+    plain_claims, held = claim_all(conn, worker_id, lease, plain) if plain else ([], set())
+    by_bell.update(zip(map(id, plain), plain_claims, strict=True))
+    limited_claims = flow.claim_limited(conn, worker_id, lease, counted)
+    by_bell.update(zip(map(id, counted), limited_claims, strict=True))
+    held |= {bell.job_id for bell, claim in zip(counted, limited_claims, strict=True) if claim is None}
+    return [by_bell[id(bell)] for bell in bells], held
+
+
 class LedgerWrites:
     """One worker process's writes; `start` after the process forked, `close` at shutdown."""
 
@@ -75,7 +99,7 @@ class LedgerWrites:
         lease = settings.lease_seconds
 
         def claim(conn: psycopg.Connection[Any], ids: Any) -> list[Claim | None]:
-            return ledger.claim(conn, worker_id, lease, ids)
+            return claim_all(conn, worker_id, lease, ids)[0]
 
         retry = DB_RETRY_SECONDS
         self._claims = Batcher(
@@ -103,16 +127,17 @@ class LedgerWrites:
         """One message's claim, grouped with other threads' (brokers without the claiming consumer)."""
         return self._batchers()[0].submit(bell)
 
-    def claim_burst(self, bells: Sequence[Doorbell]) -> list[Claim | None]:
-        """Claim a consumer's burst on that thread's own connection: one statement, one commit.
-        Raises when the database is away (the consumer holds the messages and tries again)."""
+    def claim_burst(self, bells: Sequence[Doorbell]) -> tuple[list[Claim | None], set[UUID]]:
+        """Claim a consumer's burst on that thread's own connection: one statement, one commit
+        (and one more for a burst with jobs held back, see `claim_all`). Raises when the
+        database is away (the consumer holds the messages and tries again)."""
         conn: psycopg.Connection[Any] | None = getattr(self._own, "conn", None)
         try:
             if conn is None or conn.closed:
                 conn = own_connection(get_settings().libpq_url)
                 self._own.conn = conn
                 self._own_connections.append(conn)
-            claims = ledger.claim(conn, self.worker_id, get_settings().lease_seconds, bells)
+            claims = claim_all(conn, self.worker_id, get_settings().lease_seconds, bells)
         except psycopg.OperationalError as error:
             if conn is not None:
                 conn.close()

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from app.errors import AlreadyInFlight, IdempotencyConflict, LedgerUnavailable
 from app.jobs.context import peek_current
+from app.jobs.flow import Limits, flow_of
 from app.jobs.validation import check_payload_json
 from app.ledger import jobs as ledger
 from app.ledger.connections import AsyncConnection, SyncConnection
@@ -47,6 +48,8 @@ class Enqueueable(Protocol):
     def payload_model(self) -> type[BaseModel]: ...
     @property
     def one_per_client(self) -> bool: ...
+    @property
+    def limits(self) -> Limits: ...
     def max_attempts(self) -> int: ...
 
 
@@ -115,6 +118,7 @@ def new_job(
         ),
         parent_id=running.token.job_id if running is not None else None,
         unique_key=unique_key(spec, client_id),
+        flow=flow_of(spec.limits, model),
     )
 
 

@@ -20,6 +20,7 @@ from app.jobs import enqueue as enqueuing
 from app.jobs.backoff import backoff_seconds
 from app.jobs.context import JobContext
 from app.jobs.enqueue import Accepted
+from app.jobs.flow import NO_LIMITS, Limits, declare
 from app.jobs.schedules import Timing, declared
 from app.settings import get_settings
 
@@ -90,6 +91,8 @@ class TaskSpec(Generic[P]):
     # At most one queued, retrying or running job per client (the key that enqueued it); a
     # second is refused with AlreadyInFlight. Operators' jobs (no client) are not counted.
     one_per_client: bool = False
+    # Concurrency and rate per key (app.jobs.flow), enforced where the ledger claims jobs.
+    limits: Limits = NO_LIMITS
 
     def max_attempts(self) -> int:
         return self.retry.resolved_max_attempts()
@@ -219,6 +222,10 @@ def task(
     public: bool = True,
     schedule: Timing | str | None = None,
     one_per_client: bool = False,
+    concurrency: int | None = None,
+    concurrency_key: str | None = None,
+    rate: str | None = None,
+    rate_key: str | None = None,
 ) -> Callable[[TaskFn[P]], TaskSpec[P]]:
     """Register a function as a task named `<module>.<function>`.
 
@@ -226,7 +233,12 @@ def task(
     string in UTC) makes the relay fire the task on that timing, with the payload model's
     defaults, which must then validate from `{}`. `one_per_client` lets each client (API key)
     have one job of the task queued, retrying or running at a time.
+
+    `concurrency=N` runs at most N jobs of the task at once, per value of the payload field
+    `concurrency_key` when given; `rate="10/second"` (or `/minute`, `/hour`) starts at most that
+    many per window, per value of `rate_key` when given. Jobs over a limit wait `queued`.
     """
+    limits = declare(payload, concurrency, concurrency_key, rate, rate_key)
     timing = None if schedule is None else declared(schedule)
     if timing is not None:
         payload.model_validate({})  # fails at import, not at the first tick
@@ -244,6 +256,7 @@ def task(
             description=(fn.__doc__ or "").strip().split("\n")[0],
             schedule=timing,
             one_per_client=one_per_client,
+            limits=limits,
         )
         _registry[name] = spec
         return spec
@@ -266,6 +279,11 @@ def all_tasks() -> list[TaskSpec[Any]]:
 def scheduled_tasks() -> list[TaskSpec[Any]]:
     """The tasks that declare a schedule in code."""
     return [spec for spec in _registry.values() if spec.schedule is not None]
+
+
+def limited_tasks() -> frozenset[str]:
+    """The names of the tasks with a concurrency or rate limit: their claims count."""
+    return frozenset(name for name, spec in _registry.items() if spec.limits.any)
 
 
 def retry_delay(task_name: str, attempt: int) -> float:

@@ -22,6 +22,7 @@ import psycopg
 from sqlalchemy.exc import OperationalError
 
 from app.errors import PublishFailed
+from app.ledger import flow
 from app.ledger import jobs as ledger
 from app.ledger import relays
 from app.ledger.connections import own_connection
@@ -62,8 +63,11 @@ class Relay:
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
 
     def publish_due(self) -> int:
-        """Publish one batch of due jobs; the rows stay locked until the broker took them."""
-        return self._publish(ledger.take_publishable, dead=False)
+        """Publish one batch of due jobs, and one of due jobs with limits that may start now; the
+        rows stay locked until the broker took them. The larger of the two batches' sizes: a
+        full one means more may be due."""
+        plain = self._publish(ledger.take_publishable, dead=False)
+        return max(plain, self._publish(flow.take_limited, dead=False))
 
     def dead_letter_due(self) -> int:
         """Put one batch of dead jobs' copies in their `<queue>.XQ`."""

@@ -158,3 +158,25 @@ def sleep(payload: SleepPayload, job: JobContext) -> dict[str, Any]:
         done = payload.seconds - max(deadline - time.monotonic(), 0)
         job.progress(100 * done / payload.seconds)
     return {"slept": payload.seconds}
+
+
+class TenantReportPayload(Payload):
+    tenant: str = Field(min_length=1, max_length=200, examples=["acme"])
+    seconds: float = Field(ge=0, le=3600, examples=[1.0])
+
+
+@task(TenantReportPayload, concurrency=2, concurrency_key="tenant")
+def tenant_report(payload: TenantReportPayload, job: JobContext) -> dict[str, Any]:
+    """Sleep as a report would run: at most two at once per tenant, whatever the workers."""
+    time.sleep(payload.seconds)
+    return {"tenant": payload.tenant, "slept": payload.seconds}
+
+
+class PartnerPayload(Payload):
+    partner: str = Field(min_length=1, max_length=200, examples=["bank"])
+
+
+@task(PartnerPayload, rate="5/second", rate_key="partner")
+def call_partner(payload: PartnerPayload, job: JobContext) -> dict[str, Any]:
+    """Call a partner's API: at most five calls a second per partner, across every worker."""
+    return {"partner": payload.partner}

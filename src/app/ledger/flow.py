@@ -1,0 +1,90 @@
+"""Flow control in the ledger: limited claims, jobs held back, the relay's take per key, paused queues.
+
+A task's limits are copied onto each of its jobs when the job is made (`Flow`), so the claim
+and the relay read columns, never the payload. See docs/flow.md for how the pieces fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from app.ledger import queries
+from app.ledger.connections import AsyncConnection, SyncConnection, run, run_async
+from app.ledger.jobs import Claim, Doorbell, Publishable, Token
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A job's limits: at most `concurrency_limit` running per (task, `concurrency_key`), at most
+    `rate_limit` starts per `rate_period` seconds per (task, `rate_key`). '' keys a limit for
+    the whole task; None: no such limit."""
+
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    rate_key: str | None = None
+    rate_limit: int | None = None
+    rate_period: float | None = None
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "concurrency_key": self.concurrency_key,
+            "concurrency_limit": self.concurrency_limit,
+            "rate_key": self.rate_key,
+            "rate_limit": self.rate_limit,
+            "rate_period": self.rate_period,
+        }
+
+
+NO_FLOW = Flow()
+
+
+def claim_limited(
+    conn: psycopg.Connection[Any], worker_id: str, lease_seconds: float, bells: Sequence[Doorbell]
+) -> list[Claim | None]:
+    """Claim jobs of tasks with limits, within them, in one transaction of `conn` (autocommit):
+    the concurrency keys are locked first, then the claim counts what runs. For each doorbell,
+    its claim or None; a job refused for a limit or a paused queue is held back (unpublished,
+    due when its rate window ends) in the same transaction."""
+    ids = [bell.job_id for bell in bells]
+    params = {"ids": ids, "tasks": [b.task for b in bells], "worker_id": worker_id, "lease": lease_seconds}
+    with conn.transaction():
+        conn.execute(queries.LOCK_FLOW_KEYS, {"ids": ids}, prepare=True)
+        rows = run(conn, queries.CLAIM_LIMITED, params, prepare=True).rows
+    claims = {(r[0], r[4]): Claim(Token(r[0], r[1], r[2]), r[4], r[3], r[5]) for r in rows}
+    return [claims.pop((bell.job_id, bell.task), None) for bell in bells]
+
+
+def hold_back(conn: SyncConnection, job_ids: Sequence[UUID]) -> set[UUID]:
+    """Jobs whose message rang and could not claim them while they wait (a paused queue): each
+    is marked unpublished for the relay to publish when it may start; the ids held back."""
+    if not job_ids:
+        return set()
+    return {row[0] for row in run(conn, queries.HOLD_BACK, {"ids": list(job_ids)}).rows}
+
+
+def take_limited(conn: SyncConnection, limit: int) -> list[Publishable]:
+    """Due jobs of tasks with limits that may start, each key's first first, marked published in
+    the caller's transaction."""
+    rows = run(conn, queries.TAKE_LIMITED, {"limit": limit}, prepare=True).rows
+    return [Publishable(id=r[0], task=r[1], queue=r[2], priority=r[3], run=r[4]) for r in rows]
+
+
+async def pause_queue(conn: AsyncConnection, queue: str) -> None:
+    await run_async(conn, queries.PAUSE_QUEUE, {"queue": queue})
+
+
+async def resume_queue(conn: AsyncConnection, queue: str) -> None:
+    await run_async(conn, queries.RESUME_QUEUE, {"queue": queue})
+
+
+def pause_queue_sync(conn: SyncConnection, queue: str) -> None:
+    run(conn, queries.PAUSE_QUEUE, {"queue": queue})
+
+
+def resume_queue_sync(conn: SyncConnection, queue: str) -> None:
+    run(conn, queries.RESUME_QUEUE, {"queue": queue})
