@@ -148,7 +148,8 @@ def test_the_relay_does_not_wake_for_limited_jobs_that_wait_for_a_slot(conn: psy
     assert ledger.seconds_until_next_due(conn) is None
     rated(conn, "p", 1, due_in=30)
     due = ledger.seconds_until_next_due(conn)
-    assert due is not None and 25 < due <= 30, "a job over its rate is due when its window ends"
+    assert due is not None
+    assert 25 < due <= 30, "a job over its rate is due when its window ends"
 
 
 def test_a_finished_job_that_held_a_slot_wakes_the_relay(

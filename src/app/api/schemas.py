@@ -55,6 +55,16 @@ class RetryPolicyView(BaseModel):
     backoff_max_seconds: float
 
 
+class LimitsView(BaseModel):
+    """At most `concurrency` jobs running at once per value of payload field `concurrency_key`
+    (null: for the whole task); at most `rate` starts (`"5/second"`) per value of `rate_key`."""
+
+    concurrency: int | None
+    concurrency_key: str | None
+    rate: str | None
+    rate_key: str | None
+
+
 class TaskView(BaseModel):
     name: str
     description: str
@@ -62,6 +72,7 @@ class TaskView(BaseModel):
     payload_schema: dict[str, Any]
     retry: RetryPolicyView
     time_limit_seconds: float | None
+    limits: LimitsView
 
 
 class ErrorBody(BaseModel):

@@ -22,9 +22,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from app.execution.batcher import Batcher
 from app.jobs.context import JobContext
 from app.jobs.registry import limited_tasks, retry_delay
-from app.ledger import flow
+from app.ledger import flow, workers
 from app.ledger import jobs as ledger
-from app.ledger import workers
 from app.ledger.connections import own_connection
 from app.ledger.engines import autocommit_engine, sync_engine
 from app.ledger.jobs import Claim, Doorbell, Token

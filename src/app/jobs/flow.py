@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from app.ledger.flow import Flow
+from app.ledger.limits import Flow
 
 PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
@@ -49,6 +49,17 @@ class Limits:
 
 
 NO_LIMITS = Limits()
+
+
+def describe(limits: Limits) -> str:
+    """'2 at once per tenant; 5/second per partner' ('' for a task without limits)."""
+    parts = []
+    if limits.concurrency is not None:
+        per = f" per {limits.concurrency_key}" if limits.concurrency_key else ""
+        parts.append(f"{limits.concurrency} at once{per}")
+    if limits.rate is not None:
+        parts.append(limits.rate.text + (f" per {limits.rate_key}" if limits.rate_key else ""))
+    return "; ".join(parts)
 
 
 def declare(

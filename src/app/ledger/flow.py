@@ -7,7 +7,6 @@ and the relay read columns, never the payload. See docs/flow.md for how the piec
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -16,31 +15,6 @@ import psycopg
 from app.ledger import queries
 from app.ledger.connections import AsyncConnection, SyncConnection, run, run_async
 from app.ledger.jobs import Claim, Doorbell, Publishable, Token
-
-
-@dataclass(frozen=True, slots=True)
-class Flow:
-    """A job's limits: at most `concurrency_limit` running per (task, `concurrency_key`), at most
-    `rate_limit` starts per `rate_period` seconds per (task, `rate_key`). '' keys a limit for
-    the whole task; None: no such limit."""
-
-    concurrency_key: str | None = None
-    concurrency_limit: int | None = None
-    rate_key: str | None = None
-    rate_limit: int | None = None
-    rate_period: float | None = None
-
-    def columns(self) -> dict[str, Any]:
-        return {
-            "concurrency_key": self.concurrency_key,
-            "concurrency_limit": self.concurrency_limit,
-            "rate_key": self.rate_key,
-            "rate_limit": self.rate_limit,
-            "rate_period": self.rate_period,
-        }
-
-
-NO_FLOW = Flow()
 
 
 def claim_limited(

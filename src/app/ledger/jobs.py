@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import orjson
@@ -19,9 +19,7 @@ import psycopg
 
 from app.ledger import queries
 from app.ledger.connections import AsyncConnection, SyncConnection, run, run_async
-
-if TYPE_CHECKING:
-    from app.ledger.flow import Flow
+from app.ledger.limits import Flow
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,8 @@ import psycopg
 from sqlalchemy.exc import OperationalError
 
 from app.errors import PublishFailed
-from app.ledger import flow
+from app.ledger import flow, relays
 from app.ledger import jobs as ledger
-from app.ledger import relays
 from app.ledger.connections import own_connection
 from app.ledger.engines import sync_engine
 from app.ledger.schema import NOTIFY_CHANNEL

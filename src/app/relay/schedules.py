@@ -30,8 +30,8 @@ from app.jobs.registry import TaskSpec, get_task, scheduled_tasks
 from app.ledger import jobs as ledger
 from app.ledger import schedules as ledger_schedules
 from app.ledger.engines import sync_engine
-from app.ledger.flow import Flow
 from app.ledger.jobs import NewJob
+from app.ledger.limits import Flow
 from app.ledger.schedules import Advance, DueSchedule, NewSchedule
 from app.logs import Outage, get_logger
 from app.relay import metrics

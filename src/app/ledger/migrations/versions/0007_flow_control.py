@@ -49,8 +49,7 @@ def upgrade() -> None:
     op.execute("DROP INDEX ix_jobs_outbox")
     op.execute(f"CREATE INDEX ix_jobs_outbox ON jobs (available_at) WHERE {UNPUBLISHED} AND {UNLIMITED}")
     op.execute(
-        "CREATE INDEX ix_jobs_outbox_limited ON jobs (available_at) "
-        f"WHERE {UNPUBLISHED} AND {LIMITED}"
+        f"CREATE INDEX ix_jobs_outbox_limited ON jobs (available_at) WHERE {UNPUBLISHED} AND {LIMITED}"
     )
     op.execute(
         "CREATE INDEX ix_jobs_flow_busy ON jobs (task, concurrency_key) WHERE concurrency_key IS NOT NULL "
