@@ -17,6 +17,7 @@ from tests.ledger.rows import WORKER, given, row, running, second_connection
 
 REPORT = "app.tasks.example.tenant_report"
 PARTNER = "app.tasks.example.call_partner"
+ECHO = "app.tasks.example.echo"
 
 
 def limited(conn: psycopg.Connection[Any], state: str, key: str, limit: int = 2, **fields: Any) -> UUID:
@@ -48,7 +49,7 @@ def test_a_limited_claim_starts_no_more_than_the_limit_per_key_and_holds_the_res
     limited(conn, "running", "a", attempts=1)
     first, second, third = (limited(conn, "queued", "a", published=True) for _ in range(3))
     other = limited(conn, "queued", "b", published=True)
-    claims = flow.claim_limited(conn, WORKER, 30.0, bells(REPORT, first, second, third, other))
+    claims = flow.claim_limited(conn, WORKER, 30.0, bells(REPORT, first, second, third, other))[0]
     assert [claim is not None for claim in claims] == [True, False, False, True]
     for waiting in (second, third):
         after = row(look, waiting)
@@ -68,9 +69,9 @@ def test_two_limited_claims_of_one_key_take_turns_so_the_second_counts_the_first
     seen: list[Any] = []
     with second_connection(conn) as other:
         with conn.transaction():
-            mine = flow.claim_limited(conn, WORKER, 30.0, bells(REPORT, *jobs[:2]))
+            mine, _ = flow.claim_limited(conn, WORKER, 30.0, bells(REPORT, *jobs[:2]))
             racing = threading.Thread(
-                target=lambda: seen.extend(flow.claim_limited(other, "w2", 30.0, bells(REPORT, jobs[2])))
+                target=lambda: seen.extend(flow.claim_limited(other, "w2", 30.0, bells(REPORT, jobs[2]))[0])
             )
             racing.start()
             time.sleep(0.3)
@@ -85,21 +86,25 @@ def test_a_rate_starts_at_most_its_limit_per_window_and_the_rest_wait_for_the_ne
 ) -> None:
     jobs = [rated(conn, "p", 2, published=True) for _ in range(3)]
     other = rated(conn, "q", 2, published=True)
-    claims = flow.claim_limited(conn, WORKER, 30.0, bells(PARTNER, *jobs, other))
+    claims, _ = flow.claim_limited(conn, WORKER, 30.0, bells(PARTNER, *jobs, other))
     assert [claim is not None for claim in claims] == [True, True, False, True]
     after = row(look, jobs[2])
     assert (after["state"], after["published_at"], after["delayed"]) == ("queued", None, True)
     late = rated(conn, "p", 2, published=True)
-    assert flow.claim_limited(conn, WORKER, 30.0, bells(PARTNER, late)) == [None], "the window is full"
+    assert flow.claim_limited(conn, WORKER, 30.0, bells(PARTNER, late)) == ([None], {late}), (
+        "the window is full"
+    )
     assert row(look, late)["delayed"]
 
 
-def test_a_held_back_job_is_unpublished_and_a_started_one_is_left_alone(
+def test_a_job_refused_only_for_its_paused_queue_is_held_back_and_a_started_one_is_left_alone(
     conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
 ) -> None:
     waiting = given(conn, "queued", published=True)
     started = running(conn, published=True)
-    assert flow.hold_back(conn, [waiting, started.job_id]) == {waiting}
+    flow.pause_queue_sync(conn, "default")
+    claims, held = flow.claim_limited(conn, WORKER, 30.0, bells(ECHO, waiting, started.job_id))
+    assert (claims, held) == ([None, None], {waiting})
     assert row(look, waiting)["published_at"] is None
     assert row(look, started.job_id)["published_at"] is not None
 
@@ -135,11 +140,11 @@ def test_a_paused_queue_is_neither_published_nor_claimed_until_it_is_resumed(
     assert ledger.take_publishable(conn, 10) == []
     assert flow.take_limited(conn, 10) == []
     assert ledger.seconds_until_next_due(conn) is None, "the relay sleeps; the resume wakes it"
-    assert ledger.claim(conn, WORKER, 30.0, bells("app.tasks.example.echo", published)) == [None]
+    assert ledger.claim(conn, WORKER, 30.0, bells(ECHO, published)) == [None]
     flow.resume_queue_sync(conn, "email")
     assert {job.id for job in ledger.take_publishable(conn, 10)} == {waiting}
     assert {job.id for job in flow.take_limited(conn, 10)} == {held}
-    assert ledger.claim(conn, WORKER, 30.0, bells("app.tasks.example.echo", published))[0] is not None
+    assert ledger.claim(conn, WORKER, 30.0, bells(ECHO, published))[0] is not None
 
 
 def test_the_relay_does_not_wake_for_limited_jobs_that_wait_for_a_slot(conn: psycopg.Connection[Any]) -> None:
@@ -162,3 +167,47 @@ def test_a_finished_job_that_held_a_slot_wakes_the_relay(
     assert list(look.notifies(timeout=0.3, stop_after=1)) == [], "a job without limits wakes nobody"
     ledger.succeed(conn, [(ledger.Token(slot, 1, 1), "{}")])
     assert len(list(look.notifies(timeout=2, stop_after=1))) == 1
+
+
+def test_a_message_spent_on_a_paused_queue_leaves_its_job_for_the_relay_to_publish_at_resume(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    from app.execution.writes import claim_all
+
+    published = given(conn, "queued", published=True)
+    flow.pause_queue_sync(conn, "default")
+    claims, held = claim_all(conn, WORKER, 30.0, bells(ECHO, published))
+    assert (claims, held) == ([None], {published})
+    assert row(look, published)["published_at"] is None
+    assert ledger.take_publishable(conn, 10) == [], "held while the queue is paused"
+    flow.resume_queue_sync(conn, "default")
+    assert [job.id for job in ledger.take_publishable(conn, 10)] == [published]
+
+
+def test_a_burst_of_jobs_with_and_without_limits_is_claimed_in_the_order_asked_and_held_to_them(
+    conn: psycopg.Connection[Any],
+) -> None:
+    import app.tasks  # noqa: F401  (the tasks with limits, as a worker knows them)
+    from app.execution.writes import claim_all
+
+    plain = given(conn, "queued", published=True)
+    over = [limited(conn, "queued", "a", limit=1, published=True) for _ in range(2)]
+    asked = [Doorbell(over[0], REPORT), Doorbell(plain, ECHO), Doorbell(over[1], REPORT)]
+    claims, held = claim_all(conn, WORKER, 30.0, asked)
+    assert [claim is not None and claim.token.job_id for claim in claims] == [over[0], plain, False]
+    assert held == {over[1]}
+
+
+def test_a_job_with_limits_is_held_to_them_even_by_a_worker_that_does_not_know_its_task_has_any(
+    conn: psycopg.Connection[Any],
+) -> None:
+    from app.execution.writes import claim_all
+
+    over = [limited(conn, "queued", "a", limit=1, published=True) for _ in range(2)]
+    claims, held = claim_all(conn, WORKER, 30.0, bells("app.tasks.example.older_name", *over))
+    assert [claim is not None for claim in claims] == [False, False], "the message names another task"
+    for job_id in over:
+        conn.execute("UPDATE jobs SET task = 'app.tasks.example.older_name' WHERE id = %s", (job_id,))
+    claims, held = claim_all(conn, WORKER, 30.0, bells("app.tasks.example.older_name", *over))
+    assert [claim is not None for claim in claims] == [True, False]
+    assert held == {over[1]}

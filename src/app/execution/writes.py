@@ -63,23 +63,21 @@ def claim_all(
     conn: psycopg.Connection[Any], worker_id: str, lease: float, bells: Sequence[Doorbell]
 ) -> tuple[list[Claim | None], set[UUID]]:
     """Claim a burst: jobs of tasks without limits with the plain claim, as before there were
-    limits; jobs of tasks with limits with the claim that counts them. For each doorbell its
-    claim or None, and the jobs that were not claimed and wait (a paused queue, a limit):
-    their message is spent, so they were marked unpublished for the relay to publish again."""
+    limits (one statement); then the jobs of tasks with limits, and whatever the plain claim
+    left out, with the claim that counts limits (the ledger's row decides, not this process's
+    registry). For each doorbell its claim or None, and the jobs held back: not claimed, but
+    waiting (a paused queue, a limit), their message spent, left for the relay to publish."""
     limited = limited_tasks()
-    if not limited or all(bell.task not in limited for bell in bells):
-        claims = ledger.claim(conn, worker_id, lease, bells)
-        refused = [bell.job_id for bell, claim in zip(bells, claims, strict=True) if claim is None]
-        return claims, flow.hold_back(conn, refused)
     plain = [bell for bell in bells if bell.task not in limited]
-    counted = [bell for bell in bells if bell.task in limited]
-    by_bell: dict[int, Claim | None] = {}
-    plain_claims, held = claim_all(conn, worker_id, lease, plain) if plain else ([], set())
-    by_bell.update(zip(map(id, plain), plain_claims, strict=True))
-    limited_claims = flow.claim_limited(conn, worker_id, lease, counted)
-    by_bell.update(zip(map(id, counted), limited_claims, strict=True))
-    held |= {bell.job_id for bell, claim in zip(counted, limited_claims, strict=True) if claim is None}
-    return [by_bell[id(bell)] for bell in bells], held
+    claims: dict[int, Claim | None] = {}
+    if plain:
+        claims.update(zip(map(id, plain), ledger.claim(conn, worker_id, lease, plain), strict=True))
+    counted = [bell for bell in bells if claims.get(id(bell)) is None]
+    if not counted:
+        return [claims[id(bell)] for bell in bells], set()
+    second, held = flow.claim_limited(conn, worker_id, lease, counted)
+    claims.update(zip(map(id, counted), second, strict=True))
+    return [claims[id(bell)] for bell in bells], held
 
 
 class LedgerWrites:

@@ -19,26 +19,22 @@ from app.ledger.jobs import Claim, Doorbell, Publishable, Token
 
 def claim_limited(
     conn: psycopg.Connection[Any], worker_id: str, lease_seconds: float, bells: Sequence[Doorbell]
-) -> list[Claim | None]:
-    """Claim jobs of tasks with limits, within them, in one transaction of `conn` (autocommit):
-    the concurrency keys are locked first, then the claim counts what runs. For each doorbell,
-    its claim or None; a job refused for a limit or a paused queue is held back (unpublished,
-    due when its rate window ends) in the same transaction."""
+) -> tuple[list[Claim | None], set[UUID]]:
+    """Claim jobs within their limits, in one transaction of `conn` (autocommit): the
+    concurrency keys are locked first, then the claim counts what runs. For each doorbell its
+    claim or None, and the jobs held back (they wait, for a limit or a paused queue: marked
+    unpublished, due when their rate window ends) in the same transaction. Jobs without limits
+    may be asked too: they are held back only when their queue is paused (or not due)."""
     ids = [bell.job_id for bell in bells]
     params = {"ids": ids, "tasks": [b.task for b in bells], "worker_id": worker_id, "lease": lease_seconds}
     with conn.transaction():
         conn.execute(queries.LOCK_FLOW_KEYS, {"ids": ids}, prepare=True)
         rows = run(conn, queries.CLAIM_LIMITED, params, prepare=True).rows
-    claims = {(r[0], r[4]): Claim(Token(r[0], r[1], r[2]), r[4], r[3], r[5]) for r in rows}
-    return [claims.pop((bell.job_id, bell.task), None) for bell in bells]
-
-
-def hold_back(conn: SyncConnection, job_ids: Sequence[UUID]) -> set[UUID]:
-    """Jobs whose message rang and could not claim them while they wait (a paused queue): each
-    is marked unpublished for the relay to publish when it may start; the ids held back."""
-    if not job_ids:
-        return set()
-    return {row[0] for row in run(conn, queries.HOLD_BACK, {"ids": list(job_ids)}).rows}
+    held = {r[0] for r in rows if r[1] is None}
+    claims = {
+        (r[0], r[4]): Claim(Token(r[0], r[1], r[2]), r[4], r[3], r[5]) for r in rows if r[1] is not None
+    }
+    return [claims.pop((bell.job_id, bell.task), None) for bell in bells], held
 
 
 def take_limited(conn: SyncConnection, limit: int) -> list[Publishable]:

@@ -75,8 +75,8 @@ RETURNING id
 -- Each (id, task) pair is a doorbell: a job is claimed only when its message names the task the
 -- ledger holds for it, and the claim returns what to run (task and payload) from the ledger.
 -- A job that is finished, running elsewhere, not due or out of attempts is left out, and so is a
--- job of a paused queue (the paused queues are read once per statement: an InitPlan). Jobs of
--- tasks with limits are claimed by claim_limited.
+-- job of a paused queue (the paused queues are read once per statement: an InitPlan) and a job
+-- with limits (claim_limited counts those; the worker asks it for what this one left out).
 WITH asked AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(tasks)s::text[]) AS a(id, task)
 ), claimed AS (
@@ -87,6 +87,7 @@ WITH asked AS (
     FROM asked a
     WHERE j.id = a.id AND j.task = a.task AND j.state IN ('queued', 'retrying')
       AND j.available_at <= now() AND j.attempts < j.max_attempts
+      AND j.concurrency_key IS NULL AND j.rate_key IS NULL
       AND j.queue <> ALL (ARRAY(SELECT queue FROM paused_queues))
     RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text
 ), history AS (
@@ -110,18 +111,18 @@ SELECT count(pg_advisory_xact_lock(k)) FROM (
 -- Claims due jobs of tasks with limits, as claim does, within their limits: per (task,
 -- concurrency key) no more running than its limit (after lock_flow_keys, in one transaction),
 -- per (task, rate key) no more starts in the current fixed window than its rate (the window's
--- row counts them). The jobs asked for that may not start are held back: marked unpublished
--- (their message is spent) for the relay to publish again when a slot frees; one over its rate
--- is due again when its window ends. Nothing fails for a limit. Wakes the relay when it held
--- back or started a rate-limited job (the relay sends at most a window's worth ahead).
+-- row counts them). The jobs asked for that wait but may not start (a limit, a paused queue,
+-- not due) are held back: marked unpublished (their message is spent) for the relay to publish
+-- again when they may start; one over its rate is due again when its window ends. Nothing fails
+-- for a limit. Answers the claimed jobs and then the held ones (run NULL). Wakes the relay when
+-- it held one back or started a rate-limited job (the relay sends a window's worth ahead).
 WITH asked AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(tasks)s::text[]) WITH ORDINALITY AS a(id, task, pos)
 ), waiting AS (
     SELECT DISTINCT ON (j.id) j.id, j.task, j.queue, j.concurrency_key, j.concurrency_limit,
-           j.rate_key, j.rate_limit, j.rate_period, a.pos,
-           j.available_at <= now() AND j.attempts < j.max_attempts AS due
+           j.rate_key, j.rate_limit, j.rate_period, a.pos, j.available_at <= now() AS due
     FROM asked a JOIN jobs j ON j.id = a.id AND j.task = a.task
-    WHERE j.state IN ('queued', 'retrying')
+    WHERE j.state IN ('queued', 'retrying') AND j.attempts < j.max_attempts
     ORDER BY j.id, a.pos
 ), startable AS (
     SELECT w.*, row_number() OVER (PARTITION BY w.task, w.concurrency_key ORDER BY w.pos) AS turn
@@ -181,17 +182,11 @@ WITH asked AS (
     LEFT JOIN within_concurrency c ON c.id = w.id
     LEFT JOIN rate_verdicts v ON v.task = c.task AND v.rate_key = c.rate_key
     WHERE j.id = w.id AND w.id NOT IN (SELECT id FROM chosen) AND j.state IN ('queued', 'retrying')
-    RETURNING j.id, pg_notify('conveyor_jobs', '')::text AS rang
+    RETURNING j.id, j.task, pg_notify('conveyor_jobs', '')::text AS rang
 )
 SELECT id, run, attempts, max_attempts, task, payload, rang FROM claimed
-
--- name: hold_back
--- Jobs whose message rang but could not claim them although they wait (their queue is paused,
--- or they were refused for a limit by an older worker): the message is spent, so each is marked
--- unpublished for the relay to publish again when it may start. Wakes the relay.
-UPDATE jobs SET published_at = NULL
-WHERE id = ANY(%(ids)s::uuid[]) AND state IN ('queued', 'retrying') AND published_at IS NOT NULL
-RETURNING id, pg_notify('conveyor_jobs', '')::text
+UNION ALL
+SELECT id, NULL, NULL, NULL, task, NULL, rang FROM held
 
 -- name: job_task
 -- The task and state the ledger holds for a job (a message that rang for it named another task).
