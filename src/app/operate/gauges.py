@@ -62,7 +62,7 @@ def read_ledger(database_url: str) -> LedgerSnapshot:
         outbox_oldest = conn.execute(OUTBOX_OLDEST).scalar()
         relays = int(conn.execute(LIVE_RELAYS, live_params()).scalar_one())
         paused = frozenset(conn.execute(queue_views.PAUSED).scalars())
-        waiting = {task: int(n) for task, n in conn.execute(queue_views.WAITING_ON_LIMIT).tuples()}
+        waiting = {row[0]: int(row[1]) for row in conn.execute(queue_views.WAITING_ON_LIMIT)}
     return LedgerSnapshot(
         states,
         backlog,
