@@ -320,34 +320,82 @@ SELECT id, task, queue, priority, run FROM marked ORDER BY available_at
 -- per key as may start: per (task, concurrency key) its limit less the jobs holding a slot
 -- (running, or published and not claimed yet); per (task, rate key) its rate less what is
 -- published and not claimed yet. Each key's first jobs come first (a rank per key, by priority
--- then due time), so one key's backlog never stands before another key's job. The claim checks
+-- then due time), so one key's backlog never stands before another key's job. The keys are
+-- walked one index probe each (a loose index scan) and each key reads only the jobs it may
+-- publish, so a take costs what the keys cost, not what their backlogs hold. The claim checks
 -- again, exactly: two relays racing here publish a little ahead, never run more.
-WITH busy AS (
-    SELECT task, concurrency_key, count(*) AS n FROM jobs
-    WHERE concurrency_key IS NOT NULL
-      AND (state = 'running' OR (published_at IS NOT NULL AND state IN ('queued', 'retrying')))
-    GROUP BY task, concurrency_key
-), outstanding AS (
-    SELECT task, rate_key, count(*) AS n FROM jobs
-    WHERE rate_key IS NOT NULL AND published_at IS NOT NULL AND state IN ('queued', 'retrying')
-    GROUP BY task, rate_key
-), waiting AS (
-    SELECT id, task, priority, available_at, concurrency_key, concurrency_limit, rate_key, rate_limit,
-           row_number() OVER (PARTITION BY task, concurrency_key
-                              ORDER BY priority DESC, available_at, id) AS turn,
-           row_number() OVER (PARTITION BY task, rate_key ORDER BY priority DESC, available_at, id)
-               AS rate_turn
-    FROM jobs
-    WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
-      AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL)
-      AND queue <> ALL (ARRAY(SELECT queue FROM paused_queues))
+WITH RECURSIVE concurrency_keys AS (
+    (SELECT task, concurrency_key AS key FROM jobs
+     WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
+     ORDER BY task, concurrency_key LIMIT 1)
+    UNION ALL
+    SELECT later.task, later.key FROM concurrency_keys k CROSS JOIN LATERAL (
+        SELECT task, concurrency_key AS key FROM jobs
+        WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
+          AND (task, concurrency_key) > (k.task, k.key)
+        ORDER BY task, concurrency_key LIMIT 1) AS later
+), rate_keys AS (
+    (SELECT task, rate_key AS key FROM jobs
+     WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL
+       AND rate_key IS NOT NULL
+     ORDER BY task, rate_key LIMIT 1)
+    UNION ALL
+    SELECT later.task, later.key FROM rate_keys k CROSS JOIN LATERAL (
+        SELECT task, rate_key AS key FROM jobs
+        WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL
+          AND rate_key IS NOT NULL AND (task, rate_key) > (k.task, k.key)
+        ORDER BY task, rate_key LIMIT 1) AS later
+), paused AS (
+    SELECT ARRAY(SELECT queue FROM paused_queues) AS queues
+), by_concurrency AS (
+    SELECT free.id, free.turn, free.priority, free.available_at, free.task, free.rate_key,
+           free.rate_limit
+    FROM concurrency_keys k
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM jobs b
+        WHERE b.task = k.task AND b.concurrency_key = k.key
+          AND (b.state = 'running' OR (b.published_at IS NOT NULL AND b.state IN ('queued', 'retrying')))
+    ) AS busy
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit,
+               row_number() OVER (ORDER BY j.priority DESC, j.available_at) AS turn
+        FROM jobs j, paused p
+        WHERE j.task = k.task AND j.concurrency_key = k.key AND j.published_at IS NULL
+          AND j.state IN ('queued', 'retrying') AND j.available_at <= now()
+          AND j.queue <> ALL (p.queues)
+        ORDER BY j.priority DESC, j.available_at
+        LIMIT greatest(0, (SELECT max(l.concurrency_limit) FROM jobs l
+                           WHERE l.task = k.task AND l.concurrency_key = k.key
+                             AND l.published_at IS NULL AND l.state IN ('queued', 'retrying')) - busy.n)
+    ) AS free
+), by_rate AS (
+    SELECT free.id, free.turn, free.priority, free.available_at, free.task, free.rate_key,
+           free.rate_limit
+    FROM rate_keys k
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit,
+               row_number() OVER (ORDER BY j.priority DESC, j.available_at) AS turn
+        FROM jobs j, paused p
+        WHERE j.task = k.task AND j.concurrency_key IS NULL AND j.rate_key = k.key
+          AND j.published_at IS NULL AND j.state IN ('queued', 'retrying') AND j.available_at <= now()
+          AND j.queue <> ALL (p.queues)
+        ORDER BY j.priority DESC, j.available_at
+        LIMIT (SELECT max(l.rate_limit) FROM jobs l
+               WHERE l.task = k.task AND l.concurrency_key IS NULL AND l.rate_key = k.key
+                 AND l.published_at IS NULL AND l.state IN ('queued', 'retrying'))
+    ) AS free
+), candidates AS (
+    SELECT c.*, row_number() OVER (PARTITION BY c.task, c.rate_key ORDER BY c.turn, c.priority DESC,
+                                                                     c.available_at) AS rate_turn
+    FROM (SELECT * FROM by_concurrency UNION ALL SELECT * FROM by_rate) AS c
 ), chosen AS (
-    SELECT w.id FROM waiting w
-    LEFT JOIN busy b ON b.task = w.task AND b.concurrency_key = w.concurrency_key
-    LEFT JOIN outstanding o ON o.task = w.task AND o.rate_key = w.rate_key
-    WHERE (w.concurrency_key IS NULL OR w.turn <= w.concurrency_limit - coalesce(b.n, 0))
-      AND (w.rate_key IS NULL OR w.rate_turn <= w.rate_limit - coalesce(o.n, 0))
-    ORDER BY greatest(w.turn, w.rate_turn), w.priority DESC, w.available_at
+    -- A rate key sends at most its rate less what it has published and not claimed yet.
+    SELECT c.id FROM candidates c
+    WHERE c.rate_key IS NULL OR c.rate_turn <= c.rate_limit - (
+        SELECT count(*) FROM jobs o
+        WHERE o.task = c.task AND o.rate_key = c.rate_key AND o.published_at IS NOT NULL
+          AND o.state IN ('queued', 'retrying'))
+    ORDER BY c.turn, c.priority DESC, c.available_at
     LIMIT %(limit)s
 ), locked AS (
     -- FOR UPDATE cannot sit beside window functions: the rows chosen are locked here.

@@ -113,6 +113,28 @@ jobs = Table(
             " AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL)"
         ),
     ),
+    # The relay's walk over the keys, and each key's jobs in the order they are published.
+    Index(
+        "ix_jobs_waiting_concurrency",
+        "task",
+        "concurrency_key",
+        text("priority DESC"),
+        "available_at",
+        postgresql_where=text(
+            "published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL"
+        ),
+    ),
+    Index(
+        "ix_jobs_waiting_rate",
+        "task",
+        "rate_key",
+        text("priority DESC"),
+        "available_at",
+        postgresql_where=text(
+            "published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL"
+            " AND rate_key IS NOT NULL"
+        ),
+    ),
     # The jobs holding a slot of their key: running, or published and not claimed yet.
     Index(
         "ix_jobs_flow_busy",

@@ -2,11 +2,13 @@
 
 It is woken by NOTIFY right after a job commits and also sweeps on a timer, so a broker
 outage delays jobs but never loses them. Rows are taken FOR UPDATE SKIP LOCKED, so any
-number of relays may run. The sweep also hands back jobs whose lease expired (their worker
-crashed or stalled), puts the copies of dead jobs in `<queue>.XQ`, and removes the copies
-of dead runs an operator replayed or discarded. Two threads of the relay work beside it: one
-fires the schedules whose tick has come (`relay.schedules`), one prunes what retention lets
-go (`relay.pruning`). A heartbeat row says the relay is alive.
+number of relays may run. Jobs of tasks with limits are published per key, only as many as
+may start (`flow.take_limited`); a paused queue's jobs wait. The sweep also hands back jobs
+whose lease expired (their worker crashed or stalled), puts the copies of dead jobs in
+`<queue>.XQ`, and removes the copies of dead runs an operator replayed or discarded. Two
+threads of the relay work beside it: one fires the schedules whose tick has come
+(`relay.schedules`), one prunes what retention lets go (`relay.pruning`). A heartbeat row
+says the relay is alive.
 """
 
 from __future__ import annotations

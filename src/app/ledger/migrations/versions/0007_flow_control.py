@@ -8,9 +8,11 @@
 - `jobs.rate_key`, `rate_limit`, `rate_period`: at most `rate_limit` starts per `rate_period`
   seconds per (task, rate key).
 - `ix_jobs_outbox` now covers unlimited jobs only, so the relay's take of those reads what it
-  read before; limited jobs have an index of their own (`ix_jobs_outbox_limited`), and the jobs
-  that hold a slot of their key (running, or published and not claimed yet) another
-  (`ix_jobs_flow_busy`), which the relay and the claim count.
+  read before; limited jobs have indexes of their own: by due time (`ix_jobs_outbox_limited`),
+  per key in the order they are published (`ix_jobs_waiting_concurrency`, `ix_jobs_waiting_rate`:
+  the relay walks the keys and reads only what each may start), and the jobs that hold a slot
+  of their key (running, or published and not claimed yet: `ix_jobs_flow_busy`,
+  `ix_jobs_rate_outstanding`), which the relay and the claim count.
 - `flow_rate_windows`: one row per (task, rate key), the fixed window of starts it is in.
 - `paused_queues`: a queue named here starts nothing new.
 
@@ -52,6 +54,15 @@ def upgrade() -> None:
         f"CREATE INDEX ix_jobs_outbox_limited ON jobs (available_at) WHERE {UNPUBLISHED} AND {LIMITED}"
     )
     op.execute(
+        "CREATE INDEX ix_jobs_waiting_concurrency"
+        " ON jobs (task, concurrency_key, priority DESC, available_at) "
+        f"WHERE {UNPUBLISHED} AND concurrency_key IS NOT NULL"
+    )
+    op.execute(
+        "CREATE INDEX ix_jobs_waiting_rate ON jobs (task, rate_key, priority DESC, available_at) "
+        f"WHERE {UNPUBLISHED} AND concurrency_key IS NULL AND rate_key IS NOT NULL"
+    )
+    op.execute(
         "CREATE INDEX ix_jobs_flow_busy ON jobs (task, concurrency_key) WHERE concurrency_key IS NOT NULL "
         "AND (state = 'running' OR (published_at IS NOT NULL AND state IN ('queued', 'retrying')))"
     )
@@ -88,6 +99,8 @@ def downgrade() -> None:
     op.execute("DROP TABLE flow_rate_windows")
     op.execute("DROP INDEX ix_jobs_rate_outstanding")
     op.execute("DROP INDEX ix_jobs_flow_busy")
+    op.execute("DROP INDEX ix_jobs_waiting_rate")
+    op.execute("DROP INDEX ix_jobs_waiting_concurrency")
     op.execute("DROP INDEX ix_jobs_outbox_limited")
     op.execute("DROP INDEX ix_jobs_outbox")
     op.execute(
