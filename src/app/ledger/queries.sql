@@ -170,7 +170,7 @@ WITH asked AS (
     FROM chosen c
     WHERE j.id = c.id AND j.state IN ('queued', 'retrying')
     RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text,
-              CASE WHEN j.rate_key IS NOT NULL THEN pg_notify('conveyor_jobs', '')::text END AS rang
+              CASE WHEN j.rate_key IS NOT NULL THEN pg_notify('conveyor_jobs', 'slot')::text END AS rang
 ), history AS (
     INSERT INTO job_attempts (job_id, run, attempt, worker_id)
     SELECT id, run, attempts, %(worker_id)s FROM claimed
@@ -182,7 +182,7 @@ WITH asked AS (
     LEFT JOIN within_concurrency c ON c.id = w.id
     LEFT JOIN rate_verdicts v ON v.task = c.task AND v.rate_key = c.rate_key
     WHERE j.id = w.id AND w.id NOT IN (SELECT id FROM chosen) AND j.state IN ('queued', 'retrying')
-    RETURNING j.id, j.task, pg_notify('conveyor_jobs', '')::text AS rang
+    RETURNING j.id, j.task, pg_notify('conveyor_jobs', 'slot')::text AS rang
 )
 SELECT id, run, attempts, max_attempts, task, payload, rang FROM claimed
 UNION ALL
@@ -209,8 +209,9 @@ WITH input AS (
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
 ), woken AS (
-    -- A slot of a concurrency key freed: the relay publishes that key's next job.
-    SELECT pg_notify('conveyor_jobs', '') AS rang
+    -- A slot of a concurrency key freed: the relay publishes that key's next job ('slot': only its
+    -- take of jobs with limits has anything new to do).
+    SELECT pg_notify('conveyor_jobs', 'slot') AS rang
     WHERE EXISTS (SELECT 1 FROM done WHERE concurrency_key IS NOT NULL)
 )
 SELECT done.id, done.run, done.attempts, woken.rang FROM done LEFT JOIN woken ON true
@@ -243,7 +244,7 @@ WITH done AS (
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
 )
-SELECT done.id, CASE WHEN done.concurrency_key IS NOT NULL THEN pg_notify('conveyor_jobs', '')::text END
+SELECT done.id, CASE WHEN done.concurrency_key IS NOT NULL THEN pg_notify('conveyor_jobs', 'slot')::text END
 FROM done
 
 -- name: report_progress
@@ -325,23 +326,24 @@ SELECT id, task, queue, priority, run FROM marked ORDER BY available_at
 -- publish, so a take costs what the keys cost, not what their backlogs hold. The claim checks
 -- again, exactly: two relays racing here publish a little ahead, never run more.
 WITH RECURSIVE concurrency_keys AS (
-    (SELECT task, concurrency_key AS key FROM jobs
+    -- Each key with its limit, as its first waiting job holds it.
+    (SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
      WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
      ORDER BY task, concurrency_key LIMIT 1)
     UNION ALL
-    SELECT later.task, later.key FROM concurrency_keys k CROSS JOIN LATERAL (
-        SELECT task, concurrency_key AS key FROM jobs
+    SELECT later.task, later.key, later.allowed FROM concurrency_keys k CROSS JOIN LATERAL (
+        SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
         WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
           AND (task, concurrency_key) > (k.task, k.key)
         ORDER BY task, concurrency_key LIMIT 1) AS later
 ), rate_keys AS (
-    (SELECT task, rate_key AS key FROM jobs
+    (SELECT task, rate_key AS key, rate_limit AS allowed FROM jobs
      WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL
        AND rate_key IS NOT NULL
      ORDER BY task, rate_key LIMIT 1)
     UNION ALL
-    SELECT later.task, later.key FROM rate_keys k CROSS JOIN LATERAL (
-        SELECT task, rate_key AS key FROM jobs
+    SELECT later.task, later.key, later.allowed FROM rate_keys k CROSS JOIN LATERAL (
+        SELECT task, rate_key AS key, rate_limit AS allowed FROM jobs
         WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL
           AND rate_key IS NOT NULL AND (task, rate_key) > (k.task, k.key)
         ORDER BY task, rate_key LIMIT 1) AS later
@@ -364,9 +366,7 @@ WITH RECURSIVE concurrency_keys AS (
           AND j.state IN ('queued', 'retrying') AND j.available_at <= now()
           AND j.queue <> ALL (p.queues)
         ORDER BY j.priority DESC, j.available_at
-        LIMIT greatest(0, (SELECT max(l.concurrency_limit) FROM jobs l
-                           WHERE l.task = k.task AND l.concurrency_key = k.key
-                             AND l.published_at IS NULL AND l.state IN ('queued', 'retrying')) - busy.n)
+        LIMIT greatest(0, k.allowed - busy.n)
     ) AS free
 ), by_rate AS (
     SELECT free.id, free.turn, free.priority, free.available_at, free.task, free.rate_key,
@@ -380,9 +380,7 @@ WITH RECURSIVE concurrency_keys AS (
           AND j.published_at IS NULL AND j.state IN ('queued', 'retrying') AND j.available_at <= now()
           AND j.queue <> ALL (p.queues)
         ORDER BY j.priority DESC, j.available_at
-        LIMIT (SELECT max(l.rate_limit) FROM jobs l
-               WHERE l.task = k.task AND l.concurrency_key IS NULL AND l.rate_key = k.key
-                 AND l.published_at IS NULL AND l.state IN ('queued', 'retrying'))
+        LIMIT k.allowed
     ) AS free
 ), candidates AS (
     SELECT c.*, row_number() OVER (PARTITION BY c.task, c.rate_key ORDER BY c.turn, c.priority DESC,

@@ -37,6 +37,9 @@ class JobState(StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 NOTIFY_CHANNEL = "conveyor_jobs"
+# The payload of a NOTIFY that only frees a slot of a limit (a success, a claim of a job with
+# limits): the relay's take of jobs with limits has something to do, its other takes nothing.
+SLOT_FREED = "slot"
 
 jobs = Table(
     "jobs",
