@@ -3,6 +3,7 @@
     python bench/drain.py                      # 10,000 jobs; conveyor, dramatiq, celery
     python bench/drain.py --jobs 2000 --systems conveyor,dramatiq
     python bench/drain.py --systems conveyor --profile   # py-spy on the worker while it drains
+    python bench/drain.py --systems conveyor-live,conveyor-flow --keys 100 --concurrency 2
 
 Each system gets the same work: N messages already in RabbitMQ (a vhost of its own), then
 one worker process with 8 threads is started and timed from the first job it starts to
@@ -12,6 +13,11 @@ the last one it finishes.
   `conveyor relay`, which is then stopped; `conveyor worker --processes 1 --threads 8`
   runs `app.tasks.example.echo`: claim, run, succeed, all recorded in the ledger.
 - conveyor-quiet: the same with LOG_LEVEL=WARNING (a diagnostic: the cost of per-job logs).
+- conveyor-flow: N `tenant_report` jobs (0 s each) spread over --keys tenants, each tenant
+  limited to --concurrency running at once; the relay runs beside the worker, since it
+  publishes each tenant's next job only when a slot frees.
+- conveyor-live: the same drain without limits (N echo jobs, the relay running beside the
+  worker): what conveyor-flow is compared with.
 - dramatiq: a noop actor on a RabbitmqBroker with Dramatiq's default middleware,
   `dramatiq peers.dramatiq_noop --processes 1 --threads 8`.
 - celery: a noop task over amqp, `celery worker -P threads -c 8`: one OS process with 8
@@ -73,7 +79,16 @@ from _profile import RELAY_MARKERS, WORKER_MARKERS, Recorder, report
 DATABASE = "conveyor_bench"
 CONVEYOR_QUEUE = "default"  # app.jobs.registry.Queue.DEFAULT, where echo runs
 ECHO_MAX_ATTEMPTS = 5  # RETRY_MAX_ATTEMPTS' default; echo sets none of its own
-SYSTEMS = ("conveyor", "conveyor-quiet", "dramatiq", "celery", "celery-prefork")
+SYSTEMS = (
+    "conveyor",
+    "conveyor-quiet",
+    "conveyor-live",
+    "conveyor-flow",
+    "dramatiq",
+    "celery",
+    "celery-prefork",
+)
+FLOW_TASK = "app.tasks.example.tenant_report"
 DEFAULT_SYSTEMS = "conveyor,conveyor-quiet,dramatiq,celery,celery-prefork"
 POLL_SECONDS = 0.1
 
@@ -119,6 +134,8 @@ class Options:
     keep: bool
     profile: bool
     processes: int = 1  # conveyor's worker processes (the peers always run one)
+    keys: int = 100  # conveyor-flow: tenants the jobs are spread over
+    concurrency: int = 2  # conveyor-flow: jobs running at once per tenant
 
 
 # -- shared steps ------------------------------------------------------------------------------
@@ -204,6 +221,21 @@ def conveyor_env(broker: str, **extra: str) -> dict[str, str]:
     )
 
 
+def preload_flow(n: int, keys: int, concurrency: int) -> None:
+    """N tenant_report jobs over `keys` tenants, with the columns `new_job` gives them."""
+    with pg_connect(libpq_url(DATABASE)) as conn:
+        conn.execute(
+            """
+            INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at,
+                              concurrency_key, concurrency_limit)
+            SELECT gen_random_uuid(), %s, %s, jsonb_build_object('tenant', 't' || (i %% %s), 'seconds', 0),
+                   'queued', 0, %s, now(), 't' || (i %% %s), %s
+            FROM generate_series(1, %s) AS i
+            """,
+            (FLOW_TASK, CONVEYOR_QUEUE, keys, ECHO_MAX_ATTEMPTS, keys, concurrency, n),
+        )
+
+
 def preload_ledger(n: int) -> None:
     with pg_connect(libpq_url(DATABASE)) as conn:
         conn.execute(
@@ -247,6 +279,7 @@ def relay_publish(procs: Procs, env: dict[str, str], n: int, out: Path, opts: Op
 
 
 def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
+    """One drain of Conveyor; conveyor-live and conveyor-flow keep the relay running meanwhile."""
     out = work_dir(f"drain-{system}")
     extra = {"LOG_LEVEL": "WARNING"} if system == "conveyor-quiet" else {}
     vhost = "conveyor_bench"
@@ -257,9 +290,18 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
     ):
         env = conveyor_env(broker, **extra)
         migrate(env, out)
-        preload_ledger(opts.jobs)
-        relay_rate, relay_profile = relay_publish(procs, env, opts.jobs, out, opts)
-        depth = queue_depth(broker, CONVEYOR_QUEUE)
+        live = system in {"conveyor-live", "conveyor-flow"}
+        if system == "conveyor-flow":
+            preload_flow(opts.jobs, opts.keys, opts.concurrency)
+        else:
+            preload_ledger(opts.jobs)
+        if live:
+            # The relay publishes while the worker drains: for conveyor-flow, as slots free.
+            relay_rate, relay_profile, depth = float("nan"), "", opts.jobs
+            procs.start("relay", [CONVEYOR, "relay"], env, out)
+        else:
+            relay_rate, relay_profile = relay_publish(procs, env, opts.jobs, out, opts)
+            depth = queue_depth(broker, CONVEYOR_QUEUE)
         if depth < opts.jobs:
             raise RuntimeError(f"expected {opts.jobs} messages in {CONVEYOR_QUEUE}, found {depth}")
         # More is possible and correct: a relay whose transaction broke after publishing
@@ -498,6 +540,13 @@ def render(results: list[DrainResult], opts: Options) -> str:
             "Against the budget (DESIGN.md, Performance budget), measured side by side:",
         ]
         lines += _ratios(conveyor, by)
+    flow, live = by.get("conveyor-flow"), by.get("conveyor-live")
+    if flow and live and live.rate:
+        lines += [
+            "",
+            f"Flow control ({opts.keys} tenants, {opts.concurrency} at once each) vs the same drain"
+            f" without limits: {verdict(flow.rate / live.rate, 0.8)}",
+        ]
     for r in results:
         if r.pg_waits:
             lines += [
@@ -556,12 +605,25 @@ def parse(argv: list[str] | None = None) -> tuple[list[str], Options, Path | Non
     parser.add_argument("--profile", action="store_true", help="run py-spy on each worker (slows it down)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database and vhosts")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--keys", type=int, default=100, help="conveyor-flow: tenants (default 100)")
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="conveyor-flow: running at once per tenant (default 2)"
+    )
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
-    opts = Options(args.jobs, args.threads, args.timeout, args.keep, args.profile, args.processes)
+    opts = Options(
+        args.jobs,
+        args.threads,
+        args.timeout,
+        args.keep,
+        args.profile,
+        args.processes,
+        args.keys,
+        args.concurrency,
+    )
     return systems, opts, args.json
 
 

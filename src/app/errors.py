@@ -48,6 +48,14 @@ class JobNotFound(ConveyorError):
         super().__init__(f"job {job_id} not found")
 
 
+class QueueNotFound(ConveyorError):
+    """Raised when a queue name is not one of the queues Conveyor declares."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"queue {queue!r} not found")
+        self.queue = queue
+
+
 class InvalidTransition(ConveyorError):
     """Raised when a job's state does not allow the requested operation (replay, cancel)."""
 

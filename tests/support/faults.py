@@ -53,7 +53,10 @@ class Ledger:
 
     def reset(self) -> None:
         with self.connect() as conn:
-            tables = "jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters, schedules"
+            tables = (
+                "jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters, schedules,"
+                " paused_queues, flow_rate_windows"
+            )
             if self.has_effects_table(conn):
                 tables += f", {EFFECTS_TABLE}"
             conn.execute(f"TRUNCATE {tables} CASCADE")

@@ -25,6 +25,7 @@ from app.errors import (
     JobNotFound,
     JobRefused,
     LedgerUnavailable,
+    QueueNotFound,
     RateLimited,
     ScheduleNameTaken,
     ScheduleNotFound,
@@ -154,6 +155,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(ScheduleNotFound, _not_found)
+    app.add_exception_handler(QueueNotFound, _not_found)
     app.add_exception_handler(InvalidTransition, _conflict)
     app.add_exception_handler(ScheduleNameTaken, _conflict)
     app.add_exception_handler(AlreadyInFlight, _in_flight)

@@ -16,7 +16,7 @@ from app.api.audit import actor
 from app.api.auth import authenticate
 from app.api.deps import reading, transaction
 from app.api.responses import AUTH, INVALID, NOT_FOUND, UNAVAILABLE, responses
-from app.api.schemas import ErrorBody, JobAccepted, JobList, RetryPolicyView, TaskView
+from app.api.schemas import ErrorBody, JobAccepted, JobList, LimitsView, RetryPolicyView, TaskView
 from app.errors import JobNotFound
 from app.jobs.registry import public_tasks
 from app.jobs.validation import storable_text
@@ -184,6 +184,12 @@ async def list_tasks(request: Request) -> list[TaskView]:
             ),
             time_limit_seconds=spec.time_limit_seconds,
             unique_key=spec.unique_key,
+            limits=LimitsView(
+                concurrency=spec.limits.concurrency,
+                concurrency_key=spec.limits.concurrency_key,
+                rate=None if spec.limits.rate is None else spec.limits.rate.text,
+                rate_key=spec.limits.rate_key,
+            ),
         )
         for spec in public_tasks()
     ]

@@ -38,6 +38,7 @@ IN_FLIGHT: Responses = {
 }
 NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No such job"}}
 NO_SCHEDULE: Responses = {404: {"model": ErrorBody, "description": "No such schedule"}}
+NO_QUEUE: Responses = {404: {"model": ErrorBody, "description": "No such queue"}}
 SCHEDULE_CONFLICT: Responses = {
     409: {
         "model": ErrorBody,

@@ -74,6 +74,16 @@ class RetryPolicyView(BaseModel):
     backoff_max_seconds: float
 
 
+class LimitsView(BaseModel):
+    """At most `concurrency` jobs running at once per value of payload field `concurrency_key`
+    (null: for the whole task); at most `rate` starts (`"5/second"`) per value of `rate_key`."""
+
+    concurrency: int | None
+    concurrency_key: str | None
+    rate: str | None
+    rate_key: str | None
+
+
 class TaskView(BaseModel):
     name: str
     description: str
@@ -84,6 +94,7 @@ class TaskView(BaseModel):
     unique_key: str | None = Field(
         default=None, description="The payload field whose value one in-flight job at a time holds"
     )
+    limits: LimitsView
 
 
 class ErrorBody(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import audit, dlq, enqueue, health, jobs, keys, load, schedules, serve, status
+from app.cli import audit, dlq, enqueue, health, jobs, keys, load, queues, schedules, serve, status
 
 cli = typer.Typer(
     name="conveyor",
@@ -24,6 +24,7 @@ cli.add_typer(jobs.app, name="jobs")
 cli.add_typer(dlq.app, name="dlq")
 cli.add_typer(keys.app, name="keys")
 cli.add_typer(schedules.app, name="schedules")
+cli.add_typer(queues.app, name="queues")
 cli.command()(schedules.prune)
 cli.command()(enqueue.enqueue)
 cli.command()(status.workers)

@@ -1,5 +1,5 @@
 """What an operator can do from the dashboard: replay, cancel and discard, one job or in bulk;
-pause and resume a schedule.
+pause and resume a schedule or a queue.
 
 Actions are plain HTML form posts that answer with a redirect (303) to the page they came
 from, so they work without JavaScript; htmx only makes them smoother. Every action first
@@ -22,11 +22,12 @@ from app.dashboard.access import operator
 from app.dashboard.rendering import Notice, leave_notice, safe_next
 from app.dashboard.security import require_same_origin
 from app.dashboard.throughput import minute_counts
-from app.errors import InvalidTransition, JobNotFound, ScheduleNotFound
+from app.errors import InvalidTransition, JobNotFound, QueueNotFound, ScheduleNotFound
 from app.jobs.schedules import NAME_PATTERN
 from app.jobs.validation import storable_text
 from app.ledger.engines import async_engine
 from app.operate import actions, audit
+from app.operate import queues as queueing
 from app.operate import schedules as scheduling
 from app.operate.actions import BulkAction
 
@@ -165,3 +166,29 @@ async def pause_schedule(request: Request, name: ScheduleName) -> RedirectRespon
 @router.post("/schedules/{name}/resume")
 async def resume_schedule(request: Request, name: ScheduleName) -> RedirectResponse:
     return await _schedule(request, name, scheduling.resume, "resumed", audit.Action.SCHEDULE_RESUME)
+
+
+QueueName = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+async def _queue(request: Request, queue: str, pause: bool) -> RedirectResponse:
+    fields = await form_fields(request)
+    action = audit.Action.QUEUE_PAUSE if pause else audit.Action.QUEUE_RESUME
+    try:
+        async with transaction() as conn:
+            await (queueing.pause if pause else queueing.resume)(conn, queue)
+            await audit.record(conn, operator_actor(request), action, target=queue)
+        notice = Notice("queue_paused" if pause else "queue_resumed", 1)
+    except QueueNotFound:
+        notice = Notice("no_queue")
+    return back(request, fields, "/dashboard", notice)
+
+
+@router.post("/queues/{queue}/pause")
+async def pause_queue(request: Request, queue: QueueName) -> RedirectResponse:
+    return await _queue(request, queue, pause=True)
+
+
+@router.post("/queues/{queue}/resume")
+async def resume_queue(request: Request, queue: QueueName) -> RedirectResponse:
+    return await _queue(request, queue, pause=False)

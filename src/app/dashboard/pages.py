@@ -22,9 +22,11 @@ from app.dashboard.rendering import query, render
 from app.dashboard.throughput import minute_counts
 from app.dashboard.views import throughput_chart
 from app.errors import JobNotFound
-from app.jobs.registry import public_tasks
+from app.jobs.flow import describe
+from app.jobs.registry import get_task, public_tasks
 from app.jobs.validation import storable_text
 from app.ledger.schema import TERMINAL_STATES, JobState
+from app.operate import queues as queueing
 from app.operate import reads as service
 from app.operate import schedules as scheduling
 from app.operate import stats
@@ -54,6 +56,7 @@ async def overview_context(request: Request, conn: AsyncConnection) -> dict[str,
         "live_workers": sum(1 for w in workers if w["live"]),
         "running": running,
         "broker": await broker,
+        "queue_states": {view.name: view for view in await queueing.overview(conn)},
     }
 
 
@@ -188,7 +191,14 @@ async def job_context(conn: AsyncConnection, job_id: UUID) -> dict[str, Any]:
         "terminal": job.state in TERMINAL_STATES,
         "can_replay": job.state == JobState.DEAD,
         "can_cancel": job.state in (JobState.QUEUED, JobState.RETRYING, JobState.RUNNING),
+        "limits": _limits(job.task),
     }
+
+
+def _limits(task: str) -> str:
+    """The task's concurrency and rate limits in words ('' without any, or for an unknown task)."""
+    spec = get_task(task)
+    return "" if spec is None else describe(spec.limits)
 
 
 @router.get("/jobs/{job_id}")

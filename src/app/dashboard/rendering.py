@@ -30,10 +30,13 @@ NOTICE_TEXTS = {
     "cancelling": "Asked the worker to stop the job: it ends cancelled, or succeeded if it finishes first.",
     "paused": "Paused the schedule: it makes no jobs until it is resumed.",
     "resumed": "Resumed the schedule: it fires from its next tick; the ticks it missed do not fire.",
+    "queue_paused": "Paused the queue: it starts nothing new; running jobs finish, accepting goes on.",
+    "queue_resumed": "Resumed the queue: the jobs it held start again.",
     "refused": "Nothing done: the job is {state} now.",
     "no_schedule": "Nothing done: there is no such schedule now.",
+    "no_queue": "Nothing done: there is no such queue.",
 }
-REFUSALS = frozenset({"refused", "no_schedule"})
+REFUSALS = frozenset({"refused", "no_schedule", "no_queue"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,12 @@ JOBS_SKIPPED = Counter(
     "Messages acknowledged without running (duplicate, finished, cancelled or not yet due)",
     ["queue"],
 )
+JOBS_HELD = Counter(
+    "conveyor_worker_messages_held_back_total",
+    "Messages whose job waits (a paused queue, a concurrency or rate limit): acknowledged, the job"
+    " left for the relay to publish again when it may start",
+    ["queue"],
+)
 MESSAGES_REFUSED = Counter(
     "conveyor_worker_messages_refused_total",
     "Messages acknowledged and not run because they disagree with the ledger (reason)",

@@ -123,11 +123,14 @@ class LedgerMiddleware(Middleware):
     def claim_burst(self, messages: Sequence[MessageProxy]) -> list[bool]:
         """For the consumer: claim a burst in one statement; each claim rides on its message."""
         bells = [Doorbell(job_id_of(message), message.actor_name) for message in messages]
-        claims = self.writes.claim_burst(bells)
+        claims, held = self.writes.claim_burst(bells)
         claimed = []
         for bell, message, claim in zip(bells, messages, claims, strict=True):
             if claim is None:
-                self._not_claimed(bell.job_id, message)
+                if bell.job_id in held:
+                    metrics.JOBS_HELD.labels(message.queue_name).inc()
+                else:
+                    self._not_claimed(bell.job_id, message)
                 claimed.append(False)
                 continue
             ctx = self._context(claim)

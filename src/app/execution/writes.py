@@ -21,8 +21,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.execution.batcher import Batcher
 from app.jobs.context import JobContext
-from app.jobs.registry import retry_delay
-from app.ledger import cancels, workers
+from app.jobs.registry import limited_tasks, retry_delay
+from app.ledger import cancels, flow, workers
 from app.ledger import jobs as ledger
 from app.ledger.connections import own_connection
 from app.ledger.engines import autocommit_engine, sync_engine
@@ -59,6 +59,27 @@ def with_db_retry(fn: Callable[[], T], *, what: str, job_id: UUID | None = None)
             return result
 
 
+def claim_all(
+    conn: psycopg.Connection[Any], worker_id: str, lease: float, bells: Sequence[Doorbell]
+) -> tuple[list[Claim | None], set[UUID]]:
+    """Claim a burst: jobs of tasks without limits with the plain claim, as before there were
+    limits (one statement); then the jobs of tasks with limits, and whatever the plain claim
+    left out, with the claim that counts limits (the ledger's row decides, not this process's
+    registry). For each doorbell its claim or None, and the jobs held back: not claimed, but
+    waiting (a paused queue, a limit), their message spent, left for the relay to publish."""
+    limited = limited_tasks()
+    plain = [bell for bell in bells if bell.task not in limited]
+    claims: dict[int, Claim | None] = {}
+    if plain:
+        claims.update(zip(map(id, plain), ledger.claim(conn, worker_id, lease, plain), strict=True))
+    counted = [bell for bell in bells if claims.get(id(bell)) is None]
+    if not counted:
+        return [claims[id(bell)] for bell in bells], set()
+    second, held = flow.claim_limited(conn, worker_id, lease, counted)
+    claims.update(zip(map(id, counted), second, strict=True))
+    return [claims[id(bell)] for bell in bells], held
+
+
 class LedgerWrites:
     """One worker process's writes; `start` after the process forked, `close` at shutdown."""
 
@@ -75,7 +96,7 @@ class LedgerWrites:
         lease = settings.lease_seconds
 
         def claim(conn: psycopg.Connection[Any], ids: Any) -> list[Claim | None]:
-            return ledger.claim(conn, worker_id, lease, ids)
+            return claim_all(conn, worker_id, lease, ids)[0]
 
         retry = DB_RETRY_SECONDS
         self._claims = Batcher(
@@ -103,16 +124,17 @@ class LedgerWrites:
         """One message's claim, grouped with other threads' (brokers without the claiming consumer)."""
         return self._batchers()[0].submit(bell)
 
-    def claim_burst(self, bells: Sequence[Doorbell]) -> list[Claim | None]:
-        """Claim a consumer's burst on that thread's own connection: one statement, one commit.
-        Raises when the database is away (the consumer holds the messages and tries again)."""
+    def claim_burst(self, bells: Sequence[Doorbell]) -> tuple[list[Claim | None], set[UUID]]:
+        """Claim a consumer's burst on that thread's own connection: one statement, one commit
+        (and one more for a burst with jobs held back, see `claim_all`). Raises when the
+        database is away (the consumer holds the messages and tries again)."""
         conn: psycopg.Connection[Any] | None = getattr(self._own, "conn", None)
         try:
             if conn is None or conn.closed:
                 conn = own_connection(get_settings().libpq_url)
                 self._own.conn = conn
                 self._own_connections.append(conn)
-            claims = ledger.claim(conn, self.worker_id, get_settings().lease_seconds, bells)
+            claims = claim_all(conn, self.worker_id, get_settings().lease_seconds, bells)
         except psycopg.OperationalError as error:
             if conn is not None:
                 conn.close()

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from app.errors import AlreadyInFlight, IdempotencyConflict, LedgerUnavailable, UnstorableInput
 from app.jobs.context import peek_current
+from app.jobs.flow import Limits, flow_of
 from app.jobs.validation import NUL, check_payload_json
 from app.ledger import jobs as ledger
 from app.ledger import unique
@@ -58,6 +59,8 @@ class Enqueueable(Protocol):
     def one_per_client(self) -> bool: ...
     @property
     def unique_key(self) -> str | None: ...
+    @property
+    def limits(self) -> Limits: ...
     def max_attempts(self) -> int: ...
 
 
@@ -166,6 +169,7 @@ def new_job(
         ),
         parent_id=running.token.job_id if running is not None else None,
         unique_key=stored_unique_key(spec, model, client_id, unique_key),
+        flow=flow_of(spec.limits, model),
     )
 
 

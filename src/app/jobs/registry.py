@@ -20,6 +20,7 @@ from app.jobs import enqueue as enqueuing
 from app.jobs.backoff import backoff_seconds
 from app.jobs.context import JobContext
 from app.jobs.enqueue import Accepted
+from app.jobs.flow import NO_LIMITS, Limits, declare
 from app.jobs.schedules import Timing, declared
 from app.settings import get_settings
 
@@ -96,6 +97,8 @@ class TaskSpec(Generic[P]):
     # The payload field whose value is the job's unique key: while a job of the task with that
     # value is queued, retrying or running, enqueuing another returns that job as a duplicate.
     unique_key: str | None = None
+    # Concurrency and rate per key (app.jobs.flow), enforced where the ledger claims jobs.
+    limits: Limits = NO_LIMITS
 
     def max_attempts(self) -> int:
         return self.retry.resolved_max_attempts()
@@ -237,6 +240,10 @@ def task(
     schedule: Timing | str | None = None,
     one_per_client: bool = False,
     unique_key: str | None = None,
+    concurrency: int | None = None,
+    concurrency_key: str | None = None,
+    rate: str | None = None,
+    rate_key: str | None = None,
 ) -> Callable[[TaskFn[P]], TaskSpec[P]]:
     """Register a function as a task named `<module>.<function>`.
 
@@ -246,11 +253,16 @@ def task(
     have one job of the task queued, retrying or running at a time (a second is refused).
     `unique_key="field"` makes the value of that payload field a key that one job of the task
     at a time holds while queued, retrying or running: enqueuing another returns that job.
+
+    `concurrency=N` runs at most N jobs of the task at once, per value of the payload field
+    `concurrency_key` when given; `rate="10/second"` (or `/minute`, `/hour`) starts at most that
+    many per window, per value of `rate_key` when given. Jobs over a limit wait `queued`.
     """
     if unique_key is not None and unique_key not in payload.model_fields:
         raise ValueError(f"unique_key {unique_key!r} is not a field of {payload.__name__}")
     if unique_key is not None and one_per_client:
         raise ValueError("a task is either one_per_client or unique_key: both use the unique index")
+    limits = declare(payload, concurrency, concurrency_key, rate, rate_key)
     timing = None if schedule is None else declared(schedule)
     if timing is not None:
         payload.model_validate({})  # fails at import, not at the first tick
@@ -269,6 +281,7 @@ def task(
             schedule=timing,
             one_per_client=one_per_client,
             unique_key=unique_key,
+            limits=limits,
         )
         _registry[name] = spec
         return spec
@@ -291,6 +304,11 @@ def all_tasks() -> list[TaskSpec[Any]]:
 def scheduled_tasks() -> list[TaskSpec[Any]]:
     """The tasks that declare a schedule in code."""
     return [spec for spec in _registry.values() if spec.schedule is not None]
+
+
+def limited_tasks() -> frozenset[str]:
+    """The names of the tasks with a concurrency or rate limit: their claims count."""
+    return frozenset(name for name, spec in _registry.items() if spec.limits.any)
 
 
 def retry_delay(task_name: str, attempt: int) -> float:

@@ -1,9 +1,8 @@
 """Every state change of a job, as functions over the statements of `queries.sql`.
 
-Each function runs one statement in the caller's transaction (psycopg or SQLAlchemy
-connection, see `connections`). Worker writes carry a `Token`, the job's (run, attempt): a worker
-that lost its lease can no longer change the row, and the function says so by returning
-False.
+Each function runs one statement in the caller's transaction (psycopg or SQLAlchemy connection,
+see `connections`). Worker writes carry a `Token`, the job's (run, attempt): a worker that lost
+its lease can no longer change the row, and the function says so by returning False.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import psycopg
 
 from app.ledger import queries
 from app.ledger.connections import AsyncConnection, SyncConnection, run, run_async
+from app.ledger.limits import Flow
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,7 @@ class NewJob:
     scheduled_for: datetime | None = None
     # At most one in-flight job of its task holds it (ux_jobs_unique_in_flight).
     unique_key: str | None = None
+    flow: Flow | None = None  # its limits; None: none
     id: UUID = field(default_factory=uuid.uuid4)
 
 
@@ -145,6 +146,7 @@ def _insert_params(jobs: Sequence[NewJob], notify: bool) -> dict[str, object]:
             "schedule": j.schedule,
             "scheduled_for": j.scheduled_for,
             "unique_key": j.unique_key,
+            **({} if j.flow is None else j.flow.columns()),
         }
         for j in jobs
     ]
@@ -152,10 +154,8 @@ def _insert_params(jobs: Sequence[NewJob], notify: bool) -> dict[str, object]:
 
 
 def insert(conn: SyncConnection, jobs: Sequence[NewJob], *, notify: bool = False) -> set[UUID]:
-    """Insert jobs; the ids inserted (a job whose idempotency key is taken, whose schedule tick
-    has its job already, or whose unique key an in-flight job holds, is left out: see
-    `unique_holders`). With `notify`, a row inserted wakes the relay when the transaction
-    commits."""
+    """Insert jobs; the ids inserted (one whose idempotency key, schedule tick or unique key is
+    taken is left out: see `unique_holders`). With `notify`, a row wakes the relay at commit."""
     if not jobs:
         return set()
     outcome = run(conn, queries.INSERT_JOBS, _insert_params(jobs, notify), prepare=True)
@@ -206,8 +206,7 @@ async def release_key_async(
 def claim(
     conn: psycopg.Connection[Any], worker_id: str, lease_seconds: float, bells: Sequence[Doorbell]
 ) -> list[Claim | None]:
-    """Claim due jobs; for each doorbell, its claim or None (not claimable now, or the message
-    named another task than the ledger holds)."""
+    """Claim due jobs; for each doorbell, its claim or None (not claimable, or another task)."""
     params = {
         "ids": [bell.job_id for bell in bells],
         "tasks": [bell.task for bell in bells],
@@ -286,12 +285,8 @@ def unclaim(conn: SyncConnection, worker_id: str, tokens: Sequence[Token]) -> in
     """Undo claims whose attempt never started: the attempt is given back, the job due again."""
     if not tokens:
         return 0
-    params = {
-        "ids": [t.job_id for t in tokens],
-        "runs": [t.run for t in tokens],
-        "attempts": [t.attempt for t in tokens],
-        "worker_id": worker_id,
-    }
+    ids, runs, attempts = [t.job_id for t in tokens], [t.run for t in tokens], [t.attempt for t in tokens]
+    params = {"ids": ids, "runs": runs, "attempts": attempts, "worker_id": worker_id}
     return len(run(conn, queries.UNCLAIM, params).rows)
 
 

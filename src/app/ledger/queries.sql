@@ -16,14 +16,16 @@
 WITH inserted AS (
     INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at,
                       idempotency_key, request_hash, client_id, parent_id, schedule, scheduled_for,
-                      unique_key)
+                      unique_key, concurrency_key, concurrency_limit, rate_key, rate_limit, rate_period)
     SELECT t.id, t.task, t.queue, t.payload, 'queued', t.priority, t.max_attempts,
            now() + make_interval(secs => t.delay), t.idempotency_key, t.request_hash, t.client_id,
-           t.parent_id, t.schedule, t.scheduled_for, t.unique_key
+           t.parent_id, t.schedule, t.scheduled_for, t.unique_key, t.concurrency_key,
+           t.concurrency_limit, t.rate_key, t.rate_limit, t.rate_period
     FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb))
          AS t(id uuid, task text, queue text, payload jsonb, priority smallint, max_attempts integer,
               delay float8, idempotency_key text, request_hash text, client_id text, parent_id uuid,
-              schedule text, scheduled_for timestamptz, unique_key text)
+              schedule text, scheduled_for timestamptz, unique_key text, concurrency_key text,
+              concurrency_limit integer, rate_key text, rate_limit integer, rate_period float8)
     ON CONFLICT DO NOTHING
     RETURNING id
 ), woken AS (
@@ -72,7 +74,9 @@ RETURNING id
 -- Claims due jobs for a worker: queued|retrying → running, attempts+1, a lease; one attempt row each.
 -- Each (id, task) pair is a doorbell: a job is claimed only when its message names the task the
 -- ledger holds for it, and the claim returns what to run (task and payload) from the ledger.
--- A job that is finished, running elsewhere, not due or out of attempts is left out.
+-- A job that is finished, running elsewhere, not due or out of attempts is left out, and so is a
+-- job of a paused queue (the paused queues are read once per statement: an InitPlan) and a job
+-- with limits (claim_limited counts those; the worker asks it for what this one left out).
 WITH asked AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(tasks)s::text[]) AS a(id, task)
 ), claimed AS (
@@ -83,6 +87,8 @@ WITH asked AS (
     FROM asked a
     WHERE j.id = a.id AND j.task = a.task AND j.state IN ('queued', 'retrying')
       AND j.available_at <= now() AND j.attempts < j.max_attempts
+      AND j.concurrency_key IS NULL AND j.rate_key IS NULL
+      AND j.queue <> ALL (ARRAY(SELECT queue FROM paused_queues))
     RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text
 ), history AS (
     INSERT INTO job_attempts (job_id, run, attempt, worker_id)
@@ -90,12 +96,105 @@ WITH asked AS (
 )
 SELECT id, run, attempts, max_attempts, task, payload FROM claimed
 
+-- name: lock_flow_keys
+-- Claims of jobs of one (task, concurrency key) take turns until their transactions end, so the
+-- count of running jobs that claim_limited then makes is one no concurrent claim passes. A
+-- statement of its own (a statement's snapshot is taken before a lock it waits for is granted);
+-- the locks are taken in one order, so two bursts never wait for each other in a circle.
+SELECT count(pg_advisory_xact_lock(k)) FROM (
+    SELECT DISTINCT hashtextextended(task || chr(31) || concurrency_key, 22) AS k FROM jobs
+    WHERE id = ANY(%(ids)s::uuid[]) AND concurrency_key IS NOT NULL
+    ORDER BY k
+) AS keys
+
+-- name: claim_limited
+-- Claims due jobs of tasks with limits, as claim does, within their limits: per (task,
+-- concurrency key) no more running than its limit (after lock_flow_keys, in one transaction),
+-- per (task, rate key) no more starts in the current fixed window than its rate (the window's
+-- row counts them). The jobs asked for that wait but may not start (a limit, a paused queue,
+-- not due) are held back: marked unpublished (their message is spent) for the relay to publish
+-- again when they may start; one over its rate is due again when its window ends. Nothing fails
+-- for a limit. Answers the claimed jobs and then the held ones (run NULL). Wakes the relay when
+-- it held one back or started a rate-limited job (the relay sends a window's worth ahead).
+WITH asked AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(tasks)s::text[]) WITH ORDINALITY AS a(id, task, pos)
+), waiting AS (
+    SELECT DISTINCT ON (j.id) j.id, j.task, j.queue, j.concurrency_key, j.concurrency_limit,
+           j.rate_key, j.rate_limit, j.rate_period, a.pos, j.available_at <= now() AS due
+    FROM asked a JOIN jobs j ON j.id = a.id AND j.task = a.task
+    WHERE j.state IN ('queued', 'retrying') AND j.attempts < j.max_attempts
+    ORDER BY j.id, a.pos
+), startable AS (
+    SELECT w.*, row_number() OVER (PARTITION BY w.task, w.concurrency_key ORDER BY w.pos) AS turn
+    FROM waiting w
+    WHERE w.due AND w.queue <> ALL (ARRAY(SELECT queue FROM paused_queues))
+), within_concurrency AS (
+    SELECT s.*, row_number() OVER (PARTITION BY s.task, s.rate_key ORDER BY s.pos) AS rate_turn
+    FROM startable s
+    WHERE s.concurrency_key IS NULL OR s.turn <= s.concurrency_limit - (
+        SELECT count(*) FROM jobs r
+        WHERE r.task = s.task AND r.concurrency_key = s.concurrency_key AND r.state = 'running')
+), rate_wanted AS (
+    SELECT task, rate_key, max(rate_limit) AS allowed, max(rate_period) AS period, count(*) AS wanted,
+           to_timestamp(floor(extract(epoch FROM now()) / max(rate_period)) * max(rate_period)) AS window_start
+    FROM within_concurrency WHERE rate_key IS NOT NULL
+    GROUP BY task, rate_key
+), windows AS (
+    -- A claim whose transaction began before the row's window (an older now()) takes nothing.
+    INSERT INTO flow_rate_windows AS w (task, rate_key, window_start, allowed, used, granted)
+    SELECT task, rate_key, window_start, allowed, least(wanted, allowed), least(wanted, allowed)
+    FROM rate_wanted
+    ON CONFLICT (task, rate_key) DO UPDATE SET
+        granted = CASE WHEN w.window_start < EXCLUDED.window_start THEN EXCLUDED.granted
+                       WHEN w.window_start = EXCLUDED.window_start
+                       THEN greatest(0, least(EXCLUDED.granted, EXCLUDED.allowed - w.used))
+                       ELSE 0 END,
+        used = CASE WHEN w.window_start < EXCLUDED.window_start THEN EXCLUDED.used
+                    WHEN w.window_start = EXCLUDED.window_start
+                    THEN greatest(w.used, least(EXCLUDED.allowed, w.used + EXCLUDED.granted))
+                    ELSE w.used END,
+        window_start = greatest(w.window_start, EXCLUDED.window_start), allowed = EXCLUDED.allowed
+    RETURNING w.task, w.rate_key, w.granted
+), rate_verdicts AS (
+    SELECT r.task, r.rate_key, w.granted, r.window_start + make_interval(secs => r.period) AS frees_at
+    FROM rate_wanted r JOIN windows w ON w.task = r.task AND w.rate_key = r.rate_key
+), chosen AS (
+    SELECT c.id FROM within_concurrency c
+    LEFT JOIN rate_verdicts v ON v.task = c.task AND v.rate_key = c.rate_key
+    WHERE c.rate_key IS NULL OR c.rate_turn <= v.granted
+), claimed AS (
+    UPDATE jobs j SET state = 'running', attempts = j.attempts + 1,
+           started_at = CASE WHEN j.attempts = 0 THEN now() ELSE j.started_at END,
+           lease_expires_at = now() + make_interval(secs => %(lease)s),
+           worker_id = %(worker_id)s, updated_at = now()
+    FROM chosen c
+    WHERE j.id = c.id AND j.state IN ('queued', 'retrying')
+    RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text,
+              CASE WHEN j.rate_key IS NOT NULL THEN pg_notify('conveyor_jobs', 'slot')::text END AS rang
+), history AS (
+    INSERT INTO job_attempts (job_id, run, attempt, worker_id)
+    SELECT id, run, attempts, %(worker_id)s FROM claimed
+), held AS (
+    UPDATE jobs j SET published_at = NULL,
+           available_at = CASE WHEN v.frees_at > j.available_at THEN v.frees_at ELSE j.available_at END,
+           updated_at = now()
+    FROM waiting w
+    LEFT JOIN within_concurrency c ON c.id = w.id
+    LEFT JOIN rate_verdicts v ON v.task = c.task AND v.rate_key = c.rate_key
+    WHERE j.id = w.id AND w.id NOT IN (SELECT id FROM chosen) AND j.state IN ('queued', 'retrying')
+    RETURNING j.id, j.task, pg_notify('conveyor_jobs', 'slot')::text AS rang
+)
+SELECT id, run, attempts, max_attempts, task, payload, rang FROM claimed
+UNION ALL
+SELECT id, NULL, NULL, NULL, task, NULL, rang FROM held
+
 -- name: job_task
 -- The task and state the ledger holds for a job (a message that rang for it named another task).
 SELECT task, state FROM jobs WHERE id = %(id)s
 
 -- name: succeed
--- Fenced: running → succeeded with its result, for each (id, run, attempt) still owned.
+-- Fenced: running → succeeded with its result, for each (id, run, attempt) still owned; wakes
+-- the relay when one held a concurrency slot.
 WITH input AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(runs)s::integer[], %(attempts)s::integer[],
                          %(results)s::text[]) AS t(id, run, attempt, result)
@@ -104,13 +203,18 @@ WITH input AS (
            finished_at = now(), lease_expires_at = NULL, last_error = NULL, updated_at = now()
     FROM input i
     WHERE j.id = i.id AND j.run = i.run AND j.attempts = i.attempt AND j.state = 'running'
-    RETURNING j.id, j.run, j.attempts
+    RETURNING j.id, j.run, j.attempts, j.concurrency_key
 ), closed AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded', error = NULL,
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
+), woken AS (
+    -- A slot of a concurrency key freed: the relay publishes that key's next job ('slot': only its
+    -- take of jobs with limits has anything new to do).
+    SELECT pg_notify('conveyor_jobs', 'slot') AS rang
+    WHERE EXISTS (SELECT 1 FROM done WHERE concurrency_key IS NOT NULL)
 )
-SELECT id, run, attempts FROM done
+SELECT done.id, done.run, done.attempts, woken.rang FROM done LEFT JOIN woken ON true
 
 -- name: retry
 -- Fenced: running → retrying, due again after %(delay)s seconds; wakes the relay. A job whose
@@ -132,18 +236,19 @@ SELECT done.state, pg_notify('conveyor_jobs', '') FROM done
 
 -- name: bury
 -- Fenced: running → dead (a permanent error, or the last attempt failed); the relay puts its
--- copy in <queue>.XQ.
+-- copy in <queue>.XQ (woken when the job held a concurrency slot, which is free now).
 WITH done AS (
     UPDATE jobs SET state = 'dead', last_error = %(error)s, lease_expires_at = NULL,
            finished_at = now(), published_at = NULL, updated_at = now()
     WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
-    RETURNING id, run, attempts
+    RETURNING id, run, attempts, concurrency_key
 ), closed AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'dead', error = %(error)s,
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
 )
-SELECT done.id FROM done
+SELECT done.id, CASE WHEN done.concurrency_key IS NOT NULL THEN pg_notify('conveyor_jobs', 'slot')::text END
+FROM done
 
 -- name: report_progress
 -- Fenced: records progress (0-100) and renews the lease; says whether the job's cancellation
@@ -206,9 +311,12 @@ SELECT id, pg_notify('conveyor_jobs', '') FROM undone
 -- them published, in one statement, oldest due first. The mark is in the relay's transaction,
 -- which commits only once the broker took the messages: a failed publish rolls it back. (now()
 -- is the transaction's start, so the mark reads the same as one written after the publish.)
+-- Jobs of tasks with limits are take_limited's; jobs of a paused queue wait for its resume.
 WITH due AS (
     SELECT id FROM jobs
     WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
+      AND concurrency_key IS NULL AND rate_key IS NULL
+      AND queue <> ALL (ARRAY(SELECT queue FROM paused_queues))
     ORDER BY available_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -217,6 +325,97 @@ WITH due AS (
     RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at
 )
 SELECT id, task, queue, priority, run FROM marked ORDER BY available_at
+
+-- name: take_limited
+-- Takes due jobs of tasks with limits for one relay, as take_publishable does, but only as many
+-- per key as may start: per (task, concurrency key) its limit less the jobs holding a slot
+-- (running, or published and not claimed yet); per (task, rate key) its rate less what is
+-- published and not claimed yet. Each key's first jobs come first (a rank per key, by priority
+-- then due time), so one key's backlog never stands before another key's job. The keys are
+-- walked one index probe each (a loose index scan) and each key reads only the jobs it may
+-- publish, so a take costs what the keys cost, not what their backlogs hold. The claim checks
+-- again, exactly: two relays racing here publish a little ahead, never run more.
+WITH RECURSIVE concurrency_keys AS (
+    -- Each key with its limit, as its first waiting job holds it.
+    (SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
+     WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
+     ORDER BY task, concurrency_key LIMIT 1)
+    UNION ALL
+    SELECT later.task, later.key, later.allowed FROM concurrency_keys k CROSS JOIN LATERAL (
+        SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
+        WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
+          AND (task, concurrency_key) > (k.task, k.key)
+        ORDER BY task, concurrency_key LIMIT 1) AS later
+), rate_keys AS (
+    (SELECT task, rate_key AS key, rate_limit AS allowed FROM jobs
+     WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL
+       AND rate_key IS NOT NULL
+     ORDER BY task, rate_key LIMIT 1)
+    UNION ALL
+    SELECT later.task, later.key, later.allowed FROM rate_keys k CROSS JOIN LATERAL (
+        SELECT task, rate_key AS key, rate_limit AS allowed FROM jobs
+        WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL
+          AND rate_key IS NOT NULL AND (task, rate_key) > (k.task, k.key)
+        ORDER BY task, rate_key LIMIT 1) AS later
+), paused AS (
+    SELECT ARRAY(SELECT queue FROM paused_queues) AS queues
+), by_concurrency AS (
+    SELECT free.id, free.turn, free.priority, free.available_at, free.task, free.rate_key,
+           free.rate_limit
+    FROM concurrency_keys k
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM jobs b
+        WHERE b.task = k.task AND b.concurrency_key = k.key
+          AND (b.state = 'running' OR (b.published_at IS NOT NULL AND b.state IN ('queued', 'retrying')))
+    ) AS busy
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit,
+               row_number() OVER (ORDER BY j.priority DESC, j.available_at) AS turn
+        FROM jobs j, paused p
+        WHERE j.task = k.task AND j.concurrency_key = k.key AND j.published_at IS NULL
+          AND j.state IN ('queued', 'retrying') AND j.available_at <= now()
+          AND j.queue <> ALL (p.queues)
+        ORDER BY j.priority DESC, j.available_at
+        LIMIT greatest(0, k.allowed - busy.n)
+    ) AS free
+), by_rate AS (
+    SELECT free.id, free.turn, free.priority, free.available_at, free.task, free.rate_key,
+           free.rate_limit
+    FROM rate_keys k
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit,
+               row_number() OVER (ORDER BY j.priority DESC, j.available_at) AS turn
+        FROM jobs j, paused p
+        WHERE j.task = k.task AND j.concurrency_key IS NULL AND j.rate_key = k.key
+          AND j.published_at IS NULL AND j.state IN ('queued', 'retrying') AND j.available_at <= now()
+          AND j.queue <> ALL (p.queues)
+        ORDER BY j.priority DESC, j.available_at
+        LIMIT k.allowed
+    ) AS free
+), candidates AS (
+    SELECT c.*, row_number() OVER (PARTITION BY c.task, c.rate_key ORDER BY c.turn, c.priority DESC,
+                                                                     c.available_at) AS rate_turn
+    FROM (SELECT * FROM by_concurrency UNION ALL SELECT * FROM by_rate) AS c
+), chosen AS (
+    -- A rate key sends at most its rate less what it has published and not claimed yet.
+    SELECT c.id FROM candidates c
+    WHERE c.rate_key IS NULL OR c.rate_turn <= c.rate_limit - (
+        SELECT count(*) FROM jobs o
+        WHERE o.task = c.task AND o.rate_key = c.rate_key AND o.published_at IS NOT NULL
+          AND o.state IN ('queued', 'retrying'))
+    ORDER BY c.turn, c.priority DESC, c.available_at
+    LIMIT %(limit)s
+), locked AS (
+    -- FOR UPDATE cannot sit beside window functions: the rows chosen are locked here.
+    SELECT id FROM jobs
+    WHERE id = ANY(ARRAY(SELECT id FROM chosen))
+      AND published_at IS NULL AND state IN ('queued', 'retrying')
+    FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE jobs j SET published_at = now() FROM locked WHERE j.id = locked.id
+    RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at
+)
+SELECT id, task, queue, priority, run FROM marked ORDER BY priority DESC, available_at
 
 -- name: take_dead_letters
 -- Takes dead jobs whose copy is still to go to <queue>.XQ for one relay, oldest death first, and
@@ -234,9 +433,18 @@ WITH dead AS (
 SELECT id, task, queue, run FROM marked ORDER BY finished_at
 
 -- name: seconds_until_next_due
--- How long until the next unpublished job is due (negative: one is due now; NULL: none).
-SELECT extract(epoch FROM min(available_at) - now()) FROM jobs
-WHERE published_at IS NULL AND state IN ('queued', 'retrying')
+-- How long until the next unpublished job is due (negative: one is due now; NULL: none). A job of
+-- a paused queue is not counted (its resume wakes the relay), nor one with limits that is due
+-- already (it waits for a slot, and whatever frees one wakes the relay).
+WITH paused AS (SELECT ARRAY(SELECT queue FROM paused_queues) AS queues)
+SELECT extract(epoch FROM least(
+    (SELECT min(available_at) FROM jobs, paused
+     WHERE published_at IS NULL AND state IN ('queued', 'retrying')
+       AND concurrency_key IS NULL AND rate_key IS NULL AND queue <> ALL (paused.queues)),
+    (SELECT min(available_at) FROM jobs, paused
+     WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at > now()
+       AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL) AND queue <> ALL (paused.queues))
+) - now())
 
 -- name: reap_expired_leases
 -- Jobs whose worker stopped renewing the lease: back to retrying, or dead once attempts are used
@@ -301,13 +509,15 @@ WITH done AS (
     UPDATE jobs SET state = 'cancelled', last_error = %(error)s, lease_expires_at = NULL,
            finished_at = now(), updated_at = now()
     WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
-    RETURNING id, run, attempts
+    RETURNING id, run, attempts, concurrency_key
 ), closed AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'cancelled', error = %(error)s,
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
 )
-SELECT done.id FROM done
+-- A slot of a concurrency key freed: the relay publishes that key's next job at once.
+SELECT done.id, CASE WHEN done.concurrency_key IS NOT NULL THEN pg_notify('conveyor_jobs', 'slot')::text END
+FROM done
 
 -- name: replay_dead
 -- dead → queued as a new run (attempts from 0, history kept), oldest first; wakes the relay.
@@ -581,6 +791,19 @@ RETURNING name
 -- A deleted schedule stops; the jobs it made stay, with its name.
 DELETE FROM schedules WHERE name = %(name)s
 RETURNING name
+
+-- name: pause_queue
+-- A paused queue starts nothing new: the relay holds its jobs back and the claim skips them.
+-- Pausing a paused queue changes nothing.
+INSERT INTO paused_queues (queue) VALUES (%(queue)s) ON CONFLICT (queue) DO NOTHING
+
+-- name: resume_queue
+-- A resumed queue starts its jobs again: the relay is woken to publish those it held back,
+-- among them the jobs whose message a worker spent while the queue was paused (hold_back).
+WITH resumed AS (
+    DELETE FROM paused_queues WHERE queue = %(queue)s RETURNING queue
+)
+SELECT pg_notify('conveyor_jobs', '') FROM resumed
 
 -- name: insert_audit_entry
 -- Who did what: one operator action (or sign-in, sign-out), written in the action's own

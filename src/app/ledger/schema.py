@@ -37,6 +37,9 @@ class JobState(StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 NOTIFY_CHANNEL = "conveyor_jobs"
+# The payload of a NOTIFY that only frees a slot of a limit (a success, a claim of a job with
+# limits): the relay's take of jobs with limits has something to do, its other takes nothing.
+SLOT_FREED = "slot"
 
 jobs = Table(
     "jobs",
@@ -78,13 +81,83 @@ jobs = Table(
     Column("unique_key", Text),
     # When an operator asked the running job to stop; its worker ends it `cancelled`.
     Column("cancel_requested_at", DateTime(timezone=True)),
+    # Flow control (declared on the task, copied here when the job is made): at most
+    # `concurrency_limit` running per (task, concurrency_key), at most `rate_limit` starts per
+    # `rate_period` seconds per (task, rate_key). '' is the key of a limit for the whole task.
+    Column("concurrency_key", Text),
+    Column("concurrency_limit", Integer),
+    Column("rate_key", Text),
+    Column("rate_limit", Integer),
+    Column("rate_period", Float),
+    CheckConstraint(
+        "(concurrency_key IS NULL) = (concurrency_limit IS NULL) AND concurrency_limit >= 1",
+        name="ck_jobs_concurrency",
+    ),
+    CheckConstraint(
+        "(rate_key IS NULL) = (rate_limit IS NULL) AND (rate_key IS NULL) = (rate_period IS NULL)"
+        " AND rate_limit >= 1 AND rate_period > 0",
+        name="ck_jobs_rate",
+    ),
     Index("ix_jobs_created", "created_at", "id"),
     Index("ix_jobs_state_created", "state", "created_at", "id"),
     Index("ix_jobs_task_created", "task", "created_at", "id"),
     Index(
         "ix_jobs_outbox",
         "available_at",
-        postgresql_where=text("published_at IS NULL AND state IN ('queued', 'retrying')"),
+        postgresql_where=text(
+            "published_at IS NULL AND state IN ('queued', 'retrying')"
+            " AND concurrency_key IS NULL AND rate_key IS NULL"
+        ),
+    ),
+    # The relay's take of limited jobs (ranked per key), and when the next one is due.
+    Index(
+        "ix_jobs_outbox_limited",
+        "available_at",
+        postgresql_where=text(
+            "published_at IS NULL AND state IN ('queued', 'retrying')"
+            " AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL)"
+        ),
+    ),
+    # The relay's walk over the keys, and each key's jobs in the order they are published.
+    Index(
+        "ix_jobs_waiting_concurrency",
+        "task",
+        "concurrency_key",
+        text("priority DESC"),
+        "available_at",
+        postgresql_where=text(
+            "published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL"
+        ),
+    ),
+    Index(
+        "ix_jobs_waiting_rate",
+        "task",
+        "rate_key",
+        text("priority DESC"),
+        "available_at",
+        postgresql_where=text(
+            "published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL"
+            " AND rate_key IS NOT NULL"
+        ),
+    ),
+    # The jobs holding a slot of their key: running, or published and not claimed yet.
+    Index(
+        "ix_jobs_flow_busy",
+        "task",
+        "concurrency_key",
+        postgresql_where=text(
+            "concurrency_key IS NOT NULL AND (state = 'running'"
+            " OR (published_at IS NOT NULL AND state IN ('queued', 'retrying')))"
+        ),
+    ),
+    # Rate-limited jobs published and not claimed yet: the relay sends at most a window's worth.
+    Index(
+        "ix_jobs_rate_outstanding",
+        "task",
+        "rate_key",
+        postgresql_where=text(
+            "rate_key IS NOT NULL AND published_at IS NOT NULL AND state IN ('queued', 'retrying')"
+        ),
     ),
     Index("ix_jobs_leases", "lease_expires_at", postgresql_where=text("state = 'running'")),
     Index("ix_jobs_finished", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
@@ -158,6 +231,27 @@ schedules = Table(
     CheckConstraint("every_seconds IS NULL OR every_seconds >= 1", name="ck_schedules_every"),
     CheckConstraint("source IN ('api', 'code')", name="ck_schedules_source"),
     Index("ix_schedules_due", "next_run_at", postgresql_where=text("NOT paused")),
+)
+
+# The fixed window of starts each (task, rate key) is in: `used` of `allowed` starts taken since
+# `window_start`; `granted`, what the last claim took (read back by that claim).
+flow_rate_windows = Table(
+    "flow_rate_windows",
+    metadata,
+    Column("task", Text, primary_key=True),
+    Column("rate_key", Text, primary_key=True),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("allowed", Integer, nullable=False),
+    Column("used", Integer, nullable=False),
+    Column("granted", Integer, nullable=False),
+)
+
+# A queue named here starts nothing new until it is resumed (accepting into it goes on).
+paused_queues = Table(
+    "paused_queues",
+    metadata,
+    Column("queue", Text, primary_key=True),
+    Column("paused_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
 )
 
 job_attempts = Table(

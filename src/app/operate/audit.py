@@ -56,6 +56,8 @@ class Action(StrEnum):
     SCHEDULE_DELETE = "schedule.delete"
     SCHEDULE_PAUSE = "schedule.pause"
     SCHEDULE_RESUME = "schedule.resume"
+    QUEUE_PAUSE = "queue.pause"
+    QUEUE_RESUME = "queue.resume"
     KEY_CREATE = "key.create"
     KEY_REVOKE = "key.revoke"
     SESSION_SIGN_IN = "session.sign_in"

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from app.logs import first_line, get_logger
 from app.operate import amqp, health
+from app.operate import queues as queue_views
 from app.operate.stats import (
     LIVE_RELAYS,
     LIVE_WORKERS,
@@ -48,6 +49,8 @@ class LedgerSnapshot:
     live_workers: int
     outbox_oldest_seconds: float
     live_relays: int
+    paused_queues: frozenset[str] = frozenset()
+    waiting_on_limit: dict[str, int] | None = None  # by task
 
 
 def read_ledger(database_url: str) -> LedgerSnapshot:
@@ -58,8 +61,17 @@ def read_ledger(database_url: str) -> LedgerSnapshot:
         live = int(conn.execute(LIVE_WORKERS, live_params()).scalar_one())
         outbox_oldest = conn.execute(OUTBOX_OLDEST).scalar()
         relays = int(conn.execute(LIVE_RELAYS, live_params()).scalar_one())
+        paused = frozenset(conn.execute(queue_views.PAUSED).scalars())
+        waiting = {row[0]: int(row[1]) for row in conn.execute(queue_views.WAITING_ON_LIMIT)}
     return LedgerSnapshot(
-        states, backlog, max(0.0, float(oldest or 0.0)), live, max(0.0, float(outbox_oldest or 0.0)), relays
+        states,
+        backlog,
+        max(0.0, float(oldest or 0.0)),
+        live,
+        max(0.0, float(outbox_oldest or 0.0)),
+        relays,
+        paused,
+        waiting,
     )
 
 
@@ -148,6 +160,27 @@ def _ledger_metrics(snapshot: LedgerSnapshot) -> Iterator[Metric]:
         "Relays whose heartbeat is younger than the liveness window",
         value=float(snapshot.live_relays),
     )
+    yield from _flow_metrics(snapshot)
+
+
+def _flow_metrics(snapshot: LedgerSnapshot) -> Iterator[Metric]:
+    paused = GaugeMetricFamily(
+        "conveyor_queue_paused",
+        "1 when the queue is paused (it starts nothing new), else 0",
+        labels=["queue"],
+    )
+    for queue in queue_views.names():
+        paused.add_metric([queue], 1.0 if queue in snapshot.paused_queues else 0.0)
+    yield paused
+    waiting = GaugeMetricFamily(
+        "conveyor_jobs_waiting_on_limit",
+        "Jobs of tasks with a concurrency or rate limit waiting to be published (over their limit,"
+        " or next in line)",
+        labels=["task"],
+    )
+    for task, count in sorted((snapshot.waiting_on_limit or {}).items()):
+        waiting.add_metric([task], float(count))
+    yield waiting
 
 
 def _broker_metrics(depths: dict[str, int | None], queues: Sequence[str]) -> Iterator[Metric]:

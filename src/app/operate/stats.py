@@ -42,10 +42,14 @@ CAPPED_COUNTS_BY_STATE = text(
     """
 )
 
+# What the relay owes: due jobs without limits outside paused queues (jobs waiting on a limit or
+# a paused queue are held back on purpose: see conveyor_jobs_waiting_on_limit).
 OUTBOX_BACKLOG = text(
     """
     SELECT count(*) FROM jobs
     WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
+      AND concurrency_key IS NULL AND rate_key IS NULL
+      AND queue <> ALL (ARRAY(SELECT queue FROM paused_queues))
     """
 )
 
@@ -96,6 +100,8 @@ OUTBOX_OLDEST = text(
     """
     SELECT extract(epoch FROM now() - min(available_at)) FROM jobs
     WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
+      AND concurrency_key IS NULL AND rate_key IS NULL
+      AND queue <> ALL (ARRAY(SELECT queue FROM paused_queues))
     """
 )
 

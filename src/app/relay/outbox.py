@@ -2,11 +2,13 @@
 
 It is woken by NOTIFY right after a job commits and also sweeps on a timer, so a broker
 outage delays jobs but never loses them. Rows are taken FOR UPDATE SKIP LOCKED, so any
-number of relays may run. The sweep also hands back jobs whose lease expired (their worker
-crashed or stalled), puts the copies of dead jobs in `<queue>.XQ`, and removes the copies
-of dead runs an operator replayed or discarded. Two threads of the relay work beside it: one
-fires the schedules whose tick has come (`relay.schedules`), one prunes what retention lets
-go (`relay.pruning`). A heartbeat row says the relay is alive.
+number of relays may run. Jobs of tasks with limits are published per key, only as many as
+may start (`flow.take_limited`); a paused queue's jobs wait. The sweep also hands back jobs
+whose lease expired (their worker crashed or stalled), puts the copies of dead jobs in
+`<queue>.XQ`, and removes the copies of dead runs an operator replayed or discarded. Two
+threads of the relay work beside it: one fires the schedules whose tick has come
+(`relay.schedules`), one prunes what retention lets go (`relay.pruning`). A heartbeat row
+says the relay is alive.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import psycopg
 from sqlalchemy.exc import OperationalError
 
 from app.errors import PublishFailed
+from app.ledger import flow, relays
 from app.ledger import jobs as ledger
-from app.ledger import relays
 from app.ledger.connections import own_connection
 from app.ledger.engines import sync_engine
-from app.ledger.schema import NOTIFY_CHANNEL
+from app.ledger.schema import NOTIFY_CHANNEL, SLOT_FREED
 from app.logs import Outage, get_logger
 from app.relay import deadletters, metrics
 from app.relay.messages import doorbell
@@ -41,6 +43,9 @@ log = get_logger("conveyor.relay")
 REARM_EVERY_SECONDS = 30.0
 # Operators replay in bursts; one pass over the dead-letter queues this often serves them.
 CLEAN_EVERY_SECONDS = 5.0
+# A take of jobs with limits walks every waiting key, and slots free one success at a time:
+# taking at most this often refills many keys per walk, for at most this much added wait.
+LIMITED_TAKE_SPACING_SECONDS = 0.025
 
 
 class Relay:
@@ -60,10 +65,23 @@ class Relay:
         self.ticker = Ticker(self.settings, outage=self._database)
         self.pruner = Pruner(self.settings, outage=self._database)
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._limited_after = 0.0  # the next take of jobs with limits, not before (monotonic)
+        self._limited_owed = False  # a take of jobs with limits was put off
+        self._plain_due = True  # something besides a freed slot rang, or the timer ran out
 
-    def publish_due(self) -> int:
-        """Publish one batch of due jobs; the rows stay locked until the broker took them."""
-        return self._publish(ledger.take_publishable, dead=False)
+    def publish_due(self, *, plain: bool = True) -> int:
+        """Publish one batch of due jobs (unless `plain` is False), and one of due jobs with
+        limits that may start now; the rows stay locked until the broker took them. The larger
+        of the two batches' sizes: a full one means more may be due."""
+        published = self._publish(ledger.take_publishable, dead=False) if plain else 0
+        now = time.monotonic()
+        self._limited_owed = now < self._limited_after
+        if self._limited_owed:
+            return published
+        limited = self._publish(flow.take_limited, dead=False)
+        full = limited == self.settings.relay_batch_size
+        self._limited_after = now + (0.0 if full else LIMITED_TAKE_SPACING_SECONDS)
+        return max(published, limited)
 
     def dead_letter_due(self) -> int:
         """Put one batch of dead jobs' copies in their `<queue>.XQ`."""
@@ -122,6 +140,9 @@ class Relay:
 
     def next_wait(self) -> float:
         due = ledger.seconds_until_next_due(self._ledger())
+        if self._limited_owed:
+            owed = max(0.0, self._limited_after - time.monotonic())
+            due = owed if due is None else min(due, owed)
         sweep = self.settings.relay_sweep_seconds
         return sweep if due is None else max(0.0, min(sweep, due))
 
@@ -145,14 +166,31 @@ class Relay:
     def work(self, listener: psycopg.Connection[tuple[object, ...]]) -> None:
         """One round: publish all that is due, sweep when its time has come, wait to be woken."""
         self.beat()
-        while self.publish_due() == self.settings.relay_batch_size:
-            pass
+        plain = self._plain_due
+        while self.publish_due(plain=plain) == self.settings.relay_batch_size:
+            plain = True
         if self._due("sweep", self.settings.relay_sweep_seconds):
             self.sweep()
         wait = self.next_wait()
-        if wait > 0:
-            for _ in listener.notifies(timeout=wait, stop_after=1):
-                pass
+        self._plain_due = wait <= 0 or self._wait(listener, wait)
+
+    def _wait(self, listener: psycopg.Connection[tuple[object, ...]], wait: float) -> bool:
+        """Wait up to `wait` seconds to be woken; whether anything besides a freed slot rang (or
+        the time ran out). A freed slot ends the wait only once the spacing of takes of jobs with
+        limits allows one: jobs finishing one by one then wake the relay a few times a
+        second, not once each."""
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            rang = {notify.payload for notify in listener.notifies(timeout=left, stop_after=1)}
+            if not rang:
+                break
+            if rang != {SLOT_FREED}:
+                return True
+            self._limited_owed = True
+            if time.monotonic() >= self._limited_after:
+                return False
+            deadline = min(deadline, self._limited_after)
+        return True
 
     def run(self, stop: threading.Event) -> None:
         """Publish until `stop` is set, surviving database and broker outages."""

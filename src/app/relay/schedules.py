@@ -20,15 +20,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from app.errors import InvalidSchedule
 from app.jobs import schedules
-from app.jobs.registry import TaskSpec, scheduled_tasks
+from app.jobs.flow import flow_of
+from app.jobs.registry import TaskSpec, get_task, scheduled_tasks
 from app.ledger import jobs as ledger
 from app.ledger import schedules as ledger_schedules
 from app.ledger.engines import sync_engine
 from app.ledger.jobs import NewJob
+from app.ledger.limits import Flow
 from app.ledger.schedules import Advance, DueSchedule, NewSchedule
 from app.logs import Outage, get_logger
 from app.relay import metrics
@@ -180,7 +183,20 @@ def tick_job(schedule: DueSchedule, tick: datetime) -> NewJob:
         max_attempts=schedule.max_attempts,
         schedule=schedule.name,
         scheduled_for=tick,
+        flow=tick_flow(schedule),
     )
+
+
+def tick_flow(schedule: DueSchedule) -> Flow | None:
+    """The limits of the schedule's task, keyed by the payload the schedule holds (validated when
+    the schedule was made; one this version cannot read has no limits rather than no job)."""
+    spec = get_task(schedule.task)
+    if spec is None or not spec.limits.any:
+        return None
+    try:
+        return flow_of(spec.limits, spec.payload_model.model_validate_json(schedule.payload_json))
+    except ValidationError:
+        return None
 
 
 def declaration(spec: TaskSpec[Any], now: datetime) -> NewSchedule:

@@ -178,6 +178,31 @@ def spin(payload: SpinPayload, job: JobContext) -> dict[str, Any]:
     return {"spun": payload.seconds}
 
 
+class TenantReportPayload(Payload):
+    tenant: str = Field(min_length=1, max_length=200, examples=["acme"])
+    seconds: float = Field(ge=0, le=3600, examples=[1.0])
+
+
+@task(TenantReportPayload, concurrency=2, concurrency_key="tenant")
+def tenant_report(payload: TenantReportPayload, job: JobContext) -> dict[str, Any]:
+    """Sleep as a report would run: at most two at once per tenant, whatever the workers."""
+    deadline = time.monotonic() + payload.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        job.raise_if_cancelled()
+        time.sleep(min(left, 0.25))
+    return {"tenant": payload.tenant, "slept": payload.seconds}
+
+
+class PartnerPayload(Payload):
+    partner: str = Field(min_length=1, max_length=200, examples=["bank"])
+
+
+@task(PartnerPayload, rate="5/second", rate_key="partner")
+def call_partner(payload: PartnerPayload, job: JobContext) -> dict[str, Any]:
+    """Call a partner's API: at most five calls a second per partner, across every worker."""
+    return {"partner": payload.partner}
+
+
 class SyncAccountPayload(Payload):
     account: str = Field(min_length=1, max_length=200, examples=["acme"])
     seconds: float = Field(default=1.0, ge=0, le=3600, examples=[1.5])

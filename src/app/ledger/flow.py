@@ -1,0 +1,60 @@
+"""Flow control in the ledger: limited claims, jobs held back, the relay's take per key, paused queues.
+
+A task's limits are copied onto each of its jobs when the job is made (`Flow`), so the claim
+and the relay read columns, never the payload. See docs/flow.md for how the pieces fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from app.ledger import queries
+from app.ledger.connections import AsyncConnection, SyncConnection, run, run_async
+from app.ledger.jobs import Claim, Doorbell, Publishable, Token
+
+
+def claim_limited(
+    conn: psycopg.Connection[Any], worker_id: str, lease_seconds: float, bells: Sequence[Doorbell]
+) -> tuple[list[Claim | None], set[UUID]]:
+    """Claim jobs within their limits, in one transaction of `conn` (autocommit): the
+    concurrency keys are locked first, then the claim counts what runs. For each doorbell its
+    claim or None, and the jobs held back (they wait, for a limit or a paused queue: marked
+    unpublished, due when their rate window ends) in the same transaction. Jobs without limits
+    may be asked too: they are held back only when their queue is paused (or not due)."""
+    ids = [bell.job_id for bell in bells]
+    params = {"ids": ids, "tasks": [b.task for b in bells], "worker_id": worker_id, "lease": lease_seconds}
+    with conn.transaction():
+        conn.execute(queries.LOCK_FLOW_KEYS, {"ids": ids}, prepare=True)
+        rows = run(conn, queries.CLAIM_LIMITED, params, prepare=True).rows
+    held = {r[0] for r in rows if r[1] is None}
+    claims = {
+        (r[0], r[4]): Claim(Token(r[0], r[1], r[2]), r[4], r[3], r[5]) for r in rows if r[1] is not None
+    }
+    return [claims.pop((bell.job_id, bell.task), None) for bell in bells], held
+
+
+def take_limited(conn: SyncConnection, limit: int) -> list[Publishable]:
+    """Due jobs of tasks with limits that may start, each key's first first, marked published in
+    the caller's transaction."""
+    rows = run(conn, queries.TAKE_LIMITED, {"limit": limit}, prepare=True).rows
+    return [Publishable(id=r[0], task=r[1], queue=r[2], priority=r[3], run=r[4]) for r in rows]
+
+
+async def pause_queue(conn: AsyncConnection, queue: str) -> None:
+    await run_async(conn, queries.PAUSE_QUEUE, {"queue": queue})
+
+
+async def resume_queue(conn: AsyncConnection, queue: str) -> None:
+    await run_async(conn, queries.RESUME_QUEUE, {"queue": queue})
+
+
+def pause_queue_sync(conn: SyncConnection, queue: str) -> None:
+    run(conn, queries.PAUSE_QUEUE, {"queue": queue})
+
+
+def resume_queue_sync(conn: SyncConnection, queue: str) -> None:
+    run(conn, queries.RESUME_QUEUE, {"queue": queue})

@@ -1,0 +1,213 @@
+"""Flow control in the ledger: claims within concurrency and rate limits, jobs held back for the
+relay, the relay's take per key, and paused queues."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from app.ledger import flow
+from app.ledger import jobs as ledger
+from app.ledger.jobs import Doorbell
+from tests.ledger.rows import WORKER, given, row, running, second_connection
+
+REPORT = "app.tasks.example.tenant_report"
+PARTNER = "app.tasks.example.call_partner"
+ECHO = "app.tasks.example.echo"
+
+
+def limited(conn: psycopg.Connection[Any], state: str, key: str, limit: int = 2, **fields: Any) -> UUID:
+    """A job of a task with `concurrency=limit` per key, in `state`."""
+    job_id = given(conn, state, task=REPORT, **fields)
+    conn.execute(
+        "UPDATE jobs SET concurrency_key = %s, concurrency_limit = %s WHERE id = %s", (key, limit, job_id)
+    )
+    return job_id
+
+
+def rated(conn: psycopg.Connection[Any], key: str, per_hour: int, **fields: Any) -> UUID:
+    """A queued job of a task with `rate=f"{per_hour}/hour"` per key."""
+    job_id = given(conn, "queued", task=PARTNER, **fields)
+    conn.execute(
+        "UPDATE jobs SET rate_key = %s, rate_limit = %s, rate_period = 3600 WHERE id = %s",
+        (key, per_hour, job_id),
+    )
+    return job_id
+
+
+def bells(task: str, *ids: UUID) -> list[Doorbell]:
+    return [Doorbell(job_id, task) for job_id in ids]
+
+
+def test_a_limited_claim_starts_no_more_than_the_limit_per_key_and_holds_the_rest_back(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    limited(conn, "running", "a", attempts=1)
+    first, second, third = (limited(conn, "queued", "a", published=True) for _ in range(3))
+    other = limited(conn, "queued", "b", published=True)
+    claims = flow.claim_limited(conn, WORKER, 30.0, bells(REPORT, first, second, third, other))[0]
+    assert [claim is not None for claim in claims] == [True, False, False, True]
+    for waiting in (second, third):
+        after = row(look, waiting)
+        assert (after["state"], after["attempts"], after["published_at"], after["delayed"]) == (
+            "queued",
+            0,
+            None,
+            False,
+        ), "held back for the relay, never failed, due as before"
+    assert row(look, other)["state"] == "running", "another key's job starts beside the backlog"
+
+
+def test_two_limited_claims_of_one_key_take_turns_so_the_second_counts_the_first(
+    conn: psycopg.Connection[Any],
+) -> None:
+    jobs = [limited(conn, "queued", "a", published=True) for _ in range(3)]
+    seen: list[Any] = []
+    with second_connection(conn) as other:
+        with conn.transaction():
+            mine, _ = flow.claim_limited(conn, WORKER, 30.0, bells(REPORT, *jobs[:2]))
+            racing = threading.Thread(
+                target=lambda: seen.extend(flow.claim_limited(other, "w2", 30.0, bells(REPORT, jobs[2]))[0])
+            )
+            racing.start()
+            time.sleep(0.3)
+            assert racing.is_alive(), "the second claim waits for the first one's transaction"
+        racing.join(10)
+    assert all(claim is not None for claim in mine)
+    assert seen == [None], "the limit of 2 was full once the first claim committed"
+
+
+def test_a_rate_starts_at_most_its_limit_per_window_and_the_rest_wait_for_the_next(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    jobs = [rated(conn, "p", 2, published=True) for _ in range(3)]
+    other = rated(conn, "q", 2, published=True)
+    claims, _ = flow.claim_limited(conn, WORKER, 30.0, bells(PARTNER, *jobs, other))
+    assert [claim is not None for claim in claims] == [True, True, False, True]
+    after = row(look, jobs[2])
+    assert (after["state"], after["published_at"], after["delayed"]) == ("queued", None, True)
+    late = rated(conn, "p", 2, published=True)
+    assert flow.claim_limited(conn, WORKER, 30.0, bells(PARTNER, late)) == ([None], {late}), (
+        "the window is full"
+    )
+    assert row(look, late)["delayed"]
+
+
+def test_a_job_refused_only_for_its_paused_queue_is_held_back_and_a_started_one_is_left_alone(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    waiting = given(conn, "queued", published=True)
+    started = running(conn, published=True)
+    flow.pause_queue_sync(conn, "default")
+    claims, held = flow.claim_limited(conn, WORKER, 30.0, bells(ECHO, waiting, started.job_id))
+    assert (claims, held) == ([None, None], {waiting})
+    assert row(look, waiting)["published_at"] is None
+    assert row(look, started.job_id)["published_at"] is not None
+
+
+def test_the_relay_takes_only_what_may_start_and_each_keys_first_jobs_first(
+    conn: psycopg.Connection[Any],
+) -> None:
+    limited(conn, "running", "a", attempts=1)
+    backlog = [limited(conn, "queued", "a", due_in=-10 + i) for i in range(5)]
+    single = limited(conn, "queued", "b", due_in=-1)
+    plain = given(conn, "queued", due_in=-20)
+    with conn.transaction():
+        taken = {job.id for job in flow.take_limited(conn, 10)}
+    assert taken == {backlog[0], single}, "a's one free slot, b's job; never a job without limits"
+    assert flow.take_limited(conn, 10) == [], "what was published holds its slot until it ends"
+    assert [job.id for job in ledger.take_publishable(conn, 10)] == [plain]
+
+
+def test_the_relay_publishes_at_most_a_windows_worth_of_a_rate_ahead(conn: psycopg.Connection[Any]) -> None:
+    rated(conn, "p", 2, published=True)
+    waiting = [rated(conn, "p", 2, due_in=-5 + i) for i in range(3)]
+    assert [job.id for job in flow.take_limited(conn, 10)] == waiting[:1]
+
+
+def test_a_paused_queue_is_neither_published_nor_claimed_until_it_is_resumed(
+    conn: psycopg.Connection[Any],
+) -> None:
+    published = given(conn, "queued", published=True, queue="email")
+    waiting = given(conn, "queued", queue="email", due_in=-1)
+    held = limited(conn, "queued", "a", queue="email", due_in=-1)
+    flow.pause_queue_sync(conn, "email")
+    flow.pause_queue_sync(conn, "email")  # pausing twice changes nothing
+    assert ledger.take_publishable(conn, 10) == []
+    assert flow.take_limited(conn, 10) == []
+    assert ledger.seconds_until_next_due(conn) is None, "the relay sleeps; the resume wakes it"
+    assert ledger.claim(conn, WORKER, 30.0, bells(ECHO, published)) == [None]
+    flow.resume_queue_sync(conn, "email")
+    assert {job.id for job in ledger.take_publishable(conn, 10)} == {waiting}
+    assert {job.id for job in flow.take_limited(conn, 10)} == {held}
+    assert ledger.claim(conn, WORKER, 30.0, bells(ECHO, published))[0] is not None
+
+
+def test_the_relay_does_not_wake_for_limited_jobs_that_wait_for_a_slot(conn: psycopg.Connection[Any]) -> None:
+    limited(conn, "running", "a", attempts=1, limit=1)
+    limited(conn, "queued", "a", due_in=-5)
+    assert ledger.seconds_until_next_due(conn) is None
+    rated(conn, "p", 1, due_in=30)
+    due = ledger.seconds_until_next_due(conn)
+    assert due is not None
+    assert 25 < due <= 30, "a job over its rate is due when its window ends"
+
+
+def test_a_finished_job_that_held_a_slot_wakes_the_relay(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    plain = running(conn)
+    slot = limited(conn, "running", "a", attempts=1)
+    look.execute("LISTEN conveyor_jobs")
+    ledger.succeed(conn, [(plain, "{}")])
+    assert list(look.notifies(timeout=0.3, stop_after=1)) == [], "a job without limits wakes nobody"
+    ledger.succeed(conn, [(ledger.Token(slot, 1, 1), "{}")])
+    assert len(list(look.notifies(timeout=2, stop_after=1))) == 1
+
+
+def test_a_message_spent_on_a_paused_queue_leaves_its_job_for_the_relay_to_publish_at_resume(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    from app.execution.writes import claim_all
+
+    published = given(conn, "queued", published=True)
+    flow.pause_queue_sync(conn, "default")
+    claims, held = claim_all(conn, WORKER, 30.0, bells(ECHO, published))
+    assert (claims, held) == ([None], {published})
+    assert row(look, published)["published_at"] is None
+    assert ledger.take_publishable(conn, 10) == [], "held while the queue is paused"
+    flow.resume_queue_sync(conn, "default")
+    assert [job.id for job in ledger.take_publishable(conn, 10)] == [published]
+
+
+def test_a_burst_of_jobs_with_and_without_limits_is_claimed_in_the_order_asked_and_held_to_them(
+    conn: psycopg.Connection[Any],
+) -> None:
+    import app.tasks  # noqa: F401  (the tasks with limits, as a worker knows them)
+    from app.execution.writes import claim_all
+
+    plain = given(conn, "queued", published=True)
+    over = [limited(conn, "queued", "a", limit=1, published=True) for _ in range(2)]
+    asked = [Doorbell(over[0], REPORT), Doorbell(plain, ECHO), Doorbell(over[1], REPORT)]
+    claims, held = claim_all(conn, WORKER, 30.0, asked)
+    assert [claim is not None and claim.token.job_id for claim in claims] == [over[0], plain, False]
+    assert held == {over[1]}
+
+
+def test_a_job_with_limits_is_held_to_them_even_by_a_worker_that_does_not_know_its_task_has_any(
+    conn: psycopg.Connection[Any],
+) -> None:
+    from app.execution.writes import claim_all
+
+    over = [limited(conn, "queued", "a", limit=1, published=True) for _ in range(2)]
+    claims, held = claim_all(conn, WORKER, 30.0, bells("app.tasks.example.older_name", *over))
+    assert [claim is not None for claim in claims] == [False, False], "the message names another task"
+    for job_id in over:
+        conn.execute("UPDATE jobs SET task = 'app.tasks.example.older_name' WHERE id = %s", (job_id,))
+    claims, held = claim_all(conn, WORKER, 30.0, bells("app.tasks.example.older_name", *over))
+    assert [claim is not None for claim in claims] == [True, False]
+    assert held == {over[1]}
