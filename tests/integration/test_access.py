@@ -47,6 +47,9 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("POST", "/api/v1/schedules/nightly/resume", None, {"operate"}),
     ("DELETE", "/api/v1/schedules/nightly", None, {"operate"}),
     ("GET", "/api/v1/audit", None, {"operate"}),
+    ("GET", "/api/v1/queues", None, {"read", "operate"}),
+    ("POST", "/api/v1/queues/default/pause", None, {"operate"}),
+    ("POST", "/api/v1/queues/default/resume", None, {"operate"}),
     ("GET", "/metrics", None, {"metrics"}),
     ("GET", "/openapi.json", None, {"read"}),
     ("GET", "/docs", None, {"read"}),
@@ -120,7 +123,9 @@ async def test_every_route_refuses_a_key_without_its_scope_with_403(
 def test_every_route_of_the_api_is_in_the_matrix() -> None:
     from app.asgi import create_app
 
-    listed = {(method, re.sub(r"/(" + ID + r"|nightly)(?=/|$)", "/{}", path)) for method, path, *_ in ROUTES}
+    listed = {
+        (method, re.sub(r"/(" + ID + r"|nightly|default)(?=/|$)", "/{}", path)) for method, path, *_ in ROUTES
+    }
     served = {
         (method.upper(), re.sub(r"\{[a-z_]+\}", "{}", path))
         for path, operations in create_app().openapi()["paths"].items()
