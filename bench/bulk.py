@@ -10,7 +10,7 @@ On a scratch database, each round starting from an empty jobs table:
   peers' bulk enqueue does);
 - `POST /api/v1/jobs/batch` with `--batch` jobs a request, `--clients` concurrent clients,
   against a real `conveyor api` process (the bodies are serialised once, before the clock);
-- when `--peers` holds the venvs of /work/shared/durable-peers (its `setup.sh pgqueuer
+- when `--peers` holds the venvs of ../shared/durable-peers (its `setup.sh pgqueuer
   procrastinate`), PgQueuer's `Queries.enqueue` and Procrastinate's `batch_defer_async` of
   `--jobs` noop jobs in one call, each on a fresh database, through that folder's scripts.
 
