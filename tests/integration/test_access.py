@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.settings import get_settings
-from tests.integration.conftest import count_jobs
+from tests.integration.conftest import bearer, count_jobs
 from tests.support.infra import Infra
 from tests.support.keys import make_key, revoke_key
 
@@ -55,26 +55,6 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("GET", "/docs", None, {"read"}),
 ]
 SCOPES = ("enqueue", "read", "operate", "metrics")
-
-
-@pytest.fixture
-async def anonymous(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
-    """The API in this process, and a client that sends no key unless a test gives one."""
-    from app.asgi import create_app
-    from app.ledger.engines import dispose_async_engines
-
-    application = create_app()
-    transport = httpx.ASGITransport(app=application)
-    async with httpx.AsyncClient(transport=transport, base_url="http://conveyor.test") as client:
-        yield client
-    intake = getattr(application.state, "intake", None)
-    if intake is not None:
-        await intake.close()
-    await dispose_async_engines()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
 
 
 def ids(route: tuple[str, str, Any, Any]) -> str:
