@@ -22,7 +22,7 @@ from app.tasks.example import echo, sync_account
 from tests.support import running
 from tests.support.exposition import parse, value
 from tests.support.infra import Infra
-from tests.support.keys import auth
+from tests.support.keys import auth, full_key, make_key
 
 pytestmark = pytest.mark.anyio
 
@@ -41,6 +41,11 @@ def jobs_of(infra: Infra, task: str = SYNC) -> list[tuple[str, str, str | None]]
             "SELECT id, state, unique_key FROM jobs WHERE task = %s ORDER BY created_at", (task,)
         ).fetchall()
     return [(str(job_id), state, key) for job_id, state, key in rows]
+
+
+def key_id(key: str | None = None) -> str:
+    """The id part of a key (`cvk_<id>_<secret>`): the client its jobs belong to."""
+    return (key or full_key()).split("_", 2)[1]
 
 
 def succeed(infra: Infra, job_id: str) -> None:
@@ -65,7 +70,7 @@ async def test_twenty_concurrent_posts_for_one_key_make_one_job_and_nineteen_dup
     assert all(a.headers["Location"] == f"/api/v1/jobs/{a.json()['id']}" for a in answers)
     assert "Idempotent-Replayed" not in answers[0].headers
     [(job_id, state, key)] = jobs_of(clean_ledger)
-    assert (job_id, state, key) == (answers[0].json()["id"], "queued", "key:acme")
+    assert (job_id, state, key) == (answers[0].json()["id"], "queued", f"of:{key_id()}:key:acme")
 
 
 async def test_twenty_concurrent_posts_each_in_a_transaction_of_its_own_make_one_job(
@@ -159,7 +164,40 @@ async def test_the_enqueue_option_makes_any_task_unique_and_overrides_the_tasks_
         )
     ]
     assert (other["id"], other["duplicate"]) == (one["id"], True)
-    assert [key for _, _, key in jobs_of(clean_ledger, ECHO)] == ["key:nightly"]
+    assert [key for _, _, key in jobs_of(clean_ledger, ECHO)] == [f"of:{key_id()}:key:nightly"]
+
+
+async def test_a_unique_key_is_the_clients_own_another_client_neither_sees_nor_holds_it(
+    api: httpx.AsyncClient, clean_ledger: Infra
+) -> None:
+    # An enqueue key must not learn of another client's job (its id, its state) through a
+    # duplicate answer, nor keep that client's job from being made by taking its key first.
+    first, second = make_key(["enqueue"]), make_key(["enqueue"])
+    mine = await api.post("/api/v1/jobs", json=sync("acme", 30), headers=auth(first))
+    theirs = await api.post("/api/v1/jobs", json=sync("acme", 30), headers=auth(second))
+    assert (mine.status_code, theirs.status_code) == (202, 202)
+    assert theirs.json()["id"] != mine.json()["id"]
+    assert "duplicate" not in theirs.json()
+    again = await api.post("/api/v1/jobs", json=sync("acme", 30), headers=auth(second))
+    assert (again.json()["id"], again.json()["duplicate"]) == (theirs.json()["id"], True)
+    batch = await api.post(BATCH, json={"jobs": [sync("acme")]}, headers=auth(first))
+    assert [(j["id"], j["duplicate"]) for j in batch.json()["jobs"]] == [(mine.json()["id"], True)]
+    # Each client's view shows the key as it was given.
+    shown = await api.get(f"/api/v1/jobs/{theirs.json()['id']}", headers=auth(second))
+    assert shown.json()["unique_key"] == "acme"
+    # Python and schedules share the space of no client: a job from there is neither's.
+    engine = create_engine(clean_ledger.database_url)
+    try:
+        with Session(engine) as session, session.begin():
+            from_code = sync_account.enqueue_sync({"account": "acme", "seconds": 0}, session=session)
+    finally:
+        engine.dispose()
+    assert not from_code.duplicate
+    assert {key for _, _, key in jobs_of(clean_ledger)} == {
+        f"of:{key_id(first)}:key:acme",
+        f"of:{key_id(second)}:key:acme",
+        "key:acme",
+    }
 
 
 @pytest.mark.parametrize("key", ["", "k" * 256, "nul\u0000"])

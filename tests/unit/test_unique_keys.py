@@ -19,7 +19,8 @@ class Numbered(Payload):
 def test_a_field_value_and_the_enqueue_option_are_stored_in_their_own_namespace() -> None:
     acme = SyncAccountPayload(account="acme")
     assert stored_unique_key(sync_account, acme, None, None) == "key:acme"
-    assert stored_unique_key(sync_account, acme, "client-1", "given") == "key:given"
+    assert stored_unique_key(sync_account, acme, "client-1", "given") == "of:client-1:key:given"
+    assert stored_unique_key(sync_account, acme, "client-1", None) == "of:client-1:key:acme"
     assert stored_unique_key(export_jobs, export_jobs.payload_model(), "client-1", None) == "client:client-1"
     assert stored_unique_key(export_jobs, export_jobs.payload_model(), None, None) is None
 
@@ -35,6 +36,9 @@ def test_a_value_too_long_for_an_index_row_is_held_by_its_digest() -> None:
 def test_the_view_shows_the_key_without_its_namespace() -> None:
     assert shown_unique_key("key:acme") == "acme"
     assert shown_unique_key("client:abc") == "client:abc"
+    assert shown_unique_key("of:c1:key:acme") == "acme"
+    assert shown_unique_key("of:c1:key:of:c2:key:x") == "of:c2:key:x"
+    assert shown_unique_key("of:c1:sha256:ab") == "sha256:ab"
     assert shown_unique_key(None) is None
 
 

@@ -37,10 +37,15 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_UNIQUE_KEY_LENGTH = 255
 # Namespaces of the stored unique key, so that the two policies sharing the unique index never
 # meet: a task's own keys (a payload field, or the enqueue option), the one-job-per-client keys,
-# and a payload field's value too long for a btree index row, stored as its digest.
+# and a payload field's value too long for a btree index row, stored as its digest. A key
+# enqueued by an API client is that client's own ("of:<key id>:key:acme"): two clients never
+# meet each other's keys, so one can neither learn of another's job through a duplicate answer
+# nor hold it back by taking its key first. Jobs enqueued in Python, by schedules and by running
+# tasks share the space of no client ("key:acme").
 UNIQUE_NAMESPACE = "key:"
 CLIENT_NAMESPACE = "client:"
 DIGEST_NAMESPACE = "sha256:"
+OWN_NAMESPACE = "of:"
 # Tries of a keyed insert: each lost race (a holder that rolled back or finished, an expired
 # key released) costs one; more than a few means the key is fought over.
 STORE_ATTEMPTS = 5
@@ -104,21 +109,26 @@ def stored_unique_key(
 ) -> str | None:
     """The key at most one in-flight job of the task holds: the client's, for a task that runs
     one job per client at a time (an operator's job, without a client, is never held back);
-    else the one given to this enqueue, or the value of the task's `unique_key` payload field."""
+    else the one given to this enqueue, or the value of the task's `unique_key` payload field,
+    in the space of the client that enqueued it."""
     if spec.one_per_client and client_id is not None:
         return f"{CLIENT_NAMESPACE}{client_id}"
+    space = "" if client_id is None else f"{OWN_NAMESPACE}{client_id}:"
     if given is None and spec.unique_key is not None:
         value = model.model_dump(mode="json", include={spec.unique_key}).get(spec.unique_key)
         if value is None:
             return None
         given = value if isinstance(value, str) else orjson.dumps(value).decode()
         if len(given) > MAX_UNIQUE_KEY_LENGTH:
-            return DIGEST_NAMESPACE + hashlib.sha256(given.encode()).hexdigest()
-    return None if given is None else UNIQUE_NAMESPACE + check_unique_key(given)
+            return space + DIGEST_NAMESPACE + hashlib.sha256(given.encode()).hexdigest()
+    return None if given is None else space + UNIQUE_NAMESPACE + check_unique_key(given)
 
 
 def shown_unique_key(stored: str | None) -> str | None:
-    """A stored unique key as a job's view shows it: as given, without its namespace."""
+    """A stored unique key as a job's view shows it: as given, without its client's space or
+    its namespace."""
+    if stored is not None and stored.startswith(OWN_NAMESPACE):
+        stored = stored.split(":", 2)[2]
     if stored is not None and stored.startswith(UNIQUE_NAMESPACE):
         return stored[len(UNIQUE_NAMESPACE) :]
     return stored
