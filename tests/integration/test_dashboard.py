@@ -284,6 +284,16 @@ async def test_the_job_page_shows_payload_result_error_and_every_attempt(
     assert "/cancel" not in html
 
 
+async def test_the_job_page_shows_a_unique_key_as_it_was_given_and_nothing_for_a_job_without_one(
+    dashboard: httpx.AsyncClient, ledger: psycopg.Connection[Any]
+) -> None:
+    keyed = add_job(ledger, unique_key="of:0a1b2c:key:acme")
+    plain = add_job(ledger)
+    page = (await dashboard.get(f"/dashboard/jobs/{keyed}")).text
+    assert re.search(r"data-unique-key>acme<", page)
+    assert "data-unique-key" not in (await dashboard.get(f"/dashboard/jobs/{plain}")).text
+
+
 async def test_an_unknown_job_has_a_404_page(dashboard: httpx.AsyncClient) -> None:
     response = await dashboard.get(f"/dashboard/jobs/{uuid.uuid4()}")
     assert response.status_code == 404

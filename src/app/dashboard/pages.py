@@ -22,6 +22,7 @@ from app.dashboard.rendering import query, render
 from app.dashboard.throughput import minute_counts
 from app.dashboard.views import throughput_chart
 from app.errors import JobNotFound
+from app.jobs.enqueue import shown_unique_key
 from app.jobs.flow import describe
 from app.jobs.registry import get_task, public_tasks
 from app.jobs.validation import storable_text
@@ -192,6 +193,7 @@ async def job_context(conn: AsyncConnection, job_id: UUID) -> dict[str, Any]:
         "can_replay": job.state == JobState.DEAD,
         "can_cancel": job.state in (JobState.QUEUED, JobState.RETRYING, JobState.RUNNING),
         "limits": _limits(job.task),
+        "unique_key": shown_unique_key(job.unique_key),
     }
 
 
