@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -156,3 +157,11 @@ async def artifact_pieces(
 async def now(conn: AsyncConnection) -> datetime:
     value: datetime = (await conn.execute(text("SELECT now()"))).scalar_one()
     return value
+
+
+async def get_many(conn: AsyncConnection, job_ids: Iterable[UUID]) -> list[Row[Any]]:
+    """The jobs of these ids that exist (in no particular order)."""
+    wanted = list(job_ids)
+    if not wanted:
+        return []
+    return list((await conn.execute(select(*JOB_COLUMNS).where(jobs.c.id.in_(wanted)))).all())
