@@ -35,9 +35,10 @@ READERS = (Scope.READ, Scope.ENQUEUE)
 _pump_lock = asyncio.Lock()
 
 
-async def job_views(job_ids: Iterable[UUID]) -> dict[UUID, dict[str, Any]]:
-    async with reading() as conn:
-        rows = await reads.get_many(conn, job_ids)
+async def job_views(
+    conn: psycopg.AsyncConnection[Any], job_ids: Iterable[UUID]
+) -> dict[UUID, dict[str, Any]]:
+    rows = await reads.get_many(conn, job_ids)
     return {row.id: job_view(row).model_dump(mode="json") for row in rows}
 
 

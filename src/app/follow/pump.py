@@ -34,7 +34,7 @@ from app.logs import Outage, get_logger
 log = get_logger("conveyor.events")
 
 # The jobs as they are now, for the events' `data:` (a job already pruned is left out).
-JobViews = Callable[[Iterable[UUID]], Awaitable[dict[UUID, dict[str, Any]]]]
+JobViews = Callable[[psycopg.AsyncConnection[Any], Iterable[UUID]], Awaitable[dict[UUID, dict[str, Any]]]]
 PAGE = 1000
 # While events are held above the horizon: how soon to look again (doubling up to HELD_MAX).
 HELD_FIRST, HELD_MAX = 0.002, 0.05
@@ -191,12 +191,12 @@ class EventPump:
             page = await events.read(reader, self.position, limit=PAGE)
             self.reads += 1
             if page.events:
-                await self._hand_out(page.events)
+                await self._hand_out(reader, page.events)
             self.position = page.next
             if not page.full:
                 return page.held
 
-    async def _hand_out(self, read: list[Event]) -> None:
+    async def _hand_out(self, reader: psycopg.AsyncConnection[Any], read: list[Event]) -> None:
         targets: list[tuple[Event, list[Subscription]]] = []
         wanted: set[UUID] = set()
         for event in read:
@@ -206,7 +206,7 @@ class EventPump:
                 targets.append((event, matching))
                 if any(s.views for s in matching):
                     wanted.add(event.job_id)
-        views = await self._views(wanted) if wanted else {}
+        views = await self._views(reader, wanted) if wanted else {}
         for event, matching in targets:
             delivery = Delivery(event, views.get(event.job_id))
             for subscription in matching:

@@ -86,7 +86,7 @@ async def _catch_up(
     async with connect() as conn:
         while True:
             page = await events.read(conn, position, subscription.where, limit=500)
-            jobs = await views({e.job_id for e in page.events}) if page.events else {}
+            jobs = await views(conn, {e.job_id for e in page.events}) if page.events else {}
             yield b"".join(frame(e, jobs.get(e.job_id)) for e in page.events), page.next
             position = page.next
             if not page.full and position >= subscription.start:

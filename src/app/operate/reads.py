@@ -8,7 +8,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, Select, and_, select, text, tuple_
+import psycopg
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Row, Select, and_, bindparam, func, select, text, tuple_
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.errors import JobNotFound
@@ -159,9 +162,19 @@ async def now(conn: AsyncConnection) -> datetime:
     return value
 
 
-async def get_many(conn: AsyncConnection, job_ids: Iterable[UUID]) -> list[Row[Any]]:
-    """The jobs of these ids that exist (in no particular order)."""
+async def get_many(conn: psycopg.AsyncConnection[Any], job_ids: Iterable[UUID]) -> list[Any]:
+    """The jobs of these ids that exist, in no particular order, read on a psycopg connection of
+    the caller's own (the event pump's, a stream's), so followers take nothing from the pool."""
     wanted = list(job_ids)
     if not wanted:
         return []
-    return list((await conn.execute(select(*JOB_COLUMNS).where(jobs.c.id.in_(wanted)))).all())
+    async with conn.cursor(row_factory=namedtuple_row) as cursor:
+        await cursor.execute(_MANY_SQL, {"ids": wanted}, prepare=True)
+        return await cursor.fetchall()
+
+
+_MANY_SQL = str(
+    select(*JOB_COLUMNS)
+    .where(jobs.c.id == func.any(bindparam("ids")))
+    .compile(dialect=psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
+)
