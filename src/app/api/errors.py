@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from app.errors import (
     AlreadyInFlight,
+    DeliveryNotReplayable,
     Forbidden,
     IdempotencyConflict,
     InvalidSchedule,
@@ -33,6 +34,7 @@ from app.errors import (
     Unauthenticated,
     UnknownTask,
     UnstorableInput,
+    WebhookNotFound,
 )
 from app.logs import first_line, get_logger
 
@@ -156,6 +158,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(ScheduleNotFound, _not_found)
     app.add_exception_handler(QueueNotFound, _not_found)
+    app.add_exception_handler(WebhookNotFound, _not_found)
+    app.add_exception_handler(DeliveryNotReplayable, _conflict)
     app.add_exception_handler(InvalidTransition, _conflict)
     app.add_exception_handler(ScheduleNameTaken, _conflict)
     app.add_exception_handler(AlreadyInFlight, _in_flight)
