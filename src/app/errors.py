@@ -197,6 +197,7 @@ class AlreadyInFlight(ConveyorError):
         self.job_id = job_id
 
 
+<<<<<<< HEAD
 class WebhookNotFound(ConveyorError):
     """Raised when no webhook subscription (or no delivery of it) has the requested id."""
 
@@ -216,4 +217,20 @@ class DeliveryNotReplayable(ConveyorError):
     def __init__(self, delivery_id: int) -> None:
         super().__init__(
             f"delivery {delivery_id} is pending; only dead or delivered deliveries can be replayed"
+=======
+class InvalidCursor(ConveyorError, ValueError):
+    """Raised when an event cursor (`Last-Event-ID`, `after=`) is not one the stream gave out."""
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(f"event cursor {cursor[:64]!r} is not of the form '<xid>-<id>' the stream gives")
+
+
+class CursorExpired(ConveyorError):
+    """Raised when an event cursor names an event older than EVENT_RETENTION_SECONDS keeps."""
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(
+            f"event {cursor} is no longer kept (older than EVENT_RETENTION_SECONDS); "
+            "start again without Last-Event-ID and read the jobs' state"
+>>>>>>> events
         )

@@ -1023,3 +1023,39 @@ DELETE FROM dashboard_sessions WHERE id_hash = ANY(ARRAY(
     SELECT id_hash FROM dashboard_sessions WHERE expires_at <= now()
     ORDER BY expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ))
+
+-- name: read_events
+-- The events after the cursor (%(after_xid)s, %(after_id)s) in (xid, id) order that no open
+-- transaction can still precede: xid below the horizon of this statement's own snapshot (the
+-- smallest xid it sees in progress, leaving out those a backend of another database holds, else
+-- its xmax; app/ledger/events.py proves it exact). Filters are NULL for any. Every row carries the
+-- horizon; a row with a NULL id says there is no event to read. Run as a transaction of its own.
+WITH snapshot AS (
+    SELECT pg_current_snapshot() AS s
+), elsewhere AS (
+    SELECT a.backend_xid AS x FROM pg_stat_activity a
+    WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL
+      AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+), horizon AS (
+    SELECT coalesce(
+        (SELECT min(x) FROM snapshot, pg_snapshot_xip(snapshot.s) AS x
+         WHERE xid(x) NOT IN (SELECT x FROM elsewhere)),
+        (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS h
+)
+SELECT h.h::text, e.xid::text, e.id, e.at, e.job_id, e.task, e.queue, e.client_id, e.workflow_id,
+       e.state, e.attempt
+FROM horizon h LEFT JOIN LATERAL (
+    SELECT * FROM job_events e
+    WHERE (e.xid, e.id) > (CAST(%(after_xid)s AS xid8), CAST(%(after_id)s AS bigint)) AND e.xid < h.h
+      AND (%(task)s::text IS NULL OR e.task = %(task)s)
+      AND (%(job_id)s::uuid IS NULL OR e.job_id = %(job_id)s)
+      AND (%(workflow_id)s::uuid IS NULL OR e.workflow_id = %(workflow_id)s)
+      AND (%(client_id)s::text IS NULL OR e.client_id = %(client_id)s)
+    ORDER BY e.xid, e.id
+    LIMIT %(limit)s
+) e ON true
+ORDER BY e.xid, e.id
+
+-- name: event_exists
+-- Whether the event a cursor names is still in the log (a pruned one: the stream answers 410).
+SELECT EXISTS (SELECT 1 FROM job_events WHERE xid = CAST(%(xid)s AS xid8) AND id = %(id)s)
