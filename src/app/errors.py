@@ -197,7 +197,6 @@ class AlreadyInFlight(ConveyorError):
         self.job_id = job_id
 
 
-<<<<<<< HEAD
 class WebhookNotFound(ConveyorError):
     """Raised when no webhook subscription (or no delivery of it) has the requested id."""
 
@@ -217,7 +216,9 @@ class DeliveryNotReplayable(ConveyorError):
     def __init__(self, delivery_id: int) -> None:
         super().__init__(
             f"delivery {delivery_id} is pending; only dead or delivered deliveries can be replayed"
-=======
+        )
+
+
 class InvalidCursor(ConveyorError, ValueError):
     """Raised when an event cursor (`Last-Event-ID`, `after=`) is not one the stream gave out."""
 
@@ -232,5 +233,4 @@ class CursorExpired(ConveyorError):
         super().__init__(
             f"event {cursor} is no longer kept (older than EVENT_RETENTION_SECONDS); "
             "start again without Last-Event-ID and read the jobs' state"
->>>>>>> events
         )

@@ -825,18 +825,29 @@ ORDER BY w.created_at, w.id
 DELETE FROM webhooks WHERE id = %(id)s RETURNING url
 
 -- name: fan_out_events
--- One step of the fan-out: the events after the mark, below the horizon (every transaction
--- that could still write an event sorting before them has ended), become one delivery per
+-- One step of the fan-out: the events after the mark, below the horizon (read_events' horizon,
+-- proved exact in app/ledger/events.py: no transaction that could still write an event sorting
+-- before them is open), become one delivery per
 -- matching subscription, and the mark moves past them, in this one statement. Skipped (zero
 -- rows in `mark`) while another relay holds the mark. A subscription gets the events made
 -- after it; `data` is the job as it is now, with the state and attempt of the event.
 WITH mark AS (
     SELECT xid, event_id FROM webhook_fanout WHERE name = 'events' FOR UPDATE SKIP LOCKED
+), snapshot AS (
+    SELECT pg_current_snapshot() AS s
+), elsewhere AS (
+    SELECT a.backend_xid AS x FROM pg_stat_activity a
+    WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL
+      AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+), horizon AS (
+    SELECT coalesce(
+        (SELECT min(x) FROM snapshot, pg_snapshot_xip(snapshot.s) AS x
+         WHERE xid(x) NOT IN (SELECT x FROM elsewhere)),
+        (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS h
 ), batch AS (
     SELECT e.id, e.xid, e.at, e.job_id, e.task, e.queue, e.state, e.attempt
-    FROM mark, job_events AS e
-    WHERE (e.xid, e.id) > (mark.xid, mark.event_id)
-      AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+    FROM mark, horizon, job_events AS e
+    WHERE (e.xid, e.id) > (mark.xid, mark.event_id) AND e.xid < horizon.h
     ORDER BY e.xid, e.id
     LIMIT %(limit)s
 ), made AS (

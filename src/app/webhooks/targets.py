@@ -37,10 +37,10 @@ def refusal_of(address: IPAddress) -> str | None:
         address = address.ipv4_mapped
     for reason, flagged in (
         ("loopback", address.is_loopback),
-        ("private", address.is_private),
         ("link-local", address.is_link_local),
         ("unspecified", address.is_unspecified),
         ("multicast", address.is_multicast),
+        ("private", address.is_private),  # last: Python counts the ones above as private too
     ):
         if flagged:
             return reason
