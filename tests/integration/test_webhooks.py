@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
+import anyio
 import httpx
 import orjson
 import psycopg
@@ -28,7 +29,7 @@ from app.webhooks.dispatch import Dispatcher
 from tests.integration.conftest import bearer
 from tests.support.infra import Infra
 from tests.support.keys import make_key
-from tests.support.receiver import Receiver, receiving, verify
+from tests.support.receiver import receiving, verify
 
 pytestmark = pytest.mark.anyio
 
@@ -101,14 +102,14 @@ async def delivery_list(api: httpx.AsyncClient, webhook_id: str, **params: str) 
 
 
 async def settled(
-    api: httpx.AsyncClient, webhook_id: str, state: str, timeout: float = 30.0
+    api: httpx.AsyncClient, webhook_id: str, state: str, within: float = 30.0
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         items = await delivery_list(api, webhook_id)
         if items and items[0]["state"] == state:
             return items[0]
-        time.sleep(0.05)
+        await anyio.sleep(0.05)
     raise AssertionError(f"no {state} delivery: {items}")
 
 
@@ -375,7 +376,8 @@ async def test_deliveries_are_paged_newest_first_and_filtered_by_state(
         )
     ).json()
     ids = [item["id"] for item in first["items"] + second["items"]]
-    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 5
+    assert ids == sorted(ids, reverse=True)
+    assert len(set(ids)) == 5
     assert second["next_cursor"] is None
     assert await delivery_list(api, hook["id"], state="dead") == []
     assert len(await delivery_list(api, hook["id"], state="pending")) == 5
