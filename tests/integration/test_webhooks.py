@@ -396,3 +396,29 @@ async def test_deliveries_are_paged_newest_first_and_filtered_by_state(
     assert bad.status_code == 422
     missing = await api.get(f"/api/v1/webhooks/{UUID(int=1)}/deliveries")
     assert missing.status_code == 404
+
+
+async def test_a_job_run_to_success_is_told_to_its_subscriber_with_its_result(
+    api: httpx.AsyncClient, clean_ledger: Infra
+) -> None:
+    """The events the ledger's own statements write (accepted, claimed, succeeded): no event row
+    written by the test."""
+    from app.ledger import jobs as ledger
+    from tests.support.running import claim
+
+    with receiving(200) as receiver:
+        hook = await subscribe(api, receiver.url(), ["job.running", "job.succeeded"], task=ECHO)
+        job_id = await enqueue(api)
+        token = claim(clean_ledger, job_id, ECHO).token
+        with psycopg.connect(clean_ledger.libpq_url, autocommit=True) as conn:
+            assert ledger.succeed(conn, [(token, '{"message": "hello"}')]) == [True]
+        with dispatching(fast()):
+            [request, *_] = [r for r in receiver.wait_for(2) if b"job.succeeded" in r.body]
+    event = orjson.loads(request.body)
+    assert event["type"] == "job.succeeded"
+    assert event["data"]["id"] == job_id
+    assert event["data"]["result"] == {"message": "hello"}
+    assert event["data"]["attempts"] == 1
+    assert verify(hook["secret"], request.headers["conveyor-signature"], request.body)
+    types = sorted(orjson.loads(r.body)["type"] for r in receiver.received)
+    assert types == ["job.running", "job.succeeded"]
