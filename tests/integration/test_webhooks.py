@@ -99,9 +99,12 @@ def fan_out(deliveries: int) -> None:
     that the horizon cannot place), and check that no more are."""
     dispatcher, made = Dispatcher(fast()), 0
     deadline = time.monotonic() + 30
-    while made < deliveries:
-        assert time.monotonic() < deadline, f"{made} deliveries made, expected {deliveries}"
-        made += dispatcher.fan_out_once().deliveries
+    try:
+        while made < deliveries:
+            assert time.monotonic() < deadline, f"{made} deliveries made, expected {deliveries}"
+            made += dispatcher.fan_out_once().deliveries
+    finally:
+        dispatcher.close()
     assert made == deliveries
 
 
@@ -220,7 +223,11 @@ async def test_each_subscription_gets_only_its_events_and_its_task(
     )
     assert kinds(echo_only, await delivery_list(api, echo_only["id"])) == [("job.succeeded", echo)]
     assert kinds(dead_only, await delivery_list(api, dead_only["id"])) == [("job.dead", flaky)]
-    assert Dispatcher(fast()).fan_out_once().deliveries == 0, "an event is fanned out once"
+    again = Dispatcher(fast())
+    try:
+        assert again.fan_out_once().deliveries == 0, "an event is fanned out once"
+    finally:
+        again.close()
 
 
 async def test_a_subscription_gets_no_event_made_before_it(

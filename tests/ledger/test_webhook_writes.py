@@ -117,11 +117,16 @@ def test_a_take_counts_the_attempt_and_leases_and_a_stale_finish_writes_nothing(
     [due] = webhooks.take(conn, 10, lease_seconds=60)
     assert due.attempt == 1
     assert webhooks.take(conn, 10, lease_seconds=60) == [], "leased"
-    assert webhooks.finish(conn, due, state="pending", status=500, error="HTTP 500", retry_in=0)
+    failed = webhooks.Outcome(due, "pending", 500, "HTTP 500", retry_in=0)
+    assert webhooks.finish(conn, [failed]) == {due.id}
     [again] = webhooks.take(conn, 10, lease_seconds=60)
     assert again.attempt == 2
-    assert not webhooks.finish(conn, due, state="delivered", status=200, error=None), "fenced"
-    assert webhooks.finish(conn, again, state="delivered", status=200, error=None)
+    stale, current = (
+        webhooks.Outcome(due, "delivered", 200, None),
+        webhooks.Outcome(again, "delivered", 200, None),
+    )
+    assert webhooks.finish(conn, [stale]) == set(), "fenced"
+    assert webhooks.finish(conn, [stale, current]) == {again.id}
     row = look.execute("SELECT state, attempts, last_status, delivered_at FROM webhook_deliveries").fetchone()
     assert row is not None
     assert (row["state"], row["attempts"], row["last_status"]) == ("delivered", 2, 200)

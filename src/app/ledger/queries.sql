@@ -936,15 +936,21 @@ WHERE w.id = d.webhook_id AND d.id = ANY(ARRAY(
 ))
 RETURNING d.id, d.webhook_id, w.url, w.secret, d.event_id, d.event_type, d.event_at, d.data, d.attempts
 
--- name: finish_delivery
--- What one attempt came to: delivered, pending again (due in %(retry_in)s seconds) or dead.
--- Fenced by the attempt: a sender whose lease ran out writes nothing.
-UPDATE webhook_deliveries
-SET state = %(state)s, last_status = %(status)s, last_error = %(error)s,
-    next_attempt_at = now() + make_interval(secs => %(retry_in)s),
-    delivered_at = CASE WHEN %(state)s = 'delivered' THEN now() ELSE delivered_at END,
-    finished_at = CASE WHEN %(state)s = 'pending' THEN NULL ELSE now() END
-WHERE id = %(id)s AND attempts = %(attempt)s AND state = 'pending'
+-- name: finish_deliveries
+-- What attempts came to, many in one statement: delivered, pending again (due in `retry_in`
+-- seconds) or dead. Fenced by the attempt: a sender whose lease ran out writes nothing. The
+-- ids written.
+UPDATE webhook_deliveries AS d
+SET state = o.state, last_status = o.status, last_error = o.error,
+    next_attempt_at = now() + make_interval(secs => o.retry_in),
+    delivered_at = CASE WHEN o.state = 'delivered' THEN now() ELSE d.delivered_at END,
+    finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE now() END
+FROM unnest(
+    %(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(statuses)s::int[],
+    %(errors)s::text[], %(retry_in)s::float8[]
+) AS o(id, attempt, state, status, error, retry_in)
+WHERE d.id = o.id AND d.attempts = o.attempt AND d.state = 'pending'
+RETURNING d.id
 
 -- name: replay_delivery
 -- A dead (or delivered) delivery is due again at once, its attempts counted from 0; its last

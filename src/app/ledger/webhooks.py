@@ -138,25 +138,30 @@ def take(conn: SyncConnection, limit: int, lease_seconds: float) -> list[Due]:
     return [Due(*row) for row in rows]
 
 
-def finish(
-    conn: SyncConnection,
-    due: Due,
-    *,
-    state: str,
-    status: int | None,
-    error: str | None,
-    retry_in: float = 0.0,
-) -> bool:
-    """Write what `due`'s attempt came to; False when its lease was lost (nothing written)."""
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt came to: `state` delivered, pending (due again in `retry_in` seconds)
+    or dead; the answer's status (None: no answer) and the error (None: a 2xx)."""
+
+    due: Due
+    state: str
+    status: int | None
+    error: str | None
+    retry_in: float = 0.0
+
+
+def finish(conn: SyncConnection, outcomes: Sequence[Outcome]) -> set[int]:
+    """Write what the attempts came to, in one statement; the ids written (an attempt whose
+    lease was lost writes nothing)."""
     params = {
-        "id": due.id,
-        "attempt": due.attempt,
-        "state": state,
-        "status": status,
-        "error": error,
-        "retry_in": retry_in,
+        "ids": [o.due.id for o in outcomes],
+        "attempts": [o.due.attempt for o in outcomes],
+        "states": [o.state for o in outcomes],
+        "statuses": [o.status for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "retry_in": [o.retry_in for o in outcomes],
     }
-    return run(conn, queries.FINISH_DELIVERY, params).rowcount == 1
+    return {int(row[0]) for row in run(conn, queries.FINISH_DELIVERIES, params).rows}
 
 
 async def replay(conn: AsyncConnection, webhook_id: UUID, delivery_id: int) -> bool:

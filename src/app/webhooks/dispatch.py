@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.jobs.backoff import backoff_seconds
 from app.ledger import webhooks as ledger
-from app.ledger.engines import autocommit_engine
+from app.ledger.connections import own_connection
 from app.logs import Outage, first_line, get_logger
 from app.settings import Settings
 from app.webhooks import metrics, signing
@@ -40,6 +40,10 @@ LEASE_MARGIN_SECONDS = 30.0
 # The start of an error a delivery keeps (its receiver's answer, or the exception).
 ERROR_CHARS = 500
 MAX_PAUSE_SECONDS = 5.0
+# While idle with requests in flight, the sender looks this often whether one ended.
+IDLE_STEP_SECONDS = 0.02
+
+Connection = psycopg.Connection[tuple[object, ...]]
 
 
 def body_of(due: ledger.Due) -> bytes:
@@ -60,7 +64,7 @@ def headers_of(due: ledger.Due, body: bytes, now: float | None = None) -> dict[s
 
 
 class Dispatcher:
-    """The fan-out and the sender of one relay process."""
+    """The fan-out and the sender of one relay process, each thread with a connection of its own."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -70,6 +74,10 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
         self._fan_outage = Outage(log, "database (webhook fan-out)")
         self._send_outage = Outage(log, "database (webhook sender)")
+        self._fan_conn: Connection | None = None
+        self._send_conn: Connection | None = None
+        # Attempts that ended, appended by the sender's event loop; written with its next take.
+        self._outcomes: list[ledger.Outcome] = []
 
     def start(self, stop: threading.Event) -> None:
         for name, target in (
@@ -83,6 +91,11 @@ class Dispatcher:
     def join(self, timeout: float = 10.0) -> None:
         for thread in self._threads:
             thread.join(timeout)
+        self.close()
+
+    def close(self) -> None:
+        self._fan_conn = _close(self._fan_conn)
+        self._send_conn = _close(self._send_conn)
 
     # The fan-out
 
@@ -91,8 +104,8 @@ class Dispatcher:
         with the deliveries of every step."""
         made = 0
         while True:
-            with autocommit_engine().connect() as conn:
-                step = ledger.fan_out(conn, FAN_OUT_BATCH)
+            self._fan_conn = _alive(self._fan_conn, self.settings)
+            step = ledger.fan_out(self._fan_conn, FAN_OUT_BATCH)
             made += step.deliveries
             if step.deliveries:
                 self._wake.set()
@@ -101,16 +114,17 @@ class Dispatcher:
                 return ledger.FanOut(step.held, step.events, made)
 
     def fan_out_loop(self, stop: threading.Event) -> None:
-        pause = self.settings.webhook_poll_seconds
         while not stop.is_set():
             try:
                 self.fan_out_once()
             except (OperationalError, psycopg.OperationalError) as error:
                 self._fan_outage.failed(error)
-                stop.wait(min(pause, MAX_PAUSE_SECONDS))
+                self._fan_conn = _close(self._fan_conn)
+                stop.wait(MAX_PAUSE_SECONDS)
                 continue
             except Exception:  # a thread of its own: nobody else would see the error
                 log.exception("webhook fan-out failed; trying again")
+                self._fan_conn = _close(self._fan_conn)
                 stop.wait(MAX_PAUSE_SECONDS)
                 continue
             self._fan_outage.recovered()
@@ -129,50 +143,54 @@ class Dispatcher:
         in_flight: set[asyncio.Task[None]] = set()
         async with httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False) as client:
             while not stop.is_set():
-                free = slots - len(in_flight)
-                taken: list[ledger.Due] = []
-                if free > 0:
-                    taken = await self._take(free)
+                ended, self._outcomes = self._outcomes, []
+                taken = await asyncio.to_thread(self._write_and_take, ended, slots - len(in_flight))
                 for due in taken:
                     task = asyncio.create_task(self.deliver(client, due))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
-                if len(taken) == free and free > 0:
-                    continue  # a full take: more may be due
-                await self._idle(stop, in_flight)
+                if taken and len(in_flight) == slots:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                elif not taken:
+                    await self._idle(stop, in_flight)
             if in_flight:
                 await asyncio.wait(in_flight, timeout=settings.webhook_timeout_seconds)
+            await asyncio.to_thread(self._write_and_take, self._outcomes, 0)
 
-    async def _take(self, limit: int) -> list[ledger.Due]:
-        lease = self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
-
-        def take() -> list[ledger.Due]:
-            with autocommit_engine().connect() as conn:
-                return ledger.take(conn, limit, lease)
-
+    def _write_and_take(self, outcomes: list[ledger.Outcome], limit: int) -> list[ledger.Due]:
+        """Write the outcomes of attempts that ended, then take up to `limit` due deliveries
+        (on the sender's connection, in a thread: the event loop goes on sending meanwhile)."""
         try:
-            taken = await asyncio.to_thread(take)
+            self._send_conn = _alive(self._send_conn, self.settings)
+            if outcomes:
+                ledger.finish(self._send_conn, outcomes)
+            lease = self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
+            taken = ledger.take(self._send_conn, limit, lease) if limit > 0 else []
         except (OperationalError, psycopg.OperationalError) as error:
+            # Outcomes not written are lost: their leases run out and the deliveries are sent again.
             self._send_outage.failed(error)
+            self._send_conn = _close(self._send_conn)
             return []
         self._send_outage.recovered()
+        for outcome in outcomes:
+            metrics.DELIVERIES.labels(outcome.state if outcome.state != "pending" else "failed").inc()
+        self.sent += len(outcomes)
         return taken
 
     async def _idle(self, stop: threading.Event, in_flight: set[asyncio.Task[None]]) -> None:
-        """Wait for the poll interval, a wake from the fan-out, a delivery ending, or the stop."""
+        """Wait for the poll interval, a wake from the fan-out, an attempt ending, or the stop."""
         deadline = time.monotonic() + self.settings.webhook_poll_seconds
-        step = 0.02
         while time.monotonic() < deadline and not stop.is_set() and not self._wake.is_set():
             if in_flight:
-                done, _ = await asyncio.wait(in_flight, timeout=step)
-                if done and len(in_flight) < self.settings.webhook_concurrency:
+                done, _ = await asyncio.wait(in_flight, timeout=IDLE_STEP_SECONDS)
+                if done:
                     break
             else:
-                await asyncio.sleep(step)
+                await asyncio.sleep(IDLE_STEP_SECONDS)
         self._wake.clear()
 
     async def deliver(self, client: httpx.AsyncClient, due: ledger.Due) -> None:
-        """One attempt of `due`, and its outcome written."""
+        """One attempt of `due`; its outcome is written with the next take."""
         body = body_of(due)
         status: int | None = None
         error: str | None = None
@@ -186,40 +204,42 @@ class Dispatcher:
             error = f"timed out after {self.settings.webhook_timeout_seconds:g} s"
         except Exception as failed:  # a refused target, a connection error: the attempt failed
             error = f"{type(failed).__name__}: {first_line(failed)}"[:ERROR_CHARS]
-        await self._finish(due, status, error)
+        self._outcomes.append(self.outcome(due, status, error))
 
-    async def _finish(self, due: ledger.Due, status: int | None, error: str | None) -> None:
+    def outcome(self, due: ledger.Due, status: int | None, error: str | None) -> ledger.Outcome:
         settings = self.settings
         if error is None:
-            state, retry_in, outcome = "delivered", 0.0, "delivered"
-        elif due.attempt >= settings.webhook_max_attempts:
-            state, retry_in, outcome = "dead", 0.0, "dead"
+            return ledger.Outcome(due, "delivered", status, None)
+        if due.attempt >= settings.webhook_max_attempts:
+            state, retry_in = "dead", 0.0
         else:
+            state = "pending"
             retry_in = backoff_seconds(
                 due.attempt, settings.webhook_backoff_base, settings.webhook_backoff_max
             )
-            state, outcome = "pending", "failed"
+        log.warning(
+            "webhook delivery failed",
+            delivery=due.id,
+            webhook=str(due.webhook_id),
+            event_id=due.event_id,
+            attempt=due.attempt,
+            state=state,
+            error=error,
+        )
+        return ledger.Outcome(due, state, status, error, retry_in)
 
-        def finish() -> bool:
-            with autocommit_engine().connect() as conn:
-                return ledger.finish(conn, due, state=state, status=status, error=error, retry_in=retry_in)
 
+def _alive(conn: Connection | None, settings: Settings) -> Connection:
+    if conn is None or conn.closed or conn.broken:
+        return own_connection(settings.libpq_url)
+    return conn
+
+
+def _close(conn: Connection | None) -> Connection | None:
+    """Close `conn` if there is one; None, the connection the caller holds from now on."""
+    if conn is not None:
         try:
-            written = await asyncio.to_thread(finish)
-        except Exception as failed:  # the lease runs out and another attempt follows
-            log.warning(
-                "could not record a webhook delivery's outcome", delivery=due.id, error=first_line(failed)
-            )
-            return
-        metrics.DELIVERIES.labels(outcome).inc()
-        self.sent += 1
-        if written and state != "delivered":
-            log.warning(
-                "webhook delivery failed",
-                delivery=due.id,
-                webhook=str(due.webhook_id),
-                event_id=due.event_id,
-                attempt=due.attempt,
-                state=state,
-                error=error,
-            )
+            conn.close()
+        except Exception:
+            log.debug("closing a webhook connection failed", exc_info=True)
+    return None
