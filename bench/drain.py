@@ -18,6 +18,11 @@ the last one it finishes.
   publishes each tenant's next job only when a slot frees.
 - conveyor-live: the same drain without limits (N echo jobs, the relay running beside the
   worker): what conveyor-flow is compared with.
+- conveyor-hooks: conveyor-live with one webhook subscription on every event type, POSTed
+  to a receiver in this process that answers 200 (two deliveries per job: running,
+  succeeded). Compare it with conveyor-live, interleaved:
+  `--systems conveyor-live,conveyor-hooks,conveyor-live,conveyor-hooks`. Its extra rows: the
+  relay's CPU per job, the deliveries received by the drain's end and within 30 s after it.
 - dramatiq: a noop actor on a RabbitmqBroker with Dramatiq's default middleware,
   `dramatiq peers.dramatiq_noop --processes 1 --threads 8`.
 - celery: a noop task over amqp, `celery worker -P threads -c 8`: one OS process with 8
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -76,13 +82,15 @@ from _harness import (
 )
 from _profile import RELAY_MARKERS, WORKER_MARKERS, Recorder, report
 
-DATABASE = "conveyor_bench"
+# BENCH_NAME: the scratch database and vhost, so that two drains on one machine keep apart.
+DATABASE = os.environ.get("BENCH_NAME", "conveyor_bench")
 CONVEYOR_QUEUE = "default"  # app.jobs.registry.Queue.DEFAULT, where echo runs
 ECHO_MAX_ATTEMPTS = 5  # RETRY_MAX_ATTEMPTS' default; echo sets none of its own
 SYSTEMS = (
     "conveyor",
     "conveyor-quiet",
     "conveyor-live",
+    "conveyor-hooks",
     "conveyor-flow",
     "dramatiq",
     "celery",
@@ -91,6 +99,8 @@ SYSTEMS = (
 FLOW_TASK = "app.tasks.example.tenant_report"
 DEFAULT_SYSTEMS = "conveyor,conveyor-quiet,dramatiq,celery,celery-prefork"
 POLL_SECONDS = 0.1
+# conveyor-hooks: how long after the drain its deliveries are still counted.
+HOOKS_TAIL_SECONDS = 30.0
 
 
 @dataclass
@@ -278,11 +288,61 @@ def relay_publish(procs: Procs, env: dict[str, str], n: int, out: Path, opts: Op
     return first[1] / (done - first[0]), profile
 
 
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that answers 200 and counts what it got."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.count = 0
+        self.last_at = 0.0
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver would
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with lock:
+                    receiver.count += 1
+                    receiver.last_at = time.monotonic()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # the default 5 drops connections of a sender with 16 in flight
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def subscribe_everything(url: str) -> None:
+    """One subscription on every event type (as `POST /api/v1/webhooks` makes it)."""
+    events = ["job.queued", "job.running", "job.retrying", "job.succeeded", "job.dead", "job.cancelled"]
+    with pg_connect(libpq_url(DATABASE)) as conn:
+        conn.execute(
+            "INSERT INTO webhooks (id, url, events, secret, created_by, created_at)"
+            " VALUES (gen_random_uuid(), %s, %s, 'whsec_bench', 'bench', now() - interval '1 minute')",
+            (url, events),
+        )
+
+
 def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
     """One drain of Conveyor; conveyor-live and conveyor-flow keep the relay running meanwhile."""
     out = work_dir(f"drain-{system}")
     extra = {"LOG_LEVEL": "WARNING"} if system == "conveyor-quiet" else {}
-    vhost = "conveyor_bench"
+    vhost = DATABASE
     with (
         scratch_vhost(vhost, opts.keep) as broker,
         scratch_database(DATABASE, opts.keep),
@@ -290,15 +350,20 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
     ):
         env = conveyor_env(broker, **extra)
         migrate(env, out)
-        live = system in {"conveyor-live", "conveyor-flow"}
+        live = system in {"conveyor-live", "conveyor-flow", "conveyor-hooks"}
         if system == "conveyor-flow":
             preload_flow(opts.jobs, opts.keys, opts.concurrency)
         else:
             preload_ledger(opts.jobs)
+        receiver = Receiver() if system == "conveyor-hooks" else None
+        if receiver is not None:
+            subscribe_everything(receiver.url)
+        relay_meter: CpuMeter | None = None
         if live:
             # The relay publishes while the worker drains: for conveyor-flow, as slots free.
             relay_rate, relay_profile, depth = float("nan"), "", opts.jobs
-            procs.start("relay", [CONVEYOR, "relay"], env, out)
+            relay_proc = procs.start("relay", [CONVEYOR, "relay"], env, out)
+            relay_meter = CpuMeter("relay", relay_proc.tree)
         else:
             relay_rate, relay_profile = relay_publish(procs, env, opts.jobs, out, opts)
             depth = queue_depth(broker, CONVEYOR_QUEUE)
@@ -333,6 +398,8 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
                     raise RuntimeError(f"{failed} jobs did not succeed; see {worker.log_path}")
                 if window is None and done > 0:
                     window = open_window(worker, done, db_lookup, opts, out)
+                    if relay_meter is not None:
+                        relay_meter.start()
                 if done >= opts.jobs:
                     break
                 if time.monotonic() > deadline:
@@ -341,12 +408,33 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             wall = time.monotonic() - started
             assert window is not None
             worker_ms, db_ms, broker_ms = close_window(window, opts.jobs)
+            relay_ms = (
+                1000 * relay_meter.elapsed() / max(1, opts.jobs - window.done_at_start)
+                if relay_meter
+                else None
+            )
             pg_waits = window.sampler.stop() if window.sampler else {}
             rss, tree_rss = worker_memory(worker)
             load_after = load_average()
             span = poll.one("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs")
             seconds = float(span[0])
             wal = wal_bytes() - wal_before
+        hooks: dict[str, float] = {}
+        if receiver is not None:
+            # Deliveries go on after the drain: counted for at most HOOKS_TAIL_SECONDS more.
+            at_drain_end = receiver.count
+            expected = 2 * opts.jobs  # running and succeeded; the preloaded rows had no queued event
+            tail_end = time.monotonic() + HOOKS_TAIL_SECONDS
+            while receiver.count < expected and time.monotonic() < tail_end:
+                time.sleep(POLL_SECONDS)
+            hooks = {
+                "webhook deliveries received by the drain's end": at_drain_end,
+                "webhook deliveries/s (drain and tail)": receiver.count / (time.monotonic() - started),
+                "webhook deliveries left after the tail": expected - receiver.count,
+            }
+            receiver.close()
+        if relay_ms is not None:
+            hooks["relay CPU ms per job (drain window)"] = relay_ms
         # Backends flush their statistics when they exit: stop the worker before reading them.
         worker.stop()
         after = pg_counters(DATABASE)
@@ -378,6 +466,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
                 "duplicate messages": depth - opts.jobs,
                 "commits/s": ledger["transactions per job"] / seconds,
                 **per_job,
+                **hooks,
             },
             pg_waits=pg_waits,
             profile=profile + relay_profile,

@@ -8,7 +8,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import app.tasks  # noqa: F401  (registers the public tasks the API accepts)
-from app.api import accept, audit, batch, emails, errors, events, health, jobs, openapi, queues, schedules
+from app.api import (
+    accept,
+    audit,
+    batch,
+    emails,
+    errors,
+    events,
+    health,
+    jobs,
+    openapi,
+    queues,
+    schedules,
+    webhooks,
+)
 from app.api.failures import LastResort
 from app.api.guard import BodyGuard
 from app.api.metrics import HttpMetrics
@@ -55,6 +68,7 @@ def create_app() -> FastAPI:
     application.include_router(events.router)
     application.include_router(schedules.router)
     application.include_router(queues.router)
+    application.include_router(webhooks.router)
     application.include_router(audit.router)
     application.include_router(health.router)
     application.include_router(dashboard_router)

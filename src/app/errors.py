@@ -197,6 +197,28 @@ class AlreadyInFlight(ConveyorError):
         self.job_id = job_id
 
 
+class WebhookNotFound(ConveyorError):
+    """Raised when no webhook subscription (or no delivery of it) has the requested id."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} not found")
+
+
+class WebhookTargetRefused(ConveyorError, ValueError):
+    """Raised when a webhook URL may not be called: not https in production, or a host that
+    resolves to a loopback, private, link-local, unspecified or multicast address while
+    WEBHOOK_ALLOW_PRIVATE is off; also at delivery time, when the host resolves there now."""
+
+
+class DeliveryNotReplayable(ConveyorError):
+    """Raised when a replay names a delivery that is still pending (only dead or delivered ones)."""
+
+    def __init__(self, delivery_id: int) -> None:
+        super().__init__(
+            f"delivery {delivery_id} is pending; only dead or delivered deliveries can be replayed"
+        )
+
+
 class InvalidCursor(ConveyorError, ValueError):
     """Raised when an event cursor (`Last-Event-ID`, `after=`) is not one the stream gave out."""
 

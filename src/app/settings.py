@@ -81,6 +81,19 @@ class Settings(BaseSettings):
     max_schedules: int = Field(default=1000, ge=0)
     min_schedule_interval_seconds: int = Field(default=1, ge=1)
 
+    # Webhooks: each delivery is tried up to WEBHOOK_MAX_ATTEMPTS times, WEBHOOK_BACKOFF_BASE
+    # doubling up to WEBHOOK_BACKOFF_MAX between tries (jittered), each request given
+    # WEBHOOK_TIMEOUT_SECONDS in all; at most WEBHOOK_CONCURRENCY requests in flight per relay.
+    # WEBHOOK_ALLOW_PRIVATE: targets on loopback, private, link-local addresses allowed (unset:
+    # only outside production).
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    webhook_backoff_base: float = Field(default=30.0, ge=0.0)
+    webhook_backoff_max: float = Field(default=21_600.0, ge=0.0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0.0, le=300.0)
+    webhook_concurrency: int = Field(default=16, ge=1, le=1000)
+    webhook_poll_seconds: float = Field(default=0.5, gt=0.0)
+    webhook_allow_private: bool | None = None
+
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     # Jobs in one `POST /api/v1/jobs/batch` (and in each transaction of `conveyor enqueue
     # --file`): one INSERT each, so a batch holds its connection only for milliseconds.
@@ -168,6 +181,12 @@ class Settings(BaseSettings):
     @property
     def docs_enabled(self) -> bool:
         return self.api_docs if self.api_docs is not None else self.environment != "production"
+
+    @property
+    def webhooks_may_reach_private(self) -> bool:
+        if self.webhook_allow_private is not None:
+            return self.webhook_allow_private
+        return self.environment != "production"
 
     @property
     def libpq_url(self) -> str:

@@ -50,6 +50,12 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("GET", "/api/v1/queues", None, {"read", "operate"}),
     ("POST", "/api/v1/queues/default/pause", None, {"operate"}),
     ("POST", "/api/v1/queues/default/resume", None, {"operate"}),
+    ("POST", "/api/v1/webhooks", {"url": "http://127.0.0.1:9/", "events": ["job.dead"]}, {"operate"}),
+    ("GET", "/api/v1/webhooks", None, {"read", "operate"}),
+    ("GET", f"/api/v1/webhooks/{ID}", None, {"read", "operate"}),
+    ("DELETE", f"/api/v1/webhooks/{ID}", None, {"operate"}),
+    ("GET", f"/api/v1/webhooks/{ID}/deliveries", None, {"read", "operate"}),
+    ("POST", f"/api/v1/webhooks/{ID}/deliveries/1/replay", None, {"operate"}),
     ("GET", "/metrics", None, {"metrics"}),
     ("GET", "/openapi.json", None, {"read"}),
     ("GET", "/docs", None, {"read"}),
@@ -104,7 +110,8 @@ def test_every_route_of_the_api_is_in_the_matrix() -> None:
     from app.asgi import create_app
 
     listed = {
-        (method, re.sub(r"/(" + ID + r"|nightly|default)(?=/|$)", "/{}", path)) for method, path, *_ in ROUTES
+        (method, re.sub(r"/(" + ID + r"|nightly|default|1)(?=/|$)", "/{}", path))
+        for method, path, *_ in ROUTES
     }
     served = {
         (method.upper(), re.sub(r"\{[a-z_]+\}", "{}", path))

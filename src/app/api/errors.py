@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from app.errors import (
     AlreadyInFlight,
     CursorExpired,
+    DeliveryNotReplayable,
     Forbidden,
     IdempotencyConflict,
     InvalidSchedule,
@@ -34,6 +35,7 @@ from app.errors import (
     Unauthenticated,
     UnknownTask,
     UnstorableInput,
+    WebhookNotFound,
 )
 from app.logs import first_line, get_logger
 
@@ -161,6 +163,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(ScheduleNotFound, _not_found)
     app.add_exception_handler(QueueNotFound, _not_found)
+    app.add_exception_handler(WebhookNotFound, _not_found)
+    app.add_exception_handler(DeliveryNotReplayable, _conflict)
     app.add_exception_handler(InvalidTransition, _conflict)
     app.add_exception_handler(CursorExpired, _gone)
     app.add_exception_handler(ScheduleNameTaken, _conflict)

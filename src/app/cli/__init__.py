@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import audit, dlq, enqueue, health, jobs, keys, load, queues, schedules, serve, status
+from app.cli import audit, dlq, enqueue, health, jobs, keys, load, queues, schedules, serve, status, webhooks
 
 cli = typer.Typer(
     name="conveyor",
@@ -25,6 +25,7 @@ cli.add_typer(dlq.app, name="dlq")
 cli.add_typer(keys.app, name="keys")
 cli.add_typer(schedules.app, name="schedules")
 cli.add_typer(queues.app, name="queues")
+cli.add_typer(webhooks.app, name="webhooks")
 cli.command()(schedules.prune)
 cli.command()(enqueue.enqueue)
 cli.command()(status.workers)

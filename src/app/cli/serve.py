@@ -73,10 +73,12 @@ def worker(
 
 
 def relay() -> None:
-    """Publish committed jobs from the ledger to RabbitMQ (the outbox relay), fire schedules, prune."""
+    """Publish committed jobs from the ledger to RabbitMQ (the outbox relay), fire schedules, prune,
+    deliver webhooks."""
     import app.tasks  # noqa: F401  (registers the tasks, and the schedules they declare)
     from app.logs import configure_logging, get_logger
     from app.relay.outbox import Relay
+    from app.webhooks.dispatch import Dispatcher
 
     configure_logging()
     settings = get_settings()
@@ -98,7 +100,10 @@ def relay() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    webhooks = Dispatcher(settings)
+    webhooks.start(stop)  # beside the relay's loop, never in it: a slow receiver delays no job
     Relay().run(stop)
+    webhooks.join()
 
 
 def migrate() -> None:

@@ -35,8 +35,10 @@ NOTICE_TEXTS = {
     "refused": "Nothing done: the job is {state} now.",
     "no_schedule": "Nothing done: there is no such schedule now.",
     "no_queue": "Nothing done: there is no such queue.",
+    "delivery_replayed": "The delivery will be sent again, with the same event id.",
+    "no_delivery": "Nothing done: that delivery is gone, or is pending already.",
 }
-REFUSALS = frozenset({"refused", "no_schedule", "no_queue"})
+REFUSALS = frozenset({"refused", "no_schedule", "no_queue", "no_delivery"})
 
 
 @dataclass(frozen=True, slots=True)

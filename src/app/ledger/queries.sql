@@ -846,6 +846,153 @@ WITH resumed AS (
 )
 SELECT pg_notify('conveyor_jobs', '') FROM resumed
 
+-- name: insert_webhook
+-- A new subscription; its secret is never read back by a listing.
+INSERT INTO webhooks (id, url, events, task, secret, created_by)
+VALUES (%(id)s, %(url)s, %(events)s, %(task)s, %(secret)s, %(created_by)s)
+RETURNING id, url, events, task, created_by, created_at
+
+-- name: list_webhooks
+-- Every subscription, oldest first, with how many of its deliveries wait and how many are dead.
+SELECT w.id, w.url, w.events, w.task, w.created_by, w.created_at,
+    (SELECT count(*) FROM webhook_deliveries AS d WHERE d.webhook_id = w.id AND d.state = 'pending'),
+    (SELECT count(*) FROM webhook_deliveries AS d WHERE d.webhook_id = w.id AND d.state = 'dead')
+FROM webhooks AS w
+WHERE %(id)s::uuid IS NULL OR w.id = %(id)s::uuid
+ORDER BY w.created_at, w.id
+
+-- name: delete_webhook
+-- A deleted subscription takes its deliveries with it (ON DELETE CASCADE): none is sent again.
+DELETE FROM webhooks WHERE id = %(id)s RETURNING url
+
+-- name: fan_out_events
+-- One step of the fan-out: the events after the mark, below the horizon (read_events' horizon,
+-- proved exact in app/ledger/events.py: no transaction that could still write an event sorting
+-- before them is open), become one delivery per
+-- matching subscription, and the mark moves past them, in this one statement. Skipped (zero
+-- rows in `mark`) while another relay holds the mark. A subscription gets the events made
+-- after it; `data` is the job as it is now, with the state and attempt of the event.
+WITH mark AS (
+    SELECT xid, event_id FROM webhook_fanout WHERE name = 'events' FOR UPDATE SKIP LOCKED
+), snapshot AS (
+    SELECT pg_current_snapshot() AS s
+), elsewhere AS (
+    SELECT a.backend_xid AS x FROM pg_stat_activity a
+    WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL
+      AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+), horizon AS (
+    SELECT coalesce(
+        (SELECT min(x) FROM snapshot, pg_snapshot_xip(snapshot.s) AS x
+         WHERE xid(x) NOT IN (SELECT x FROM elsewhere)),
+        (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS h
+), batch AS (
+    SELECT e.id, e.xid, e.at, e.job_id, e.task, e.queue, e.state, e.attempt
+    FROM mark, horizon, job_events AS e
+    WHERE (e.xid, e.id) > (mark.xid, mark.event_id) AND e.xid < horizon.h
+    ORDER BY e.xid, e.id
+    LIMIT %(limit)s
+), made AS (
+    INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, job_id, event_at, data)
+    SELECT w.id, b.xid::text || '-' || b.id::text, 'job.' || b.state, b.job_id, b.at,
+        jsonb_build_object(
+            'id', b.job_id, 'task', b.task, 'queue', b.queue, 'state', b.state,
+            'attempts', b.attempt, 'run', j.run, 'max_attempts', j.max_attempts,
+            'priority', j.priority, 'progress', j.progress, 'payload', j.payload,
+            'created_at', j.created_at, 'started_at', j.started_at, 'finished_at', j.finished_at,
+            'next_retry_at', CASE WHEN b.state = 'retrying' THEN j.available_at END,
+            'last_error', j.last_error, 'result', j.result, 'parent_id', j.parent_id,
+            'schedule', j.schedule, 'scheduled_for', j.scheduled_for
+        )
+    FROM batch AS b
+    JOIN webhooks AS w
+        ON 'job.' || b.state = ANY (w.events) AND (w.task IS NULL OR w.task = b.task)
+        AND b.at >= w.created_at
+    LEFT JOIN jobs AS j ON j.id = b.job_id
+    ON CONFLICT (webhook_id, event_id) DO NOTHING
+    RETURNING 1
+), newest AS (
+    SELECT xid, id FROM batch ORDER BY xid DESC, id DESC LIMIT 1
+), moved AS (
+    UPDATE webhook_fanout AS f SET xid = newest.xid, event_id = newest.id, updated_at = now()
+    FROM newest WHERE f.name = 'events'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM mark), (SELECT count(*) FROM batch), (SELECT count(*) FROM made),
+    (SELECT count(*) FROM moved)
+
+-- name: take_deliveries
+-- Up to %(limit)s due deliveries, leased: the attempt is counted now and the row is not due again
+-- until %(lease)s seconds have passed (a sender that dies mid-request leaves it to another).
+UPDATE webhook_deliveries AS d
+SET attempts = d.attempts + 1, last_attempt_at = now(),
+    next_attempt_at = now() + make_interval(secs => %(lease)s)
+FROM webhooks AS w
+WHERE w.id = d.webhook_id AND d.id = ANY(ARRAY(
+    SELECT id FROM webhook_deliveries
+    WHERE state = 'pending' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING d.id, d.webhook_id, w.url, w.secret, d.event_id, d.event_type, d.event_at, d.data, d.attempts
+
+-- name: finish_deliveries
+-- What attempts came to, many in one statement: delivered, pending again (due in `retry_in`
+-- seconds) or dead. Fenced by the attempt: a sender whose lease ran out writes nothing. The
+-- ids written.
+UPDATE webhook_deliveries AS d
+SET state = o.state, last_status = o.status, last_error = o.error,
+    next_attempt_at = now() + make_interval(secs => o.retry_in),
+    delivered_at = CASE WHEN o.state = 'delivered' THEN now() ELSE d.delivered_at END,
+    finished_at = CASE WHEN o.state = 'pending' THEN NULL ELSE now() END
+FROM unnest(
+    %(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(statuses)s::int[],
+    %(errors)s::text[], %(retry_in)s::float8[]
+) AS o(id, attempt, state, status, error, retry_in)
+WHERE d.id = o.id AND d.attempts = o.attempt AND d.state = 'pending'
+RETURNING d.id
+
+-- name: replay_delivery
+-- A dead (or delivered) delivery is due again at once, its attempts counted from 0; its last
+-- status and error stay until the next attempt.
+UPDATE webhook_deliveries
+SET state = 'pending', attempts = 0, next_attempt_at = now(), finished_at = NULL
+WHERE id = %(id)s AND webhook_id = %(webhook_id)s AND state IN ('dead', 'delivered')
+RETURNING id
+
+-- name: delivery_state
+SELECT state FROM webhook_deliveries WHERE id = %(id)s AND webhook_id = %(webhook_id)s
+
+-- name: deliveries_page
+-- A subscription's deliveries newest first, of one state when given, before the id %(before)s.
+SELECT id, webhook_id, event_id, event_type, job_id, event_at, state, attempts, last_status,
+    last_error, last_attempt_at, next_attempt_at, delivered_at, created_at
+FROM webhook_deliveries
+WHERE webhook_id = %(webhook_id)s
+  AND (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: failed_deliveries
+-- The deliveries that failed lately (dead, or pending after a failed attempt), newest first.
+SELECT d.id, d.webhook_id, w.url, d.event_id, d.event_type, d.job_id, d.state, d.attempts,
+    d.last_status, d.last_error, d.last_attempt_at, d.next_attempt_at
+FROM webhook_deliveries AS d JOIN webhooks AS w ON w.id = d.webhook_id
+WHERE d.state = 'dead' OR (d.state = 'pending' AND d.last_error IS NOT NULL)
+ORDER BY d.id DESC
+LIMIT %(limit)s
+
+-- name: prune_deliveries
+-- Deletes up to %(limit)s deliveries of a finished %(state)s older than %(retain)s seconds.
+DELETE FROM webhook_deliveries WHERE id = ANY(ARRAY(
+    SELECT id FROM webhook_deliveries
+    WHERE state = %(state)s AND finished_at < now() - make_interval(secs => %(retain)s)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+))
+
 -- name: insert_audit_entry
 -- Who did what: one operator action (or sign-in, sign-out), written in the action's own
 -- transaction, so it stands in the log exactly when the action took effect.

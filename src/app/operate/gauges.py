@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from dramatiq.common import xq_name
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import text
 
 from app.logs import first_line, get_logger
 from app.operate import amqp, health
@@ -34,6 +35,12 @@ from app.settings import Settings, get_settings
 
 log = get_logger("conveyor.metrics")
 
+# Webhook deliveries waiting to be sent (from the partial index of due ones) and dead ones.
+WEBHOOK_DEPTHS = text(
+    "SELECT (SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'),"
+    " (SELECT count(*) FROM webhook_deliveries WHERE state = 'dead')"
+)
+
 # Scrapes are seconds apart; answers this young are as good as new.
 LEDGER_CACHE_SECONDS = 1.0
 # Counting a state stops here (about 50 ms of index scan on 2 cores); above it the gauge
@@ -51,6 +58,8 @@ class LedgerSnapshot:
     live_relays: int
     paused_queues: frozenset[str] = frozenset()
     waiting_on_limit: dict[str, int] | None = None  # by task
+    webhook_pending: int = 0
+    webhook_dead: int = 0
 
 
 def read_ledger(database_url: str) -> LedgerSnapshot:
@@ -63,6 +72,7 @@ def read_ledger(database_url: str) -> LedgerSnapshot:
         relays = int(conn.execute(LIVE_RELAYS, live_params()).scalar_one())
         paused = frozenset(conn.execute(queue_views.PAUSED).scalars())
         waiting = {row[0]: int(row[1]) for row in conn.execute(queue_views.WAITING_ON_LIMIT)}
+        pending, dead = conn.execute(WEBHOOK_DEPTHS).one()
     return LedgerSnapshot(
         states,
         backlog,
@@ -72,6 +82,8 @@ def read_ledger(database_url: str) -> LedgerSnapshot:
         relays,
         paused,
         waiting,
+        int(pending),
+        int(dead),
     )
 
 
@@ -161,6 +173,16 @@ def _ledger_metrics(snapshot: LedgerSnapshot) -> Iterator[Metric]:
         value=float(snapshot.live_relays),
     )
     yield from _flow_metrics(snapshot)
+    yield GaugeMetricFamily(
+        "conveyor_webhook_deliveries_pending",
+        "Webhook deliveries waiting to be sent: new, or to be tried again after a failed attempt",
+        value=float(snapshot.webhook_pending),
+    )
+    yield GaugeMetricFamily(
+        "conveyor_webhook_deliveries_dead",
+        "Webhook deliveries whose every attempt failed (kept, replayable)",
+        value=float(snapshot.webhook_dead),
+    )
 
 
 def _flow_metrics(snapshot: LedgerSnapshot) -> Iterator[Metric]:

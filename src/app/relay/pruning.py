@@ -1,5 +1,6 @@
 """Retention: finished jobs older than their state's retention are deleted, with their attempts
-and artifacts; idempotency keys older than their window are released; expired dashboard
+and artifacts (and webhook deliveries: delivered ones as succeeded jobs, dead ones as dead jobs);
+idempotency keys older than their window are released; expired dashboard
 sessions are deleted; worker and relay rows long silent are forgotten; audit entries older than
 RETAIN_AUDIT_SECONDS and job events older than EVENT_RETENTION_SECONDS are deleted. Nothing
 unfinished is ever pruned.
@@ -24,7 +25,7 @@ from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from app.ledger import audit, retention
+from app.ledger import audit, retention, webhooks
 from app.ledger.engines import sync_engine
 from app.ledger.schema import JobState
 from app.logs import Outage, get_logger
@@ -60,6 +61,7 @@ class Pass:
     relays: int = 0
     audit_entries: int = 0
     events: int = 0
+    deliveries: int = 0
 
     @property
     def total(self) -> int:
@@ -109,6 +111,18 @@ def prune(
         if ended < batch:
             break
         pause.wait(settings.prune_pause_seconds)
+    # Webhook deliveries: delivered ones go with succeeded jobs, dead ones are kept as long as dead jobs.
+    for state, keep in (
+        ("delivered", settings.retain_succeeded_seconds),
+        ("dead", settings.retain_dead_seconds),
+    ):
+        while stop is None or not stop.is_set():
+            with engine.begin() as conn:
+                pruned = webhooks.prune(conn, state, keep, batch)
+            done.deliveries += pruned
+            if pruned < batch:
+                break
+            pause.wait(settings.prune_pause_seconds)
     with engine.begin() as conn:
         done.workers = retention.prune_workers(conn, settings.retain_workers_seconds)
         done.relays = retention.prune_relays(conn, settings.retain_workers_seconds)
@@ -188,6 +202,7 @@ class Pruner:
             or done.relays
             or done.audit_entries
             or done.events
+            or done.deliveries
         ):
             log.info(
                 "pruned",
@@ -198,5 +213,6 @@ class Pruner:
                 relays=done.relays,
                 audit_entries=done.audit_entries,
                 events=done.events,
+                webhook_deliveries=done.deliveries,
             )
         return done
