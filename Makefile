@@ -32,16 +32,16 @@ test-compose: install
 	$(BIN)/python -m pytest tests/compose $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff format --check src tests bench examples clients/python
-	$(BIN)/ruff check src tests bench examples clients/python
+	$(BIN)/ruff format --check src tests bench examples clients/python/src
+	$(BIN)/ruff check src tests bench examples clients/python/src
 	$(BIN)/mypy
 	$(BIN)/mypy examples
 	$(BIN)/mypy clients/python/src
 	$(BIN)/lint-imports
 
 format: install
-	$(BIN)/ruff format src tests bench examples clients/python
-	$(BIN)/ruff check --fix src tests bench examples clients/python
+	$(BIN)/ruff format src tests bench examples clients/python/src
+	$(BIN)/ruff check --fix src tests bench examples clients/python/src
 
 loadtest: install
 	$(BIN)/conveyor loadtest

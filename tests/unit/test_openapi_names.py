@@ -81,3 +81,15 @@ def test_no_answer_or_body_is_an_untitled_inline_schema(document: dict[str, Any]
             schema = answer.get("content", {}).get("application/json", {}).get("schema")
             if schema is not None and status.startswith("2"):
                 assert "$ref" in schema, f"{where} {status}: {schema}"
+
+
+def test_each_tasks_documented_job_body_has_every_field_the_api_accepts(document: dict[str, Any]) -> None:
+    from app.api.schemas import JobRequest
+
+    body = document["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    names = [ref["$ref"].rsplit("/", 1)[1] for ref in body["oneOf"]]
+    assert "EchoJob" in names
+    for name in names:
+        assert set(document["components"]["schemas"][name]["properties"]) == set(JobRequest.model_fields), (
+            name
+        )
