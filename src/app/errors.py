@@ -195,3 +195,20 @@ class AlreadyInFlight(ConveyorError):
         )
         self.task = task
         self.job_id = job_id
+
+
+class InvalidCursor(ConveyorError, ValueError):
+    """Raised when an event cursor (`Last-Event-ID`, `after=`) is not one the stream gave out."""
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(f"event cursor {cursor[:64]!r} is not of the form '<xid>-<id>' the stream gives")
+
+
+class CursorExpired(ConveyorError):
+    """Raised when an event cursor names an event older than EVENT_RETENTION_SECONDS keeps."""
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(
+            f"event {cursor} is no longer kept (older than EVENT_RETENTION_SECONDS); "
+            "start again without Last-Event-ID and read the jobs' state"
+        )

@@ -111,6 +111,10 @@ RELEASE_EXPIRED_IDEMPOTENCY_KEYS: Final = _bind("release_expired_idempotency_key
 PRUNE_WORKERS: Final = _bind("prune_workers")
 PRUNE_RELAYS: Final = _bind("prune_relays")
 PRUNE_SESSIONS: Final = _bind("prune_sessions")
+READ_EVENTS: Final = _bind("read_events")
+EVENT_EXISTS: Final = _bind("event_exists")
+PRUNE_EVENTS: Final = _bind("prune_events")
+COUNT_PRUNABLE_EVENTS: Final = _bind("count_prunable_events")
 
 if _statements:
     raise RuntimeError(f"queries.sql has statements no name binds: {sorted(_statements)}")

@@ -12,7 +12,9 @@
 -- in-flight job of its task holds (ux_jobs_unique_in_flight), is not inserted: it is left out
 -- of the ids returned, and the others are inserted. With %(notify)s, inserting any row also wakes the relay
 -- when the transaction commits (a NOTIFY of its own cost the API a round trip and the
--- database a transaction per batch).
+-- database a transaction per batch). Each row's `queued` event is logged with it, and readers of
+-- the log are woken at commit (every statement that changes a job's state does both, as here:
+-- pg_notify in the WHERE runs once per row, and identical notifications fold in a transaction).
 WITH inserted AS (
     INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at,
                       idempotency_key, request_hash, client_id, parent_id, schedule, scheduled_for,
@@ -27,7 +29,10 @@ WITH inserted AS (
               schedule text, scheduled_for timestamptz, unique_key text, concurrency_key text,
               concurrency_limit integer, rate_key text, rate_limit integer, rate_period float8)
     ON CONFLICT DO NOTHING
-    RETURNING id
+    RETURNING id, task, queue, client_id
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'queued', 0 FROM inserted WHERE pg_notify('conveyor_events', '')::text = ''
 ), woken AS (
     SELECT pg_notify('conveyor_jobs', '') AS rang WHERE CAST(%(notify)s AS boolean)
 )
@@ -89,10 +94,13 @@ WITH asked AS (
       AND j.available_at <= now() AND j.attempts < j.max_attempts
       AND j.concurrency_key IS NULL AND j.rate_key IS NULL
       AND j.queue <> ALL (ARRAY(SELECT queue FROM paused_queues))
-    RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text
+    RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text, j.queue, j.client_id
 ), history AS (
     INSERT INTO job_attempts (job_id, run, attempt, worker_id)
     SELECT id, run, attempts, %(worker_id)s FROM claimed
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'running', attempts FROM claimed WHERE pg_notify('conveyor_events', '')::text = ''
 )
 SELECT id, run, attempts, max_attempts, task, payload FROM claimed
 
@@ -169,11 +177,14 @@ WITH asked AS (
            worker_id = %(worker_id)s, updated_at = now()
     FROM chosen c
     WHERE j.id = c.id AND j.state IN ('queued', 'retrying')
-    RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text,
+    RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text, j.queue, j.client_id,
               CASE WHEN j.rate_key IS NOT NULL THEN pg_notify('conveyor_jobs', 'slot')::text END AS rang
 ), history AS (
     INSERT INTO job_attempts (job_id, run, attempt, worker_id)
     SELECT id, run, attempts, %(worker_id)s FROM claimed
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'running', attempts FROM claimed WHERE pg_notify('conveyor_events', '')::text = ''
 ), held AS (
     UPDATE jobs j SET published_at = NULL,
            available_at = CASE WHEN v.frees_at > j.available_at THEN v.frees_at ELSE j.available_at END,
@@ -203,7 +214,10 @@ WITH input AS (
            finished_at = now(), lease_expires_at = NULL, last_error = NULL, updated_at = now()
     FROM input i
     WHERE j.id = i.id AND j.run = i.run AND j.attempts = i.attempt AND j.state = 'running'
-    RETURNING j.id, j.run, j.attempts, j.concurrency_key
+    RETURNING j.id, j.run, j.attempts, j.concurrency_key, j.task, j.queue, j.client_id
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'succeeded', attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
 ), closed AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded', error = NULL,
            duration_seconds = extract(epoch FROM now() - a.started_at)
@@ -226,7 +240,10 @@ WITH done AS (
            available_at = now() + make_interval(secs => %(delay)s), published_at = NULL,
            updated_at = now()
     WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
-    RETURNING id, run, attempts, state
+    RETURNING id, run, attempts, state, task, queue, client_id
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, state, attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
 ), closed AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = done.state, error = %(error)s,
            duration_seconds = extract(epoch FROM now() - a.started_at)
@@ -241,7 +258,10 @@ WITH done AS (
     UPDATE jobs SET state = 'dead', last_error = %(error)s, lease_expires_at = NULL,
            finished_at = now(), published_at = NULL, updated_at = now()
     WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
-    RETURNING id, run, attempts, concurrency_key
+    RETURNING id, run, attempts, concurrency_key, task, queue, client_id
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'dead', attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
 ), closed AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'dead', error = %(error)s,
            duration_seconds = extract(epoch FROM now() - a.started_at)
@@ -274,7 +294,10 @@ WITH done AS (
            available_at = now(), published_at = NULL,
            lease_expires_at = NULL, updated_at = now(), last_error = %(error)s
     WHERE id = ANY(%(ids)s::uuid[]) AND worker_id = %(worker_id)s AND state = 'running'
-    RETURNING id, run, attempts
+    RETURNING id, run, attempts, state, task, queue, client_id
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, state, attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
 ), closed AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'interrupted', error = %(error)s,
            duration_seconds = extract(epoch FROM now() - a.started_at)
@@ -299,7 +322,10 @@ WITH asked AS (
     FROM asked a
     WHERE j.id = a.id AND j.run = a.run AND j.attempts = a.attempt
       AND j.worker_id = %(worker_id)s AND j.state = 'running'
-    RETURNING j.id, j.run, j.attempts + 1 AS attempt
+    RETURNING j.id, j.run, j.attempts + 1 AS attempt, j.attempts, j.state, j.task, j.queue, j.client_id
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, state, attempts FROM undone WHERE pg_notify('conveyor_events', '')::text = ''
 ), forgotten AS (
     DELETE FROM job_attempts h USING undone u
     WHERE h.job_id = u.id AND h.run = u.run AND h.attempt = u.attempt
@@ -462,7 +488,10 @@ WITH expired AS (
         last_error = 'lease expired: worker ' || coalesce(j.worker_id, '?')
                      || ' stopped renewing it (crashed or stalled)'
     FROM expired WHERE j.id = expired.id
-    RETURNING j.id, j.task, j.state, j.run, j.attempts, j.last_error
+    RETURNING j.id, j.task, j.state, j.run, j.attempts, j.last_error, j.queue, j.client_id
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, state, attempts FROM upd WHERE pg_notify('conveyor_events', '')::text = ''
 ), history AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'lost', error = upd.last_error,
            duration_seconds = extract(epoch FROM now() - a.started_at)
@@ -478,9 +507,15 @@ WHERE state IN ('queued', 'retrying') AND published_at < now() - make_interval(s
 
 -- name: cancel
 -- queued|retrying → cancelled: a job that has not started never will.
-UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
-WHERE id = %(id)s AND state IN ('queued', 'retrying')
-RETURNING id
+WITH done AS (
+    UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
+    WHERE id = %(id)s AND state IN ('queued', 'retrying')
+    RETURNING id, task, queue, client_id, attempts
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'cancelled', attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
+)
+SELECT id FROM done
 
 -- name: request_cancel
 -- Asks a running job to stop: records when (the first request's time is kept) and wakes the
@@ -509,7 +544,10 @@ WITH done AS (
     UPDATE jobs SET state = 'cancelled', last_error = %(error)s, lease_expires_at = NULL,
            finished_at = now(), updated_at = now()
     WHERE id = %(id)s AND run = %(run)s AND attempts = %(attempt)s AND state = 'running'
-    RETURNING id, run, attempts, concurrency_key
+    RETURNING id, run, attempts, concurrency_key, task, queue, client_id
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'cancelled', attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
 ), closed AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'cancelled', error = %(error)s,
            duration_seconds = extract(epoch FROM now() - a.started_at)
@@ -544,7 +582,10 @@ WITH candidates AS (
            last_error = NULL, result = NULL, worker_id = NULL, cancel_requested_at = NULL,
            updated_at = now()
     FROM chosen c WHERE j.id = c.id
-    RETURNING j.id
+    RETURNING j.id, j.task, j.queue, j.client_id
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'queued', 0 FROM replayed WHERE pg_notify('conveyor_events', '')::text = ''
 ), stale AS (
     INSERT INTO stale_dead_letters (queue, job_id, run)
     SELECT queue, id, run FROM chosen WHERE published_at IS NOT NULL
@@ -893,3 +934,63 @@ DELETE FROM dashboard_sessions WHERE id_hash = ANY(ARRAY(
     SELECT id_hash FROM dashboard_sessions WHERE expires_at <= now()
     ORDER BY expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ))
+
+-- name: read_events
+-- The events after the cursor (%(after_xid)s, %(after_id)s) in (xid, id) order that no open
+-- transaction can still precede: xid below the horizon of this statement's own snapshot (the
+-- smallest xid it sees in progress, leaving out those a backend of another database holds, else
+-- its xmax; app/ledger/events.py proves it exact). Filters are NULL for any. Every row carries the
+-- horizon and whether events are held above it; a row with a NULL id says there is no event to
+-- read. Run as a transaction of its own.
+WITH snapshot AS (
+    SELECT pg_current_snapshot() AS s
+), elsewhere AS (
+    SELECT a.backend_xid AS x FROM pg_stat_activity a
+    WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL
+      AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+), horizon AS (
+    SELECT coalesce(
+        (SELECT min(x) FROM snapshot, pg_snapshot_xip(snapshot.s) AS x
+         WHERE xid(x) NOT IN (SELECT x FROM elsewhere)),
+        (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS h
+), held AS (
+    -- Whether events it sees are held back above the horizon (a reader then looks again soon:
+    -- the transaction holding them may end without an event, and so without a wake).
+    SELECT EXISTS (SELECT 1 FROM job_events e, horizon h WHERE e.xid >= h.h
+                   AND (e.xid, e.id) > (CAST(%(after_xid)s AS xid8), CAST(%(after_id)s AS bigint))) AS held
+)
+SELECT h.h::text, e.xid::text, e.id, e.at, e.job_id, e.task, e.queue, e.client_id, e.workflow_id,
+       e.state, e.attempt, held.held
+FROM held, horizon h LEFT JOIN LATERAL (
+    SELECT * FROM job_events e
+    WHERE (e.xid, e.id) > (CAST(%(after_xid)s AS xid8), CAST(%(after_id)s AS bigint)) AND e.xid < h.h
+      AND (%(task)s::text IS NULL OR e.task = %(task)s)
+      AND (%(job_id)s::uuid IS NULL OR e.job_id = %(job_id)s)
+      AND (%(workflow_id)s::uuid IS NULL OR e.workflow_id = %(workflow_id)s)
+      AND (%(client_id)s::text IS NULL OR e.client_id = %(client_id)s)
+    ORDER BY e.xid, e.id
+    LIMIT %(limit)s
+) e ON true
+ORDER BY e.xid, e.id
+
+-- name: event_exists
+-- Whether the event a cursor names is still in the log (a pruned one: the stream answers 410).
+SELECT EXISTS (SELECT 1 FROM job_events WHERE xid = CAST(%(xid)s AS xid8) AND id = %(id)s)
+
+-- name: prune_events
+-- Deletes up to %(limit)s of the log's first events in (xid, id) order, stopping before the first
+-- one younger than %(retain)s seconds: what is kept is always everything after some event, so a
+-- cursor whose event is kept has every later event kept too (and one whose event is gone: 410).
+WITH head AS (
+    SELECT id, xid, at FROM job_events ORDER BY xid, id LIMIT %(limit)s
+), young AS (
+    SELECT xid, id FROM head WHERE at >= now() - make_interval(secs => %(retain)s)
+    ORDER BY xid, id LIMIT 1
+)
+DELETE FROM job_events WHERE id = ANY(ARRAY(
+    SELECT h.id FROM head h WHERE NOT EXISTS (SELECT 1 FROM young y WHERE (h.xid, h.id) >= (y.xid, y.id))
+))
+
+-- name: count_prunable_events
+-- How many events are past their retention (about what a pass would delete).
+SELECT count(*) FROM job_events WHERE at < now() - make_interval(secs => %(retain)s)

@@ -1,7 +1,8 @@
 """Retention: finished jobs older than their state's retention are deleted, with their attempts
 and artifacts; idempotency keys older than their window are released; expired dashboard
 sessions are deleted; worker and relay rows long silent are forgotten; audit entries older than
-RETAIN_AUDIT_SECONDS are deleted. Nothing unfinished is ever pruned.
+RETAIN_AUDIT_SECONDS and job events older than EVENT_RETENTION_SECONDS are deleted. Nothing
+unfinished is ever pruned.
 
 A relay runs a pass every PRUNE_INTERVAL_SECONDS in a thread of its own, so publishing never
 waits for it; `conveyor prune` runs one by hand. A pass deletes in statements of
@@ -58,6 +59,7 @@ class Pass:
     workers: int = 0
     relays: int = 0
     audit_entries: int = 0
+    events: int = 0
 
     @property
     def total(self) -> int:
@@ -117,6 +119,13 @@ def prune(
         if pruned < batch:
             break
         pause.wait(settings.prune_pause_seconds)
+    while stop is None or not stop.is_set():
+        with engine.begin() as conn:
+            pruned = retention.prune_events(conn, settings.event_retention_seconds, batch)
+        done.events += pruned
+        if pruned < batch:
+            break
+        pause.wait(settings.prune_pause_seconds)
     return done
 
 
@@ -131,6 +140,7 @@ def count(settings: Settings | None = None, engine: Engine | None = None) -> Pas
                 for state, keep in retention_of(settings).items()
             },
             audit_entries=audit.count_prunable(conn, settings.retain_audit_seconds),
+            events=retention.count_prunable_events(conn, settings.event_retention_seconds),
         )
 
 
@@ -177,6 +187,7 @@ class Pruner:
             or done.workers
             or done.relays
             or done.audit_entries
+            or done.events
         ):
             log.info(
                 "pruned",
@@ -186,5 +197,6 @@ class Pruner:
                 workers=done.workers,
                 relays=done.relays,
                 audit_entries=done.audit_entries,
+                events=done.events,
             )
         return done

@@ -3,6 +3,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from app.ledger.event_schema import job_events  # noqa: F401  (on the metadata)
 from app.ledger.schema import metadata
 from app.settings import get_settings
 

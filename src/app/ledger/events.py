@@ -1,0 +1,158 @@
+"""Reading the event log exactly: in commit order, none skipped, none repeated.
+
+Each state change of a job writes one row of `job_events` in the transaction that made the
+change. A row's `id` comes from a sequence, handed out when the row is inserted, not when its
+transaction commits: with two writers, the one holding id 8 may commit after the one holding
+id 9, so a reader that took "id > 8" after seeing 9 would never see 8. The log is therefore
+followed by the sort key (xid, id), where `xid` is the writing transaction's id
+(`pg_current_xact_id()`, which the insert assigns anyway), and read only below a horizon:
+
+    WHERE (xid, id) > cursor AND xid < horizon ORDER BY xid, id
+
+Why it is exact. Let S be the snapshot of the reading statement (`pg_current_snapshot()` is
+the statement's own snapshot; the read runs as a transaction of its own) and H its horizon.
+
+1. Every transaction that was running when S was taken and has an xid is in S's in-progress
+   list (xip), and every xid below S's xmax that is not in xip has ended. A transaction that
+   gets its xid later gets one >= xmax, since xids are handed out in increasing order.
+2. With H = the least of xip and xmax (= `pg_snapshot_xmin(S)`): every transaction with an xid below H
+   has ended, so the events below H that S sees are all the events below H there will ever be.
+   A reader that returns them in (xid, id) order and moves its cursor to the last one can never
+   later meet an event with a smaller key: one would need an xid below H.
+3. Refinement: xids are cluster-wide, so a long transaction in another database (a parallel
+   test's, a batch job's) would hold H back although it can never write this log. H leaves out
+   an xid of xip that `pg_stat_activity` shows as the current xid of a backend connected to
+   another database. That is exact: a backend stays in one database and one status slot for
+   its life; PostgreSQL reads a slot's status entry before the slot's xid; the xid is in xip,
+   so its backend held the slot since before S, and the status read comes after S (a
+   statement's snapshot is taken before it runs, and the status copy is per transaction). So
+   the entry read is that very backend's, and its database is the transaction's. An xid that
+   is not shown (a prepared transaction, a status read that missed it) is kept: that only holds
+   H back, never lets it pass a writer. (Events with an xid between H and xmax that S sees are
+   read by a later call; nothing is lost by waiting.)
+
+What holds the horizon: a transaction of this database that has an xid and stays open — a
+job's own `job.transaction()`, or an export writing its chunks — delays every event behind it
+until it ends (not only its own). Keep transactions that write the ledger short.
+
+A cursor is "<xid>-<id>" of the last event delivered. The log is pruned as a prefix in
+(xid, id) order (retention.py), so a cursor whose event is gone is older than what is kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from app.errors import InvalidCursor
+from app.ledger import queries
+from app.ledger.connections import AsyncConnection, run_async
+
+_CURSOR = re.compile(r"^(\d{1,19})-(\d{1,19})$")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Cursor:
+    """A place in the log: after the event (xid, id); (H, 0) is "after everything below H"."""
+
+    xid: int
+    id: int
+
+    def __str__(self) -> str:
+        return f"{self.xid}-{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        match = _CURSOR.match(text.strip())
+        if match is None or max(int(match[1]), int(match[2])) >= 2**63:
+            raise InvalidCursor(text)
+        return cls(int(match[1]), int(match[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    cursor: Cursor
+    at: datetime
+    job_id: UUID
+    task: str
+    queue: str
+    client_id: str | None
+    workflow_id: UUID | None
+    state: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a reader wants (None: any)."""
+
+    task: str | None = None
+    job_id: UUID | None = None
+    workflow_id: UUID | None = None
+    client_id: str | None = None
+
+    def matches(self, event: Event) -> bool:
+        return (
+            (self.task is None or event.task == self.task)
+            and (self.job_id is None or event.job_id == self.job_id)
+            and (self.workflow_id is None or event.workflow_id == self.workflow_id)
+            and (self.client_id is None or event.client_id == self.client_id)
+        )
+
+
+ANY = EventFilter()
+_END = Cursor(2**63 - 1, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[Event]
+    # Where the next read starts: after the last event, or at the horizon when none was read
+    # and the whole log below it has been passed (nothing below it can appear any more).
+    next: Cursor
+    full: bool
+    horizon: int
+    # Events committed above the horizon wait for an older transaction to end: look again soon.
+    held: bool
+
+
+async def read(conn: AsyncConnection, after: Cursor, where: EventFilter = ANY, limit: int = 500) -> Page:
+    """The events after `after` that can be read exactly now, in order, at most `limit`.
+
+    `conn` must be in autocommit mode (the statement is its own transaction: see above)."""
+    params = {
+        "after_xid": str(after.xid),
+        "after_id": after.id,
+        "task": where.task,
+        "job_id": where.job_id,
+        "workflow_id": where.workflow_id,
+        "client_id": where.client_id,
+        "limit": limit,
+    }
+    rows = (await run_async(conn, queries.READ_EVENTS, params, prepare=True)).rows
+    horizon, held = int(rows[0][0]), bool(rows[0][11])
+    events = [_event(row) for row in rows if row[2] is not None]
+    if len(events) >= limit:
+        return Page(events, events[-1].cursor, full=True, horizon=horizon, held=held)
+    # Fewer than asked: every event of the filter below the horizon has been read.
+    return Page(events, max(after, Cursor(horizon, 0)), full=False, horizon=horizon, held=held)
+
+
+async def head(conn: AsyncConnection) -> Cursor:
+    """Where a reader that starts "from now" starts: events of transactions still open, or later."""
+    page = await read(conn, _END, limit=1)
+    return Cursor(page.horizon, 0)
+
+
+async def exists(conn: AsyncConnection, cursor: Cursor) -> bool:
+    """Whether the event a cursor names is still kept."""
+    rows = (await run_async(conn, queries.EVENT_EXISTS, {"xid": str(cursor.xid), "id": cursor.id})).rows
+    return bool(rows[0][0])
+
+
+def _event(row: tuple[Any, ...]) -> Event:
+    _, xid, event_id, at, job_id, task, queue, client_id, workflow_id, state, attempt, _ = row
+    return Event(Cursor(int(xid), event_id), at, job_id, task, queue, client_id, workflow_id, state, attempt)

@@ -1,0 +1,130 @@
+"""Reading the event log: in commit order, none skipped and none repeated, whatever order the
+writers commit in; a transaction of another database never holds the readers back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from app.errors import InvalidCursor
+from app.ledger import events
+from app.ledger import jobs as ledger
+from app.ledger.events import Cursor, EventFilter
+from app.ledger.jobs import NewJob
+from tests.ledger.rows import second_connection
+from tests.support.infra import Infra
+
+pytestmark = pytest.mark.anyio
+ECHO = "app.tasks.example.echo"
+
+
+def new_job(task: str = ECHO, client_id: str | None = None) -> NewJob:
+    return NewJob(task=task, queue="default", payload_json="{}", max_attempts=3, client_id=client_id)
+
+
+def naive_read(look: psycopg.Connection[Any], after_id: int) -> list[int]:
+    """What a reader following the log by id alone would take."""
+    return [r[0] for r in look.execute("SELECT id FROM job_events WHERE id > %s ORDER BY id", (after_id,))]
+
+
+async def test_an_event_whose_transaction_commits_after_a_later_one_is_not_skipped(
+    aconn: psycopg.AsyncConnection[Any], conn: psycopg.Connection[Any]
+) -> None:
+    """Given two writers, the one that logged first (the smaller id) committing last: a reader by
+    id alone skips its event for good; the reader by (xid, id) below the horizon does not."""
+    start = await events.head(aconn)
+    slow, fast = new_job(), new_job()
+    with second_connection(conn) as other:
+        with other.transaction():
+            ledger.insert(other, [slow])  # the smaller id, and the smaller xid
+            ledger.insert(conn, [fast])  # commits at once, with the larger id
+            naive_seen = naive_read(conn, 0)
+            exact_first = await events.read(aconn, start)
+        naive_after = naive_read(conn, max(naive_seen))
+        exact_then = await events.read(aconn, exact_first.next)
+
+    assert len(naive_seen) == 1
+    assert naive_after == [], "the naive cursor skipped the slow writer's event for good"
+    assert exact_first.events == [], "nothing is readable while the older writer is open"
+    assert [e.job_id for e in exact_then.events] == [slow.id, fast.id]
+    assert (await events.read(aconn, exact_then.next)).events == [], "and nothing is read twice"
+
+
+async def test_a_long_transaction_of_this_database_holds_the_horizon_and_one_of_another_does_not(
+    aconn: psycopg.AsyncConnection[Any], conn: psycopg.Connection[Any], clean_ledger: Infra
+) -> None:
+    start = await events.head(aconn)
+    elsewhere_url = clean_ledger.libpq_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(elsewhere_url) as elsewhere:
+        elsewhere.execute("SELECT pg_current_xact_id()")  # holds an xid, in another database
+        job = new_job()
+        ledger.insert(conn, [job])
+        page = await events.read(aconn, start)
+        assert [e.job_id for e in page.events] == [job.id], "another database's transaction is no writer here"
+        elsewhere.rollback()
+
+    with second_connection(conn) as here:
+        here.execute("BEGIN")
+        here.execute("SELECT pg_current_xact_id()")  # an xid of this database, open
+        later = new_job()
+        ledger.insert(conn, [later])
+        held = await events.read(aconn, page.next)
+        assert held.events == [], "an open transaction here could still write before it"
+        here.execute("COMMIT")
+    assert [e.job_id for e in (await events.read(aconn, page.next)).events] == [later.id]
+
+
+async def test_pages_follow_each_other_and_filters_choose_the_events(
+    aconn: psycopg.AsyncConnection[Any], conn: psycopg.Connection[Any]
+) -> None:
+    start = await events.head(aconn)
+    mine = [new_job(client_id="key-a") for _ in range(5)]
+    theirs = [new_job(task="app.tasks.example.flaky", client_id="key-b") for _ in range(3)]
+    for job in mine + theirs:
+        ledger.insert(conn, [job])
+    seen, cursor = [], start
+    while True:
+        page = await events.read(aconn, cursor, limit=3)
+        seen += [e.job_id for e in page.events]
+        cursor = page.next
+        if not page.full:
+            break
+    assert seen == [j.id for j in mine + theirs]
+
+    by_client = await events.read(aconn, start, EventFilter(client_id="key-a"))
+    assert [e.job_id for e in by_client.events] == [j.id for j in mine]
+    by_task = await events.read(aconn, start, EventFilter(task="app.tasks.example.flaky"))
+    assert [e.job_id for e in by_task.events] == [j.id for j in theirs]
+    by_job = await events.read(aconn, start, EventFilter(job_id=mine[2].id))
+    assert [e.job_id for e in by_job.events] == [mine[2].id]
+    assert all(EventFilter(client_id="key-a").matches(e) for e in by_client.events)
+
+
+async def test_a_cursor_is_what_the_stream_gives_out_and_nothing_else(
+    aconn: psycopg.AsyncConnection[Any],
+) -> None:
+    assert Cursor.parse("12-34") == Cursor(12, 34)
+    assert str(Cursor(12, 34)) == "12-34"
+    for bad in ("", "12", "a-1", "1-2-3", "-1-2", f"{2**63}-1", "1-" + "9" * 30):
+        with pytest.raises(InvalidCursor):
+            Cursor.parse(bad)
+    assert await events.exists(aconn, Cursor(1, 1)) is False
+
+
+def test_pruning_removes_old_events_from_the_front_of_the_log_only(conn: psycopg.Connection[Any]) -> None:
+    """What is kept is always everything after some event: an old event behind a young one stays
+    until the young one goes, so a kept cursor never has a gap after it."""
+    from app.ledger import retention
+
+    jobs = [new_job() for _ in range(4)]
+    for job in jobs:
+        ledger.insert(conn, [job])
+    old = [jobs[0].id, jobs[1].id, jobs[3].id]  # the third is young: the fourth waits behind it
+    conn.execute("UPDATE job_events SET at = now() - interval '2 days' WHERE job_id = ANY(%s)", (old,))
+    assert retention.prune_events(conn, 86_400, 1000) == 2
+    left = [r[0] for r in conn.execute("SELECT job_id FROM job_events ORDER BY xid, id")]
+    assert left == [jobs[2].id, jobs[3].id]
+    assert retention.count_prunable_events(conn, 86_400) == 1
+    assert retention.prune_events(conn, 0, 1) == 1, "a limit of one deletes one"
