@@ -13,7 +13,8 @@ from tests.support.keys import full_key
 from tests.support.proxy import TcpProxy
 from tests.support.stack import Stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("events_served")]
+# A stream that missed an event would wait for it forever: these fail after two minutes instead.
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("events_served"), pytest.mark.timeout(120)]
 
 ECHO = "app.tasks.example.echo"
 # Long enough to be connected to the stream before the job starts, on a loaded machine.
