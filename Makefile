@@ -8,10 +8,10 @@ PYTEST_ARGS ?=
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./clients/python
 	touch $@
 
 services:
@@ -32,15 +32,16 @@ test-compose: install
 	$(BIN)/python -m pytest tests/compose $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff format --check src tests bench examples
-	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples clients/python/src
+	$(BIN)/ruff check src tests bench examples clients/python/src
 	$(BIN)/mypy
 	$(BIN)/mypy examples
+	$(BIN)/mypy clients/python/src
 	$(BIN)/lint-imports
 
 format: install
-	$(BIN)/ruff format src tests bench examples
-	$(BIN)/ruff check --fix src tests bench examples
+	$(BIN)/ruff format src tests bench examples clients/python/src
+	$(BIN)/ruff check --fix src tests bench examples clients/python/src
 
 loadtest: install
 	$(BIN)/conveyor loadtest

@@ -134,6 +134,7 @@ def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
     response_model=JobAccepted,
     responses=ACCEPT_ERRORS,
     summary="Enqueue a job of any public task",
+    operation_id="enqueue_job",
     openapi_extra=_documented_body(JobRequest),
 )
 async def enqueue(request: Request) -> Response:

@@ -41,6 +41,7 @@ IdempotencyKey = Annotated[
     response_model_exclude_defaults=True,  # `duplicate` only when true, as POST /api/v1/jobs says it
     responses=responses(BODY, AUTH, UNAVAILABLE),
     summary="Send an email in the background",
+    operation_id="enqueue_email",
 )
 async def post_email(
     email: EmailPayload,

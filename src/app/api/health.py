@@ -20,6 +20,7 @@ from app.api.auth import authenticate
 from app.api.errors import UNAVAILABLE
 from app.api.metrics import render_metrics
 from app.api.responses import AUTH
+from app.api.schemas import Liveness, Readiness
 from app.errors import ConveyorError
 from app.jobs.registry import all_tasks
 from app.operate import health
@@ -29,7 +30,7 @@ router = APIRouter(tags=["health"])
 KEY_NOT_VERIFIED: tuple[type[Exception], ...] = (ConveyorError, *UNAVAILABLE)
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_model=Liveness, operation_id="get_liveness")
 async def live() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -37,9 +38,13 @@ async def live() -> dict[str, str]:
 @router.get(
     "/health/ready",
     responses={
-        200: {"description": "Every check passed; with a key, each check's details too"},
-        503: {"description": "A check failed; the body names which (and why, with a key)"},
+        200: {"model": Readiness, "description": "Every check passed; with a key, each check's details too"},
+        503: {
+            "model": Readiness,
+            "description": "A check failed; the body names which (and why, with a key)",
+        },
     },
+    operation_id="get_readiness",
 )
 async def ready(request: Request) -> JSONResponse:
     detailed = await _holds_a_key(request)
@@ -79,6 +84,7 @@ async def _holds_a_key(request: Request) -> bool:
     "/metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}, **AUTH},
+    operation_id="get_metrics",
 )
 async def metrics(request: Request) -> Response:
     await authenticate(request, Scope.METRICS)

@@ -17,7 +17,16 @@ from app.api.auth import authenticate
 from app.api.deps import reading, transaction
 from app.api.events import wait_until_finished
 from app.api.responses import AUTH, INVALID, NOT_FOUND, UNAVAILABLE, responses
-from app.api.schemas import ErrorBody, JobAccepted, JobList, LimitsView, RetryPolicyView, TaskView
+from app.api.schemas import (
+    AttemptList,
+    ErrorBody,
+    JobAccepted,
+    JobList,
+    LimitsView,
+    RetryPolicyView,
+    TaskList,
+    TaskView,
+)
 from app.errors import JobNotFound
 from app.jobs.registry import public_tasks
 from app.jobs.validation import storable_text
@@ -42,7 +51,7 @@ def _own(client: Client) -> str | None:
     return None if client.reads_everything else client.key_id
 
 
-@router.get("/jobs/{job_id}", response_model=JobView, responses=ONE_JOB)
+@router.get("/jobs/{job_id}", response_model=JobView, responses=ONE_JOB, operation_id="get_job")
 async def get_job(
     job_id: UUID,
     request: Request,
@@ -57,7 +66,9 @@ async def get_job(
         return job_view(await reads.get(conn, job_id, _own(client)))
 
 
-@router.get("/jobs/{job_id}/attempts", response_model=list[AttemptView], responses=ONE_JOB)
+@router.get(
+    "/jobs/{job_id}/attempts", response_model=AttemptList, responses=ONE_JOB, operation_id="list_job_attempts"
+)
 async def get_attempts(job_id: UUID, request: Request) -> list[AttemptView]:
     client = await authenticate(request, *READERS)
     async with reading() as conn:
@@ -67,8 +78,10 @@ async def get_attempts(job_id: UUID, request: Request) -> list[AttemptView]:
 
 @router.get(
     "/jobs/{job_id}/artifact",
+    response_class=Response,
     responses=responses({200: {"content": {"text/csv": {}}}}, ONE_JOB),
     summary="The file a job produced (the CSV of export_jobs)",
+    operation_id="get_job_artifact",
 )
 async def get_artifact(job_id: UUID, request: Request) -> Response:
     client = await authenticate(request, *READERS)
@@ -99,7 +112,9 @@ async def _pieces(job_id: UUID) -> AsyncIterator[bytes]:
         after = pieces[-1][0]
 
 
-@router.get("/jobs", response_model=JobList, responses=responses(INVALID, AUTH, UNAVAILABLE))
+@router.get(
+    "/jobs", response_model=JobList, responses=responses(INVALID, AUTH, UNAVAILABLE), operation_id="list_jobs"
+)
 async def list_jobs(
     request: Request,
     state: JobState | None = None,
@@ -136,6 +151,7 @@ async def list_jobs(
     response_model=JobAccepted,
     response_model_exclude_defaults=True,  # `duplicate` only when true, as POST /api/v1/jobs says it
     responses=responses(ONE_JOB, {409: {"model": ErrorBody, "description": "Job is not dead"}}),
+    operation_id="replay_job",
 )
 async def replay_job(job_id: UUID, request: Request, response: Response) -> JobAccepted:
     client = await authenticate(request, Scope.OPERATE)
@@ -152,6 +168,7 @@ async def replay_job(job_id: UUID, request: Request, response: Response) -> JobA
     "/jobs/{job_id}/cancel",
     response_model=JobView,
     summary="Cancel a job: at once if it has not started (200), by asking its worker if it runs (202)",
+    operation_id="cancel_job",
     responses=responses(
         ONE_JOB,
         {
@@ -177,7 +194,7 @@ async def cancel_job(job_id: UUID, request: Request, response: Response) -> JobV
     return job_view(row)
 
 
-@router.get("/tasks", response_model=list[TaskView], tags=["tasks"], responses=AUTH)
+@router.get("/tasks", response_model=TaskList, tags=["tasks"], responses=AUTH, operation_id="list_tasks")
 async def list_tasks(request: Request) -> list[TaskView]:
     await authenticate(request, *READERS)
     return [

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 from app.access.keys import Scope
 from app.api import docs
 from app.api.auth import require
+from app.api.schemas import JobRequest
 from app.jobs.enqueue import MAX_DELAY_SECONDS
 from app.jobs.registry import MAX_PRIORITY, TaskSpec, public_tasks
 from app.settings import get_settings
@@ -38,6 +39,8 @@ BEARER = {
     "description": "An API key (`cvk_…`): `conveyor keys create NAME --scopes enqueue,read,…`",
 }
 READERS = require(Scope.READ)
+# As `JobRequest` (which validates the body) declares it.
+UNIQUE_KEY = JobRequest.model_fields["unique_key"]
 
 
 def _job_model(spec: TaskSpec[Any]) -> type[BaseModel]:
@@ -51,6 +54,7 @@ def _job_model(spec: TaskSpec[Any]) -> type[BaseModel]:
         payload=payload,
         delay_seconds=(int, Field(default=0, ge=0, le=MAX_DELAY_SECONDS)),
         priority=(int, Field(default=0, ge=0, le=MAX_PRIORITY, description="0 (default) to 9 (first)")),
+        unique_key=(str | None, UNIQUE_KEY),
     )
 
 

@@ -10,7 +10,8 @@ from app.access.keys import Scope
 from app.api.audit import actor
 from app.api.auth import authenticate
 from app.api.deps import reading, transaction
-from app.api.responses import AUTH, NO_QUEUE, UNAVAILABLE, responses
+from app.api.responses import AUTH, INVALID, NO_QUEUE, UNAVAILABLE, responses
+from app.api.schemas import QueueList
 from app.operate import audit
 from app.operate import queues as operating
 from app.operate.queues import QueueView
@@ -18,12 +19,12 @@ from app.operate.queues import QueueView
 router = APIRouter(prefix="/api/v1", tags=["queues"])
 
 QueueName = Annotated[str, Path(min_length=1, max_length=200)]
-ONE_QUEUE = responses(NO_QUEUE, AUTH, UNAVAILABLE)
+ONE_QUEUE = responses(NO_QUEUE, INVALID, AUTH, UNAVAILABLE)
 
 
 @router.get(
     "/queues",
-    response_model=list[QueueView],
+    response_model=QueueList,
     responses=responses(AUTH, UNAVAILABLE),
     operation_id="list_queues",
     summary="Each queue: paused or not, jobs waiting (depth), running, the oldest waiting",

@@ -73,6 +73,7 @@ async def _record(
     response_model=ScheduleView,
     responses=responses(SCHEDULE_BODY, SCHEDULE_CONFLICT, AUTH, UNAVAILABLE),
     summary="Fire a task on a cron expression or every N seconds",
+    operation_id="create_schedule",
 )
 async def create_schedule(body: ScheduleRequest, request: Request, response: Response) -> ScheduleView:
     client = await authenticate(request, Scope.OPERATE)
@@ -85,7 +86,12 @@ async def create_schedule(body: ScheduleRequest, request: Request, response: Res
     return schedule_view(row)
 
 
-@router.get("/schedules", response_model=ScheduleList, responses=responses(INVALID, AUTH, UNAVAILABLE))
+@router.get(
+    "/schedules",
+    response_model=ScheduleList,
+    responses=responses(INVALID, AUTH, UNAVAILABLE),
+    operation_id="list_schedules",
+)
 async def list_schedules(
     request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 50, cursor: QueryText = None
 ) -> ScheduleList:
@@ -103,7 +109,9 @@ async def list_schedules(
     return ScheduleList(items=[schedule_view(row) for row in rows], next_cursor=next_cursor)
 
 
-@router.get("/schedules/{name}", response_model=ScheduleView, responses=ONE_SCHEDULE)
+@router.get(
+    "/schedules/{name}", response_model=ScheduleView, responses=ONE_SCHEDULE, operation_id="get_schedule"
+)
 async def get_schedule(name: ScheduleName, request: Request) -> ScheduleView:
     await authenticate(request, *LOOKERS)
     async with reading() as conn:
@@ -116,6 +124,7 @@ async def get_schedule(name: ScheduleName, request: Request) -> ScheduleView:
     response_class=Response,
     responses=ONE_SCHEDULE,
     summary="Stop a schedule for good (the jobs it made stay)",
+    operation_id="delete_schedule",
 )
 async def delete_schedule(name: ScheduleName, request: Request) -> Response:
     client = await authenticate(request, Scope.OPERATE)
@@ -125,7 +134,12 @@ async def delete_schedule(name: ScheduleName, request: Request) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/schedules/{name}/pause", response_model=ScheduleView, responses=ONE_SCHEDULE)
+@router.post(
+    "/schedules/{name}/pause",
+    response_model=ScheduleView,
+    responses=ONE_SCHEDULE,
+    operation_id="pause_schedule",
+)
 async def pause_schedule(name: ScheduleName, request: Request) -> ScheduleView:
     client = await authenticate(request, Scope.OPERATE)
     async with transaction() as conn:
@@ -139,6 +153,7 @@ async def pause_schedule(name: ScheduleName, request: Request) -> ScheduleView:
     response_model=ScheduleView,
     responses=ONE_SCHEDULE,
     summary="Fire again from the next tick (ticks missed while paused never fire)",
+    operation_id="resume_schedule",
 )
 async def resume_schedule(name: ScheduleName, request: Request) -> ScheduleView:
     client = await authenticate(request, Scope.OPERATE)

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    field_validator,
+    model_validator,
+)
 
 from app.jobs.enqueue import MAX_DELAY_SECONDS, MAX_UNIQUE_KEY_LENGTH
 from app.jobs.registry import MAX_PRIORITY
 from app.jobs.schedules import MAX_EVERY_SECONDS, NAME_PATTERN, check_cron, check_timezone
 from app.jobs.validation import storable_text
+from app.operate.queues import QueueView
 from app.operate.schedules import ScheduleView
-from app.operate.views import JobView
+from app.operate.views import AttemptView, JobView
 
 
 class JobRequest(BaseModel):
@@ -97,6 +106,19 @@ class TaskView(BaseModel):
     limits: LimitsView
 
 
+# Named lists: a bare `list[...]` answer gets a title made of the route's path in the schema.
+class TaskList(RootModel[list[TaskView]]):
+    """The public tasks."""
+
+
+class AttemptList(RootModel[list[AttemptView]]):
+    """A job's attempts, oldest first."""
+
+
+class QueueList(RootModel[list[QueueView]]):
+    """Each queue: paused or not, its depth, its running jobs."""
+
+
 class ErrorBody(BaseModel):
     detail: Any = Field(description="A message, or FastAPI's list of field errors")
 
@@ -141,3 +163,21 @@ class ScheduleRequest(BaseModel):
 class ScheduleList(BaseModel):
     items: list[ScheduleView]
     next_cursor: str | None
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class CheckView(BaseModel):
+    """One dependency's check: `ok`, and for a key's holder its details and the reason it failed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ok: bool
+    reason: str | None = Field(default=None, description="Why the check failed (with a key)")
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "fail"]
+    checks: dict[str, CheckView] = Field(description="database, broker, worker, relay")

@@ -1,0 +1,201 @@
+"""The asyncio client: `AsyncClient` and the `AsyncJob` it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from conveyor_client import _common as common
+from conveyor_client._errors import ConveyorError
+from conveyor_client._models import Event, JobFields, parse_view
+from conveyor_client._sse import Decoder, Resumption
+
+
+@dataclass(kw_only=True, eq=False)
+class AsyncJob(JobFields):
+    """A job, as the API last described it; `await refresh()` and `await wait()` ask again."""
+
+    client: AsyncClient = field(repr=False)
+
+    async def refresh(self) -> AsyncJob:
+        """Reads the job again (`GET /api/v1/jobs/{id}`); returns itself, updated."""
+        self._update(await self.client._view(self.id))
+        return self
+
+    # `timeout=` as in the blocking client, and it bounds the server-side wait too.
+    async def wait(self, timeout: float | None = None) -> AsyncJob:  # noqa: ASYNC109
+        """Waits until the job is succeeded, dead or cancelled and returns it, updated; raises
+        `TimeoutError` if it is not after `timeout` seconds (None: no limit)."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        pause = 0.0
+        while not self.finished:
+            left = common.remaining(deadline, time.monotonic())
+            if left <= 0:
+                raise TimeoutError(f"job {self.id} is still {self.state} after {timeout} s")
+            asked = common.wait_seconds(left)
+            started = time.monotonic()
+            self._update(await self.client._view(self.id, wait_seconds=asked))
+            if self.finished:
+                break
+            if common.answered_early(asked, time.monotonic() - started):
+                pause = common.next_poll(pause)
+                await asyncio.sleep(min(pause, max(common.remaining(deadline, time.monotonic()), 0.0)))
+        return self
+
+
+class AsyncClient:
+    """Conveyor's HTTP API from asyncio code. `key` is an API key (`cvk_…`); `timeout` bounds
+    each request, in seconds (a wait's request gets its wait on top)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        key: str | None = None,
+        timeout: float = common.DEFAULT_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=common.headers(key, headers),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        task: str,
+        payload: common.Payload | None = None,
+        *,
+        delay_seconds: int | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        unique_key: str | None = None,
+    ) -> AsyncJob:
+        """Enqueues a job of `task` (`POST /api/v1/jobs`); `.duplicate` is true when the
+        idempotency or unique key named a job that was there already."""
+        body = common.job_body(
+            task, payload, delay_seconds=delay_seconds, priority=priority, unique_key=unique_key
+        )
+        answer = await self._call("POST", common.JOBS, json=body, headers=common.idempotency(idempotency_key))
+        return self._job(answer)
+
+    async def enqueue_many(
+        self,
+        task: str,
+        payloads: Sequence[common.Payload],
+        *,
+        delay_seconds: int | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        unique_key: str | None = None,
+    ) -> list[AsyncJob]:
+        """Enqueues a job of `task` per payload in one request, all or none (`POST
+        /api/v1/jobs/batch`, at most MAX_BATCH_JOBS); the jobs in the payloads' order."""
+        jobs = [
+            common.job_body(task, p, delay_seconds=delay_seconds, priority=priority, unique_key=unique_key)
+            for p in payloads
+        ]
+        answer = await self._call(
+            "POST", f"{common.JOBS}/batch", json={"jobs": jobs}, headers=common.idempotency(idempotency_key)
+        )
+        return [self._job(job) for job in answer["jobs"]]
+
+    async def get(self, job_id: str) -> AsyncJob:
+        return self._job(await self._view(job_id))
+
+    async def cancel(self, job_id: str) -> AsyncJob:
+        """Cancels the job: at once if it has not started, else its worker is asked to stop it
+        (the job answered is then still running; `wait` for its end)."""
+        return self._job(await self._call("POST", f"{common.JOBS}/{job_id}/cancel"))
+
+    async def replay(self, job_id: str) -> AsyncJob:
+        """Runs a dead job again, from its first attempt; `Conflict` if it is not dead."""
+        return self._job(await self._call("POST", f"{common.JOBS}/{job_id}/replay"))
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def events(
+        self,
+        *,
+        task: str | None = None,
+        job: str | None = None,
+        workflow: str | None = None,
+        after: str | None = None,
+        idle_timeout: float = common.EVENTS_IDLE_TIMEOUT,
+        max_retries: int | None = common.EVENTS_MAX_RETRIES,
+    ) -> AsyncIterator[Event[AsyncJob]]:
+        """The job changes the key may see, as they happen (`GET /api/v1/events`), from after the
+        event `after` (an `Event.id`) or from now. A dropped connection is made again with
+        backoff, resuming after the last event; `max_retries` failed connections in a row end
+        the iteration with the last error (None: never)."""
+        params = common.query(task=task, job=job, workflow=workflow)
+        resumption = Resumption(after, max_retries)
+        timeout = httpx.Timeout(self.timeout, read=idle_timeout)
+        while True:
+            error: BaseException | None = None
+            retry_after: float | None = None
+            try:
+                async with self._http.stream(
+                    "GET", common.EVENTS, params=params, headers=resumption.headers(), timeout=timeout
+                ) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        raise common.refusal(response)
+                    decoder = Decoder()
+                    async for line in response.aiter_lines():
+                        sent = decoder.feed(line)
+                        resumption.server_delay = decoder.retry_seconds or resumption.server_delay
+                        if sent is not None and resumption.fresh(sent):
+                            yield self._event(sent.id, sent.event, sent.data)
+            except httpx.TransportError as dropped:
+                error = dropped
+            except ConveyorError as refused:
+                if refused.status not in common.RETRYABLE:
+                    raise
+                error, retry_after = refused, getattr(refused, "retry_after", None)
+            await asyncio.sleep(resumption.delay(error, retry_after))
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return common.answer(await self._http.request(method, path, **kwargs))
+
+    async def _view(self, job_id: str, wait_seconds: int | None = None) -> dict[str, Any]:
+        if wait_seconds is None:
+            return dict(await self._call("GET", f"{common.JOBS}/{job_id}"))
+        params = {"wait_seconds": wait_seconds}
+        timeout = self.timeout + wait_seconds
+        return dict(await self._call("GET", f"{common.JOBS}/{job_id}", params=params, timeout=timeout))
+
+    def _job(self, view: Mapping[str, Any]) -> AsyncJob:
+        job = AsyncJob(client=self, **parse_view(view))
+        job.raw = dict(view)
+        return job
+
+    def _event(self, event_id: str | None, kind: str, data: str) -> Event[AsyncJob]:
+        view = json.loads(data)
+        return Event(id=event_id or "", type=kind, job=self._job(view), data=view)

@@ -1,0 +1,82 @@
+"""The event stream through the client, against a live API: a job's states in order, and none
+missed nor repeated across a connection the test drops (through a proxy it cuts)."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+import pytest
+from conveyor_client import AsyncClient, Client
+
+from tests.support.keys import full_key
+from tests.support.proxy import TcpProxy
+from tests.support.stack import Stack
+
+# A stream that missed an event would wait for it forever: these fail after two minutes instead.
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("events_served"), pytest.mark.timeout(120)]
+
+ECHO = "app.tasks.example.echo"
+# Long enough to be connected to the stream before the job starts, on a loaded machine.
+DELAY = 3
+
+
+def test_events_yield_the_states_of_a_job_as_it_runs(client: Client) -> None:
+    job = client.enqueue(ECHO, {"message": "watched"}, delay_seconds=DELAY)
+    states: list[str] = []
+    ids: list[str] = []
+    for event in client.events(job=job.id):
+        assert event.job.id == job.id
+        states.append(event.state)
+        ids.append(event.id)
+        if event.job.finished:
+            break
+    assert states[-1] == "succeeded"
+    assert "running" in states
+    assert states.index("running") < states.index("succeeded")
+    assert len(set(ids)) == len(ids)
+    assert event.job.result == {"message": "watched"}
+
+
+def test_events_resume_after_a_dropped_connection_missing_none_and_repeating_none(live: Stack) -> None:
+    with (
+        TcpProxy(("127.0.0.1", live.port)) as proxy,
+        Client(f"http://127.0.0.1:{proxy.port}", key=full_key()) as client,
+    ):
+        jobs = client.enqueue_many(ECHO, [{"message": str(i)} for i in range(3)], delay_seconds=DELAY)
+        wanted = {job.id for job in jobs}
+        seen: dict[str, list[str]] = defaultdict(list)
+        ids: list[str] = []
+
+        def restore_once_all_finished() -> None:
+            live.wait_for(wanted)  # while the stream is down: every event of it happens unseen
+            proxy.restore()
+
+        for event in client.events(task=ECHO):
+            if event.job.id not in wanted:
+                continue
+            ids.append(event.id)
+            seen[event.job.id].append(event.state)
+            if len(ids) == 1:
+                proxy.cut()
+                threading.Thread(target=restore_once_all_finished, daemon=True).start()
+            if all(states and states[-1] == "succeeded" for states in (seen[j] for j in wanted)):
+                break
+        assert proxy.connections_made >= 2
+    assert len(set(ids)) == len(ids), ids
+    for job_id in wanted:
+        assert "running" in seen[job_id], seen
+        assert seen[job_id][-1] == "succeeded", seen
+
+
+@pytest.mark.anyio
+async def test_the_async_client_yields_the_same_events(live: Stack) -> None:
+    async with AsyncClient(live.base_url, key=full_key()) as client:
+        job = await client.enqueue(ECHO, {"message": "async watched"}, delay_seconds=DELAY)
+        states = []
+        async for event in client.events(job=job.id):
+            states.append(event.state)
+            if event.job.finished:
+                break
+    assert states[-1] == "succeeded"
+    assert "running" in states
