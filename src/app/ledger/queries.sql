@@ -360,8 +360,10 @@ WITH RECURSIVE concurrency_keys AS (
 ), paused AS (
     SELECT ARRAY(SELECT queue FROM paused_queues) AS queues
 ), by_concurrency AS (
-    SELECT free.id, free.turn, free.priority, free.available_at, free.task, free.rate_key,
-           free.rate_limit
+    -- No window function here: ranking a key's jobs before the LIMIT reads every job that ties
+    -- with the last one taken (a bulk insert's jobs share one due time), not just the LIMIT.
+    SELECT free.id, free.priority, free.available_at, free.task, k.key AS flow_key, true AS by_key,
+           free.rate_key, free.rate_limit
     FROM concurrency_keys k
     CROSS JOIN LATERAL (
         SELECT count(*) AS n FROM jobs b
@@ -369,8 +371,7 @@ WITH RECURSIVE concurrency_keys AS (
           AND (b.state = 'running' OR (b.published_at IS NOT NULL AND b.state IN ('queued', 'retrying')))
     ) AS busy
     CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit,
-               row_number() OVER (ORDER BY j.priority DESC, j.available_at) AS turn
+        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit
         FROM jobs j, paused p
         WHERE j.task = k.task AND j.concurrency_key = k.key AND j.published_at IS NULL
           AND j.state IN ('queued', 'retrying') AND j.available_at <= now()
@@ -379,12 +380,11 @@ WITH RECURSIVE concurrency_keys AS (
         LIMIT greatest(0, k.allowed - busy.n)
     ) AS free
 ), by_rate AS (
-    SELECT free.id, free.turn, free.priority, free.available_at, free.task, free.rate_key,
-           free.rate_limit
+    SELECT free.id, free.priority, free.available_at, free.task, k.key AS flow_key, false AS by_key,
+           free.rate_key, free.rate_limit
     FROM rate_keys k
     CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit,
-               row_number() OVER (ORDER BY j.priority DESC, j.available_at) AS turn
+        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit
         FROM jobs j, paused p
         WHERE j.task = k.task AND j.concurrency_key IS NULL AND j.rate_key = k.key
           AND j.published_at IS NULL AND j.state IN ('queued', 'retrying') AND j.available_at <= now()
@@ -392,10 +392,15 @@ WITH RECURSIVE concurrency_keys AS (
         ORDER BY j.priority DESC, j.available_at
         LIMIT k.allowed
     ) AS free
+), ranked AS (
+    -- Each key's turn among the few jobs it may publish.
+    SELECT c.*, row_number() OVER (PARTITION BY c.by_key, c.task, c.flow_key
+                                   ORDER BY c.priority DESC, c.available_at) AS turn
+    FROM (SELECT * FROM by_concurrency UNION ALL SELECT * FROM by_rate) AS c
 ), candidates AS (
     SELECT c.*, row_number() OVER (PARTITION BY c.task, c.rate_key ORDER BY c.turn, c.priority DESC,
                                                                      c.available_at) AS rate_turn
-    FROM (SELECT * FROM by_concurrency UNION ALL SELECT * FROM by_rate) AS c
+    FROM ranked c
 ), chosen AS (
     -- A rate key sends at most its rate less what it has published and not claimed yet.
     SELECT c.id FROM candidates c
