@@ -467,14 +467,19 @@ WITH expired AS (
         last_error = 'lease expired: worker ' || coalesce(j.worker_id, '?')
                      || ' stopped renewing it (crashed or stalled)'
     FROM expired WHERE j.id = expired.id
-    RETURNING j.id, j.task, j.state, j.run, j.attempts, j.last_error
+    RETURNING j.id, j.task, j.state, j.run, j.attempts, j.last_error,
+              j.concurrency_key IS NOT NULL OR j.rate_key IS NOT NULL AS limited
 ), history AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'lost', error = upd.last_error,
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM upd WHERE a.job_id = upd.id AND a.run = upd.run AND a.attempt = upd.attempts
       AND a.finished_at IS NULL
+), woken AS (
+    -- A job with limits handed back freed its key's slot and waits for the relay's take of jobs
+    -- with limits, which only a 'slot' wakes ('rang' is selected: an unread column is not computed).
+    SELECT pg_notify('conveyor_jobs', 'slot') AS rang WHERE EXISTS (SELECT 1 FROM upd WHERE limited)
 )
-SELECT id, task, state, attempts FROM upd
+SELECT upd.id, upd.task, upd.state, upd.attempts, woken.rang FROM upd LEFT JOIN woken ON true
 
 -- name: rearm_stale_publications
 -- Publishes again jobs whose message went out long ago and was never claimed.
@@ -482,10 +487,16 @@ UPDATE jobs SET published_at = NULL
 WHERE state IN ('queued', 'retrying') AND published_at < now() - make_interval(secs => %(age)s)
 
 -- name: cancel
--- queued|retrying → cancelled: a job that has not started never will.
-UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
-WHERE id = %(id)s AND state IN ('queued', 'retrying')
-RETURNING id
+-- queued|retrying → cancelled: a job that has not started never will. A job with limits whose
+-- message was out held a slot of its key (or a place in its rate's allowance): the relay is
+-- woken ('slot') to publish that key's next job.
+WITH done AS (
+    UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
+    WHERE id = %(id)s AND state IN ('queued', 'retrying')
+    RETURNING id, published_at IS NOT NULL AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL)
+              AS held_slot
+)
+SELECT id, CASE WHEN held_slot THEN pg_notify('conveyor_jobs', 'slot')::text END FROM done
 
 -- name: request_cancel
 -- Asks a running job to stop: records when (the first request's time is kept) and wakes the
