@@ -48,6 +48,7 @@ from _harness import (
     Procs,
     Query,
     WaitSampler,
+    backend_clients,
     busiest,
     child_env,
     create_database,
@@ -188,6 +189,22 @@ def close_window(window: Window, result_jobs: int) -> tuple[float, float | None,
     return worker, db, broker
 
 
+def pg_cpu_by_client(
+    window: Window, poll: Query, worker: Proc, relay: Proc | None, counted: int
+) -> dict[str, float]:
+    """PostgreSQL's CPU per job split by the process its backend serves: the worker (claims,
+    successes) and the relay (takes); what neither holds (the bench's own sampler) is 'other'."""
+    if window.db is None:
+        return {}
+    clients = {"worker": worker.tree(), **({"relay": relay.tree()} if relay else {})}
+    owners = backend_clients(poll, DATABASE, clients)
+    split: dict[str, float] = {}
+    for pid, seconds in window.db.elapsed_by_pid().items():
+        key = f"PG CPU ms/job serving the {owners.get(pid, 'other')}"
+        split[key] = split.get(key, 0.0) + 1000 * seconds / max(1, counted)
+    return split
+
+
 def working_process(worker: Proc) -> psutil.Process:
     """The process that runs the jobs: Dramatiq's CLI forks it; Celery's may run them itself."""
     tree = worker.tree()
@@ -298,8 +315,9 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
         if live:
             # The relay publishes while the worker drains: for conveyor-flow, as slots free.
             relay_rate, relay_profile, depth = float("nan"), "", opts.jobs
-            procs.start("relay", [CONVEYOR, "relay"], env, out)
+            relay: Proc | None = procs.start("relay", [CONVEYOR, "relay"], env, out)
         else:
+            relay = None
             relay_rate, relay_profile = relay_publish(procs, env, opts.jobs, out, opts)
             depth = queue_depth(broker, CONVEYOR_QUEUE)
         if depth < opts.jobs:
@@ -341,6 +359,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             wall = time.monotonic() - started
             assert window is not None
             worker_ms, db_ms, broker_ms = close_window(window, opts.jobs)
+            db_by_client = pg_cpu_by_client(window, poll, worker, relay, opts.jobs - window.done_at_start)
             pg_waits = window.sampler.stop() if window.sampler else {}
             rss, tree_rss = worker_memory(worker)
             load_after = load_average()
@@ -378,6 +397,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
                 "duplicate messages": depth - opts.jobs,
                 "commits/s": ledger["transactions per job"] / seconds,
                 **per_job,
+                **db_by_client,
             },
             pg_waits=pg_waits,
             profile=profile + relay_profile,
@@ -547,6 +567,10 @@ def render(results: list[DrainResult], opts: Options) -> str:
             f"Flow control ({opts.keys} tenants, {opts.concurrency} at once each) vs the same drain"
             f" without limits: {verdict(flow.rate / live.rate, 0.8)}",
         ]
+    for r in results:
+        split = ", ".join(f"{k.rsplit(' ', 1)[1]} {v:.2f}" for k, v in r.extra.items() if "serving" in k)
+        if split:
+            lines += ["", f"PostgreSQL CPU ms/job while {r.system} drained, by the client served: {split}"]
     for r in results:
         if r.pg_waits:
             lines += [
