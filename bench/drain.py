@@ -4,6 +4,7 @@
     python bench/drain.py --jobs 2000 --systems conveyor,dramatiq
     python bench/drain.py --systems conveyor --profile   # py-spy on the worker while it drains
     python bench/drain.py --systems conveyor-live,conveyor-flow --keys 100 --concurrency 2
+    BENCH_SCRATCH=drain_mine python bench/drain.py   # scratch database and vhosts of that name
 
 Each system gets the same work: N messages already in RabbitMQ (a vhost of its own), then
 one worker process with 8 threads is started and timed from the first job it starts to
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -77,7 +79,9 @@ from _harness import (
 )
 from _profile import RELAY_MARKERS, WORKER_MARKERS, Recorder, report
 
-DATABASE = "conveyor_bench"
+# Scratch names; BENCH_SCRATCH gives a run names of its own (two benches on one server never meet).
+SCRATCH = os.environ.get("BENCH_SCRATCH", "conveyor_bench")
+DATABASE = SCRATCH
 CONVEYOR_QUEUE = "default"  # app.jobs.registry.Queue.DEFAULT, where echo runs
 ECHO_MAX_ATTEMPTS = 5  # RETRY_MAX_ATTEMPTS' default; echo sets none of its own
 SYSTEMS = (
@@ -299,7 +303,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
     """One drain of Conveyor; conveyor-live and conveyor-flow keep the relay running meanwhile."""
     out = work_dir(f"drain-{system}")
     extra = {"LOG_LEVEL": "WARNING"} if system == "conveyor-quiet" else {}
-    vhost = "conveyor_bench"
+    vhost = SCRATCH
     with (
         scratch_vhost(vhost, opts.keep) as broker,
         scratch_database(DATABASE, opts.keep),
@@ -440,7 +444,7 @@ def run_peer(opts: Options, system: str) -> DrainResult:
     out = work_dir(f"drain-{system}")
     kind = "dramatiq" if system == "dramatiq" else "celery"
     queue = "default" if kind == "dramatiq" else "celery"
-    with scratch_vhost(f"conveyor_bench_{kind}", opts.keep) as broker, processes() as procs:
+    with scratch_vhost(f"{SCRATCH}_{kind}", opts.keep) as broker, processes() as procs:
         marks_path = out / "marks.txt"
         env = child_env(BENCH_BROKER_URL=broker, BENCH_N=str(opts.jobs), BENCH_MARK_FILE=str(marks_path))
         preload = [sys.executable, "-m", "peers.preload", kind, str(opts.jobs)]
