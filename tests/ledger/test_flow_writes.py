@@ -171,6 +171,34 @@ def test_a_finished_job_that_held_a_slot_wakes_the_relay(
     assert len(list(look.notifies(timeout=2, stop_after=1))) == 1
 
 
+def test_a_success_names_each_key_whose_slot_it_freed(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    tokens = [ledger.Token(limited(conn, "running", key, attempts=1), 1, 1) for key in ("a", "a", "b")]
+    long_key = ledger.Token(limited(conn, "running", "x" * 5000, attempts=1), 1, 1)
+    look.execute("LISTEN conveyor_jobs")
+    ledger.succeed(conn, [(token, "{}") for token in tokens])
+    named = {n.payload for n in look.notifies(timeout=2, stop_after=2)}
+    assert named == {f"slot:{REPORT}\x1fa", f"slot:{REPORT}\x1fb"}, "one NOTIFY per key"
+    ledger.succeed(conn, [(long_key, "{}")])
+    assert [n.payload for n in look.notifies(timeout=2, stop_after=1)] == ["slot"], (
+        "a name too long for a NOTIFY: every key is visited"
+    )
+
+
+def test_the_relays_take_may_visit_only_the_keys_named(conn: psycopg.Connection[Any]) -> None:
+    waiting = {key: limited(conn, "queued", key, due_in=-1) for key in ("a", "b", "c")}
+    rated(conn, "p", 5, due_in=-1)
+    with conn.transaction():
+        taken = {
+            job.id for job in flow.take_limited(conn, 10, {(REPORT, "a"), (REPORT, "c"), (PARTNER, "p")})
+        }
+        raise psycopg.Rollback
+    assert taken == {waiting["a"], waiting["c"]}, "named concurrency keys only; no rate key"
+    assert flow.take_limited(conn, 10, set()) == []
+    assert len(flow.take_limited(conn, 10)) == 4, "every key"
+
+
 def test_a_message_spent_on_a_paused_queue_leaves_its_job_for_the_relay_to_publish_at_resume(
     conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
 ) -> None:
@@ -266,7 +294,8 @@ def test_the_relays_take_reads_only_the_jobs_each_key_may_publish(conn: psycopg.
     conn.execute("ANALYZE jobs")
     with conn.transaction():
         plan = conn.execute(
-            "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + queries.TAKE_LIMITED, {"limit": 100}
+            "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + queries.TAKE_LIMITED,
+            {"limit": 100, "every": True, "tasks": [], "keys": []},
         ).fetchone()
         raise psycopg.Rollback
     assert plan is not None

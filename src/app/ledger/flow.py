@@ -6,7 +6,7 @@ and the relay read columns, never the payload. See docs/flow.md for how the piec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -42,10 +42,19 @@ def claim_limited(
     return [claims.pop((bell.job_id, bell.task), None) for bell in bells], held
 
 
-def take_limited(conn: SyncConnection, limit: int) -> list[Publishable]:
+def take_limited(
+    conn: SyncConnection, limit: int, keys: Collection[tuple[str, str]] | None = None
+) -> list[Publishable]:
     """Due jobs of tasks with limits that may start, each key's first first, marked published in
-    the caller's transaction."""
-    rows = run(conn, queries.TAKE_LIMITED, {"limit": limit}, prepare=True).rows
+    the caller's transaction: of every key, or of the (task, concurrency key) pairs in `keys`."""
+    named = sorted(keys or ())
+    params = {
+        "limit": limit,
+        "every": keys is None,
+        "tasks": [task for task, _ in named],
+        "keys": [key for _, key in named],
+    }
+    rows = run(conn, queries.TAKE_LIMITED, params, prepare=True).rows
     return [Publishable(id=r[0], task=r[1], queue=r[2], priority=r[3], run=r[4]) for r in rows]
 
 

@@ -203,16 +203,20 @@ WITH input AS (
            finished_at = now(), lease_expires_at = NULL, last_error = NULL, updated_at = now()
     FROM input i
     WHERE j.id = i.id AND j.run = i.run AND j.attempts = i.attempt AND j.state = 'running'
-    RETURNING j.id, j.run, j.attempts, j.concurrency_key
+    RETURNING j.id, j.run, j.attempts, j.task, j.concurrency_key
 ), closed AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded', error = NULL,
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
 ), woken AS (
-    -- A slot of a concurrency key freed: the relay publishes that key's next job ('slot': only its
-    -- take of jobs with limits has anything new to do).
-    SELECT pg_notify('conveyor_jobs', 'slot') AS rang
-    WHERE EXISTS (SELECT 1 FROM done WHERE concurrency_key IS NOT NULL)
+    -- A slot of a concurrency key freed: the relay publishes that key's next job. One NOTIFY per
+    -- key, 'slot:<task><US><key>', so that the relay's take visits only the keys named ('slot'
+    -- alone, for a name too long for a NOTIFY: the take visits every key). One row, whatever
+    -- the number of keys ('rang' is selected: an unread column is not computed).
+    SELECT string_agg(pg_notify('conveyor_jobs', CASE
+               WHEN octet_length(k.task) + octet_length(k.concurrency_key) < 4000
+               THEN 'slot:' || k.task || chr(31) || k.concurrency_key ELSE 'slot' END)::text, '') AS rang
+    FROM (SELECT DISTINCT task, concurrency_key FROM done WHERE concurrency_key IS NOT NULL) AS k
 )
 SELECT done.id, done.run, done.attempts, woken.rang FROM done LEFT JOIN woken ON true
 
@@ -333,23 +337,36 @@ SELECT id, task, queue, priority, run FROM marked ORDER BY available_at
 -- published and not claimed yet. Each key's first jobs come first (a rank per key, by priority
 -- then due time), so one key's backlog never stands before another key's job. The keys are
 -- walked one index probe each (a loose index scan) and each key reads only the jobs it may
--- publish, so a take costs what the keys cost, not what their backlogs hold. The claim checks
--- again, exactly: two relays racing here publish a little ahead, never run more.
-WITH RECURSIVE concurrency_keys AS (
+-- publish, so a take costs what the keys cost, not what their backlogs hold. With %(every)s
+-- false, only the concurrency keys named (%(tasks)s, %(keys)s: those whose slot a success
+-- freed) are visited, and no rate key. The claim checks again, exactly: two relays racing here
+-- publish a little ahead, never run more.
+WITH RECURSIVE walked_keys AS (
     -- Each key with its limit, as its first waiting job holds it.
     (SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
      WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
+       AND CAST(%(every)s AS boolean)
      ORDER BY task, concurrency_key LIMIT 1)
     UNION ALL
-    SELECT later.task, later.key, later.allowed FROM concurrency_keys k CROSS JOIN LATERAL (
+    SELECT later.task, later.key, later.allowed FROM walked_keys k CROSS JOIN LATERAL (
         SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
         WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
           AND (task, concurrency_key) > (k.task, k.key)
         ORDER BY task, concurrency_key LIMIT 1) AS later
+), named_keys AS (
+    SELECT first.task, first.key, first.allowed
+    FROM unnest(CAST(%(tasks)s AS text[]), CAST(%(keys)s AS text[])) AS n(task, key)
+    CROSS JOIN LATERAL (
+        SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
+        WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
+          AND task = n.task AND concurrency_key = n.key AND NOT CAST(%(every)s AS boolean)
+        ORDER BY task, concurrency_key LIMIT 1) AS first
+), concurrency_keys AS (
+    SELECT * FROM walked_keys UNION ALL SELECT * FROM named_keys
 ), rate_keys AS (
     (SELECT task, rate_key AS key, rate_limit AS allowed FROM jobs
      WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL
-       AND rate_key IS NOT NULL
+       AND rate_key IS NOT NULL AND CAST(%(every)s AS boolean)
      ORDER BY task, rate_key LIMIT 1)
     UNION ALL
     SELECT later.task, later.key, later.allowed FROM rate_keys k CROSS JOIN LATERAL (
