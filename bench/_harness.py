@@ -408,6 +408,22 @@ def pg_backends(database: str) -> list[psutil.Process]:
     return found
 
 
+def backend_clients(query: Query, database: str, clients: dict[str, list[psutil.Process]]) -> dict[int, str]:
+    """Which of `clients` (a label and its processes) each backend of `database` serves: the
+    client's end of the backend's connection is one of that label's sockets."""
+    ports: dict[int, str] = {}
+    for label, procs in clients.items():
+        for proc in procs:
+            try:
+                for conn in proc.net_connections(kind="tcp"):
+                    if conn.raddr:
+                        ports[conn.laddr.port] = label
+            except psutil.Error:
+                continue
+    rows = query.all("SELECT pid, client_port FROM pg_stat_activity WHERE datname = %s", (database,))
+    return {int(pid): ports[port] for pid, port in rows if port in ports}
+
+
 def rabbitmq_server() -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["name"]) if p.info.get("name") == "beam.smp"]
 
@@ -428,9 +444,12 @@ class CpuMeter:
         self._start = self._read()
 
     def elapsed(self) -> float:
+        return sum(self.elapsed_by_pid().values())
+
+    def elapsed_by_pid(self) -> dict[int, float]:
         now = self._read()
         # A process born after start counts from zero; one that died is lost (pools keep theirs).
-        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in now.items())
+        return {pid: cpu - self._start.get(pid, 0.0) for pid, cpu in now.items()}
 
 
 def pg_counters(database: str) -> dict[str, int]:

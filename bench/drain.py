@@ -4,6 +4,7 @@
     python bench/drain.py --jobs 2000 --systems conveyor,dramatiq
     python bench/drain.py --systems conveyor --profile   # py-spy on the worker while it drains
     python bench/drain.py --systems conveyor-live,conveyor-flow --keys 100 --concurrency 2
+    BENCH_SCRATCH=drain_mine python bench/drain.py   # scratch database and vhosts of that name
 
 Each system gets the same work: N messages already in RabbitMQ (a vhost of its own), then
 one worker process with 8 threads is started and timed from the first job it starts to
@@ -54,6 +55,7 @@ from _harness import (
     Procs,
     Query,
     WaitSampler,
+    backend_clients,
     busiest,
     child_env,
     create_database,
@@ -82,8 +84,9 @@ from _harness import (
 )
 from _profile import RELAY_MARKERS, WORKER_MARKERS, Recorder, report
 
-# BENCH_NAME: the scratch database and vhost, so that two drains on one machine keep apart.
-DATABASE = os.environ.get("BENCH_NAME", "conveyor_bench")
+# Scratch names; BENCH_SCRATCH gives a run names of its own (two benches on one server never meet).
+SCRATCH = os.environ.get("BENCH_SCRATCH", "conveyor_bench")
+DATABASE = SCRATCH
 CONVEYOR_QUEUE = "default"  # app.jobs.registry.Queue.DEFAULT, where echo runs
 ECHO_MAX_ATTEMPTS = 5  # RETRY_MAX_ATTEMPTS' default; echo sets none of its own
 SYSTEMS = (
@@ -196,6 +199,22 @@ def close_window(window: Window, result_jobs: int) -> tuple[float, float | None,
     db = 1000 * window.db.elapsed() / counted if window.db else None
     broker = 1000 * window.broker.elapsed() / counted
     return worker, db, broker
+
+
+def pg_cpu_by_client(
+    window: Window, poll: Query, worker: Proc, relay: Proc | None, counted: int
+) -> dict[str, float]:
+    """PostgreSQL's CPU per job split by the process its backend serves: the worker (claims,
+    successes) and the relay (takes); what neither holds (the bench's own sampler) is 'other'."""
+    if window.db is None:
+        return {}
+    clients = {"worker": worker.tree(), **({"relay": relay.tree()} if relay else {})}
+    owners = backend_clients(poll, DATABASE, clients)
+    split: dict[str, float] = {}
+    for pid, seconds in window.db.elapsed_by_pid().items():
+        key = f"PG CPU ms/job serving the {owners.get(pid, 'other')}"
+        split[key] = split.get(key, 0.0) + 1000 * seconds / max(1, counted)
+    return split
 
 
 def working_process(worker: Proc) -> psutil.Process:
@@ -342,7 +361,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
     """One drain of Conveyor; conveyor-live and conveyor-flow keep the relay running meanwhile."""
     out = work_dir(f"drain-{system}")
     extra = {"LOG_LEVEL": "WARNING"} if system == "conveyor-quiet" else {}
-    vhost = DATABASE
+    vhost = SCRATCH
     with (
         scratch_vhost(vhost, opts.keep) as broker,
         scratch_database(DATABASE, opts.keep),
@@ -362,9 +381,10 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
         if live:
             # The relay publishes while the worker drains: for conveyor-flow, as slots free.
             relay_rate, relay_profile, depth = float("nan"), "", opts.jobs
-            relay_proc = procs.start("relay", [CONVEYOR, "relay"], env, out)
-            relay_meter = CpuMeter("relay", relay_proc.tree)
+            relay: Proc | None = procs.start("relay", [CONVEYOR, "relay"], env, out)
+            relay_meter = CpuMeter("relay", relay.tree)
         else:
+            relay = None
             relay_rate, relay_profile = relay_publish(procs, env, opts.jobs, out, opts)
             depth = queue_depth(broker, CONVEYOR_QUEUE)
         if depth < opts.jobs:
@@ -413,6 +433,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
                 if relay_meter
                 else None
             )
+            db_by_client = pg_cpu_by_client(window, poll, worker, relay, opts.jobs - window.done_at_start)
             pg_waits = window.sampler.stop() if window.sampler else {}
             rss, tree_rss = worker_memory(worker)
             load_after = load_average()
@@ -467,6 +488,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
                 "commits/s": ledger["transactions per job"] / seconds,
                 **per_job,
                 **hooks,
+                **db_by_client,
             },
             pg_waits=pg_waits,
             profile=profile + relay_profile,
@@ -509,7 +531,7 @@ def run_peer(opts: Options, system: str) -> DrainResult:
     out = work_dir(f"drain-{system}")
     kind = "dramatiq" if system == "dramatiq" else "celery"
     queue = "default" if kind == "dramatiq" else "celery"
-    with scratch_vhost(f"conveyor_bench_{kind}", opts.keep) as broker, processes() as procs:
+    with scratch_vhost(f"{SCRATCH}_{kind}", opts.keep) as broker, processes() as procs:
         marks_path = out / "marks.txt"
         env = child_env(BENCH_BROKER_URL=broker, BENCH_N=str(opts.jobs), BENCH_MARK_FILE=str(marks_path))
         preload = [sys.executable, "-m", "peers.preload", kind, str(opts.jobs)]
@@ -636,6 +658,10 @@ def render(results: list[DrainResult], opts: Options) -> str:
             f"Flow control ({opts.keys} tenants, {opts.concurrency} at once each) vs the same drain"
             f" without limits: {verdict(flow.rate / live.rate, 0.8)}",
         ]
+    for r in results:
+        split = ", ".join(f"{k.rsplit(' ', 1)[1]} {v:.2f}" for k, v in r.extra.items() if "serving" in k)
+        if split:
+            lines += ["", f"PostgreSQL CPU ms/job while {r.system} drained, by the client served: {split}"]
     for r in results:
         if r.pg_waits:
             lines += [

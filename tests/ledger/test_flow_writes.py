@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
 import psycopg
+import pytest
 
-from app.ledger import flow
+from app.ledger import flow, queries
 from app.ledger import jobs as ledger
 from app.ledger.jobs import Doorbell
 from tests.ledger.rows import WORKER, given, row, running, second_connection
@@ -169,6 +171,34 @@ def test_a_finished_job_that_held_a_slot_wakes_the_relay(
     assert len(list(look.notifies(timeout=2, stop_after=1))) == 1
 
 
+def test_a_success_names_each_key_whose_slot_it_freed(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    tokens = [ledger.Token(limited(conn, "running", key, attempts=1), 1, 1) for key in ("a", "a", "b")]
+    long_key = ledger.Token(limited(conn, "running", "x" * 5000, attempts=1), 1, 1)
+    look.execute("LISTEN conveyor_jobs")
+    ledger.succeed(conn, [(token, "{}") for token in tokens])
+    named = {n.payload for n in look.notifies(timeout=2, stop_after=2)}
+    assert named == {f"slot:{REPORT}\x1fa", f"slot:{REPORT}\x1fb"}, "one NOTIFY per key"
+    ledger.succeed(conn, [(long_key, "{}")])
+    assert [n.payload for n in look.notifies(timeout=2, stop_after=1)] == ["slot"], (
+        "a name too long for a NOTIFY: every key is visited"
+    )
+
+
+def test_the_relays_take_may_visit_only_the_keys_named(conn: psycopg.Connection[Any]) -> None:
+    waiting = {key: limited(conn, "queued", key, due_in=-1) for key in ("a", "b", "c")}
+    rated(conn, "p", 5, due_in=-1)
+    with conn.transaction():
+        taken = {
+            job.id for job in flow.take_limited(conn, 10, {(REPORT, "a"), (REPORT, "c"), (PARTNER, "p")})
+        }
+        raise psycopg.Rollback
+    assert taken == {waiting["a"], waiting["c"]}, "named concurrency keys only; no rate key"
+    assert flow.take_limited(conn, 10, set()) == []
+    assert len(flow.take_limited(conn, 10)) == 4, "every key"
+
+
 def test_a_message_spent_on_a_paused_queue_leaves_its_job_for_the_relay_to_publish_at_resume(
     conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
 ) -> None:
@@ -211,3 +241,75 @@ def test_a_job_with_limits_is_held_to_them_even_by_a_worker_that_does_not_know_i
     claims, held = claim_all(conn, WORKER, 30.0, bells("app.tasks.example.older_name", *over))
     assert [claim is not None for claim in claims] == [True, False]
     assert held == {over[1]}
+
+
+@pytest.mark.anyio
+async def test_cancelling_a_published_job_with_limits_wakes_the_relay_for_its_slot(
+    aconn: psycopg.AsyncConnection[Any],
+    conn: psycopg.Connection[Any],
+    look: psycopg.Connection[dict[str, Any]],
+) -> None:
+    from app.ledger import cancels
+
+    unpublished = limited(conn, "queued", "a")
+    plain = given(conn, "queued", published=True)
+    out = limited(conn, "queued", "a", published=True)
+    look.execute("LISTEN conveyor_jobs")
+    assert await cancels.cancel(aconn, unpublished) is True
+    assert await cancels.cancel(aconn, plain) is True
+    assert list(look.notifies(timeout=0.3, stop_after=1)) == [], "neither held a slot"
+    assert await cancels.cancel(aconn, out) is True
+    assert [n.payload for n in look.notifies(timeout=2, stop_after=1)] == ["slot"]
+
+
+def test_a_job_with_limits_handed_back_by_the_reaper_wakes_the_relay(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    given(conn, "running", attempts=1, lease_in=-1)
+    look.execute("LISTEN conveyor_jobs")
+    assert len(ledger.reap_expired_leases(conn)) == 1
+    assert list(look.notifies(timeout=0.3, stop_after=1)) == [], "a job without limits: the sweep's own take"
+    lost = limited(conn, "running", "a", attempts=1, lease_in=-1)
+    assert [reaped.id for reaped in ledger.reap_expired_leases(conn)] == [lost]
+    assert [n.payload for n in look.notifies(timeout=2, stop_after=1)] == ["slot"]
+    assert [job.id for job in flow.take_limited(conn, 10)] == [lost]
+
+
+def test_the_relays_take_reads_only_the_jobs_each_key_may_publish(conn: psycopg.Connection[Any]) -> None:
+    """Its cost follows the keys, not their backlogs: also when a backlog's jobs share one due
+    time, as a bulk insert's do (the index entries read are counted with EXPLAIN ANALYZE)."""
+    keys = [f"k{i}" for i in range(5)]
+    for key in keys:
+        limited(conn, "running", key, attempts=1)
+    conn.execute(
+        """
+        INSERT INTO jobs (id, task, queue, payload, state, max_attempts, available_at,
+                          concurrency_key, concurrency_limit)
+        SELECT gen_random_uuid(), %s, 'default', '{}', 'queued', 3, now() - interval '1 second',
+               'k' || (i %% 5), 2
+        FROM generate_series(1, 500) AS i
+        """,
+        (REPORT,),
+    )
+    conn.execute("ANALYZE jobs")
+    with conn.transaction():
+        plan = conn.execute(
+            "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + queries.TAKE_LIMITED,
+            {"limit": 100, "every": True, "tasks": [], "keys": []},
+        ).fetchone()
+        raise psycopg.Rollback
+    assert plan is not None
+    read = sum(
+        node["Actual Rows"] * node["Actual Loops"]
+        for node in plan_nodes(plan[0][0]["Plan"])
+        # A key's waiting jobs (the walk from key to key reads no due time)
+        if node.get("Index Name") == "ix_jobs_waiting_concurrency"
+        and "available_at" in node.get("Index Cond", "")
+    )
+    assert 0 < read <= 2 * len(keys), f"each key's one free slot, read {read} waiting jobs"
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)

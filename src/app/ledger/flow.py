@@ -6,7 +6,7 @@ and the relay read columns, never the payload. See docs/flow.md for how the piec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -24,12 +24,17 @@ def claim_limited(
     concurrency keys are locked first, then the claim counts what runs. For each doorbell its
     claim or None, and the jobs held back (they wait, for a limit or a paused queue: marked
     unpublished, due when their rate window ends) in the same transaction. Jobs without limits
-    may be asked too: they are held back only when their queue is paused (or not due)."""
+    may be asked too: they are held back only when their queue is paused (or not due).
+
+    The transaction's four statements (begin, lock, claim, commit) go in one pipeline: one round
+    trip. The server still runs them one after the other, so the claim's snapshot is taken once
+    the locks are held."""
     ids = [bell.job_id for bell in bells]
     params = {"ids": ids, "tasks": [b.task for b in bells], "worker_id": worker_id, "lease": lease_seconds}
-    with conn.transaction():
+    with conn.pipeline(), conn.transaction():
         conn.execute(queries.LOCK_FLOW_KEYS, {"ids": ids}, prepare=True)
-        rows = run(conn, queries.CLAIM_LIMITED, params, prepare=True).rows
+        claimed = conn.execute(queries.CLAIM_LIMITED, params, prepare=True)
+    rows = claimed.fetchall()
     held = {r[0] for r in rows if r[1] is None}
     claims = {
         (r[0], r[4]): Claim(Token(r[0], r[1], r[2]), r[4], r[3], r[5]) for r in rows if r[1] is not None
@@ -37,10 +42,19 @@ def claim_limited(
     return [claims.pop((bell.job_id, bell.task), None) for bell in bells], held
 
 
-def take_limited(conn: SyncConnection, limit: int) -> list[Publishable]:
+def take_limited(
+    conn: SyncConnection, limit: int, keys: Collection[tuple[str, str]] | None = None
+) -> list[Publishable]:
     """Due jobs of tasks with limits that may start, each key's first first, marked published in
-    the caller's transaction."""
-    rows = run(conn, queries.TAKE_LIMITED, {"limit": limit}, prepare=True).rows
+    the caller's transaction: of every key, or of the (task, concurrency key) pairs in `keys`."""
+    named = sorted(keys or ())
+    params = {
+        "limit": limit,
+        "every": keys is None,
+        "tasks": [task for task, _ in named],
+        "keys": [key for _, key in named],
+    }
+    rows = run(conn, queries.TAKE_LIMITED, params, prepare=True).rows
     return [Publishable(id=r[0], task=r[1], queue=r[2], priority=r[3], run=r[4]) for r in rows]
 
 

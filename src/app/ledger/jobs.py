@@ -326,7 +326,7 @@ def seconds_until_next_due(conn: SyncConnection) -> float | None:
 
 
 def reap_expired_leases(conn: SyncConnection, limit: int = 1000) -> list[Reaped]:
-    return [Reaped(*row) for row in run(conn, queries.REAP_EXPIRED_LEASES, {"limit": limit}).rows]
+    return [Reaped(*row[:4]) for row in run(conn, queries.REAP_EXPIRED_LEASES, {"limit": limit}).rows]
 
 
 def rearm_stale_publications(conn: SyncConnection, age_seconds: float) -> int:

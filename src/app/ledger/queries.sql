@@ -214,7 +214,7 @@ WITH input AS (
            finished_at = now(), lease_expires_at = NULL, last_error = NULL, updated_at = now()
     FROM input i
     WHERE j.id = i.id AND j.run = i.run AND j.attempts = i.attempt AND j.state = 'running'
-    RETURNING j.id, j.run, j.attempts, j.concurrency_key, j.task, j.queue, j.client_id
+    RETURNING j.id, j.run, j.attempts, j.task, j.concurrency_key, j.queue, j.client_id
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'succeeded', attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
@@ -223,10 +223,14 @@ WITH input AS (
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
 ), woken AS (
-    -- A slot of a concurrency key freed: the relay publishes that key's next job ('slot': only its
-    -- take of jobs with limits has anything new to do).
-    SELECT pg_notify('conveyor_jobs', 'slot') AS rang
-    WHERE EXISTS (SELECT 1 FROM done WHERE concurrency_key IS NOT NULL)
+    -- A slot of a concurrency key freed: the relay publishes that key's next job. One NOTIFY per
+    -- key, 'slot:<task><US><key>', so that the relay's take visits only the keys named ('slot'
+    -- alone, for a name too long for a NOTIFY: the take visits every key). One row, whatever
+    -- the number of keys ('rang' is selected: an unread column is not computed).
+    SELECT string_agg(pg_notify('conveyor_jobs', CASE
+               WHEN octet_length(k.task) + octet_length(k.concurrency_key) < 4000
+               THEN 'slot:' || k.task || chr(31) || k.concurrency_key ELSE 'slot' END)::text, '') AS rang
+    FROM (SELECT DISTINCT task, concurrency_key FROM done WHERE concurrency_key IS NOT NULL) AS k
 )
 SELECT done.id, done.run, done.attempts, woken.rang FROM done LEFT JOIN woken ON true
 
@@ -359,23 +363,36 @@ SELECT id, task, queue, priority, run FROM marked ORDER BY available_at
 -- published and not claimed yet. Each key's first jobs come first (a rank per key, by priority
 -- then due time), so one key's backlog never stands before another key's job. The keys are
 -- walked one index probe each (a loose index scan) and each key reads only the jobs it may
--- publish, so a take costs what the keys cost, not what their backlogs hold. The claim checks
--- again, exactly: two relays racing here publish a little ahead, never run more.
-WITH RECURSIVE concurrency_keys AS (
+-- publish, so a take costs what the keys cost, not what their backlogs hold. With %(every)s
+-- false, only the concurrency keys named (%(tasks)s, %(keys)s: those whose slot a success
+-- freed) are visited, and no rate key. The claim checks again, exactly: two relays racing here
+-- publish a little ahead, never run more.
+WITH RECURSIVE walked_keys AS (
     -- Each key with its limit, as its first waiting job holds it.
     (SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
      WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
+       AND CAST(%(every)s AS boolean)
      ORDER BY task, concurrency_key LIMIT 1)
     UNION ALL
-    SELECT later.task, later.key, later.allowed FROM concurrency_keys k CROSS JOIN LATERAL (
+    SELECT later.task, later.key, later.allowed FROM walked_keys k CROSS JOIN LATERAL (
         SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
         WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
           AND (task, concurrency_key) > (k.task, k.key)
         ORDER BY task, concurrency_key LIMIT 1) AS later
+), named_keys AS (
+    SELECT first.task, first.key, first.allowed
+    FROM unnest(CAST(%(tasks)s AS text[]), CAST(%(keys)s AS text[])) AS n(task, key)
+    CROSS JOIN LATERAL (
+        SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
+        WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
+          AND task = n.task AND concurrency_key = n.key AND NOT CAST(%(every)s AS boolean)
+        ORDER BY task, concurrency_key LIMIT 1) AS first
+), concurrency_keys AS (
+    SELECT * FROM walked_keys UNION ALL SELECT * FROM named_keys
 ), rate_keys AS (
     (SELECT task, rate_key AS key, rate_limit AS allowed FROM jobs
      WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL
-       AND rate_key IS NOT NULL
+       AND rate_key IS NOT NULL AND CAST(%(every)s AS boolean)
      ORDER BY task, rate_key LIMIT 1)
     UNION ALL
     SELECT later.task, later.key, later.allowed FROM rate_keys k CROSS JOIN LATERAL (
@@ -386,8 +403,10 @@ WITH RECURSIVE concurrency_keys AS (
 ), paused AS (
     SELECT ARRAY(SELECT queue FROM paused_queues) AS queues
 ), by_concurrency AS (
-    SELECT free.id, free.turn, free.priority, free.available_at, free.task, free.rate_key,
-           free.rate_limit
+    -- No window function here: ranking a key's jobs before the LIMIT reads every job that ties
+    -- with the last one taken (a bulk insert's jobs share one due time), not just the LIMIT.
+    SELECT free.id, free.priority, free.available_at, free.task, k.key AS flow_key, true AS by_key,
+           free.rate_key, free.rate_limit
     FROM concurrency_keys k
     CROSS JOIN LATERAL (
         SELECT count(*) AS n FROM jobs b
@@ -395,8 +414,7 @@ WITH RECURSIVE concurrency_keys AS (
           AND (b.state = 'running' OR (b.published_at IS NOT NULL AND b.state IN ('queued', 'retrying')))
     ) AS busy
     CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit,
-               row_number() OVER (ORDER BY j.priority DESC, j.available_at) AS turn
+        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit
         FROM jobs j, paused p
         WHERE j.task = k.task AND j.concurrency_key = k.key AND j.published_at IS NULL
           AND j.state IN ('queued', 'retrying') AND j.available_at <= now()
@@ -405,12 +423,11 @@ WITH RECURSIVE concurrency_keys AS (
         LIMIT greatest(0, k.allowed - busy.n)
     ) AS free
 ), by_rate AS (
-    SELECT free.id, free.turn, free.priority, free.available_at, free.task, free.rate_key,
-           free.rate_limit
+    SELECT free.id, free.priority, free.available_at, free.task, k.key AS flow_key, false AS by_key,
+           free.rate_key, free.rate_limit
     FROM rate_keys k
     CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit,
-               row_number() OVER (ORDER BY j.priority DESC, j.available_at) AS turn
+        SELECT j.id, j.priority, j.available_at, j.task, j.rate_key, j.rate_limit
         FROM jobs j, paused p
         WHERE j.task = k.task AND j.concurrency_key IS NULL AND j.rate_key = k.key
           AND j.published_at IS NULL AND j.state IN ('queued', 'retrying') AND j.available_at <= now()
@@ -418,10 +435,15 @@ WITH RECURSIVE concurrency_keys AS (
         ORDER BY j.priority DESC, j.available_at
         LIMIT k.allowed
     ) AS free
+), ranked AS (
+    -- Each key's turn among the few jobs it may publish.
+    SELECT c.*, row_number() OVER (PARTITION BY c.by_key, c.task, c.flow_key
+                                   ORDER BY c.priority DESC, c.available_at) AS turn
+    FROM (SELECT * FROM by_concurrency UNION ALL SELECT * FROM by_rate) AS c
 ), candidates AS (
     SELECT c.*, row_number() OVER (PARTITION BY c.task, c.rate_key ORDER BY c.turn, c.priority DESC,
                                                                      c.available_at) AS rate_turn
-    FROM (SELECT * FROM by_concurrency UNION ALL SELECT * FROM by_rate) AS c
+    FROM ranked c
 ), chosen AS (
     -- A rate key sends at most its rate less what it has published and not claimed yet.
     SELECT c.id FROM candidates c
@@ -488,7 +510,8 @@ WITH expired AS (
         last_error = 'lease expired: worker ' || coalesce(j.worker_id, '?')
                      || ' stopped renewing it (crashed or stalled)'
     FROM expired WHERE j.id = expired.id
-    RETURNING j.id, j.task, j.state, j.run, j.attempts, j.last_error, j.queue, j.client_id
+    RETURNING j.id, j.task, j.state, j.run, j.attempts, j.last_error, j.queue, j.client_id,
+              j.concurrency_key IS NOT NULL OR j.rate_key IS NOT NULL AS limited
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, state, attempts FROM upd WHERE pg_notify('conveyor_events', '')::text = ''
@@ -497,8 +520,12 @@ WITH expired AS (
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM upd WHERE a.job_id = upd.id AND a.run = upd.run AND a.attempt = upd.attempts
       AND a.finished_at IS NULL
+), woken AS (
+    -- A job with limits handed back freed its key's slot and waits for the relay's take of jobs
+    -- with limits, which only a 'slot' wakes ('rang' is selected: an unread column is not computed).
+    SELECT pg_notify('conveyor_jobs', 'slot') AS rang WHERE EXISTS (SELECT 1 FROM upd WHERE limited)
 )
-SELECT id, task, state, attempts FROM upd
+SELECT upd.id, upd.task, upd.state, upd.attempts, woken.rang FROM upd LEFT JOIN woken ON true
 
 -- name: rearm_stale_publications
 -- Publishes again jobs whose message went out long ago and was never claimed.
@@ -506,16 +533,20 @@ UPDATE jobs SET published_at = NULL
 WHERE state IN ('queued', 'retrying') AND published_at < now() - make_interval(secs => %(age)s)
 
 -- name: cancel
--- queued|retrying → cancelled: a job that has not started never will.
+-- queued|retrying → cancelled: a job that has not started never will. A job with limits whose
+-- message was out held a slot of its key (or a place in its rate's allowance): the relay is
+-- woken ('slot') to publish that key's next job.
 WITH done AS (
     UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
     WHERE id = %(id)s AND state IN ('queued', 'retrying')
-    RETURNING id, task, queue, client_id, attempts
+    RETURNING id, task, queue, client_id, attempts,
+              published_at IS NOT NULL AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL)
+              AS held_slot
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'cancelled', attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
 )
-SELECT id FROM done
+SELECT id, CASE WHEN held_slot THEN pg_notify('conveyor_jobs', 'slot')::text END FROM done
 
 -- name: request_cancel
 -- Asks a running job to stop: records when (the first request's time is kept) and wakes the

@@ -40,6 +40,8 @@ NOTIFY_CHANNEL = "conveyor_jobs"
 # The payload of a NOTIFY that only frees a slot of a limit (a success, a claim of a job with
 # limits): the relay's take of jobs with limits has something to do, its other takes nothing.
 SLOT_FREED = "slot"
+# A success names each key whose slot it freed: "slot:<task>\x1f<key>" (see queries.sql, succeed).
+SLOT_FREED_OF = "slot:"
 
 jobs = Table(
     "jobs",

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from datetime import UTC, datetime
+from functools import partial
 
 import psycopg
 from sqlalchemy.exc import OperationalError
@@ -28,7 +29,7 @@ from app.ledger import flow, relays
 from app.ledger import jobs as ledger
 from app.ledger.connections import own_connection
 from app.ledger.engines import sync_engine
-from app.ledger.schema import NOTIFY_CHANNEL, SLOT_FREED
+from app.ledger.schema import NOTIFY_CHANNEL, SLOT_FREED, SLOT_FREED_OF
 from app.logs import Outage, get_logger
 from app.relay import deadletters, metrics
 from app.relay.messages import doorbell
@@ -68,17 +69,25 @@ class Relay:
         self._limited_after = 0.0  # the next take of jobs with limits, not before (monotonic)
         self._limited_owed = False  # a take of jobs with limits was put off
         self._plain_due = True  # something besides a freed slot rang, or the timer ran out
+        # The keys whose slot a success freed since the last take of jobs with limits, which
+        # visits only them unless something else rang (a new job may be any key's): then every key.
+        self._freed: set[tuple[str, str]] = set()
+        self._every_key = True
 
     def publish_due(self, *, plain: bool = True) -> int:
         """Publish one batch of due jobs (unless `plain` is False), and one of due jobs with
-        limits that may start now; the rows stay locked until the broker took them. The larger
-        of the two batches' sizes: a full one means more may be due."""
+        limits that may start now (of the keys whose slot freed, unless `plain` or a NOTIFY
+        without a key asks for every key's); the rows stay locked until the broker took them. The
+        larger of the two batches' sizes: a full one means more may be due."""
         published = self._publish(ledger.take_publishable, dead=False) if plain else 0
         now = time.monotonic()
         self._limited_owed = now < self._limited_after
         if self._limited_owed:
             return published
-        limited = self._publish(flow.take_limited, dead=False)
+        keys = None if plain or self._every_key else self._freed
+        self._freed, self._every_key = set(), True  # a take that fails leaves every key to walk
+        limited = self._publish(partial(flow.take_limited, keys=keys), dead=False) if keys != set() else 0
+        self._every_key = False
         full = limited == self.settings.relay_batch_size
         self._limited_after = now + (0.0 if full else LIMITED_TAKE_SPACING_SECONDS)
         return max(published, limited)
@@ -178,18 +187,31 @@ class Relay:
         """Wait up to `wait` seconds to be woken; whether anything besides a freed slot rang (or
         the time ran out). A freed slot ends the wait only once the spacing of takes of jobs with
         limits allows one: jobs finishing one by one then wake the relay a few times a
-        second, not once each."""
-        deadline = time.monotonic() + wait
+        second, not once each. The keys named by the slots freed are kept for that take."""
+        end = time.monotonic() + wait
+        deadline = end
         while (left := deadline - time.monotonic()) > 0:
             rang = {notify.payload for notify in listener.notifies(timeout=left, stop_after=1)}
             if not rang:
                 break
-            if rang != {SLOT_FREED}:
+            if not self._slots_freed(rang):
                 return True
             self._limited_owed = True
             if time.monotonic() >= self._limited_after:
                 return False
-            deadline = min(deadline, self._limited_after)
+            deadline = min(end, self._limited_after)
+        return deadline >= end  # the wait's own time ran out, not only the spacing
+
+    def _slots_freed(self, payloads: set[str]) -> bool:
+        """Note the keys of the slots freed; whether the payloads were all freed slots."""
+        for payload in payloads:
+            if payload == SLOT_FREED:
+                self._every_key = True
+            elif payload.startswith(SLOT_FREED_OF):
+                task, _, key = payload.removeprefix(SLOT_FREED_OF).partition(chr(31))
+                self._freed.add((task, key))
+            else:
+                return False
         return True
 
     def run(self, stop: threading.Event) -> None:
@@ -212,6 +234,7 @@ class Relay:
                 _close(listener)
                 listener = None
                 self._forget_ledger()
+                self._every_key = True  # what rang while the listener was away is lost
                 self._last["beat"] = 0.0  # beat as soon as it is back
                 stop.wait(pause)
                 pause = min(pause * 2, 5.0)

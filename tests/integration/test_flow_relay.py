@@ -1,0 +1,61 @@
+"""The relay's take of jobs with limits, woken by the slots that successes free: it visits the
+keys those successes named, and every key when anything else rang."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+
+from app.ledger import jobs as ledger
+from app.relay.outbox import Relay, _listen
+from app.settings import get_settings
+from tests.ledger.rows import given
+from tests.support.infra import Infra
+
+REPORT = "app.tasks.example.tenant_report"
+
+
+@pytest.fixture
+def conn(clean_ledger: Infra) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(clean_ledger.libpq_url, autocommit=True) as connection:
+        yield connection
+
+
+def limited(conn: psycopg.Connection[Any], state: str, key: str) -> UUID:
+    """A job of a task with one slot per key (`concurrency=1`), in `state`."""
+    job_id = given(conn, state, task=REPORT, attempts=1 if state == "running" else 0, due_in=-1)
+    conn.execute("UPDATE jobs SET concurrency_key = %s, concurrency_limit = 1 WHERE id = %s", (key, job_id))
+    return job_id
+
+
+def published(conn: psycopg.Connection[Any], *ids: UUID) -> list[bool]:
+    rows = dict(
+        conn.execute("SELECT id, published_at IS NOT NULL FROM jobs WHERE id = ANY(%s)", (list(ids),))
+    )
+    return [rows[job_id] for job_id in ids]
+
+
+def test_a_freed_slot_sends_its_keys_next_job_and_visits_no_other_key(conn: psycopg.Connection[Any]) -> None:
+    settings = get_settings()
+    relay, listener = Relay(settings), _listen(settings)
+    try:
+        running = {key: limited(conn, "running", key) for key in ("a", "b")}
+        waiting = {key: limited(conn, "queued", key) for key in ("a", "b")}
+        assert relay.publish_due() == 0, "both keys' slots are taken"
+        conn.execute("UPDATE jobs SET state = 'succeeded' WHERE id = %s", (running["b"],))  # rings nobody
+        ledger.succeed(conn, [(ledger.Token(running["a"], 1, 1), "{}")])
+        assert relay._wait(listener, 5.0) is False, "only a freed slot rang"
+        relay.publish_due(plain=False)
+        assert published(conn, waiting["a"], waiting["b"]) == [True, False], "the key named, only"
+        conn.execute("SELECT pg_notify('conveyor_jobs', '')")  # a new job, of any key
+        assert relay._wait(listener, 5.0) is True
+        relay.publish_due(plain=True)
+        assert published(conn, waiting["b"]) == [True], "then every key is visited"
+    finally:
+        listener.close()
+        relay.publisher.close()
+        relay._forget_ledger()
