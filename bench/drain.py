@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -76,7 +77,8 @@ from _harness import (
 )
 from _profile import RELAY_MARKERS, WORKER_MARKERS, Recorder, report
 
-DATABASE = "conveyor_bench"
+# BENCH_SUFFIX: scratch names of this run's own, where other runs share the servers.
+DATABASE = "conveyor_bench" + os.environ.get("BENCH_SUFFIX", "")
 CONVEYOR_QUEUE = "default"  # app.jobs.registry.Queue.DEFAULT, where echo runs
 ECHO_MAX_ATTEMPTS = 5  # RETRY_MAX_ATTEMPTS' default; echo sets none of its own
 SYSTEMS = (
@@ -282,7 +284,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
     """One drain of Conveyor; conveyor-live and conveyor-flow keep the relay running meanwhile."""
     out = work_dir(f"drain-{system}")
     extra = {"LOG_LEVEL": "WARNING"} if system == "conveyor-quiet" else {}
-    vhost = "conveyor_bench"
+    vhost = DATABASE
     with (
         scratch_vhost(vhost, opts.keep) as broker,
         scratch_database(DATABASE, opts.keep),
@@ -420,7 +422,7 @@ def run_peer(opts: Options, system: str) -> DrainResult:
     out = work_dir(f"drain-{system}")
     kind = "dramatiq" if system == "dramatiq" else "celery"
     queue = "default" if kind == "dramatiq" else "celery"
-    with scratch_vhost(f"conveyor_bench_{kind}", opts.keep) as broker, processes() as procs:
+    with scratch_vhost(f"{DATABASE}_{kind}", opts.keep) as broker, processes() as procs:
         marks_path = out / "marks.txt"
         env = child_env(BENCH_BROKER_URL=broker, BENCH_N=str(opts.jobs), BENCH_MARK_FILE=str(marks_path))
         preload = [sys.executable, "-m", "peers.preload", kind, str(opts.jobs)]
