@@ -73,7 +73,8 @@ from _harness import (
 )
 from _profile import API_MARKERS, Recorder, report
 
-DATABASE = "conveyor_bench"
+# BENCH_SUFFIX: scratch names of this run's own, where other runs share the servers.
+DATABASE = "conveyor_bench" + os.environ.get("BENCH_SUFFIX", "")
 SYSTEMS = ("bare", "celery", "celery-async", "conveyor", "conveyor-open", "conveyor-no-relay")
 DEFAULT_SYSTEMS = ("bare", "celery", "celery-async", "conveyor", "conveyor-open")
 WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"
@@ -323,7 +324,7 @@ def run_celery(opts: Options, system: str) -> AcceptResult:
     out = work_dir(f"accept-{system}")
     port = free_port()
     endpoint = "async" if system == "celery-async" else "sync"
-    with scratch_vhost("conveyor_bench_celery_api", opts.keep) as broker, processes() as procs:
+    with scratch_vhost(DATABASE + "_celery_api", opts.keep) as broker, processes() as procs:
         env = child_env(BENCH_BROKER_URL=broker, BENCH_CELERY_ENDPOINT=endpoint)
         server = procs.start(system, uvicorn_argv("peers.celery_api:app", port) + QUIET, env, out)
         result = measure(system, server, port, opts, out)
@@ -337,7 +338,7 @@ def run_conveyor(opts: Options, system: str) -> AcceptResult:
     relay = system != "conveyor-no-relay"
     out = work_dir(f"accept-{system}")
     port = free_port()
-    with scratch_vhost("conveyor_bench", opts.keep) as broker, processes() as procs:
+    with scratch_vhost(DATABASE, opts.keep) as broker, processes() as procs:
         create_database(DATABASE)
         try:
             # The key check runs in full (a rate limit high enough never to refuse a request).

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import app.tasks  # noqa: F401  (registers the public tasks the API accepts)
+from app import tracing
 from app.api import (
     accept,
     audit,
@@ -45,14 +46,22 @@ async def lifespan(application: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     configure_logging()
     settings = get_settings()
+    tracing.start(tracing.SERVICE_API)
     application = FastAPI(
         title="Conveyor",
         version="1.0.0",
         summary="Background jobs you can trust: a ledger, an outbox, retries and dead letters.",
         lifespan=lifespan,
-        # FastAPI's built-in telemetry looks up OpenTelemetry providers on every request;
-        # Conveyor exports Prometheus metrics instead.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        # FastAPI's built-in telemetry looks up OpenTelemetry providers on every request, so
+        # it stays off unless tracing is on: then it makes each request's span (the enqueue's
+        # parent), and Conveyor's metrics stay Prometheus's.
+        telemetry={
+            "tracing": tracing.enabled(),
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "exclude": tracing.untraced_request,
+        },
         # Served by `openapi.install`, behind a key (and off in production unless API_DOCS).
         docs_url=None,
         redoc_url=None,

@@ -160,6 +160,16 @@ class Settings(BaseSettings):
     # The key a client command (`conveyor loadtest`) sends to the API.
     conveyor_key: SecretStr = SecretStr("")
 
+    # Traces (docs/tracing.md): set, each process exports OpenTelemetry spans over OTLP/HTTP
+    # (protobuf) to this base URL (`/v1/traces` is added), or to the traces URL when that is
+    # set; unset, nothing is traced and no job records a trace context. The SDK reads the
+    # other OTEL_* variables (headers, sampler, batch sizes, resource attributes) itself.
+    otel_exporter_otlp_endpoint: str = ""
+    otel_exporter_otlp_traces_endpoint: str = ""
+    # Set: the SDK's sampler by that name (OTEL_TRACES_SAMPLER_ARG its argument) instead of
+    # Conveyor's, which keeps every trace and drops a database statement outside any of them.
+    otel_traces_sampler: str = ""
+
     @model_validator(mode="after")
     def _no_development_secrets_in_production(self) -> Settings:
         if self.environment != "production":

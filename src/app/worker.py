@@ -17,6 +17,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, ShutdownNotifications, TimeLimit
 
 import app.tasks  # noqa: F401  (registers every task spec)
+from app import tracing
 from app.execution.actors import bind
 from app.execution.consumer import ClaimingBroker
 from app.execution.exporter import WorkerExporter
@@ -34,6 +35,10 @@ def build_broker(url: str) -> Broker:
         ledger,
         WorkerExporter(),
     ]
+    if tracing.enabled():
+        from app.execution.tracing import RunSpans
+
+        middleware.append(RunSpans())
     if url.startswith("stub"):
         return StubBroker(middleware=middleware)
     settings = get_settings()
@@ -48,6 +53,7 @@ def build_broker(url: str) -> Broker:
 
 
 configure_logging()
+tracing.start(tracing.SERVICE_WORKER)
 broker = build_broker(get_settings().broker_url)
 dramatiq.set_broker(broker)
 bind(broker, all_tasks())

@@ -28,6 +28,7 @@ from app.jobs.enqueue import MAX_IDEMPOTENCY_KEY_LENGTH
 from app.jobs.registry import TaskSpec, get_task, public_tasks
 from app.ledger.jobs import NewJob
 from app.settings import get_settings
+from app.tracing import enqueuing as traced
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -144,14 +145,15 @@ async def enqueue(request: Request) -> Response:
     spec = get_task(job.task)
     if spec is None or not spec.public:
         raise UnknownTask(job.task, [t.name for t in public_tasks()])
-    new = _new_job(
-        spec,
-        job.payload,
-        ("body", "payload"),
-        client=client,
-        key=key,
-        delay_seconds=job.delay_seconds,
-        priority=job.priority,
-        unique_key=job.unique_key,
-    )
-    return await _accept(request, new)
+    with traced(spec.name):
+        new = _new_job(
+            spec,
+            job.payload,
+            ("body", "payload"),
+            client=client,
+            key=key,
+            delay_seconds=job.delay_seconds,
+            priority=job.priority,
+            unique_key=job.unique_key,
+        )
+        return await _accept(request, new)

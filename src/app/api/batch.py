@@ -31,6 +31,7 @@ from app.jobs.enqueue import Accepted
 from app.jobs.registry import get_task, public_tasks
 from app.ledger.jobs import NewJob
 from app.settings import get_settings
+from app.tracing import enqueuing as traced
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -110,9 +111,10 @@ async def enqueue_batch(request: Request) -> Response:
     limit = get_settings().max_batch_jobs
     if len(batch.jobs) > limit:
         raise _too_many(len(batch.jobs), limit)
-    jobs = new_jobs(batch.jobs, client)
-    async with transaction() as conn:
-        accepted = await batches.store_many(conn, jobs, idempotency_key=key)
+    with traced(None, len(batch.jobs)):
+        jobs = new_jobs(batch.jobs, client)
+        async with transaction() as conn:
+            accepted = await batches.store_many(conn, jobs, idempotency_key=key)
     headers = {}
     if accepted[0].replayed:
         headers["Idempotent-Replayed"] = "true"

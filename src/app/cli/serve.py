@@ -76,11 +76,13 @@ def relay() -> None:
     """Publish committed jobs from the ledger to RabbitMQ (the outbox relay), fire schedules, prune,
     deliver webhooks."""
     import app.tasks  # noqa: F401  (registers the tasks, and the schedules they declare)
+    from app import tracing
     from app.logs import configure_logging, get_logger
     from app.relay.outbox import Relay
     from app.webhooks.dispatch import Dispatcher
 
     configure_logging()
+    tracing.start(tracing.SERVICE_RELAY)
     settings = get_settings()
     if settings.relay_metrics_port:
         from prometheus_client import start_http_server

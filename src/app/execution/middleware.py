@@ -174,7 +174,14 @@ class LedgerMiddleware(Middleware):
                     del self._in_flight[ctx.token.job_id]
 
     def _context(self, claim: Claim) -> JobContext:
-        return JobContext(claim.token, claim.task, claim.max_attempts, self.worker_id, claim.payload_json)
+        return JobContext(
+            claim.token,
+            claim.task,
+            claim.max_attempts,
+            self.worker_id,
+            claim.payload_json,
+            claim.trace_context,
+        )
 
     # -- one message ------------------------------------------------------------------------
 

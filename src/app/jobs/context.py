@@ -30,6 +30,7 @@ class JobContext:
     max_attempts: int
     worker_id: str
     payload_json: str = "{}"
+    trace_context: str | None = None  # what its run span continues (see app.tracing)
     result: Any = None
     effects: Connection | None = field(default=None, repr=False)
     started: float = field(default_factory=time.monotonic, repr=False)

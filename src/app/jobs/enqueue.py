@@ -30,6 +30,7 @@ from app.ledger.jobs import NewJob
 from app.ledger.schema import JobState
 from app.ledger.unique import Holder
 from app.settings import get_settings
+from app.tracing import current_context
 
 # A year: longer delays are almost certainly a unit mistake (ms for s).
 MAX_DELAY_SECONDS = 365 * 24 * 3600
@@ -150,7 +151,7 @@ def new_job(
 
     A dict is validated as the JSON it becomes (strict types: `true` is not an integer, `"5"`
     is not a number), whichever door it came through. Inside a running task the new job is
-    that job's child.
+    that job's child. With tracing on it keeps the current span's context (see app.tracing).
     """
     if isinstance(payload, spec.payload_model):
         model = payload
@@ -180,6 +181,7 @@ def new_job(
         parent_id=running.token.job_id if running is not None else None,
         unique_key=stored_unique_key(spec, model, client_id, unique_key),
         flow=flow_of(spec.limits, model),
+        trace_context=current_context(),
     )
 
 

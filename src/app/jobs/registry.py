@@ -23,6 +23,7 @@ from app.jobs.enqueue import Accepted
 from app.jobs.flow import NO_LIMITS, Limits, declare
 from app.jobs.schedules import Timing, declared
 from app.settings import get_settings
+from app.tracing import enqueuing as traced
 
 # RabbitMQ declares a priority queue with its highest priority up front; the API takes 0-9.
 MAX_PRIORITY = 9
@@ -120,19 +121,20 @@ class TaskSpec(Generic[P]):
 
         With `unique_key` (or the task's own), while a job of this task with that key is
         queued, retrying or running, no job is made: the result is that job, `duplicate` set."""
-        job = enqueuing.new_job(
-            self,
-            payload,
-            delay_seconds=delay_seconds,
-            priority=priority,
-            idempotency_key=idempotency_key,
-            client_id=client_id,
-            unique_key=unique_key,
-        )
-        if session is not None:
-            return await enqueuing.store(await enqueuing.async_connection(session), job)
-        async with enqueuing.own_async_transaction() as conn:
-            return await enqueuing.store(conn, job)
+        with traced(self.name):
+            job = enqueuing.new_job(
+                self,
+                payload,
+                delay_seconds=delay_seconds,
+                priority=priority,
+                idempotency_key=idempotency_key,
+                client_id=client_id,
+                unique_key=unique_key,
+            )
+            if session is not None:
+                return await enqueuing.store(await enqueuing.async_connection(session), job)
+            async with enqueuing.own_async_transaction() as conn:
+                return await enqueuing.store(conn, job)
 
     def enqueue_sync(
         self,
@@ -147,19 +149,20 @@ class TaskSpec(Generic[P]):
     ) -> Accepted:
         """`enqueue` for sync code: `session` is a SQLAlchemy Session or Connection (a task's
         `job.transaction()` is one), or a psycopg connection."""
-        job = enqueuing.new_job(
-            self,
-            payload,
-            delay_seconds=delay_seconds,
-            priority=priority,
-            idempotency_key=idempotency_key,
-            client_id=client_id,
-            unique_key=unique_key,
-        )
-        if session is not None:
-            return enqueuing.store_sync(enqueuing.sync_connection(session), job)
-        with enqueuing.own_transaction() as conn:
-            return enqueuing.store_sync(conn, job)
+        with traced(self.name):
+            job = enqueuing.new_job(
+                self,
+                payload,
+                delay_seconds=delay_seconds,
+                priority=priority,
+                idempotency_key=idempotency_key,
+                client_id=client_id,
+                unique_key=unique_key,
+            )
+            if session is not None:
+                return enqueuing.store_sync(enqueuing.sync_connection(session), job)
+            with enqueuing.own_transaction() as conn:
+                return enqueuing.store_sync(conn, job)
 
     async def enqueue_many(
         self,
@@ -186,14 +189,15 @@ class TaskSpec(Generic[P]):
         job holds (or an earlier job of the same batch) is not made, and its place in the
         result is that job, `duplicate` set; the rest are stored.
         """
-        jobs = batches.new_jobs(
-            self, payloads, delay_seconds=delay_seconds, priority=priority, client_id=client_id
-        )
-        if session is not None:
-            conn = await enqueuing.async_connection(session)
-            return await batches.store_many(conn, jobs, idempotency_key=idempotency_key)
-        async with enqueuing.own_async_transaction() as conn:
-            return await batches.store_many(conn, jobs, idempotency_key=idempotency_key)
+        with traced(self.name):
+            jobs = batches.new_jobs(
+                self, payloads, delay_seconds=delay_seconds, priority=priority, client_id=client_id
+            )
+            if session is not None:
+                conn = await enqueuing.async_connection(session)
+                return await batches.store_many(conn, jobs, idempotency_key=idempotency_key)
+            async with enqueuing.own_async_transaction() as conn:
+                return await batches.store_many(conn, jobs, idempotency_key=idempotency_key)
 
     def enqueue_many_sync(
         self,
@@ -207,14 +211,15 @@ class TaskSpec(Generic[P]):
     ) -> list[Accepted]:
         """`enqueue_many` for sync code: `session` is a SQLAlchemy Session or Connection (a
         task's `job.transaction()` is one), or a psycopg connection."""
-        jobs = batches.new_jobs(
-            self, payloads, delay_seconds=delay_seconds, priority=priority, client_id=client_id
-        )
-        if session is not None:
-            conn = enqueuing.sync_connection(session)
-            return batches.store_many_sync(conn, jobs, idempotency_key=idempotency_key)
-        with enqueuing.own_transaction() as conn:
-            return batches.store_many_sync(conn, jobs, idempotency_key=idempotency_key)
+        with traced(self.name):
+            jobs = batches.new_jobs(
+                self, payloads, delay_seconds=delay_seconds, priority=priority, client_id=client_id
+            )
+            if session is not None:
+                conn = enqueuing.sync_connection(session)
+                return batches.store_many_sync(conn, jobs, idempotency_key=idempotency_key)
+            with enqueuing.own_transaction() as conn:
+                return batches.store_many_sync(conn, jobs, idempotency_key=idempotency_key)
 
     def send(self, *args: Any, **kwargs: Any) -> None:
         """Not how a job is made: see `enqueue`."""

@@ -37,7 +37,7 @@ def claim_limited(
     rows = claimed.fetchall()
     held = {r[0] for r in rows if r[1] is None}
     claims = {
-        (r[0], r[4]): Claim(Token(r[0], r[1], r[2]), r[4], r[3], r[5]) for r in rows if r[1] is not None
+        (r[0], r[4]): Claim(Token(r[0], r[1], r[2]), r[4], r[3], r[5], r[7]) for r in rows if r[1] is not None
     }
     return [claims.pop((bell.job_id, bell.task), None) for bell in bells], held
 

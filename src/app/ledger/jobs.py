@@ -39,6 +39,7 @@ class Claim:
     task: str
     max_attempts: int
     payload_json: str
+    trace_context: str | None = None  # the span its run continues (see app.tracing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,8 @@ class NewJob:
     # At most one in-flight job of its task holds it (ux_jobs_unique_in_flight).
     unique_key: str | None = None
     flow: Flow | None = None  # its limits; None: none
+    # The W3C traceparent (and tracestate) of the span that made it; None: tracing is off.
+    trace_context: str | None = None
     id: UUID = field(default_factory=uuid.uuid4)
 
 
@@ -147,6 +150,8 @@ def _insert_params(jobs: Sequence[NewJob], notify: bool) -> dict[str, object]:
             "scheduled_for": j.scheduled_for,
             "unique_key": j.unique_key,
             **({} if j.flow is None else j.flow.columns()),
+            # Left out when tracing is off: a missing key is NULL, and costs no bytes.
+            **({} if j.trace_context is None else {"trace_context": j.trace_context}),
         }
         for j in jobs
     ]
@@ -214,7 +219,7 @@ def claim(
         "lease": lease_seconds,
     }
     claims = {
-        (row[0], row[4]): Claim(Token(row[0], row[1], row[2]), row[4], row[3], row[5])
+        (row[0], row[4]): Claim(Token(row[0], row[1], row[2]), row[4], row[3], row[5], row[6])
         for row in run(conn, queries.CLAIM, params, prepare=True).rows
     }
     # A job twice in one batch (a duplicate delivery) is claimed once: the first asker whose

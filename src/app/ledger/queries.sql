@@ -18,16 +18,18 @@
 WITH inserted AS (
     INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, available_at,
                       idempotency_key, request_hash, client_id, parent_id, schedule, scheduled_for,
-                      unique_key, concurrency_key, concurrency_limit, rate_key, rate_limit, rate_period)
+                      unique_key, concurrency_key, concurrency_limit, rate_key, rate_limit, rate_period,
+                      trace_context)
     SELECT t.id, t.task, t.queue, t.payload, 'queued', t.priority, t.max_attempts,
            now() + make_interval(secs => t.delay), t.idempotency_key, t.request_hash, t.client_id,
            t.parent_id, t.schedule, t.scheduled_for, t.unique_key, t.concurrency_key,
-           t.concurrency_limit, t.rate_key, t.rate_limit, t.rate_period
+           t.concurrency_limit, t.rate_key, t.rate_limit, t.rate_period, t.trace_context
     FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb))
          AS t(id uuid, task text, queue text, payload jsonb, priority smallint, max_attempts integer,
               delay float8, idempotency_key text, request_hash text, client_id text, parent_id uuid,
               schedule text, scheduled_for timestamptz, unique_key text, concurrency_key text,
-              concurrency_limit integer, rate_key text, rate_limit integer, rate_period float8)
+              concurrency_limit integer, rate_key text, rate_limit integer, rate_period float8,
+              trace_context text)
     ON CONFLICT DO NOTHING
     RETURNING id, task, queue, client_id
 ), logged AS (
@@ -94,7 +96,7 @@ WITH asked AS (
       AND j.available_at <= now() AND j.attempts < j.max_attempts
       AND j.concurrency_key IS NULL AND j.rate_key IS NULL
       AND j.queue <> ALL (ARRAY(SELECT queue FROM paused_queues))
-    RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text, j.queue, j.client_id
+    RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text, j.queue, j.client_id, j.trace_context
 ), history AS (
     INSERT INTO job_attempts (job_id, run, attempt, worker_id)
     SELECT id, run, attempts, %(worker_id)s FROM claimed
@@ -102,7 +104,7 @@ WITH asked AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'running', attempts FROM claimed WHERE pg_notify('conveyor_events', '')::text = ''
 )
-SELECT id, run, attempts, max_attempts, task, payload FROM claimed
+SELECT id, run, attempts, max_attempts, task, payload, trace_context FROM claimed
 
 -- name: lock_flow_keys
 -- Claims of jobs of one (task, concurrency key) take turns until their transactions end, so the
@@ -177,7 +179,7 @@ WITH asked AS (
            worker_id = %(worker_id)s, updated_at = now()
     FROM chosen c
     WHERE j.id = c.id AND j.state IN ('queued', 'retrying')
-    RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text, j.queue, j.client_id,
+    RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text, j.queue, j.client_id, j.trace_context,
               CASE WHEN j.rate_key IS NOT NULL THEN pg_notify('conveyor_jobs', 'slot')::text END AS rang
 ), history AS (
     INSERT INTO job_attempts (job_id, run, attempt, worker_id)
@@ -195,9 +197,9 @@ WITH asked AS (
     WHERE j.id = w.id AND w.id NOT IN (SELECT id FROM chosen) AND j.state IN ('queued', 'retrying')
     RETURNING j.id, j.task, pg_notify('conveyor_jobs', 'slot')::text AS rang
 )
-SELECT id, run, attempts, max_attempts, task, payload, rang FROM claimed
+SELECT id, run, attempts, max_attempts, task, payload, rang, trace_context FROM claimed
 UNION ALL
-SELECT id, NULL, NULL, NULL, task, NULL, rang FROM held
+SELECT id, NULL, NULL, NULL, task, NULL, rang, NULL FROM held
 
 -- name: job_task
 -- The task and state the ledger holds for a job (a message that rang for it named another task).

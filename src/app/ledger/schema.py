@@ -83,6 +83,9 @@ jobs = Table(
     Column("unique_key", Text),
     # When an operator asked the running job to stop; its worker ends it `cancelled`.
     Column("cancel_requested_at", DateTime(timezone=True)),
+    # The W3C traceparent (and, after a newline, tracestate) that the job's runs continue: the
+    # span that enqueued it. NULL when tracing was off where it was made.
+    Column("trace_context", Text),
     # Flow control (declared on the task, copied here when the job is made): at most
     # `concurrency_limit` running per (task, concurrency_key), at most `rate_limit` starts per
     # `rate_period` seconds per (task, rate_key). '' is the key of a limit for the whole task.

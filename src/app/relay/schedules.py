@@ -36,6 +36,7 @@ from app.ledger.schedules import Advance, DueSchedule, NewSchedule
 from app.logs import Outage, get_logger
 from app.relay import metrics
 from app.settings import Settings
+from app.tracing import tick_context
 
 log = get_logger("conveyor.relay")
 
@@ -184,6 +185,7 @@ def tick_job(schedule: DueSchedule, tick: datetime) -> NewJob:
         schedule=schedule.name,
         scheduled_for=tick,
         flow=tick_flow(schedule),
+        trace_context=tick_context(schedule.name, tick),  # a trace of its own, when tracing is on
     )
 
 

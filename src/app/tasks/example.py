@@ -20,6 +20,7 @@ from app.ledger.schema import JobState, job_attempts
 from app.logs import get_logger
 from app.settings import get_settings
 from app.tasks import exporting
+from app.tracing import sending_mail
 
 log = get_logger("conveyor.tasks")
 
@@ -66,7 +67,10 @@ def send_email(payload: EmailPayload, job: JobContext) -> dict[str, Any]:
     except (ValueError, TypeError) as error:  # no later attempt can build it either
         raise PermanentError(f"the message cannot be built: {without_addresses(str(error))}") from error
     try:
-        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout) as smtp:
+        with (
+            sending_mail(settings.smtp_host, settings.smtp_port, recipients=1),
+            smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout) as smtp,
+        ):
             smtp.send_message(message)
     except smtplib.SMTPRecipientsRefused as error:
         codes = [code for code, _ in error.recipients.values()]
