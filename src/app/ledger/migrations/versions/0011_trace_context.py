@@ -8,7 +8,7 @@
   ledger, not in the message, like everything else a run needs.
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0010
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0011"
-down_revision: str | None = "0008"
+down_revision: str | None = "0010"
 branch_labels = None
 depends_on = None
 
