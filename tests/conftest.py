@@ -114,7 +114,7 @@ def _reset(infra: services.Infra) -> None:
     with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
         conn.execute(
             "TRUNCATE jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters, schedules,"
-            " dashboard_sessions, paused_queues, flow_rate_windows CASCADE"
+            " dashboard_sessions, paused_queues, flow_rate_windows, workflows CASCADE"
         )
     purge_queues(infra.broker_url)
 

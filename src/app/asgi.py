@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import app.tasks  # noqa: F401  (registers the public tasks the API accepts)
-from app.api import accept, audit, batch, emails, errors, health, jobs, openapi, queues, schedules
+from app.api import accept, audit, batch, emails, errors, health, jobs, openapi, queues, schedules, workflows
 from app.api.failures import LastResort
 from app.api.guard import BodyGuard
 from app.api.metrics import HttpMetrics
@@ -52,6 +52,7 @@ def create_app() -> FastAPI:
     application.include_router(emails.router)
     application.include_router(jobs.router)
     application.include_router(schedules.router)
+    application.include_router(workflows.router)
     application.include_router(queues.router)
     application.include_router(audit.router)
     application.include_router(health.router)

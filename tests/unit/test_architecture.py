@@ -21,7 +21,7 @@ MAX_MODULE_LINES = 400
 # A statement that writes one of the ledger's tables, in SQL or in SQLAlchemy Core.
 LEDGER_TABLES = (
     r"(?:jobs|job_attempts|job_artifacts|job_artifact_chunks|workers|relays|stale_dead_letters|schedules"
-    r"|api_keys|conveyor_secrets|dashboard_sessions|audit_log)"
+    r"|api_keys|conveyor_secrets|dashboard_sessions|audit_log|workflows)"
 )
 WRITES_A_LEDGER_TABLE = re.compile(
     rf"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM|TRUNCATE)\s+{LEDGER_TABLES}\b"

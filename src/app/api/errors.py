@@ -33,6 +33,7 @@ from app.errors import (
     Unauthenticated,
     UnknownTask,
     UnstorableInput,
+    WorkflowNotFound,
 )
 from app.logs import first_line, get_logger
 
@@ -155,6 +156,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(ScheduleNotFound, _not_found)
+    app.add_exception_handler(WorkflowNotFound, _not_found)
     app.add_exception_handler(QueueNotFound, _not_found)
     app.add_exception_handler(InvalidTransition, _conflict)
     app.add_exception_handler(ScheduleNameTaken, _conflict)

@@ -111,6 +111,13 @@ RELEASE_EXPIRED_IDEMPOTENCY_KEYS: Final = _bind("release_expired_idempotency_key
 PRUNE_WORKERS: Final = _bind("prune_workers")
 PRUNE_RELAYS: Final = _bind("prune_relays")
 PRUNE_SESSIONS: Final = _bind("prune_sessions")
+INSERT_WORKFLOW: Final = _bind("insert_workflow")
+CANCEL_DOWNSTREAM: Final = _bind("cancel_downstream")
+REVIVE_DOWNSTREAM: Final = _bind("revive_downstream")
+FAILED_STEPS: Final = _bind("failed_steps")
+SETTLE_WAITING_STEPS: Final = _bind("settle_waiting_steps")
+UPSTREAM_RESULTS: Final = _bind("upstream_results")
+PRUNE_WORKFLOWS: Final = _bind("prune_workflows")
 
 if _statements:
     raise RuntimeError(f"queries.sql has statements no name binds: {sorted(_statements)}")
