@@ -4,6 +4,7 @@ task's own transaction, a failure recorded by the worker's own writes."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 from uuid import UUID
 
@@ -40,7 +41,20 @@ def finish(ctx: JobContext) -> tuple[str, Any]:
     finally:
         set_current(None)
     owned: list[bool] = []
-    _writes().succeed(ctx, orjson.dumps(ctx.result).decode(), owned.append)
+    recorded = threading.Event()
+
+    def written(mine: bool) -> None:
+        owned.append(mine)
+        recorded.set()
+
+    writes = _writes()
+    try:
+        # Without the task's own transaction the success joins the worker's batch, written on
+        # the batcher's thread: wait for it.
+        writes.succeed(ctx, orjson.dumps(ctx.result).decode(), written)
+        recorded.wait(30)
+    finally:
+        writes.close()
     assert owned == [True], "the success was recorded"
     return "succeeded", ctx.result
 

@@ -164,7 +164,7 @@ def _cycle(steps: Mapping[str, StepRequest]) -> dict[str, object] | None:
         path.append(name)
         for index, upstream in enumerate(steps[name].after):
             if upstream in path:
-                ring = " -> ".join([*path[path.index(upstream) :], upstream])
+                ring = " after ".join([*path[path.index(upstream) :], upstream])
                 return _problem(("steps", name, "after", index), f"cycle: {ring}", "cycle")
             if upstream not in done and (found := visit(upstream)) is not None:
                 return found
