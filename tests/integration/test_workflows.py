@@ -11,13 +11,14 @@ import pytest
 from sqlalchemy import text
 
 from app.errors import InvalidWorkflow
+from app.execution.writes import LedgerWrites
 from app.jobs.workflows import Workflow
 from app.ledger.engines import sync_engine
 from app.tasks.example import echo, gather
 from tests.integration.conftest import bearer, count_jobs
 from tests.support.infra import Infra
 from tests.support.keys import make_key
-from tests.support.running import run
+from tests.support.running import claim, run
 
 pytestmark = pytest.mark.anyio
 
@@ -117,11 +118,10 @@ async def test_a_workflow_has_at_most_max_workflow_steps(
 
 def test_a_workflow_made_in_a_transaction_that_rolls_back_leaves_nothing(clean_ledger: Infra) -> None:
     flow = Workflow("rolled back").step("a", echo, {"message": "a"}).step("b", gather, {}, after=["a"])
-    with sync_engine().connect() as conn:
-        with conn.begin() as transaction:
-            accepted = flow.enqueue_sync(session=conn)
-            assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 2
-            transaction.rollback()
+    with sync_engine().connect() as conn, conn.begin() as transaction:
+        accepted = flow.enqueue_sync(session=conn)
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 2
+        transaction.rollback()
     assert set(accepted.steps) == {"a", "b"}
     assert count_jobs(clean_ledger) == 0
     assert count_workflows(clean_ledger) == 0
@@ -159,6 +159,27 @@ async def test_an_enqueue_key_sees_only_its_own_workflows_and_a_read_key_every_o
     assert [w["id"] for w in seen] == [workflow_id]
 
 
+async def test_a_dead_step_cancels_its_downstream_and_a_replay_over_http_lets_the_workflow_succeed(
+    api: httpx.AsyncClient, clean_ledger: Infra
+) -> None:
+    body = (await api.post("/api/v1/workflows", json=DIAMOND)).json()
+    steps = body["steps"]
+    for name in ("a", "c"):
+        run(clean_ledger, steps[name], ECHO)
+    ctx = claim(clean_ledger, steps["b"], ECHO)
+    assert LedgerWrites().bury(ctx.token, "PermanentError: boom"), "as the worker buries it"
+    view = (await api.get(body["status_url"])).json()
+    assert view["state"] == "failed"
+    assert view["steps"]["d"]["state"] == "cancelled"
+    assert view["steps"]["d"]["last_error"] == "upstream b dead"
+    assert (await api.post(f"/api/v1/jobs/{steps['b']}/replay")).status_code == 202
+    view = (await api.get(body["status_url"])).json()
+    assert (view["state"], view["steps"]["d"]["state"]) == ("running", "waiting")
+    run(clean_ledger, steps["b"], ECHO)
+    assert run(clean_ledger, steps["d"], GATHER)[0] == "succeeded"
+    assert (await api.get(body["status_url"])).json()["state"] == "succeeded"
+
+
 async def test_the_dashboard_draws_a_workflow_as_its_graph_of_linked_boxes_and_arrows(
     api: httpx.AsyncClient, clean_ledger: Infra
 ) -> None:
@@ -175,6 +196,7 @@ async def test_the_dashboard_draws_a_workflow_as_its_graph_of_linked_boxes_and_a
     assert 'class="step state-succeeded" href="/dashboard/jobs/{}"'.format(body["steps"]["a"]) in svg
     assert svg.count('class="step state-waiting"') == 1, "d waits; b and c are queued"
     assert svg.count('<path class="arrow"') == 4, "one arrow for each `after`"
-    assert "style=" not in svg and "<script" not in page.text.split("</head>")[1], "nothing inline (CSP)"
+    assert "style=" not in svg, "no inline style (CSP)"
+    assert "<script" not in page.text.split("</head>")[1], "no inline script (CSP)"
     job = await api.get(f"/dashboard/jobs/{body['steps']['d']}")
     assert f'href="/dashboard/workflows/{body["id"]}"' in job.text
