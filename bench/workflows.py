@@ -13,7 +13,7 @@ worker --processes 1 --threads 8` run throughout. Each round, interleaved:
   layer's width), by `Workflow(...).enqueue_sync()`, timed the same way.
 
 Enqueue time is the call alone (validation, the INSERT, the commit). The overhead per step is
-(workflow end-to-end − plain end-to-end) / N: what the waiting, the count-downs and the
+(workflow end-to-end - plain end-to-end) / N: what the waiting, the count-downs and the
 layers' turns cost, beside the plain jobs that all start at once. PostgreSQL's CPU is read
 from the backends of the scratch database.
 """
@@ -28,8 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from _harness import (
-    ECHO_PAYLOAD,
     CONVEYOR,
+    ECHO_PAYLOAD,
     CpuMeter,
     child_env,
     create_database,
@@ -78,7 +78,7 @@ def layered(steps: int, layers: int, fan_in: int) -> Any:
     return flow
 
 
-def measure(url: str, n: int, enqueue: Callable[[], None]) -> dict[str, float]:
+def measure(url: str, n: int, enqueue: Callable[[], object]) -> dict[str, float]:
     empty(url)
     meter = CpuMeter("postgres", lambda: pg_backends(DATABASE))
     meter.start()
@@ -119,7 +119,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 results["plain"].append(measure(url, n, lambda: echo.enqueue_many_sync([ECHO_PAYLOAD] * n)))
                 flow = layered(n, args.layers, args.fan_in)
-                results["workflow"].append(measure(url, n, lambda: flow.enqueue_sync()))
+                results["workflow"].append(measure(url, n, flow.enqueue_sync))
             rows = []
             for kind, runs in results.items():
                 median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
