@@ -115,7 +115,7 @@ def _reset(infra: services.Infra) -> None:
         conn.execute(
             "TRUNCATE jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters, schedules,"
             " dashboard_sessions, paused_queues, flow_rate_windows, job_events,"
-            " webhooks, webhook_deliveries CASCADE"
+            " webhooks, webhook_deliveries, workflows CASCADE"
         )
     purge_queues(infra.broker_url)
 

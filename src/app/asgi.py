@@ -22,6 +22,7 @@ from app.api import (
     queues,
     schedules,
     webhooks,
+    workflows,
 )
 from app.api.failures import LastResort
 from app.api.guard import BodyGuard
@@ -76,6 +77,7 @@ def create_app() -> FastAPI:
     application.include_router(jobs.router)
     application.include_router(events.router)
     application.include_router(schedules.router)
+    application.include_router(workflows.router)
     application.include_router(queues.router)
     application.include_router(webhooks.router)
     application.include_router(audit.router)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ConveyorError(Exception):
     """Base class for every error Conveyor raises on purpose."""
@@ -234,3 +236,20 @@ class CursorExpired(ConveyorError):
             f"event {cursor} is no longer kept (older than EVENT_RETENTION_SECONDS); "
             "start again without Last-Event-ID and read the jobs' state"
         )
+
+
+class InvalidWorkflow(ConveyorError, ValueError):
+    """Raised when a workflow cannot be stored: an unknown task, an invalid payload, an unknown
+    step in `after`, a cycle, too many steps. `errors` names each problem by its place
+    (`("steps", "d", "after", 0)`); nothing was stored."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(f"{e['loc']}: {e['msg']}" for e in errors))
+        self.errors = errors
+
+
+class WorkflowNotFound(ConveyorError):
+    """Raised when no workflow (that the client may see) has the requested id."""
+
+    def __init__(self, workflow_id: object) -> None:
+        super().__init__(f"workflow {workflow_id} not found")

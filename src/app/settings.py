@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # Jobs in one `POST /api/v1/jobs/batch` (and in each transaction of `conveyor enqueue
     # --file`): one INSERT each, so a batch holds its connection only for milliseconds.
     max_batch_jobs: int = Field(default=1000, ge=1, le=100_000)
+    # Steps in one workflow: all are inserted by one statement, and a step's success, death or
+    # replay walks the steps after it in the statement that records it.
+    max_workflow_steps: int = Field(default=1000, ge=1, le=100_000)
     # Registers app.tasks.diagnostics (fault-test tasks); never on in production.
     diagnostic_tasks: bool = False
     api_base_url: str = "http://127.0.0.1:8000"

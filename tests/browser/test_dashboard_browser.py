@@ -187,3 +187,37 @@ def test_a_signed_out_cookie_set_again_by_hand_opens_nothing(stack: Stack, page:
     page.goto(f"{stack.base_url}/dashboard")
     expect(page).to_have_url(re.compile(r"/dashboard/login\?next="))
     assert page.request.get(f"{stack.base_url}/api/v1/jobs").status == 401
+
+
+def test_a_workflow_is_drawn_as_its_graph_and_each_box_opens_its_job(
+    stack: Stack, page: Page, browser_errors: BrowserErrors, screenshots: Path
+) -> None:
+    steps = {
+        "extract": {"task": ECHO, "payload": {"message": "rows"}},
+        "clean": {"task": SLEEP, "payload": {"seconds": 0.2}, "after": ["extract"]},
+        "enrich": {"task": FLAKY, "payload": {"fail_times": 1, "permanent": True}, "after": ["extract"]},
+        "load": {"task": "app.tasks.example.gather", "payload": {}, "after": ["clean", "enrich"]},
+        "report": {"task": SLEEP, "payload": {"seconds": 30}, "after": ["clean"]},
+        "notify": {"task": "app.tasks.example.gather", "payload": {}, "after": ["report", "load"]},
+    }
+    with stack.client() as client:
+        made = client.post("/api/v1/workflows", json={"name": "nightly-import", "steps": steps})
+    assert made.status_code == 202, made.text
+    body = made.json()
+    stack.wait_for([body["steps"]["report"]], states={"running"})
+    stack.wait_for([body["steps"]["enrich"]], states={"dead"})
+
+    sign_in(page, stack, full_key(), start="/dashboard/workflows")
+    expect(page.locator(f'tr[data-workflow="{body["id"]}"]')).to_contain_text("running")
+    page.get_by_role("link", name=body["id"][:8]).click()
+    graph = page.locator("#workflow-graph")
+    expect(graph.locator("a.step")).to_have_count(6)
+    expect(graph.locator("path.arrow")).to_have_count(7)
+    expect(graph.locator('a.step.state-dead[data-step="enrich"]')).to_have_count(1)
+    expect(graph.locator('a.step.state-cancelled[data-step="notify"]')).to_have_count(1)
+    expect(graph.locator('a.step.state-running[data-step="report"]')).to_have_count(1)
+    page.screenshot(path=str(screenshots / "workflow.png"), full_page=True)
+    graph.locator('a.step[data-step="enrich"]').click()
+    expect(page).to_have_url(f"{stack.base_url}/dashboard/jobs/{body['steps']['enrich']}")
+    expect(page.locator("[data-workflow]")).to_have_attribute("href", f"/dashboard/workflows/{body['id']}")
+    assert browser_errors == []

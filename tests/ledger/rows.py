@@ -79,7 +79,7 @@ def row(look: psycopg.Connection[dict[str, Any]], job_id: UUID) -> dict[str, Any
         """
         SELECT state, run, attempts, progress, last_error, result, worker_id, published_at,
                finished_at, lease_expires_at, available_at > now() AS delayed,
-               lease_expires_at > now() AS leased
+               lease_expires_at > now() AS leased, upstream_left
         FROM jobs WHERE id = %s
         """,
         (job_id,),

@@ -43,16 +43,18 @@ def finish(ctx: JobContext) -> tuple[str, Any]:
     owned: list[bool] = []
     recorded = threading.Event()
 
-    def written(was_owned: bool) -> None:
-        owned.append(was_owned)
+    def written(mine: bool) -> None:
+        owned.append(mine)
         recorded.set()
 
     writes = _writes()
-    writes.succeed(ctx, orjson.dumps(ctx.result).decode(), written)
-    # Without the task's own transaction the success joins the worker's next batch, written on
-    # the batcher's thread.
-    assert recorded.wait(30.0), "the success was written"
-    writes.close()
+    try:
+        # Without the task's own transaction the success joins the worker's batch, written on
+        # the batcher's thread: wait for it.
+        writes.succeed(ctx, orjson.dumps(ctx.result).decode(), written)
+        recorded.wait(30)
+    finally:
+        writes.close()
     assert owned == [True], "the success was recorded"
     return "succeeded", ctx.result
 

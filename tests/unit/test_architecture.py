@@ -22,7 +22,7 @@ MAX_MODULE_LINES = 400
 LEDGER_TABLES = (
     r"(?:jobs|job_attempts|job_artifacts|job_artifact_chunks|workers|relays|stale_dead_letters|schedules"
     r"|api_keys|conveyor_secrets|dashboard_sessions|audit_log|job_events"
-    r"|webhooks|webhook_deliveries|webhook_fanout)"
+    r"|webhooks|webhook_deliveries|webhook_fanout|workflows)"
 )
 WRITES_A_LEDGER_TABLE = re.compile(
     rf"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM|TRUNCATE)\s+{LEDGER_TABLES}\b"

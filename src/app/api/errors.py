@@ -36,6 +36,7 @@ from app.errors import (
     UnknownTask,
     UnstorableInput,
     WebhookNotFound,
+    WorkflowNotFound,
 )
 from app.logs import first_line, get_logger
 
@@ -162,6 +163,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(JobNotFound, _not_found)
     app.add_exception_handler(ScheduleNotFound, _not_found)
+    app.add_exception_handler(WorkflowNotFound, _not_found)
     app.add_exception_handler(QueueNotFound, _not_found)
     app.add_exception_handler(WebhookNotFound, _not_found)
     app.add_exception_handler(DeliveryNotReplayable, _conflict)

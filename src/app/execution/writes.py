@@ -22,7 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from app.execution.batcher import Batcher
 from app.jobs.context import JobContext
 from app.jobs.registry import limited_tasks, retry_delay
-from app.ledger import cancels, flow, workers
+from app.ledger import cancels, flow, workers, workflows
 from app.ledger import jobs as ledger
 from app.ledger.connections import own_connection
 from app.ledger.engines import autocommit_engine, sync_engine
@@ -199,17 +199,46 @@ class LedgerWrites:
 
     def retry(self, token: Token, error: str, delay_seconds: float) -> str | None:
         """The job's new state: retrying, or cancelled when that was asked; None: fenced."""
-        return self._single(lambda conn: ledger.retry(conn, token, error, delay_seconds), token, None)
+
+        def write(conn: Any) -> str | None:
+            state = ledger.retry(conn, token, error, delay_seconds)
+            if state == "cancelled":
+                workflows.cancel_downstream(conn, [token.job_id])
+            return state
+
+        return self._single(write, token, None, together=True)
 
     def bury(self, token: Token, error: str) -> bool:
-        return self._single(lambda conn: ledger.bury(conn, token, error), token, False)
+        """Fenced: running → dead, and the workflow steps after it cancelled, in one transaction."""
+
+        def write(conn: Any) -> bool:
+            buried = ledger.bury(conn, token, error)
+            if buried:
+                workflows.cancel_downstream(conn, [token.job_id])
+            return buried
+
+        return self._single(write, token, False, together=True)
 
     def cancelled(self, token: Token, reason: str) -> bool:
-        """Fenced: the attempt stopped because its cancellation was asked; the job ends cancelled."""
-        return self._single(lambda conn: cancels.finish(conn, token, reason), token, False)
+        """Fenced: the attempt stopped because its cancellation was asked; the job ends cancelled
+        (and the workflow steps after it with it)."""
 
-    def _single(self, write: Callable[[Any], T], token: Token, failed: T) -> T:
+        def write(conn: Any) -> bool:
+            done = cancels.finish(conn, token, reason)
+            if done:
+                workflows.cancel_downstream(conn, [token.job_id])
+            return done
+
+        return self._single(write, token, False, together=True)
+
+    def _single(self, write: Callable[[Any], T], token: Token, failed: T, *, together: bool = False) -> T:
+        """One write, retried while the database is away; `together`: its statements commit as
+        one transaction (an outcome and what it does to the workflow steps after it)."""
+
         def attempt() -> T:
+            if together:
+                with sync_engine().begin() as conn:
+                    return write(conn)
             with autocommit_engine().connect() as conn:
                 return write(conn)
 
@@ -222,7 +251,9 @@ class LedgerWrites:
     def unclaim(self, tokens: Sequence[Token]) -> int:
         """Undo claims that never started, at once (the relay publishes their jobs again)."""
         with sync_engine().begin() as conn:
-            return ledger.unclaim(conn, self.worker_id, tokens)
+            undone = ledger.unclaim(conn, self.worker_id, tokens)
+            workflows.cancel_downstream(conn, [token.job_id for token in tokens])
+            return undone
 
     def hand_back(self, started: list[UUID], not_started: list[Token]) -> int:
         """At shutdown: give unfinished jobs back to the queue and mark the worker stopped."""
@@ -231,5 +262,7 @@ class LedgerWrites:
                 conn, self.worker_id, started, "worker shut down before the attempt finished"
             )
             handed_back += ledger.unclaim(conn, self.worker_id, not_started)
+            # A job handed back dead or cancelled cancels the workflow steps after it.
+            workflows.cancel_downstream(conn, [*started, *(token.job_id for token in not_started)])
             workers.stop(conn, self.worker_id)
         return handed_back

@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 
 from app.errors import Cancelled, LeaseLost
 from app.ledger import jobs as ledger
+from app.ledger import workflows
 from app.ledger.engines import sync_engine
 from app.ledger.jobs import Token
 from app.settings import get_settings
@@ -62,6 +63,13 @@ class JobContext:
         if not found:
             raise LeaseLost(f"job {self.job_id} is no longer in the ledger")
         return client
+
+    def upstream_results(self) -> dict[str, Any]:
+        """What the steps this workflow step comes after returned, by step name (they have all
+        succeeded, or the step would not run); {} for a job that is no workflow's step."""
+        with sync_engine().connect() as conn:
+            found = workflows.upstream_results(conn, self.token.job_id)
+        return {step: result for step, (_, result) in found.items()}
 
     @property
     def cancel_requested(self) -> bool:

@@ -126,6 +126,13 @@ READ_EVENTS: Final = _bind("read_events")
 EVENT_EXISTS: Final = _bind("event_exists")
 PRUNE_EVENTS: Final = _bind("prune_events")
 COUNT_PRUNABLE_EVENTS: Final = _bind("count_prunable_events")
+INSERT_WORKFLOW: Final = _bind("insert_workflow")
+CANCEL_DOWNSTREAM: Final = _bind("cancel_downstream")
+REVIVE_DOWNSTREAM: Final = _bind("revive_downstream")
+FAILED_STEPS: Final = _bind("failed_steps")
+SETTLE_WAITING_STEPS: Final = _bind("settle_waiting_steps")
+UPSTREAM_RESULTS: Final = _bind("upstream_results")
+PRUNE_WORKFLOWS: Final = _bind("prune_workflows")
 
 if _statements:
     raise RuntimeError(f"queries.sql has statements no name binds: {sorted(_statements)}")

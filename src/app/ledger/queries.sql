@@ -216,7 +216,7 @@ WITH input AS (
            finished_at = now(), lease_expires_at = NULL, last_error = NULL, updated_at = now()
     FROM input i
     WHERE j.id = i.id AND j.run = i.run AND j.attempts = i.attempt AND j.state = 'running'
-    RETURNING j.id, j.run, j.attempts, j.task, j.concurrency_key, j.queue, j.client_id
+    RETURNING j.id, j.run, j.attempts, j.task, j.concurrency_key, j.queue, j.client_id, j.downstream
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'succeeded', attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
@@ -224,6 +224,22 @@ WITH input AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'succeeded', error = NULL,
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
+), released AS (
+    -- Workflow steps after the steps that succeeded: each success counts down once (a step
+    -- succeeds once), the one that brings a step to zero makes it queued and wakes the relay.
+    -- Two upstream steps succeeding at once take turns on the row, the second counting from the
+    -- first's result (the row is read again once its lock is granted).
+    UPDATE jobs d SET upstream_left = d.upstream_left - n.k, updated_at = now(),
+           state = CASE WHEN d.upstream_left - n.k <= 0 THEN 'queued' ELSE 'waiting' END,
+           available_at = CASE WHEN d.upstream_left - n.k <= 0 THEN now() ELSE d.available_at END
+    FROM (SELECT s.id, count(*) AS k FROM done, unnest(done.downstream) AS s(id) GROUP BY s.id) AS n
+    WHERE d.id = n.id AND d.state = 'waiting'
+    RETURNING d.id, d.task, d.queue, d.client_id, d.state, d.attempts,
+              CASE WHEN d.state = 'queued' THEN pg_notify('conveyor_jobs', '')::text END AS rang
+), released_logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'queued', attempts FROM released
+    WHERE state = 'queued' AND pg_notify('conveyor_events', '')::text = ''
 ), woken AS (
     -- A slot of a concurrency key freed: the relay publishes that key's next job. One NOTIFY per
     -- key, 'slot:<task><US><key>', so that the relay's take visits only the keys named ('slot'
@@ -535,12 +551,12 @@ UPDATE jobs SET published_at = NULL
 WHERE state IN ('queued', 'retrying') AND published_at < now() - make_interval(secs => %(age)s)
 
 -- name: cancel
--- queued|retrying → cancelled: a job that has not started never will. A job with limits whose
--- message was out held a slot of its key (or a place in its rate's allowance): the relay is
--- woken ('slot') to publish that key's next job.
+-- queued|retrying|waiting → cancelled: a job that has not started never will. A job with limits
+-- whose message was out held a slot of its key (or a place in its rate's allowance): the relay
+-- is woken ('slot') to publish that key's next job.
 WITH done AS (
     UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
-    WHERE id = %(id)s AND state IN ('queued', 'retrying')
+    WHERE id = %(id)s AND state IN ('queued', 'retrying', 'waiting')
     RETURNING id, task, queue, client_id, attempts,
               published_at IS NOT NULL AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL)
               AS held_slot
@@ -1062,14 +1078,16 @@ SELECT count(*) FROM audit_log WHERE at < now() - make_interval(secs => %(retain
 -- name: prune_jobs
 -- Deletes up to %(limit)s jobs of one finished state whose finished_at is older than its
 -- retention, oldest first, with their attempts and artifacts (ON DELETE CASCADE); never an
--- unfinished job. With %(record_stale)s, a pruned dead job's copy in <queue>.XQ is recorded as
--- stale for the relay's clean-up pass. The ids go to the DELETE as an array, so each row is
+-- unfinished job, nor a workflow's step (prune_workflows prunes those with their workflow).
+-- With %(record_stale)s, a pruned dead job's copy in <queue>.XQ is recorded as stale for the
+-- relay's clean-up pass. The ids go to the DELETE as an array, so each row is
 -- found by its primary key (a join could hash the whole table).
 WITH pruned AS (
     DELETE FROM jobs WHERE id = ANY(ARRAY(
         SELECT id FROM jobs
         WHERE state = %(state)s AND state IN ('succeeded', 'dead', 'cancelled')
           AND finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => %(retain)s)
+          AND workflow_id IS NULL
         ORDER BY finished_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -1087,6 +1105,7 @@ SELECT count(*) FROM pruned
 SELECT count(*) FROM jobs
 WHERE state = %(state)s AND finished_at IS NOT NULL
   AND finished_at < now() - make_interval(secs => %(retain)s)
+  AND workflow_id IS NULL
 
 -- name: release_expired_idempotency_keys
 -- Frees up to %(limit)s idempotency keys whose window has passed, oldest first (ids as an array:
@@ -1139,14 +1158,19 @@ WITH snapshot AS (
     SELECT EXISTS (SELECT 1 FROM job_events e, horizon h WHERE e.xid >= h.h
                    AND (e.xid, e.id) > (CAST(%(after_xid)s AS xid8), CAST(%(after_id)s AS bigint))) AS held
 )
-SELECT h.h::text, e.xid::text, e.id, e.at, e.job_id, e.task, e.queue, e.client_id, e.workflow_id,
+SELECT h.h::text, e.xid::text, e.id, e.at, e.job_id, e.task, e.queue, e.client_id, e.workflow,
        e.state, e.attempt, held.held
 FROM held, horizon h LEFT JOIN LATERAL (
-    SELECT * FROM job_events e
+    -- An event's workflow is its job's (a step's events are written by statements that do not
+    -- read it): looked up here, once per event read.
+    SELECT e.*, coalesce(e.workflow_id, (SELECT j.workflow_id FROM jobs j WHERE j.id = e.job_id))
+           AS workflow
+    FROM job_events e
     WHERE (e.xid, e.id) > (CAST(%(after_xid)s AS xid8), CAST(%(after_id)s AS bigint)) AND e.xid < h.h
       AND (%(task)s::text IS NULL OR e.task = %(task)s)
       AND (%(job_id)s::uuid IS NULL OR e.job_id = %(job_id)s)
-      AND (%(workflow_id)s::uuid IS NULL OR e.workflow_id = %(workflow_id)s)
+      AND (%(workflow_id)s::uuid IS NULL OR coalesce(
+               e.workflow_id, (SELECT j.workflow_id FROM jobs j WHERE j.id = e.job_id)) = %(workflow_id)s)
       AND (%(client_id)s::text IS NULL OR e.client_id = %(client_id)s)
     ORDER BY e.xid, e.id
     LIMIT %(limit)s
@@ -1174,3 +1198,149 @@ DELETE FROM job_events WHERE id = ANY(ARRAY(
 -- name: count_prunable_events
 -- How many events are past their retention (about what a pass would delete).
 SELECT count(*) FROM job_events WHERE at < now() - make_interval(secs => %(retain)s)
+
+-- name: insert_workflow
+-- A workflow and every one of its steps, in one statement in the caller's transaction: a step
+-- with upstream steps is `waiting` with their count, the others `queued`; the relay is woken when
+-- the transaction commits. Answers how many steps were inserted.
+WITH workflow AS (
+    INSERT INTO workflows (id, name, client_id, steps)
+    VALUES (%(id)s, %(name)s, %(client_id)s, %(steps)s)
+    RETURNING id
+), inserted AS (
+    INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, client_id, parent_id,
+                      concurrency_key, concurrency_limit, rate_key, rate_limit, rate_period,
+                      workflow_id, step, after_steps, downstream, upstream_left)
+    SELECT t.id, t.task, t.queue, t.payload,
+           CASE WHEN t.upstream_left > 0 THEN 'waiting' ELSE 'queued' END, t.priority,
+           t.max_attempts, t.client_id, t.parent_id, t.concurrency_key, t.concurrency_limit,
+           t.rate_key, t.rate_limit, t.rate_period, w.id, t.step, t.after_steps, t.downstream,
+           t.upstream_left
+    FROM workflow w, jsonb_to_recordset(CAST(%(rows)s AS jsonb))
+         AS t(id uuid, task text, queue text, payload jsonb, priority smallint, max_attempts integer,
+              client_id text, parent_id uuid, concurrency_key text, concurrency_limit integer,
+              rate_key text, rate_limit integer, rate_period float8, step text, after_steps text[],
+              downstream uuid[], upstream_left integer)
+    RETURNING id, task, queue, client_id, state
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, state, 0 FROM inserted WHERE pg_notify('conveyor_events', '')::text = ''
+)
+SELECT count(*), pg_notify('conveyor_jobs', '') FROM inserted
+
+-- name: cancel_downstream
+-- The steps after these jobs, for those that ended dead or cancelled, transitively: waiting →
+-- cancelled, the reason naming the step that failed (`upstream <step> dead`; the first by name
+-- when several did). Run in the transaction that ended them. The reason's `upstream ` marks a
+-- step cancelled for its upstream: revive_downstream brings back only those.
+WITH RECURSIVE failed AS (
+    SELECT id, step, state, downstream FROM jobs
+    WHERE id = ANY(%(ids)s::uuid[]) AND state IN ('dead', 'cancelled') AND downstream IS NOT NULL
+), reached (id, cause) AS (
+    SELECT d.id, 'upstream ' || f.step || ' ' || f.state FROM failed f, unnest(f.downstream) AS d(id)
+    UNION
+    SELECT d.id, r.cause FROM reached r JOIN jobs j ON j.id = r.id, unnest(j.downstream) AS d(id)
+)
+), cancelled AS (
+    UPDATE jobs j SET state = 'cancelled', last_error = c.cause, finished_at = now(), updated_at = now()
+    FROM (SELECT DISTINCT ON (id) id, cause FROM reached ORDER BY id, cause) AS c
+    WHERE j.id = c.id AND j.state = 'waiting'
+    RETURNING j.id, j.task, j.queue, j.client_id, j.attempts
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'cancelled', attempts FROM cancelled WHERE pg_notify('conveyor_events', '')::text = ''
+)
+SELECT id FROM cancelled
+
+-- name: revive_downstream
+-- After dead steps were replayed (queued again, in this transaction): the steps after them that
+-- were cancelled for an upstream step (never started), transitively, wait again, each counting
+-- its upstream steps that have not succeeded. Answers their workflows, whose other failed steps
+-- the caller then passes to cancel_downstream (what those still block is cancelled again).
+-- The count is read in this statement's snapshot: an upstream success committing meanwhile
+-- can leave it one too high, which settle_waiting_steps mends.
+WITH RECURSIVE reached (id) AS (
+    SELECT d.id FROM jobs r, unnest(r.downstream) AS d(id)
+    WHERE r.id = ANY(%(ids)s::uuid[]) AND r.state = 'queued'
+    UNION
+    SELECT d.id FROM reached x JOIN jobs j ON j.id = x.id, unnest(j.downstream) AS d(id)
+    WHERE j.state = 'cancelled' AND j.attempts = 0 AND left(j.last_error, 9) = 'upstream '
+), counted AS (
+    SELECT j.id, (SELECT count(*) FROM jobs u
+                  WHERE u.workflow_id = j.workflow_id AND u.step = ANY(j.after_steps)
+                    AND u.state <> 'succeeded') AS waits_for
+    FROM (SELECT DISTINCT id FROM reached) AS x JOIN jobs j ON j.id = x.id
+    WHERE j.state = 'cancelled' AND j.attempts = 0 AND left(j.last_error, 9) = 'upstream '
+)
+), revived AS (
+    UPDATE jobs j SET state = 'waiting', upstream_left = c.waits_for, finished_at = NULL,
+           last_error = NULL, updated_at = now()
+    FROM counted c WHERE j.id = c.id AND j.state = 'cancelled'
+    RETURNING j.id, j.workflow_id, j.task, j.queue, j.client_id, j.attempts
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'waiting', attempts FROM revived WHERE pg_notify('conveyor_events', '')::text = ''
+)
+SELECT workflow_id FROM revived
+
+-- name: failed_steps
+-- The steps of these workflows that failed by themselves (dead, or cancelled but not for an
+-- upstream step): what keeps the steps after them from running.
+SELECT id FROM jobs
+WHERE workflow_id = ANY(%(workflows)s::uuid[]) AND state IN ('dead', 'cancelled')
+  AND (attempts > 0 OR last_error IS NULL OR left(last_error, 9) <> 'upstream ')
+
+-- name: settle_waiting_steps
+-- The relay's safety net: a step waiting for longer than %(age)s seconds whose upstream steps
+-- have all succeeded (a revival that raced a success counted one too many) is queued; wakes
+-- the relay.
+WITH ready AS (
+    SELECT d.id FROM jobs d
+    WHERE d.state = 'waiting' AND d.updated_at < now() - make_interval(secs => %(age)s)
+      AND NOT EXISTS (SELECT 1 FROM jobs u
+                      WHERE u.workflow_id = d.workflow_id AND u.step = ANY(d.after_steps)
+                        AND u.state <> 'succeeded')
+    ORDER BY d.updated_at LIMIT %(limit)s
+    FOR UPDATE OF d SKIP LOCKED
+), queued AS (
+    UPDATE jobs j SET state = 'queued', upstream_left = 0, available_at = now(), updated_at = now()
+    FROM ready WHERE j.id = ready.id AND j.state = 'waiting'
+    RETURNING j.id, j.task, j.queue, j.client_id, j.attempts
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'queued', attempts FROM queued WHERE pg_notify('conveyor_events', '')::text = ''
+)
+SELECT id, pg_notify('conveyor_jobs', '') FROM queued
+
+-- name: upstream_results
+-- What the steps a step comes after returned: (step, result as JSON text, state).
+SELECT u.step, u.result::text, u.state FROM jobs d
+JOIN jobs u ON u.workflow_id = d.workflow_id AND u.step = ANY(d.after_steps)
+WHERE d.id = %(id)s
+
+-- name: prune_workflows
+-- Deletes up to %(limit)s workflows whose every step is finished and past its state's retention,
+-- oldest first, with their steps (and the steps' attempts and artifacts): a step is never pruned
+-- alone while its workflow lives. With %(record_stale)s, a pruned dead step's copy in
+-- <queue>.XQ is recorded as stale, as prune_jobs does.
+WITH chosen AS (
+    SELECT w.id FROM workflows w
+    WHERE NOT EXISTS (
+        SELECT 1 FROM jobs j WHERE j.workflow_id = w.id
+          AND (j.finished_at IS NULL OR j.state NOT IN ('succeeded', 'dead', 'cancelled')
+               OR j.finished_at >= now() - make_interval(secs => CASE j.state
+                    WHEN 'succeeded' THEN %(retain_succeeded)s WHEN 'dead' THEN %(retain_dead)s
+                    ELSE %(retain_cancelled)s END)))
+    ORDER BY w.created_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), steps AS (
+    DELETE FROM jobs j USING chosen c WHERE j.workflow_id = c.id
+    RETURNING j.id, j.state, j.queue, j.run, j.published_at
+), stale AS (
+    INSERT INTO stale_dead_letters (queue, job_id, run)
+    SELECT queue, id, run FROM steps
+    WHERE %(record_stale)s AND state = 'dead' AND published_at IS NOT NULL
+), pruned AS (
+    DELETE FROM workflows w USING chosen c WHERE w.id = c.id RETURNING w.id
+)
+SELECT count(*), (SELECT count(*) FROM steps) FROM pruned

@@ -33,15 +33,27 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     DEAD = "dead"
     CANCELLED = "cancelled"
+    WAITING = "waiting"  # a workflow step whose upstream steps have not all succeeded
 
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 NOTIFY_CHANNEL = "conveyor_jobs"
-# The payload of a NOTIFY that only frees a slot of a limit (a success, a claim of a job with
-# limits): the relay's take of jobs with limits has something to do, its other takes nothing.
+# The payload of a NOTIFY that only frees a slot of a limit (a success, a claim of a limited
+# job): the relay's take of jobs with limits has something to do, its other takes nothing.
 SLOT_FREED = "slot"
 # A success names each key whose slot it freed: "slot:<task>\x1f<key>" (see queries.sql, succeed).
 SLOT_FREED_OF = "slot:"
+
+# Steps that wait for other steps (0014); its state is read from its steps (jobs.workflow_id).
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("client_id", Text),  # the API key that made it; NULL from the CLI or Python
+    Column("steps", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
 
 jobs = Table(
     "jobs",
@@ -61,8 +73,8 @@ jobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("available_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
-    # When the relay put the job's message on its queue; for a dead job, when its copy went
-    # to <queue>.XQ (NULL: still to go).
+    # When the relay put the job's message on its queue; for a dead job, when its copy went to
+    # <queue>.XQ (NULL: still to go).
     Column("published_at", DateTime(timezone=True)),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
@@ -74,13 +86,11 @@ jobs = Table(
     Column("request_hash", Text),
     # The API key (its id) that made the job; NULL for jobs from the CLI or from Python.
     Column("client_id", Text),
-    # The job whose run made this one (a child job, committed with the parent's success).
-    Column("parent_id", UUID(as_uuid=True)),
+    Column("parent_id", UUID(as_uuid=True)),  # the job whose run made this one (a child job)
     # The schedule that made the job and the tick it was made for (NULL: not scheduled).
     Column("schedule", Text),
     Column("scheduled_for", DateTime(timezone=True)),
-    # At most one job per (task, unique_key) while queued, retrying or running.
-    Column("unique_key", Text),
+    Column("unique_key", Text),  # at most one job per (task, unique_key) in flight
     # When an operator asked the running job to stop; its worker ends it `cancelled`.
     Column("cancel_requested_at", DateTime(timezone=True)),
     # The W3C traceparent (and, after a newline, tracestate) that the job's runs continue: the
@@ -94,6 +104,12 @@ jobs = Table(
     Column("rate_key", Text),
     Column("rate_limit", Integer),
     Column("rate_period", Float),
+    # Workflows (0014): its workflow and step, its upstream (names), downstream (ids), how many
+    Column("workflow_id", UUID(as_uuid=True), ForeignKey("workflows.id", ondelete="CASCADE")),
+    Column("step", Text),
+    Column("after_steps", ARRAY(Text)),
+    Column("downstream", ARRAY(UUID(as_uuid=True))),
+    Column("upstream_left", Integer),  # of its upstream steps have not succeeded yet
     CheckConstraint(
         "(concurrency_key IS NULL) = (concurrency_limit IS NULL) AND concurrency_limit >= 1",
         name="ck_jobs_concurrency",

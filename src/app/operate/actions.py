@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from uuid import UUID
 
 from app.errors import AlreadyInFlight, InvalidTransition, JobNotFound
-from app.ledger import cancels, unique
+from app.ledger import cancels, unique, workflows
 from app.ledger import jobs as ledger
 from app.ledger.jobs import DeadRun
 from app.ledger.schema import TERMINAL_STATES
@@ -43,7 +43,7 @@ log = get_logger("conveyor.operate")
 
 async def replay(conn: AsyncConnection, job_id: UUID) -> DeadRun:
     """dead → queued as a new run; raises InvalidTransition (not dead) or JobNotFound."""
-    done = await ledger.replay_dead(conn, ids=[job_id], limit=1)
+    done = await _replay_dead(conn, ids=[job_id], limit=1)
     if not done:
         state = await _state_of(conn, job_id)
         if state == "dead":  # another job holds its unique key while in flight
@@ -68,6 +68,7 @@ async def cancel(conn: AsyncConnection, job_id: UUID) -> CancelOutcome:
     state = "?"
     for _ in range(CANCEL_ROUNDS):
         if await cancels.cancel(conn, job_id):
+            await workflows.cancel_downstream_async(conn, [job_id])
             return "cancelled"
         if await cancels.request(conn, job_id):
             return "requested"
@@ -75,6 +76,15 @@ async def cancel(conn: AsyncConnection, job_id: UUID) -> CancelOutcome:
         if state in TERMINAL_STATES:
             break
     raise InvalidTransition(job_id, state, "cancel", "queued, retrying or running")
+
+
+async def _replay_dead(
+    conn: AsyncConnection, *, task: str | None = None, ids: Sequence[UUID] | None = None, limit: int
+) -> list[DeadRun]:
+    """Replay dead jobs; the workflow steps cancelled for them wait again, in the same transaction."""
+    done = await ledger.replay_dead(conn, task=task, ids=ids, limit=limit)
+    await workflows.revive_downstream_async(conn, [run.id for run in done])
+    return done
 
 
 async def _state_of(conn: AsyncConnection, job_id: UUID) -> str:
@@ -88,7 +98,7 @@ async def on_dead(
     conn: AsyncConnection, action: BulkAction, *, task: str | None = None, ids: Sequence[UUID] | None = None
 ) -> list[DeadRun]:
     """One batch of a bulk action, in the caller's transaction: at most BATCH jobs (or the given ids)."""
-    act = ledger.replay_dead if action == "replay" else ledger.discard_dead
+    act = _replay_dead if action == "replay" else ledger.discard_dead
     return await act(conn, task=task, ids=ids, limit=len(ids) if ids is not None else BATCH)
 
 
@@ -105,7 +115,7 @@ async def bulk(
 
     With an `actor`, one audit entry tells the total, in the last batch's transaction; a bulk
     action cut short by an error still records what its committed batches did."""
-    act = ledger.replay_dead if action == "replay" else ledger.discard_dead
+    act = _replay_dead if action == "replay" else ledger.discard_dead
     done: list[DeadRun] = []
     try:
         while True:

@@ -43,6 +43,8 @@ JOB_COLUMNS = [
     jobs.c.scheduled_for,
     jobs.c.cancel_requested_at,
     jobs.c.unique_key,
+    jobs.c.workflow_id,
+    jobs.c.step,
 ]
 # A reader limited to the jobs one client (API key) created passes its key id as `client_id`;
 # another client's job is then not found, never forbidden: its existence is not revealed.

@@ -42,6 +42,8 @@ class JobView(BaseModel):
     # As given (a payload field's value, or the enqueue option), without the namespace it is
     # stored under; a one-per-client task's key shows as `client:<key id>`.
     unique_key: str | None = None
+    workflow_id: UUID | None = None  # the workflow this job is a step of
+    step: str | None = None  # its step's name in that workflow
 
 
 class AttemptView(BaseModel):
@@ -82,6 +84,8 @@ def job_view(row: Row[Any]) -> JobView:
         scheduled_for=row.scheduled_for,
         cancel_requested_at=row.cancel_requested_at,
         unique_key=shown_unique_key(row.unique_key),
+        workflow_id=row.workflow_id,
+        step=row.step,
     )
 
 

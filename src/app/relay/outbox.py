@@ -25,7 +25,7 @@ import psycopg
 from sqlalchemy.exc import OperationalError
 
 from app.errors import PublishFailed
-from app.ledger import flow, relays
+from app.ledger import flow, relays, workflows
 from app.ledger import jobs as ledger
 from app.ledger.connections import own_connection
 from app.ledger.engines import sync_engine
@@ -117,7 +117,11 @@ class Relay:
         publications nobody claimed for long; dead-letter what died."""
         with sync_engine().begin() as conn:
             reaped = ledger.reap_expired_leases(conn)
+            workflows.cancel_downstream(conn, [job.id for job in reaped if job.state != "retrying"])
             if self._due("rearm", REARM_EVERY_SECONDS):
+                settled = workflows.settle_waiting(conn, REARM_EVERY_SECONDS)
+                if settled:
+                    log.warning("queued workflow steps whose upstream steps had all succeeded", jobs=settled)
                 rearmed = ledger.rearm_stale_publications(conn, self.settings.republish_after_seconds)
                 if rearmed:
                     log.warning("publishing again jobs whose message was never claimed", jobs=rearmed)

@@ -1,5 +1,5 @@
-"""The example tasks: an email, a long export, a flaky task, the cheapest echo, a sleep, a
-spin, and an account sync that is unique while in flight."""
+"""The example tasks: an email, a long export, a flaky task, the cheapest echo, a workflow's
+fan-in, a sleep, a spin, and an account sync that is unique while in flight."""
 
 from __future__ import annotations
 
@@ -148,6 +148,16 @@ class EchoPayload(Payload):
 def echo(payload: EchoPayload, job: JobContext) -> dict[str, Any]:
     """Return the message: the cheapest task, for load tests."""
     return {"message": payload.message}
+
+
+class GatherPayload(Payload):
+    pass
+
+
+@task(GatherPayload)
+def gather(payload: GatherPayload, job: JobContext) -> dict[str, Any]:
+    """Return what the steps it comes after returned: the fan-in step of workflows."""
+    return {"upstream": job.upstream_results()}
 
 
 class SleepPayload(Payload):
