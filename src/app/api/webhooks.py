@@ -12,7 +12,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from app.access.keys import Scope
 from app.api.audit import actor
@@ -36,6 +36,18 @@ ONE = responses(NO_WEBHOOK, INVALID, AUTH, UNAVAILABLE)
 LOOKERS = (Scope.READ, Scope.OPERATE)
 WebhookId = Annotated[UUID, Path(description="The subscription's id")]
 DeliveryId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+class WebhookList(RootModel[list[WebhookView]]):
+    """Every subscription."""
+
+
+class ReplayedDelivery(BaseModel):
+    """A delivery asked to be sent again: pending until the sender takes it."""
+
+    id: int
+    webhook_id: UUID
+    state: Literal["pending"]
 
 
 class WebhookRequest(BaseModel):
@@ -85,15 +97,15 @@ async def create_webhook(body: WebhookRequest, request: Request, response: Respo
 
 @router.get(
     "/webhooks",
-    response_model=list[WebhookView],
+    response_model=WebhookList,
     responses=responses(AUTH, UNAVAILABLE),
     operation_id="list_webhooks",
     summary="Every subscription, with how many deliveries wait and how many are dead",
 )
-async def list_webhooks(request: Request) -> list[WebhookView]:
+async def list_webhooks(request: Request) -> WebhookList:
     await authenticate(request, *LOOKERS)
     async with reading() as conn:
-        return await operating.all_subscriptions(conn)
+        return WebhookList(await operating.all_subscriptions(conn))
 
 
 @router.get("/webhooks/{webhook_id}", response_model=WebhookView, responses=ONE, operation_id="get_webhook")
@@ -155,13 +167,14 @@ async def list_deliveries(
 @router.post(
     "/webhooks/{webhook_id}/deliveries/{delivery_id}/replay",
     status_code=status.HTTP_202_ACCEPTED,
+    response_model=ReplayedDelivery,
     responses=responses(NO_WEBHOOK, NOT_REPLAYABLE, INVALID, AUTH, UNAVAILABLE),
     operation_id="replay_webhook_delivery",
     summary="Send a dead (or delivered) delivery again, with the same event id",
 )
 async def replay_delivery(
     webhook_id: WebhookId, delivery_id: DeliveryId, request: Request
-) -> dict[str, object]:
+) -> ReplayedDelivery:
     client = await authenticate(request, Scope.OPERATE)
     async with transaction() as conn:
         await operating.replay(conn, webhook_id, delivery_id)
@@ -172,4 +185,4 @@ async def replay_delivery(
             target=str(webhook_id),
             detail={"delivery_id": delivery_id},
         )
-    return {"id": delivery_id, "webhook_id": str(webhook_id), "state": "pending"}
+    return ReplayedDelivery(id=delivery_id, webhook_id=webhook_id, state="pending")

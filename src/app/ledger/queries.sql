@@ -1240,7 +1240,6 @@ WITH RECURSIVE failed AS (
     SELECT d.id, 'upstream ' || f.step || ' ' || f.state FROM failed f, unnest(f.downstream) AS d(id)
     UNION
     SELECT d.id, r.cause FROM reached r JOIN jobs j ON j.id = r.id, unnest(j.downstream) AS d(id)
-)
 ), cancelled AS (
     UPDATE jobs j SET state = 'cancelled', last_error = c.cause, finished_at = now(), updated_at = now()
     FROM (SELECT DISTINCT ON (id) id, cause FROM reached ORDER BY id, cause) AS c
@@ -1271,7 +1270,6 @@ WITH RECURSIVE reached (id) AS (
                     AND u.state <> 'succeeded') AS waits_for
     FROM (SELECT DISTINCT id FROM reached) AS x JOIN jobs j ON j.id = x.id
     WHERE j.state = 'cancelled' AND j.attempts = 0 AND left(j.last_error, 9) = 'upstream '
-)
 ), revived AS (
     UPDATE jobs j SET state = 'waiting', upstream_left = c.waits_for, finished_at = NULL,
            last_error = NULL, updated_at = now()

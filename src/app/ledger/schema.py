@@ -38,11 +38,9 @@ class JobState(StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 NOTIFY_CHANNEL = "conveyor_jobs"
-# The payload of a NOTIFY that only frees a slot of a limit (a success, a claim of a limited
-# job): the relay's take of jobs with limits has something to do, its other takes nothing.
-SLOT_FREED = "slot"
-# A success names each key whose slot it freed: "slot:<task>\x1f<key>" (see queries.sql, succeed).
-SLOT_FREED_OF = "slot:"
+# NOTIFY payloads that only free a slot of a limit: the relay's take of jobs with limits has
+# something to do. A success names each key it freed: "slot:<task>\x1f<key>" (queries.sql).
+SLOT_FREED, SLOT_FREED_OF = "slot", "slot:"
 
 # Steps that wait for other steps (0014); its state is read from its steps (jobs.workflow_id).
 workflows = Table(
@@ -393,13 +391,4 @@ job_artifacts = Table(
     Column("content", LargeBinary),
     Column("size", BigInteger),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
-)
-
-# A job's file in pieces, written and read one at a time (the export streams through them).
-job_artifact_chunks = Table(
-    "job_artifact_chunks",
-    metadata,
-    Column("job_id", UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
-    Column("seq", Integer, primary_key=True),
-    Column("content", LargeBinary, nullable=False),
 )

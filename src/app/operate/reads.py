@@ -15,7 +15,8 @@ from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.errors import JobNotFound
-from app.ledger.schema import job_artifact_chunks, job_artifacts, job_attempts, jobs
+from app.ledger.artifact_schema import job_artifact_chunks
+from app.ledger.schema import job_artifacts, job_attempts, jobs
 
 JOB_COLUMNS = [
     jobs.c.id,

@@ -3,6 +3,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+import app.ledger.artifact_schema
 import app.ledger.webhook_tables  # noqa: F401  (the webhook tables join the metadata)
 from app.ledger.event_schema import job_events  # noqa: F401  (on the metadata)
 from app.ledger.schema import metadata
