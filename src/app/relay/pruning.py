@@ -23,7 +23,7 @@ from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from app.ledger import audit, retention
+from app.ledger import audit, retention, workflows
 from app.ledger.engines import sync_engine
 from app.ledger.schema import JobState
 from app.logs import Outage, get_logger
@@ -58,6 +58,7 @@ class Pass:
     workers: int = 0
     relays: int = 0
     audit_entries: int = 0
+    workflows: int = 0  # each deleted with its steps
 
     @property
     def total(self) -> int:
@@ -91,6 +92,7 @@ def prune(
             if pruned < batch:
                 break
             pause.wait(settings.prune_pause_seconds)
+    _prune_workflows(settings, engine, done, pause, stop)
     while stop is None or not stop.is_set():
         with engine.begin() as conn:
             released = retention.release_expired_keys(conn, settings.idempotency_key_ttl_seconds, batch)
@@ -118,6 +120,22 @@ def prune(
             break
         pause.wait(settings.prune_pause_seconds)
     return done
+
+
+def _prune_workflows(
+    settings: Settings, engine: Engine, done: Pass, pause: threading.Event, stop: threading.Event | None
+) -> None:
+    """Workflows whose every step is past its state's retention, each with its steps."""
+    keep = retention_of(settings)
+    record_stale = keep[JobState.DEAD] < DEAD_LETTER_TTL_SECONDS
+    batch = max(1, settings.prune_batch_size // 100)  # a workflow holds up to MAX_WORKFLOW_STEPS jobs
+    while stop is None or not stop.is_set():
+        with engine.begin() as conn:
+            pruned, _ = workflows.prune(conn, keep, batch, record_stale=record_stale)
+        done.workflows += pruned
+        if pruned < batch:
+            break
+        pause.wait(settings.prune_pause_seconds)
 
 
 def count(settings: Settings | None = None, engine: Engine | None = None) -> Pass:
