@@ -107,7 +107,12 @@ async def test_every_route_refuses_a_key_without_its_scope_with_403(
     for scope in sorted(allowed):
         response = await anonymous.request(method, path, json=body, headers=bearer(make_key([scope])))
         assert response.status_code not in {401, 403}, (scope, response.text)
-    creates_jobs = method == "POST" and path in {"/api/v1/jobs", "/api/v1/emails", "/api/v1/jobs/batch"}
+    creates_jobs = method == "POST" and path in {
+        "/api/v1/jobs",
+        "/api/v1/emails",
+        "/api/v1/jobs/batch",
+        "/api/v1/workflows",
+    }
     assert count_jobs(clean_ledger) == (len(allowed) if creates_jobs else 0), "refused keys created nothing"
 
 

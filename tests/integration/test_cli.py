@@ -302,6 +302,7 @@ def test_stats_counts_the_ledger_and_reads_the_queue_depths(ledger: Infra) -> No
         "succeeded": 1,
         "dead": 1,
         "cancelled": 0,
+        "waiting": 0,
     }
     assert stats["outbox_backlog"] == 1
     assert 30 <= stats["oldest_due_seconds"] < 60

@@ -145,6 +145,14 @@ def test_state_counts_are_exact_up_to_the_cap_and_estimated_above_it(clean_ledge
     with health.probe_engine(get_settings().database_url).connect() as conn:
         exact = {state: count.count for state, count in counts_by_state_sync(conn).items()}
         capped = {state: count.count for state, count in counts_by_state_sync(conn, exact_up_to=2).items()}
-    assert exact == {"queued": 0, "running": 0, "retrying": 0, "succeeded": 5, "dead": 1, "cancelled": 0}
+    assert exact == {
+        "queued": 0,
+        "running": 0,
+        "retrying": 0,
+        "succeeded": 5,
+        "dead": 1,
+        "cancelled": 0,
+        "waiting": 0,
+    }
     assert capped["dead"] == 1
     assert capped["succeeded"] > 2  # the planner's estimate, never below what was counted

@@ -200,3 +200,33 @@ async def test_the_dashboard_draws_a_workflow_as_its_graph_of_linked_boxes_and_a
     assert "<script" not in page.text.split("</head>")[1], "no inline script (CSP)"
     job = await api.get(f"/dashboard/jobs/{body['steps']['d']}")
     assert f'href="/dashboard/workflows/{body["id"]}"' in job.text
+
+
+def test_a_prune_pass_takes_a_finished_workflow_with_its_steps_and_leaves_a_running_one(
+    clean_ledger: Infra,
+) -> None:
+    from app.relay.pruning import prune
+
+    finished = (
+        Workflow("old").step("a", echo, {"message": "a"}).step("b", gather, {}, after=["a"]).enqueue_sync()
+    )
+    running = (
+        Workflow("live").step("a", echo, {"message": "a"}).step("b", gather, {}, after=["a"]).enqueue_sync()
+    )
+    with psycopg.connect(clean_ledger.libpq_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE jobs SET state = 'succeeded', finished_at = now() - interval '40 days'"
+            " WHERE workflow_id = %s",
+            (finished.id,),
+        )
+        conn.execute(
+            "UPDATE jobs SET finished_at = now() - interval '40 days', state = 'succeeded'"
+            " WHERE workflow_id = %s AND step = 'a'",
+            (running.id,),
+        )
+    done = prune()
+    assert done.workflows == 1
+    assert done.jobs["succeeded"] == 0, "no step was pruned alone"
+    with psycopg.connect(clean_ledger.libpq_url) as conn:
+        left = conn.execute("SELECT workflow_id, count(*) FROM jobs GROUP BY workflow_id").fetchall()
+    assert left == [(running.id, 2)]

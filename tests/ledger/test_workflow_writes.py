@@ -136,7 +136,7 @@ async def test_a_dead_step_cancels_its_downstream_and_its_replay_lets_the_workfl
     assert states(look, steps) == {"a": "succeeded", "b": "dead", "c": "succeeded", "d": "cancelled"}
     assert row(look, steps["d"])["last_error"] == "upstream b dead"
     async with aconn.transaction():
-        await actions.replay(aconn, steps["b"])  # type: ignore[arg-type]
+        await actions.replay(aconn, steps["b"])
     assert states(look, steps)["d"] == "waiting"
     assert row(look, steps["d"])["upstream_left"] == 1, "c has succeeded: only b is awaited"
     succeed(conn, steps["b"])
@@ -165,10 +165,10 @@ async def test_a_failure_cancels_transitively_and_a_replay_leaves_cancelled_what
     assert states(look, steps) == {"x": "dead", "y": "dead", "m": "cancelled", "n": "cancelled"}
     assert row(look, steps["n"])["last_error"] == "upstream x dead", "the cause, named through the chain"
     async with aconn.transaction():
-        await actions.replay(aconn, steps["x"])  # type: ignore[arg-type]
+        await actions.replay(aconn, steps["x"])
     assert states(look, steps) == {"x": "queued", "y": "dead", "m": "cancelled", "n": "cancelled"}
     async with aconn.transaction():
-        await actions.replay(aconn, steps["y"])  # type: ignore[arg-type]
+        await actions.replay(aconn, steps["y"])
     assert states(look, steps) == {"x": "queued", "y": "queued", "m": "waiting", "n": "waiting"}
     assert (row(look, steps["m"])["upstream_left"], row(look, steps["n"])["upstream_left"]) == (2, 1)
 
@@ -180,7 +180,7 @@ async def test_an_operator_cancel_of_a_waiting_step_cancels_what_comes_after_it(
 ) -> None:
     steps = diamond(conn)
     async with aconn.transaction():
-        assert await actions.cancel(aconn, steps["b"]) == "cancelled"  # type: ignore[arg-type]
+        assert await actions.cancel(aconn, steps["b"]) == "cancelled"
     assert states(look, steps) == {"a": "queued", "b": "cancelled", "c": "waiting", "d": "cancelled"}
     assert row(look, steps["d"])["last_error"] == "upstream b cancelled"
 

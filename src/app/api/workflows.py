@@ -20,7 +20,7 @@ from app.api.accept import _parse
 from app.api.auth import authenticate
 from app.api.deps import reading, transaction
 from app.api.metrics import JOBS_ACCEPTED
-from app.api.responses import AUTH, INVALID, UNAVAILABLE, Responses, responses
+from app.api.responses import AUTH, BODY, INVALID, UNAVAILABLE, Responses, responses
 from app.api.schemas import ErrorBody
 from app.errors import InvalidWorkflow
 from app.jobs.registry import MAX_PRIORITY
@@ -34,6 +34,13 @@ router = APIRouter(prefix="/api/v1", tags=["workflows"])
 
 READERS = (Scope.READ, Scope.ENQUEUE)
 NO_WORKFLOW: Responses = {404: {"model": ErrorBody, "description": "No such workflow"}}
+WORKFLOW_INVALID: Responses = {
+    422: {
+        "model": ErrorBody,
+        "description": "An unknown task, an invalid payload, an unknown step in `after`, a cycle, "
+        "or more than MAX_WORKFLOW_STEPS steps; `loc` names it. Nothing is stored",
+    }
+}
 
 
 class StepBody(BaseModel):
@@ -72,7 +79,7 @@ def _invalid(error: InvalidWorkflow) -> RequestValidationError:
     "/workflows",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=WorkflowAccepted,
-    responses=responses(INVALID, AUTH, UNAVAILABLE),
+    responses=responses(BODY, WORKFLOW_INVALID, AUTH, UNAVAILABLE),
     summary="Declare a workflow: steps that run after the steps they name in `after`",
     operation_id="enqueue_workflow",
     openapi_extra={

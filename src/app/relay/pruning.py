@@ -25,7 +25,7 @@ from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from app.ledger import audit, retention, webhooks
+from app.ledger import audit, retention, webhooks, workflows
 from app.ledger.engines import sync_engine
 from app.ledger.schema import JobState
 from app.logs import Outage, get_logger
@@ -62,6 +62,7 @@ class Pass:
     audit_entries: int = 0
     events: int = 0
     deliveries: int = 0
+    workflows: int = 0  # each deleted with its steps
 
     @property
     def total(self) -> int:
@@ -95,6 +96,7 @@ def prune(
             if pruned < batch:
                 break
             pause.wait(settings.prune_pause_seconds)
+    _prune_workflows(settings, engine, done, pause, stop)
     while stop is None or not stop.is_set():
         with engine.begin() as conn:
             released = retention.release_expired_keys(conn, settings.idempotency_key_ttl_seconds, batch)
@@ -141,6 +143,22 @@ def prune(
             break
         pause.wait(settings.prune_pause_seconds)
     return done
+
+
+def _prune_workflows(
+    settings: Settings, engine: Engine, done: Pass, pause: threading.Event, stop: threading.Event | None
+) -> None:
+    """Workflows whose every step is past its state's retention, each with its steps."""
+    keep = retention_of(settings)
+    record_stale = keep[JobState.DEAD] < DEAD_LETTER_TTL_SECONDS
+    batch = max(1, settings.prune_batch_size // 100)  # a workflow holds up to MAX_WORKFLOW_STEPS jobs
+    while stop is None or not stop.is_set():
+        with engine.begin() as conn:
+            pruned, _ = workflows.prune(conn, keep, batch, record_stale=record_stale)
+        done.workflows += pruned
+        if pruned < batch:
+            break
+        pause.wait(settings.prune_pause_seconds)
 
 
 def count(settings: Settings | None = None, engine: Engine | None = None) -> Pass:
@@ -203,6 +221,7 @@ class Pruner:
             or done.audit_entries
             or done.events
             or done.deliveries
+            or done.workflows
         ):
             log.info(
                 "pruned",
@@ -214,5 +233,6 @@ class Pruner:
                 audit_entries=done.audit_entries,
                 events=done.events,
                 webhook_deliveries=done.deliveries,
+                workflows=done.workflows,
             )
         return done
