@@ -8,7 +8,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import app.tasks  # noqa: F401  (registers the public tasks the API accepts)
-from app.api import accept, audit, batch, emails, errors, health, jobs, openapi, queues, schedules, webhooks
+from app.api import (
+    accept,
+    audit,
+    batch,
+    emails,
+    errors,
+    events,
+    health,
+    jobs,
+    openapi,
+    queues,
+    schedules,
+    webhooks,
+)
 from app.api.failures import LastResort
 from app.api.guard import BodyGuard
 from app.api.metrics import HttpMetrics
@@ -22,6 +35,7 @@ from app.settings import get_settings
 @asynccontextmanager
 async def lifespan(application: FastAPI) -> AsyncIterator[None]:
     yield
+    await events.close_event_pump(application)
     intake = getattr(application.state, "intake", None)
     if intake is not None:
         await intake.close()
@@ -51,6 +65,7 @@ def create_app() -> FastAPI:
     application.include_router(batch.router)
     application.include_router(emails.router)
     application.include_router(jobs.router)
+    application.include_router(events.router)
     application.include_router(schedules.router)
     application.include_router(queues.router)
     application.include_router(webhooks.router)

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # Audit log entries (who did what) older than this are pruned: long enough to answer for a
     # quarter's operator actions, bounded so a busy ledger does not keep them for ever.
     retain_audit_seconds: float = Field(default=7_776_000.0, gt=0.0)
+    # Job events (GET /api/v1/events) older than this are pruned; a stream resumed from an older
+    # event is answered 410.
+    event_retention_seconds: float = Field(default=86_400.0, gt=0.0)
     prune_interval_seconds: float = Field(default=60.0, gt=0.0)
     prune_batch_size: int = Field(default=1000, ge=1, le=100_000)
     # A pause between two pruning statements: a large backlog (a first pass over an old ledger)

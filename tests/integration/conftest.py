@@ -18,6 +18,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def api(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
     """The API application in this process, on this run's database; no broker on the path."""
+    from app.api.events import close_event_pump
     from app.asgi import create_app
     from app.ledger.engines import dispose_async_engines
 
@@ -31,12 +32,14 @@ async def api(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
     intake = getattr(application.state, "intake", None)
     if intake is not None:
         await intake.close()
+    await close_event_pump(application)
     await dispose_async_engines()
 
 
 @pytest.fixture
 async def anonymous(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
     """The API in this process, and a client that sends no key unless a test gives one."""
+    from app.api.events import close_event_pump
     from app.asgi import create_app
     from app.ledger.engines import dispose_async_engines
 
@@ -47,6 +50,7 @@ async def anonymous(clean_ledger: Infra) -> AsyncIterator[httpx.AsyncClient]:
     intake = getattr(application.state, "intake", None)
     if intake is not None:
         await intake.close()
+    await close_event_pump(application)
     await dispose_async_engines()
 
 

@@ -111,3 +111,20 @@ async def test_a_cursor_is_what_the_stream_gives_out_and_nothing_else(
         with pytest.raises(InvalidCursor):
             Cursor.parse(bad)
     assert await events.exists(aconn, Cursor(1, 1)) is False
+
+
+def test_pruning_removes_old_events_from_the_front_of_the_log_only(conn: psycopg.Connection[Any]) -> None:
+    """What is kept is always everything after some event: an old event behind a young one stays
+    until the young one goes, so a kept cursor never has a gap after it."""
+    from app.ledger import retention
+
+    jobs = [new_job() for _ in range(4)]
+    for job in jobs:
+        ledger.insert(conn, [job])
+    old = [jobs[0].id, jobs[1].id, jobs[3].id]  # the third is young: the fourth waits behind it
+    conn.execute("UPDATE job_events SET at = now() - interval '2 days' WHERE job_id = ANY(%s)", (old,))
+    assert retention.prune_events(conn, 86_400, 1000) == 2
+    left = [r[0] for r in conn.execute("SELECT job_id FROM job_events ORDER BY xid, id")]
+    assert left == [jobs[2].id, jobs[3].id]
+    assert retention.count_prunable_events(conn, 86_400) == 1
+    assert retention.prune_events(conn, 0, 1) == 1, "a limit of one deletes one"

@@ -4,6 +4,7 @@ task's own transaction, a failure recorded by the worker's own writes."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 from uuid import UUID
 
@@ -40,7 +41,18 @@ def finish(ctx: JobContext) -> tuple[str, Any]:
     finally:
         set_current(None)
     owned: list[bool] = []
-    _writes().succeed(ctx, orjson.dumps(ctx.result).decode(), owned.append)
+    recorded = threading.Event()
+
+    def written(was_owned: bool) -> None:
+        owned.append(was_owned)
+        recorded.set()
+
+    writes = _writes()
+    writes.succeed(ctx, orjson.dumps(ctx.result).decode(), written)
+    # Without the task's own transaction the success joins the worker's next batch, written on
+    # the batcher's thread.
+    assert recorded.wait(30.0), "the success was written"
+    writes.close()
     assert owned == [True], "the success was recorded"
     return "succeeded", ctx.result
 

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from app.errors import (
     AlreadyInFlight,
+    CursorExpired,
     DeliveryNotReplayable,
     Forbidden,
     IdempotencyConflict,
@@ -85,6 +86,10 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _gone(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=410)
 
 
 async def _conflict(request: Request, exc: Exception) -> JSONResponse:
@@ -161,6 +166,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(WebhookNotFound, _not_found)
     app.add_exception_handler(DeliveryNotReplayable, _conflict)
     app.add_exception_handler(InvalidTransition, _conflict)
+    app.add_exception_handler(CursorExpired, _gone)
     app.add_exception_handler(ScheduleNameTaken, _conflict)
     app.add_exception_handler(AlreadyInFlight, _in_flight)
     app.add_exception_handler(TooManySchedules, _conflict)

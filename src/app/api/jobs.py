@@ -15,6 +15,7 @@ from app.access.keys import Client, Scope
 from app.api.audit import actor
 from app.api.auth import authenticate
 from app.api.deps import reading, transaction
+from app.api.events import wait_until_finished
 from app.api.responses import AUTH, INVALID, NOT_FOUND, UNAVAILABLE, responses
 from app.api.schemas import ErrorBody, JobAccepted, JobList, LimitsView, RetryPolicyView, TaskView
 from app.errors import JobNotFound
@@ -42,8 +43,16 @@ def _own(client: Client) -> str | None:
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, responses=ONE_JOB)
-async def get_job(job_id: UUID, request: Request) -> JobView:
+async def get_job(
+    job_id: UUID,
+    request: Request,
+    wait_seconds: Annotated[
+        float, Query(ge=0, le=60, description="Answer once the job is finished or this many seconds passed")
+    ] = 0,
+) -> JobView:
     client = await authenticate(request, *READERS)
+    if wait_seconds > 0:
+        return await wait_until_finished(request, job_id, _own(client), wait_seconds)
     async with reading() as conn:
         return job_view(await reads.get(conn, job_id, _own(client)))
 

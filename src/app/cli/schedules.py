@@ -203,6 +203,7 @@ def prune(
                 "workers": done.workers,
                 "relays": done.relays,
                 "audit_entries": done.audit_entries,
+                "events": done.events,
             }
         )
         return
@@ -213,6 +214,7 @@ def prune(
     stdout().print(table)
     typer.echo(f"{verb} {done.total} finished job(s)")
     typer.echo(f"{verb} {done.audit_entries} audit entr{'y' if done.audit_entries == 1 else 'ies'}")
+    typer.echo(f"{verb} {done.events} job event(s)")
     if not dry_run:
         typer.echo(
             f"released {done.keys_released} idempotency key(s); ended {done.sessions} expired "

@@ -115,6 +115,8 @@ class Page:
     next: Cursor
     full: bool
     horizon: int
+    # Events committed above the horizon wait for an older transaction to end: look again soon.
+    held: bool
 
 
 async def read(conn: AsyncConnection, after: Cursor, where: EventFilter = ANY, limit: int = 500) -> Page:
@@ -131,12 +133,12 @@ async def read(conn: AsyncConnection, after: Cursor, where: EventFilter = ANY, l
         "limit": limit,
     }
     rows = (await run_async(conn, queries.READ_EVENTS, params, prepare=True)).rows
-    horizon = int(rows[0][0])
+    horizon, held = int(rows[0][0]), bool(rows[0][11])
     events = [_event(row) for row in rows if row[2] is not None]
     if len(events) >= limit:
-        return Page(events, events[-1].cursor, full=True, horizon=horizon)
+        return Page(events, events[-1].cursor, full=True, horizon=horizon, held=held)
     # Fewer than asked: every event of the filter below the horizon has been read.
-    return Page(events, max(after, Cursor(horizon, 0)), full=False, horizon=horizon)
+    return Page(events, max(after, Cursor(horizon, 0)), full=False, horizon=horizon, held=held)
 
 
 async def head(conn: AsyncConnection) -> Cursor:
@@ -152,5 +154,5 @@ async def exists(conn: AsyncConnection, cursor: Cursor) -> bool:
 
 
 def _event(row: tuple[Any, ...]) -> Event:
-    _, xid, event_id, at, job_id, task, queue, client_id, workflow_id, state, attempt = row
+    _, xid, event_id, at, job_id, task, queue, client_id, workflow_id, state, attempt, _ = row
     return Event(Cursor(int(xid), event_id), at, job_id, task, queue, client_id, workflow_id, state, attempt)

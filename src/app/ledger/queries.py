@@ -124,6 +124,8 @@ PRUNE_RELAYS: Final = _bind("prune_relays")
 PRUNE_SESSIONS: Final = _bind("prune_sessions")
 READ_EVENTS: Final = _bind("read_events")
 EVENT_EXISTS: Final = _bind("event_exists")
+PRUNE_EVENTS: Final = _bind("prune_events")
+COUNT_PRUNABLE_EVENTS: Final = _bind("count_prunable_events")
 
 if _statements:
     raise RuntimeError(f"queries.sql has statements no name binds: {sorted(_statements)}")

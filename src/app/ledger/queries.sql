@@ -1087,7 +1087,8 @@ DELETE FROM dashboard_sessions WHERE id_hash = ANY(ARRAY(
 -- transaction can still precede: xid below the horizon of this statement's own snapshot (the
 -- smallest xid it sees in progress, leaving out those a backend of another database holds, else
 -- its xmax; app/ledger/events.py proves it exact). Filters are NULL for any. Every row carries the
--- horizon; a row with a NULL id says there is no event to read. Run as a transaction of its own.
+-- horizon and whether events are held above it; a row with a NULL id says there is no event to
+-- read. Run as a transaction of its own.
 WITH snapshot AS (
     SELECT pg_current_snapshot() AS s
 ), elsewhere AS (
@@ -1099,10 +1100,15 @@ WITH snapshot AS (
         (SELECT min(x) FROM snapshot, pg_snapshot_xip(snapshot.s) AS x
          WHERE xid(x) NOT IN (SELECT x FROM elsewhere)),
         (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS h
+), held AS (
+    -- Whether events it sees are held back above the horizon (a reader then looks again soon:
+    -- the transaction holding them may end without an event, and so without a wake).
+    SELECT EXISTS (SELECT 1 FROM job_events e, horizon h WHERE e.xid >= h.h
+                   AND (e.xid, e.id) > (CAST(%(after_xid)s AS xid8), CAST(%(after_id)s AS bigint))) AS held
 )
 SELECT h.h::text, e.xid::text, e.id, e.at, e.job_id, e.task, e.queue, e.client_id, e.workflow_id,
-       e.state, e.attempt
-FROM horizon h LEFT JOIN LATERAL (
+       e.state, e.attempt, held.held
+FROM held, horizon h LEFT JOIN LATERAL (
     SELECT * FROM job_events e
     WHERE (e.xid, e.id) > (CAST(%(after_xid)s AS xid8), CAST(%(after_id)s AS bigint)) AND e.xid < h.h
       AND (%(task)s::text IS NULL OR e.task = %(task)s)
@@ -1117,3 +1123,21 @@ ORDER BY e.xid, e.id
 -- name: event_exists
 -- Whether the event a cursor names is still in the log (a pruned one: the stream answers 410).
 SELECT EXISTS (SELECT 1 FROM job_events WHERE xid = CAST(%(xid)s AS xid8) AND id = %(id)s)
+
+-- name: prune_events
+-- Deletes up to %(limit)s of the log's first events in (xid, id) order, stopping before the first
+-- one younger than %(retain)s seconds: what is kept is always everything after some event, so a
+-- cursor whose event is kept has every later event kept too (and one whose event is gone: 410).
+WITH head AS (
+    SELECT id, xid, at FROM job_events ORDER BY xid, id LIMIT %(limit)s
+), young AS (
+    SELECT xid, id FROM head WHERE at >= now() - make_interval(secs => %(retain)s)
+    ORDER BY xid, id LIMIT 1
+)
+DELETE FROM job_events WHERE id = ANY(ARRAY(
+    SELECT h.id FROM head h WHERE NOT EXISTS (SELECT 1 FROM young y WHERE (h.xid, h.id) >= (y.xid, y.id))
+))
+
+-- name: count_prunable_events
+-- How many events are past their retention (about what a pass would delete).
+SELECT count(*) FROM job_events WHERE at < now() - make_interval(secs => %(retain)s)

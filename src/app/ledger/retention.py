@@ -1,5 +1,6 @@
 """What keeps the ledger bounded: finished jobs past their retention, expired idempotency keys,
-expired dashboard sessions, and the rows of workers and relays long gone. Each call is one
+expired dashboard sessions, job events past EVENT_RETENTION_SECONDS, and the rows of workers and
+relays long gone. Each call is one
 statement of at most `limit` rows, taken SKIP LOCKED, so several relays may prune at once and
 none holds locks for long.
 """
@@ -44,3 +45,12 @@ def prune_relays(conn: SyncConnection, retain_seconds: float) -> int:
 def prune_sessions(conn: SyncConnection, limit: int) -> int:
     """Delete up to `limit` expired dashboard sessions; how many went."""
     return run(conn, queries.PRUNE_SESSIONS, {"limit": limit}).rowcount
+
+
+def prune_events(conn: SyncConnection, retain_seconds: float, limit: int) -> int:
+    """Delete up to `limit` of the oldest events (in the log's order) older than `retain_seconds`."""
+    return run(conn, queries.PRUNE_EVENTS, {"retain": retain_seconds, "limit": limit}).rowcount
+
+
+def count_prunable_events(conn: SyncConnection, retain_seconds: float) -> int:
+    return int(run(conn, queries.COUNT_PRUNABLE_EVENTS, {"retain": retain_seconds}).rows[0][0])

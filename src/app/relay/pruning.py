@@ -2,7 +2,8 @@
 and artifacts (and webhook deliveries: delivered ones as succeeded jobs, dead ones as dead jobs);
 idempotency keys older than their window are released; expired dashboard
 sessions are deleted; worker and relay rows long silent are forgotten; audit entries older than
-RETAIN_AUDIT_SECONDS are deleted. Nothing unfinished is ever pruned.
+RETAIN_AUDIT_SECONDS and job events older than EVENT_RETENTION_SECONDS are deleted. Nothing
+unfinished is ever pruned.
 
 A relay runs a pass every PRUNE_INTERVAL_SECONDS in a thread of its own, so publishing never
 waits for it; `conveyor prune` runs one by hand. A pass deletes in statements of
@@ -60,6 +61,7 @@ class Pass:
     relays: int = 0
     audit_entries: int = 0
     deliveries: int = 0
+    events: int = 0
 
     @property
     def total(self) -> int:
@@ -131,6 +133,13 @@ def prune(
         if pruned < batch:
             break
         pause.wait(settings.prune_pause_seconds)
+    while stop is None or not stop.is_set():
+        with engine.begin() as conn:
+            pruned = retention.prune_events(conn, settings.event_retention_seconds, batch)
+        done.events += pruned
+        if pruned < batch:
+            break
+        pause.wait(settings.prune_pause_seconds)
     return done
 
 
@@ -145,6 +154,7 @@ def count(settings: Settings | None = None, engine: Engine | None = None) -> Pas
                 for state, keep in retention_of(settings).items()
             },
             audit_entries=audit.count_prunable(conn, settings.retain_audit_seconds),
+            events=retention.count_prunable_events(conn, settings.event_retention_seconds),
         )
 
 
@@ -192,6 +202,7 @@ class Pruner:
             or done.relays
             or done.audit_entries
             or done.deliveries
+            or done.events
         ):
             log.info(
                 "pruned",
@@ -202,5 +213,6 @@ class Pruner:
                 relays=done.relays,
                 audit_entries=done.audit_entries,
                 webhook_deliveries=done.deliveries,
+                events=done.events,
             )
         return done

@@ -1,0 +1,1 @@
+"""Following jobs: the event pump of an API process, the streams and waits it feeds."""
