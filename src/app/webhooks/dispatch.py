@@ -133,7 +133,13 @@ class Dispatcher:
     # The sender
 
     def send_loop(self, stop: threading.Event) -> None:
-        asyncio.run(self._send(stop))
+        while not stop.is_set():
+            try:
+                asyncio.run(self._send(stop))
+            except Exception:  # a thread of its own: nobody else would see the error
+                log.exception("webhook sender failed; starting again")
+                self._send_conn = _close(self._send_conn)
+                stop.wait(MAX_PAUSE_SECONDS)
 
     async def _send(self, stop: threading.Event) -> None:
         settings = self.settings
