@@ -53,6 +53,7 @@ from _harness import (
     wait_until,
     work_dir,
 )
+from timing import Connections, Posted, post_request, post_steadily
 
 DATABASE = "conveyor_bench_events"
 GOAL_P99_MS = 50.0
@@ -113,28 +114,15 @@ class Consumer(threading.Thread):
                     return
 
 
-async def post_steadily(port: int, key: str, rate: float, seconds: float) -> list[str]:
-    limits = httpx.Limits(max_connections=64)
-    headers = {"authorization": f"Bearer {key}"}
-    body = {"task": ECHO_TASK, "payload": ECHO_PAYLOAD}
-    ids: list[str] = []
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", limits=limits, headers=headers
-    ) as client:
-
-        async def one() -> None:
-            response = await client.post("/api/v1/jobs", json=body)
-            if response.status_code == 202:
-                ids.append(response.json()["id"])
-
-        start, tasks = time.monotonic(), []
-        for i in range(int(rate * seconds)):
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
-    return ids
+async def post_load(port: int, key: str, rate: float, seconds: float) -> Posted:
+    """Echo POSTs at the rate, open loop, through bench/timing.py's lean HTTP connections."""
+    connections = Connections(port, 64)
+    try:
+        return await post_steadily(
+            connections, post_request(port, key, {"task": ECHO_TASK, "payload": ECHO_PAYLOAD}), rate, seconds
+        )
+    finally:
+        await connections.close()
 
 
 def start(procs: Procs, env: dict[str, str], out: Path, port: int, threads: int) -> list[Proc]:
@@ -176,8 +164,10 @@ def measure(opts: Options) -> EventsResult:
             time.sleep(1.0)
             load_before = load_average()
             began = time.monotonic()
-            ids = asyncio.run(post_steadily(port, key, opts.rate, opts.duration))
-            seconds = time.monotonic() - began
+            posted = asyncio.run(post_load(port, key, opts.rate, opts.duration))
+            ids, seconds = list(posted.sent), time.monotonic() - began
+            if posted.errors:
+                print(f"refused or failed: {posted.errors}", flush=True)
             with Query(libpq_url(DATABASE)) as query:
 
                 def all_told() -> bool:

@@ -106,21 +106,37 @@ async def test_two_hundred_waiters_leave_a_plain_read_quick_and_are_all_answered
     api: httpx.AsyncClient, clean_ledger: Infra
 ) -> None:
     ids = [await post(api) for _ in range(20)]
-    waiters = [
-        asyncio.create_task(api.get(f"/api/v1/jobs/{ids[i % len(ids)]}", params={"wait_seconds": 60}))
-        for i in range(200)
-    ]
+    alone = await plain_read_seconds(api, ids[0])
+    waiters = []
+    for _ in range(10):  # clients arrive twenty at a time
+        waiters += [
+            asyncio.create_task(api.get(f"/api/v1/jobs/{job_id}", params={"wait_seconds": 60}))
+            for job_id in ids
+        ]
+        await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)
-    started = time.monotonic()
-    plain = await api.get(f"/api/v1/jobs/{ids[0]}")
-    took = time.monotonic() - started
-    assert plain.status_code == 200
-    assert took < 0.5, f"a plain GET took {took:.2f} s beside 200 waiters"
+    beside = await plain_read_seconds(api, ids[0])
+    # The machine is shared: against the same read without waiters, and never past a second.
+    assert beside < min(1.0, 3 * alone + 0.1), (
+        f"a plain GET took {beside:.3f} s beside 200 waiters, {alone:.3f} alone"
+    )
     assert not any(w.done() for w in waiters)
     for job_id in ids:
         await asyncio.to_thread(running.run, clean_ledger, job_id, ECHO)
     answers = await asyncio.wait_for(asyncio.gather(*waiters), 30)
+    assert {a.status_code for a in answers} == {200}, {a.text for a in answers if a.status_code != 200}
     assert {a.json()["state"] for a in answers} == {"succeeded"}
+
+
+async def plain_read_seconds(api: httpx.AsyncClient, job_id: str) -> float:
+    """The median of three plain GETs of a job."""
+    took = []
+    for _ in range(3):
+        started = time.monotonic()
+        response = await api.get(f"/api/v1/jobs/{job_id}")
+        took.append(time.monotonic() - started)
+        assert response.status_code == 200
+    return sorted(took)[1]
 
 
 # -- the stream ---------------------------------------------------------------------------------
