@@ -55,17 +55,13 @@ def test_an_email_posted_over_http_is_one_trace_from_the_request_to_the_smtp_sen
     job_id = response.json()["id"]
     assert traced_stack.wait_for([job_id])[job_id]["state"] == "succeeded"
 
-    spans = receiver.wait_for(
-        lambda spans: (
-            any(s.name == "smtp send" for s in spans)
-            and any(s.service == "conveyor-api" and s.kind == SERVER for s in spans)
-        )
-    )
-    request = next(s for s in spans if s.service == "conveyor-api" and s.kind == SERVER)
+    spans = receiver.wait_for(lambda spans: {"smtp send", "POST /api/v1/emails"} <= {s.name for s in spans})
+    request = one(spans, "conveyor-api", "POST /api/v1/emails")
     enqueue = one(spans, "conveyor-api", f"enqueue {SEND_EMAIL}")
     run = one(spans, "conveyor-worker", f"run {SEND_EMAIL}")
     send = one(spans, "conveyor-worker", "smtp send")
 
+    assert request.kind == SERVER
     assert request.attributes.get("http.route") == "/api/v1/emails"
     assert {request.trace_id, enqueue.trace_id, run.trace_id, send.trace_id} == {request.trace_id}
     assert enqueue.parent_id == request.span_id
