@@ -13,6 +13,8 @@ from pathlib import Path
 from tests.support.keys import full_key
 from tests.support.stack import Stack
 
+ROOT = Path(__file__).resolve().parents[2]
+
 CHECKS = "not_a_server_error,negative_data_rejection,status_code_conformance,response_schema_conformance"
 # A fixed seed makes a failure in CI reproducible; SCHEMATHESIS_SEED explores other cases.
 SEED = os.environ.get("SCHEMATHESIS_SEED", "20261201")
@@ -45,10 +47,15 @@ def test_schemathesis_finds_no_failure_in_any_phase(stack: Stack, tmp_path: Path
         # The event stream never ends by design (its contract is specified in
         # tests/integration/test_events.py and tests/e2e/test_events_e2e.py).
         "--exclude-path=/api/v1/events",
+        # A wait holds its answer up to 60 s by design (the hooks keep fuzzed ones short).
+        "--request-timeout=65",
         "--workers=2",
         "--no-color",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    hooks = {"SCHEMATHESIS_HOOKS": "tests.support.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, **hooks}
+    )
     # The fuzzed `sleep` jobs would hold the worker's graceful stop for its whole grace period;
     # how a worker stops is specified elsewhere (tests/faults), so this one is killed.
     stack.processes["worker"].kill()

@@ -19,7 +19,7 @@ from app.api.audit import actor
 from app.api.auth import authenticate
 from app.api.deps import reading, transaction
 from app.api.jobs import QueryText
-from app.api.responses import AUTH, INVALID, UNAVAILABLE, Responses, responses
+from app.api.responses import AUTH, BODY, INVALID, UNAVAILABLE, Responses, responses
 from app.api.schemas import ErrorBody
 from app.errors import UnknownTask, WebhookTargetRefused
 from app.jobs.registry import get_task, public_tasks
@@ -68,7 +68,7 @@ def _invalid(field: str, message: str) -> RequestValidationError:
     "/webhooks",
     status_code=status.HTTP_201_CREATED,
     response_model=CreatedWebhook,
-    responses=responses(INVALID, AUTH, UNAVAILABLE),
+    responses=responses(BODY, INVALID, AUTH, UNAVAILABLE),
     operation_id="create_webhook",
     summary="Subscribe a URL to job events; the answer shows the signing secret, once",
 )
