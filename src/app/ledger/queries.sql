@@ -92,7 +92,10 @@ WITH asked AS (
            lease_expires_at = now() + make_interval(secs => %(lease)s),
            worker_id = %(worker_id)s, updated_at = now()
     FROM asked a
-    WHERE j.id = a.id AND j.task = a.task AND j.state IN ('queued', 'retrying')
+    -- `COLLATE "C"` keeps the state's index out of the plan: the rows are found by their ids.
+    -- A generic plan made while the table's statistics are stale (a bulk insert that autovacuum
+    -- has not analyzed yet) otherwise walked every queued job's index entry for each claim.
+    WHERE j.id = a.id AND j.task = a.task AND j.state COLLATE "C" IN ('queued', 'retrying')
       AND j.available_at <= now() AND j.attempts < j.max_attempts
       AND j.concurrency_key IS NULL AND j.rate_key IS NULL
       AND j.queue <> ALL (ARRAY(SELECT queue FROM paused_queues))
@@ -132,7 +135,8 @@ WITH asked AS (
     SELECT DISTINCT ON (j.id) j.id, j.task, j.queue, j.concurrency_key, j.concurrency_limit,
            j.rate_key, j.rate_limit, j.rate_period, a.pos, j.available_at <= now() AS due
     FROM asked a JOIN jobs j ON j.id = a.id AND j.task = a.task
-    WHERE j.state IN ('queued', 'retrying') AND j.attempts < j.max_attempts
+    -- Found by their ids, never through the state's index (see claim).
+    WHERE j.state COLLATE "C" IN ('queued', 'retrying') AND j.attempts < j.max_attempts
     ORDER BY j.id, a.pos
 ), startable AS (
     SELECT w.*, row_number() OVER (PARTITION BY w.task, w.concurrency_key ORDER BY w.pos) AS turn
@@ -178,7 +182,7 @@ WITH asked AS (
            lease_expires_at = now() + make_interval(secs => %(lease)s),
            worker_id = %(worker_id)s, updated_at = now()
     FROM chosen c
-    WHERE j.id = c.id AND j.state IN ('queued', 'retrying')
+    WHERE j.id = c.id AND j.state COLLATE "C" IN ('queued', 'retrying')
     RETURNING j.id, j.run, j.attempts, j.max_attempts, j.task, j.payload::text, j.queue, j.client_id, j.trace_context,
               CASE WHEN j.rate_key IS NOT NULL THEN pg_notify('conveyor_jobs', 'slot')::text END AS rang
 ), history AS (
