@@ -11,6 +11,7 @@ import pytest
 from app.errors import InvalidCursor
 from app.ledger import events
 from app.ledger import jobs as ledger
+from app.ledger import queries
 from app.ledger.events import Cursor, EventFilter
 from app.ledger.jobs import NewJob
 from tests.ledger.rows import second_connection
@@ -74,6 +75,18 @@ async def test_a_long_transaction_of_this_database_holds_the_horizon_and_one_of_
         assert held.events == [], "an open transaction here could still write before it"
         here.execute("COMMIT")
     assert [e.job_id for e in (await events.read(aconn, page.next)).events] == [later.id]
+
+
+def test_the_horizon_is_one_function_that_reads_in_its_callers_snapshot(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Both readers of the log take the horizon from `event_horizon()`, which is STABLE: a
+    VOLATILE one would take a snapshot newer than the one its caller reads the log in."""
+    for statement in (queries.READ_EVENTS, queries.FAN_OUT_EVENTS):
+        assert "event_horizon()" in statement
+        assert "pg_snapshot_xip" not in statement, "the horizon is written once, in the function"
+    volatility = conn.execute("SELECT provolatile FROM pg_proc WHERE proname = 'event_horizon'").fetchall()
+    assert volatility == [("s",)]
 
 
 async def test_pages_follow_each_other_and_filters_choose_the_events(

@@ -919,25 +919,16 @@ ORDER BY w.created_at, w.id
 DELETE FROM webhooks WHERE id = %(id)s RETURNING url
 
 -- name: fan_out_events
--- One step of the fan-out: the events after the mark, below the horizon (read_events' horizon,
--- proved exact in app/ledger/events.py: no transaction that could still write an event sorting
+-- One step of the fan-out: the events after the mark, below the horizon (`event_horizon()`,
+-- proved exact in migration 0015: no transaction that could still write an event sorting
 -- before them is open), become one delivery per
 -- matching subscription, and the mark moves past them, in this one statement. Skipped (zero
 -- rows in `mark`) while another relay holds the mark. A subscription gets the events made
 -- after it; `data` is the job as it is now, with the state and attempt of the event.
 WITH mark AS (
     SELECT xid, event_id FROM webhook_fanout WHERE name = 'events' FOR UPDATE SKIP LOCKED
-), snapshot AS (
-    SELECT pg_current_snapshot() AS s
-), elsewhere AS (
-    SELECT a.backend_xid AS x FROM pg_stat_activity a
-    WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL
-      AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
 ), horizon AS (
-    SELECT coalesce(
-        (SELECT min(x) FROM snapshot, pg_snapshot_xip(snapshot.s) AS x
-         WHERE xid(x) NOT IN (SELECT x FROM elsewhere)),
-        (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS h
+    SELECT event_horizon() AS h
 ), batch AS (
     SELECT e.id, e.xid, e.at, e.job_id, e.task, e.queue, e.state, e.attempt
     FROM mark, horizon, job_events AS e
@@ -1140,22 +1131,13 @@ DELETE FROM dashboard_sessions WHERE id_hash = ANY(ARRAY(
 
 -- name: read_events
 -- The events after the cursor (%(after_xid)s, %(after_id)s) in (xid, id) order that no open
--- transaction can still precede: xid below the horizon of this statement's own snapshot (the
--- smallest xid it sees in progress, leaving out those a backend of another database holds, else
--- its xmax; app/ledger/events.py proves it exact). Filters are NULL for any. Every row carries the
+-- transaction can still precede: xid below `event_horizon()` of this statement's own snapshot
+-- (the smallest xid it sees in progress of a transaction that may write events, else its xmax;
+-- migration 0015 defines it and proves it exact). Filters are NULL for any. Every row carries the
 -- horizon and whether events are held above it; a row with a NULL id says there is no event to
 -- read. Run as a transaction of its own.
-WITH snapshot AS (
-    SELECT pg_current_snapshot() AS s
-), elsewhere AS (
-    SELECT a.backend_xid AS x FROM pg_stat_activity a
-    WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL
-      AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
-), horizon AS (
-    SELECT coalesce(
-        (SELECT min(x) FROM snapshot, pg_snapshot_xip(snapshot.s) AS x
-         WHERE xid(x) NOT IN (SELECT x FROM elsewhere)),
-        (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS h
+WITH horizon AS (
+    SELECT event_horizon() AS h
 ), held AS (
     -- Whether events it sees are held back above the horizon (a reader then looks again soon:
     -- the transaction holding them may end without an event, and so without a wake).
