@@ -9,9 +9,8 @@ import psycopg
 import pytest
 
 from app.errors import InvalidCursor
-from app.ledger import events
+from app.ledger import events, queries
 from app.ledger import jobs as ledger
-from app.ledger import queries
 from app.ledger.events import Cursor, EventFilter
 from app.ledger.jobs import NewJob
 from tests.ledger.rows import second_connection
