@@ -21,15 +21,22 @@ read as a transaction of its own.
    ever be. A reader that returns them in (xid, id) order and moves its cursor to the last one
    can never later meet an event with a smaller key: one would need an xid below H.
 3. An xid of xip may be passed over (left out of the least) when its transaction can never
-   write an event: H then waits only for transactions that can. Such is a backend connected to
-   another database, known from the `pg_stat_activity` entry whose current xid (`backend_xid`)
-   it is: xids are cluster-wide, so a long transaction elsewhere (a parallel test's, a batch
-   job's) would hold H back although it can never write this log.
+   write an event: H then waits only for transactions that can. Two kinds are passed over, both
+   known from the `pg_stat_activity` entry whose current xid (`backend_xid`) it is:
+   a. A backend connected to another database: xids are cluster-wide, so a long transaction
+      elsewhere (a parallel test's, a batch job's) would hold H back although it can never write
+      this log.
+   b. A backend whose `application_name` is `conveyor-publish`: the relay's publishing
+      connection, which takes and marks jobs and holds its transaction open until the broker
+      confirms them, and never writes an event. A trigger on `job_events` refuses any insert made
+      under that name, so a transaction that shows it has written no event (the name is set when
+      the connection is made and never changed by a `SET` inside a transaction; a connection
+      that writes events must never be given it).
    Reading the entry is exact: a backend stays in one database and one status slot for its life;
    PostgreSQL reads a slot's status entry before the slot's xid; the xid is in xip, so its
    backend held the slot since before S, and the status read comes after S (a statement's
    snapshot is taken before it runs, and the status copy is per transaction). So the entry read
-   is that very backend's, with its database. An xid that is not shown (a prepared
+   is that very backend's, with its database and its name. An xid that is not shown (a prepared
    transaction, a status read that missed it) is kept: that only holds H back, never lets it
    pass a writer. (Events with an xid between H and xmax that S sees are read by a later call;
    nothing is lost by waiting.)
@@ -51,17 +58,21 @@ down_revision: str | None = "0014"
 branch_labels = None
 depends_on = None
 
+# The relay's publishing connection (app/relay/outbox.py); passed over by the horizon (3b).
+PUBLISH_APPLICATION_NAME = "conveyor-publish"
+
 
 def upgrade() -> None:
     op.execute(
-        """
+        f"""
         CREATE FUNCTION event_horizon() RETURNS xid8 LANGUAGE sql STABLE AS $$
             WITH snapshot AS (
                 SELECT pg_current_snapshot() AS s
             ), passed AS (
                 SELECT a.backend_xid AS x FROM pg_stat_activity a
                 WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL
-                  AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+                  AND (a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+                       OR a.application_name = '{PUBLISH_APPLICATION_NAME}')
             )
             SELECT coalesce(
                 (SELECT min(x) FROM snapshot, pg_snapshot_xip(snapshot.s) AS x
@@ -70,7 +81,26 @@ def upgrade() -> None:
         $$
         """
     )
+    op.execute(
+        f"""
+        CREATE FUNCTION job_events_not_from_publisher() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF current_setting('application_name') = '{PUBLISH_APPLICATION_NAME}' THEN
+                RAISE EXCEPTION 'a connection named {PUBLISH_APPLICATION_NAME} writes no events: '
+                    'the event horizon passes over its transactions';
+            END IF;
+            RETURN NULL;
+        END
+        $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER job_events_not_from_publisher BEFORE INSERT ON job_events"
+        " FOR EACH STATEMENT EXECUTE FUNCTION job_events_not_from_publisher()"
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER job_events_not_from_publisher ON job_events")
+    op.execute("DROP FUNCTION job_events_not_from_publisher()")
     op.execute("DROP FUNCTION event_horizon()")
