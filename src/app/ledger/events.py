@@ -85,6 +85,9 @@ class EventFilter:
 
 ANY = EventFilter()
 _END = Cursor(2**63 - 1, 0)
+# "0-0": before every event, so the read starts from the oldest event kept. It names no event, so
+# it is never gone (a cursor naming an event the pruning took is).
+OLDEST = Cursor(0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +131,9 @@ async def head(conn: AsyncConnection) -> Cursor:
 
 
 async def exists(conn: AsyncConnection, cursor: Cursor) -> bool:
-    """Whether the event a cursor names is still kept."""
+    """Whether the event a cursor names is still kept (`OLDEST` always is: it names none)."""
+    if cursor == OLDEST:
+        return True
     rows = (await run_async(conn, queries.EVENT_EXISTS, {"xid": str(cursor.xid), "id": cursor.id})).rows
     return bool(rows[0][0])
 
