@@ -363,7 +363,8 @@ SELECT id, pg_notify('conveyor_jobs', '') FROM undone
 -- them published, in one statement, oldest due first. The mark is in the relay's transaction,
 -- which commits only once the broker took the messages: a failed publish rolls it back. (now()
 -- is the transaction's start, so the mark reads the same as one written after the publish.)
--- Jobs of tasks with limits are take_limited's; jobs of a paused queue wait for its resume.
+-- Jobs of tasks with limits are take_limited's; jobs of a paused queue wait for its resume. Each
+-- job's trace context comes along for the relay's publish span (NULL with tracing off).
 WITH due AS (
     SELECT id FROM jobs
     WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
@@ -374,9 +375,9 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 ), marked AS (
     UPDATE jobs j SET published_at = now() FROM due WHERE j.id = due.id
-    RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at
+    RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at, j.trace_context
 )
-SELECT id, task, queue, priority, run FROM marked ORDER BY available_at
+SELECT id, task, queue, priority, run, trace_context FROM marked ORDER BY available_at
 
 -- name: take_limited
 -- Takes due jobs of tasks with limits for one relay, as take_publishable does, but only as many
@@ -483,9 +484,9 @@ WITH RECURSIVE walked_keys AS (
     FOR UPDATE SKIP LOCKED
 ), marked AS (
     UPDATE jobs j SET published_at = now() FROM locked WHERE j.id = locked.id
-    RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at
+    RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at, j.trace_context
 )
-SELECT id, task, queue, priority, run FROM marked ORDER BY priority DESC, available_at
+SELECT id, task, queue, priority, run, trace_context FROM marked ORDER BY priority DESC, available_at
 
 -- name: take_dead_letters
 -- Takes dead jobs whose copy is still to go to <queue>.XQ for one relay, oldest death first, and

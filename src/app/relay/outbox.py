@@ -24,6 +24,7 @@ from functools import partial
 import psycopg
 from sqlalchemy.exc import OperationalError
 
+from app import tracing
 from app.errors import PublishFailed
 from app.ledger import flow, relays, workflows
 from app.ledger import jobs as ledger
@@ -104,7 +105,8 @@ class Relay:
             if not batch:
                 return 0
             try:
-                self.publisher.publish([(doorbell(job), job.priority) for job in batch], dead=dead)
+                with tracing.publishing(batch):  # a span in each job's trace, when tracing is on
+                    self.publisher.publish([(doorbell(job), job.priority) for job in batch], dead=dead)
             except PublishFailed:
                 metrics.BATCHES.labels("failed").inc()
                 raise
