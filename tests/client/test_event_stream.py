@@ -9,9 +9,8 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
-from conveyor_client import AsyncClient, AuthError, Client
+from conveyor_client import AsyncClient, AuthError, Client, NetworkError
 
 # One script per connection, in order: (status, the body's pieces). The body ends where the
 # server closes the connection, as a dropped stream does.
@@ -118,5 +117,5 @@ def test_a_stream_that_cannot_connect_gives_up_after_max_retries() -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    with Client(f"http://127.0.0.1:{port}") as client, pytest.raises(httpx.ConnectError):
+    with Client(f"http://127.0.0.1:{port}") as client, pytest.raises(NetworkError):
         next(iter(client.events(max_retries=2)))

@@ -38,6 +38,12 @@ def test_events_yield_the_states_of_a_job_as_it_runs(client: Client) -> None:
     assert event.job.result == {"message": "watched"}
 
 
+def test_events_after_0_0_start_from_the_oldest_event_kept(client: Client) -> None:
+    job = client.enqueue(ECHO, {"message": "from the start"}, delay_seconds=DELAY)
+    first = next(event for event in client.events(after="0-0", job=job.id))
+    assert (first.job.id, first.state) == (job.id, "queued")
+
+
 def test_events_resume_after_a_dropped_connection_missing_none_and_repeating_none(live: Stack) -> None:
     with (
         TcpProxy(("127.0.0.1", live.port)) as proxy,

@@ -15,7 +15,7 @@ from tests.support.smtp import SmtpServer
 from tests.support.stack import Stack
 
 SEND_EMAIL = "app.tasks.example.send_email"
-SERVER, CONSUMER = 2, 5  # OTLP's SpanKind numbers
+SERVER, PRODUCER, CONSUMER = 2, 4, 5  # OTLP's SpanKind numbers
 
 
 @pytest.fixture
@@ -55,9 +55,11 @@ def test_an_email_posted_over_http_is_one_trace_from_the_request_to_the_smtp_sen
     job_id = response.json()["id"]
     assert traced_stack.wait_for([job_id])[job_id]["state"] == "succeeded"
 
-    spans = receiver.wait_for(lambda spans: {"smtp send", "POST /api/v1/emails"} <= {s.name for s in spans})
+    wanted = {"smtp send", "POST /api/v1/emails", f"publish {SEND_EMAIL}"}
+    spans = receiver.wait_for(lambda spans: wanted <= {s.name for s in spans})
     request = one(spans, "conveyor-api", "POST /api/v1/emails")
     enqueue = one(spans, "conveyor-api", f"enqueue {SEND_EMAIL}")
+    publish = one(spans, "conveyor-relay", f"publish {SEND_EMAIL}")
     run = one(spans, "conveyor-worker", f"run {SEND_EMAIL}")
     send = one(spans, "conveyor-worker", "smtp send")
 
@@ -66,6 +68,13 @@ def test_an_email_posted_over_http_is_one_trace_from_the_request_to_the_smtp_sen
     assert {request.trace_id, enqueue.trace_id, run.trace_id, send.trace_id} == {request.trace_id}
     assert enqueue.parent_id == request.span_id
     assert run.parent_id == enqueue.span_id, "the run continues the context kept in the ledger"
+    assert (publish.trace_id, publish.parent_id, publish.kind) == (
+        request.trace_id,
+        enqueue.span_id,
+        PRODUCER,
+    )
+    assert publish.attributes["conveyor.job.id"] == job_id
+    assert publish.attributes["messaging.destination.name"] == "email"
     assert run.kind == CONSUMER
     assert send.parent_id == run.span_id
     assert run.attributes["conveyor.job.id"] == job_id
@@ -73,7 +82,7 @@ def test_an_email_posted_over_http_is_one_trace_from_the_request_to_the_smtp_sen
     assert run.attributes["messaging.destination.name"] == "email"
     assert send.attributes["conveyor.smtp.recipients"] == 1
     assert send.attributes["server.port"] == smtp_server.port
-    for span in (request, enqueue, run, send):
+    for span in (request, enqueue, publish, run, send):
         values = " ".join(str(v) for v in span.attributes.values())
         assert "a body no span may hold" not in values
         assert "grace@example.com" not in values

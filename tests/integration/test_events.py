@@ -259,6 +259,22 @@ def test_a_cursor_older_than_the_kept_events_is_gone_and_a_made_up_one_invalid(
     assert invalid.json()["detail"][0]["loc"] == ["query", "after"]
 
 
+def test_a_stream_from_0_0_starts_at_the_oldest_event_kept_after_a_pruning(
+    served: Stack, clean_ledger: Infra
+) -> None:
+    """`0-0` names no event, so it is never gone: it means everything the log still keeps."""
+    pruned = [post_sync(served) for _ in range(2)]
+    kept = [post_sync(served) for _ in range(2)]
+    with psycopg.connect(clean_ledger.libpq_url, autocommit=True) as conn:  # the log's first two
+        conn.execute("DELETE FROM job_events WHERE job_id = ANY(%s::uuid[])", (pruned,))
+    with events(served.base_url, full_key(), params={"after": "0-0"}) as by_query:
+        told = by_query.take(2)
+    with events(served.base_url, full_key(), headers={"Last-Event-ID": "0-0"}) as by_header:
+        same = by_header.take(2)
+    assert [e.data["id"] for e in told] == kept
+    assert [e.id for e in same] == [e.id for e in told]
+
+
 def test_the_stream_needs_a_key_that_reads(served: Stack) -> None:
     with httpx.Client(base_url=served.base_url) as client:
         assert client.get("/api/v1/events").status_code == 401

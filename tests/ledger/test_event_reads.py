@@ -9,8 +9,10 @@ import psycopg
 import pytest
 
 from app.errors import InvalidCursor
-from app.ledger import events
+from app.ledger import events, queries
 from app.ledger import jobs as ledger
+from app.ledger.connections import own_connection
+from app.ledger.event_schema import PUBLISH_APPLICATION_NAME
 from app.ledger.events import Cursor, EventFilter
 from app.ledger.jobs import NewJob
 from tests.ledger.rows import second_connection
@@ -74,6 +76,37 @@ async def test_a_long_transaction_of_this_database_holds_the_horizon_and_one_of_
         assert held.events == [], "an open transaction here could still write before it"
         here.execute("COMMIT")
     assert [e.job_id for e in (await events.read(aconn, page.next)).events] == [later.id]
+
+
+async def test_the_relays_publishing_transaction_holds_no_follower_back_and_can_write_no_event(
+    aconn: psycopg.AsyncConnection[Any], conn: psycopg.Connection[Any]
+) -> None:
+    """The relay keeps its take open until the broker confirms; the horizon passes over it,
+    which is exact only because a connection under its name can never write an event."""
+    first = new_job()
+    ledger.insert(conn, [first])
+    start = (await events.read(aconn, await events.head(aconn))).next
+    with own_connection(conn.info.dsn, PUBLISH_APPLICATION_NAME) as publishing:
+        with publishing.transaction():
+            assert [job.id for job in ledger.take_publishable(publishing, 10)] == [first.id]  # holds an xid
+            later = new_job()
+            ledger.insert(conn, [later])
+            page = await events.read(aconn, start)
+            assert [e.job_id for e in page.events] == [later.id], "the publishing transaction held it back"
+        with pytest.raises(psycopg.errors.RaiseException, match="writes no events"):
+            ledger.insert(publishing, [new_job()])
+
+
+def test_the_horizon_is_one_function_that_reads_in_its_callers_snapshot(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Both readers of the log take the horizon from `event_horizon()`, which is STABLE: a
+    VOLATILE one would take a snapshot newer than the one its caller reads the log in."""
+    for statement in (queries.READ_EVENTS, queries.FAN_OUT_EVENTS):
+        assert "event_horizon()" in statement
+        assert "pg_snapshot_xip" not in statement, "the horizon is written once, in the function"
+    volatility = conn.execute("SELECT provolatile FROM pg_proc WHERE proname = 'event_horizon'").fetchall()
+    assert volatility == [("s",)]
 
 
 async def test_pages_follow_each_other_and_filters_choose_the_events(

@@ -111,7 +111,11 @@ async def stream_events(
     job: UUID | None = None,
     workflow: UUID | None = None,
     after: Annotated[
-        str | None, Query(max_length=64, description="For clients that cannot set Last-Event-ID")
+        str | None,
+        Query(
+            max_length=64,
+            description="For clients that cannot set Last-Event-ID; `0-0`: from the oldest event kept",
+        ),
     ] = None,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> StreamingResponse:

@@ -29,10 +29,11 @@ class Outcome:
     rowcount: int
 
 
-def own_connection(conninfo: str) -> psycopg.Connection[tuple[Any, ...]]:
+def own_connection(conninfo: str, application_name: str | None = None) -> psycopg.Connection[tuple[Any, ...]]:
     """A connection a process keeps for one hot path (or a LISTEN): autocommit, so each
     statement is its own transaction unless the caller opens one, and a connect bounded in time."""
-    return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+    named: dict[str, Any] = {"application_name": application_name} if application_name else {}
+    return psycopg.connect(conninfo, autocommit=True, connect_timeout=5, **named)
 
 
 def run(

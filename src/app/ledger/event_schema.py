@@ -13,6 +13,9 @@ from app.ledger.schema import metadata
 
 # Woken (with an empty payload, which folds within a transaction) when events commit.
 EVENTS_CHANNEL = "conveyor_events"
+# The application_name of the relay's publishing connection, which never writes an event (a
+# trigger refuses it): `event_horizon()` passes over its transactions (migration 0015 says why).
+PUBLISH_APPLICATION_NAME = "conveyor-publish"
 
 
 class Xid8(UserDefinedType[int]):

@@ -5,35 +5,15 @@ change. A row's `id` comes from a sequence, handed out when the row is inserted,
 transaction commits: with two writers, the one holding id 8 may commit after the one holding
 id 9, so a reader that took "id > 8" after seeing 9 would never see 8. The log is therefore
 followed by the sort key (xid, id), where `xid` is the writing transaction's id
-(`pg_current_xact_id()`, which the insert assigns anyway), and read only below a horizon:
+(`pg_current_xact_id()`, which the insert assigns anyway), and read only below a horizon H:
 
-    WHERE (xid, id) > cursor AND xid < horizon ORDER BY xid, id
+    WHERE (xid, id) > cursor AND xid < H ORDER BY xid, id
 
-Why it is exact. Let S be the snapshot of the reading statement (`pg_current_snapshot()` is
-the statement's own snapshot; the read runs as a transaction of its own) and H its horizon.
-
-1. Every transaction that was running when S was taken and has an xid is in S's in-progress
-   list (xip), and every xid below S's xmax that is not in xip has ended. A transaction that
-   gets its xid later gets one >= xmax, since xids are handed out in increasing order.
-2. With H = the least of xip and xmax (= `pg_snapshot_xmin(S)`): every transaction with an xid below H
-   has ended, so the events below H that S sees are all the events below H there will ever be.
-   A reader that returns them in (xid, id) order and moves its cursor to the last one can never
-   later meet an event with a smaller key: one would need an xid below H.
-3. Refinement: xids are cluster-wide, so a long transaction in another database (a parallel
-   test's, a batch job's) would hold H back although it can never write this log. H leaves out
-   an xid of xip that `pg_stat_activity` shows as the current xid of a backend connected to
-   another database. That is exact: a backend stays in one database and one status slot for
-   its life; PostgreSQL reads a slot's status entry before the slot's xid; the xid is in xip,
-   so its backend held the slot since before S, and the status read comes after S (a
-   statement's snapshot is taken before it runs, and the status copy is per transaction). So
-   the entry read is that very backend's, and its database is the transaction's. An xid that
-   is not shown (a prepared transaction, a status read that missed it) is kept: that only holds
-   H back, never lets it pass a writer. (Events with an xid between H and xmax that S sees are
-   read by a later call; nothing is lost by waiting.)
-
-What holds the horizon: a transaction of this database that has an xid and stays open — a
-job's own `job.transaction()`, or an export writing its chunks — delays every event behind it
-until it ends (not only its own). Keep transactions that write the ledger short.
+The horizon is the SQL function `event_horizon()` (migration 0015_event_horizon, where the
+argument that the read is exact is written, once): every transaction with an xid below it that
+could write an event has ended. Both readers of the log use it: `read_events` here, and the
+webhooks' fan-out. A transaction of this database that has an xid and stays open delays every
+event behind it until it ends: keep transactions that write the ledger short.
 
 A cursor is "<xid>-<id>" of the last event delivered. The log is pruned as a prefix in
 (xid, id) order (retention.py), so a cursor whose event is gone is older than what is kept.
@@ -105,6 +85,9 @@ class EventFilter:
 
 ANY = EventFilter()
 _END = Cursor(2**63 - 1, 0)
+# "0-0": before every event, so the read starts from the oldest event kept. It names no event, so
+# it is never gone (a cursor naming an event the pruning took is).
+OLDEST = Cursor(0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +131,9 @@ async def head(conn: AsyncConnection) -> Cursor:
 
 
 async def exists(conn: AsyncConnection, cursor: Cursor) -> bool:
-    """Whether the event a cursor names is still kept."""
+    """Whether the event a cursor names is still kept (`OLDEST` always is: it names none)."""
+    if cursor == OLDEST:
+        return True
     rows = (await run_async(conn, queries.EVENT_EXISTS, {"xid": str(cursor.xid), "id": cursor.id})).rows
     return bool(rows[0][0])
 

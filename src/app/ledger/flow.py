@@ -55,7 +55,7 @@ def take_limited(
         "keys": [key for _, key in named],
     }
     rows = run(conn, queries.TAKE_LIMITED, params, prepare=True).rows
-    return [Publishable(id=r[0], task=r[1], queue=r[2], priority=r[3], run=r[4]) for r in rows]
+    return [Publishable(r[0], r[1], r[2], r[4], priority=r[3], trace_context=r[5]) for r in rows]
 
 
 async def pause_queue(conn: AsyncConnection, queue: str) -> None:

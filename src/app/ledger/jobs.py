@@ -95,6 +95,7 @@ class Publishable:
     queue: str
     run: int
     priority: int = 0
+    trace_context: str | None = None  # the job's, for the publish's span (jobs.trace_context)
 
 
 # Takes up to `limit` rows for the relay to publish, marked published in the caller's transaction.
@@ -307,7 +308,7 @@ def job_client(conn: SyncConnection, job_id: UUID) -> tuple[bool, str | None]:
 def take_publishable(conn: SyncConnection, limit: int) -> list[Publishable]:
     """Due jobs to publish, oldest due first, marked published in the caller's transaction."""
     rows = run(conn, queries.TAKE_PUBLISHABLE, {"limit": limit}, prepare=True).rows
-    return [Publishable(id=r[0], task=r[1], queue=r[2], priority=r[3], run=r[4]) for r in rows]
+    return [Publishable(r[0], r[1], r[2], r[4], priority=r[3], trace_context=r[5]) for r in rows]
 
 
 def take_dead_letters(conn: SyncConnection, limit: int) -> list[Publishable]:

@@ -363,7 +363,8 @@ SELECT id, pg_notify('conveyor_jobs', '') FROM undone
 -- them published, in one statement, oldest due first. The mark is in the relay's transaction,
 -- which commits only once the broker took the messages: a failed publish rolls it back. (now()
 -- is the transaction's start, so the mark reads the same as one written after the publish.)
--- Jobs of tasks with limits are take_limited's; jobs of a paused queue wait for its resume.
+-- Jobs of tasks with limits are take_limited's; jobs of a paused queue wait for its resume. Each
+-- job's trace context comes along for the relay's publish span (NULL with tracing off).
 WITH due AS (
     SELECT id FROM jobs
     WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND available_at <= now()
@@ -374,9 +375,9 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 ), marked AS (
     UPDATE jobs j SET published_at = now() FROM due WHERE j.id = due.id
-    RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at
+    RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at, j.trace_context
 )
-SELECT id, task, queue, priority, run FROM marked ORDER BY available_at
+SELECT id, task, queue, priority, run, trace_context FROM marked ORDER BY available_at
 
 -- name: take_limited
 -- Takes due jobs of tasks with limits for one relay, as take_publishable does, but only as many
@@ -483,9 +484,9 @@ WITH RECURSIVE walked_keys AS (
     FOR UPDATE SKIP LOCKED
 ), marked AS (
     UPDATE jobs j SET published_at = now() FROM locked WHERE j.id = locked.id
-    RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at
+    RETURNING j.id, j.task, j.queue, j.priority, j.run, j.available_at, j.trace_context
 )
-SELECT id, task, queue, priority, run FROM marked ORDER BY priority DESC, available_at
+SELECT id, task, queue, priority, run, trace_context FROM marked ORDER BY priority DESC, available_at
 
 -- name: take_dead_letters
 -- Takes dead jobs whose copy is still to go to <queue>.XQ for one relay, oldest death first, and
@@ -919,25 +920,16 @@ ORDER BY w.created_at, w.id
 DELETE FROM webhooks WHERE id = %(id)s RETURNING url
 
 -- name: fan_out_events
--- One step of the fan-out: the events after the mark, below the horizon (read_events' horizon,
--- proved exact in app/ledger/events.py: no transaction that could still write an event sorting
+-- One step of the fan-out: the events after the mark, below the horizon (`event_horizon()`,
+-- proved exact in migration 0015: no transaction that could still write an event sorting
 -- before them is open), become one delivery per
 -- matching subscription, and the mark moves past them, in this one statement. Skipped (zero
 -- rows in `mark`) while another relay holds the mark. A subscription gets the events made
 -- after it; `data` is the job as it is now, with the state and attempt of the event.
 WITH mark AS (
     SELECT xid, event_id FROM webhook_fanout WHERE name = 'events' FOR UPDATE SKIP LOCKED
-), snapshot AS (
-    SELECT pg_current_snapshot() AS s
-), elsewhere AS (
-    SELECT a.backend_xid AS x FROM pg_stat_activity a
-    WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL
-      AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
 ), horizon AS (
-    SELECT coalesce(
-        (SELECT min(x) FROM snapshot, pg_snapshot_xip(snapshot.s) AS x
-         WHERE xid(x) NOT IN (SELECT x FROM elsewhere)),
-        (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS h
+    SELECT event_horizon() AS h
 ), batch AS (
     SELECT e.id, e.xid, e.at, e.job_id, e.task, e.queue, e.state, e.attempt
     FROM mark, horizon, job_events AS e
@@ -1140,22 +1132,13 @@ DELETE FROM dashboard_sessions WHERE id_hash = ANY(ARRAY(
 
 -- name: read_events
 -- The events after the cursor (%(after_xid)s, %(after_id)s) in (xid, id) order that no open
--- transaction can still precede: xid below the horizon of this statement's own snapshot (the
--- smallest xid it sees in progress, leaving out those a backend of another database holds, else
--- its xmax; app/ledger/events.py proves it exact). Filters are NULL for any. Every row carries the
+-- transaction can still precede: xid below `event_horizon()` of this statement's own snapshot
+-- (the smallest xid it sees in progress of a transaction that may write events, else its xmax;
+-- migration 0015 defines it and proves it exact). Filters are NULL for any. Every row carries the
 -- horizon and whether events are held above it; a row with a NULL id says there is no event to
 -- read. Run as a transaction of its own.
-WITH snapshot AS (
-    SELECT pg_current_snapshot() AS s
-), elsewhere AS (
-    SELECT a.backend_xid AS x FROM pg_stat_activity a
-    WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL
-      AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
-), horizon AS (
-    SELECT coalesce(
-        (SELECT min(x) FROM snapshot, pg_snapshot_xip(snapshot.s) AS x
-         WHERE xid(x) NOT IN (SELECT x FROM elsewhere)),
-        (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS h
+WITH horizon AS (
+    SELECT event_horizon() AS h
 ), held AS (
     -- Whether events it sees are held back above the horizon (a reader then looks again soon:
     -- the transaction holding them may end without an event, and so without a wake).

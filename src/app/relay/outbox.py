@@ -24,11 +24,13 @@ from functools import partial
 import psycopg
 from sqlalchemy.exc import OperationalError
 
+from app import tracing
 from app.errors import PublishFailed
 from app.ledger import flow, relays, workflows
 from app.ledger import jobs as ledger
 from app.ledger.connections import own_connection
 from app.ledger.engines import sync_engine
+from app.ledger.event_schema import PUBLISH_APPLICATION_NAME
 from app.ledger.schema import NOTIFY_CHANNEL, SLOT_FREED, SLOT_FREED_OF
 from app.logs import Outage, get_logger
 from app.relay import deadletters, metrics
@@ -103,7 +105,8 @@ class Relay:
             if not batch:
                 return 0
             try:
-                self.publisher.publish([(doorbell(job), job.priority) for job in batch], dead=dead)
+                with tracing.publishing(batch):  # a span in each job's trace, when tracing is on
+                    self.publisher.publish([(doorbell(job), job.priority) for job in batch], dead=dead)
             except PublishFailed:
                 metrics.BATCHES.labels("failed").inc()
                 raise
@@ -161,9 +164,12 @@ class Relay:
 
     def _ledger(self) -> psycopg.Connection[tuple[object, ...]]:
         """The publishing loop's own connection: a round trip per statement, prepared, no pool
-        (a pooled checkout cost a ping, and the loop runs once per accepted batch)."""
+        (a pooled checkout cost a ping, and the loop runs once per accepted batch). It only takes
+        and marks jobs, never writes an event, and is named so: its transaction, open while the
+        broker confirms, would otherwise hold back every event committed meanwhile from the
+        followers (the event horizon passes over it, migration 0015)."""
         if self._conn is None or self._conn.closed:
-            self._conn = own_connection(self.settings.libpq_url)
+            self._conn = own_connection(self.settings.libpq_url, PUBLISH_APPLICATION_NAME)
         return self._conn
 
     def _forget_ledger(self) -> None:

@@ -12,10 +12,11 @@ SDK lives in `_export`, imported by `start` alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
 
 from app.settings import get_settings
 
@@ -79,6 +80,27 @@ def enqueuing(task: str | None, count: int = 1) -> AbstractContextManager[Any]:
     if count != 1:
         attributes["messaging.batch.message_count"] = count
     return _span("enqueue" if task is None else f"enqueue {task}", "PRODUCER", attributes)
+
+
+class Published(Protocol):
+    """What the relay's publish span needs of a job (app.ledger.jobs.Publishable)."""
+
+    @property
+    def id(self) -> UUID: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def trace_context(self) -> str | None: ...
+
+
+def publishing(jobs: Sequence[Published]) -> AbstractContextManager[Any]:
+    """The relay's publish of a batch, as a span in each job's trace (a child of the span that
+    made it; jobs made without one get none), from the take to the broker's confirm."""
+    if not enabled():
+        return _NOTHING
+    return _publishing([job for job in jobs if job.trace_context], len(jobs))
 
 
 def sending_mail(server: str, port: int, recipients: int) -> AbstractContextManager[Any]:
@@ -188,3 +210,32 @@ def _span(name: str, kind: str, attributes: dict[str, Any]) -> Iterator[Span]:
         except BaseException as error:
             _failed(span, error)
             raise
+
+
+@contextmanager
+def _publishing(jobs: Sequence[Published], count: int) -> Iterator[None]:
+    from opentelemetry import trace
+
+    tracer = tracer_of_conveyor()
+    spans = [
+        tracer.start_span(
+            f"publish {job.task}",
+            context=decode(job.trace_context),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "conveyor.job.id": str(job.id),
+                "messaging.destination.name": job.queue,
+                "messaging.batch.message_count": count,
+            },
+        )
+        for job in jobs
+    ]
+    try:
+        yield
+    except BaseException as error:
+        for span in spans:
+            _failed(span, error)
+        raise
+    finally:
+        for span in spans:
+            span.end()

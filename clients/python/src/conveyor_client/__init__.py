@@ -11,6 +11,7 @@ from conveyor_client._errors import (
     Conflict,
     ConveyorError,
     Gone,
+    NetworkError,
     NotFound,
     RateLimited,
     ServerError,
@@ -18,9 +19,11 @@ from conveyor_client._errors import (
     ValidationFailed,
 )
 from conveyor_client._models import TERMINAL_STATES, Event
+from conveyor_client._sse import OLDEST
 
 __version__ = "0.1.0"
 __all__ = [
+    "OLDEST",
     "TERMINAL_STATES",
     "AsyncClient",
     "AsyncJob",
@@ -32,6 +35,7 @@ __all__ = [
     "Event",
     "Gone",
     "Job",
+    "NetworkError",
     "NotFound",
     "RateLimited",
     "ServerError",

@@ -95,11 +95,9 @@ class Client:
     ) -> Job:
         """Enqueues a job of `task` (`POST /api/v1/jobs`); `.duplicate` is true when the
         idempotency or unique key named a job that was there already."""
-        body = common.job_body(
-            task, payload, delay_seconds=delay_seconds, priority=priority, unique_key=unique_key
-        )
-        answer = self._call("POST", common.JOBS, json=body, headers=common.idempotency(idempotency_key))
-        return self._job(answer)
+        options = common.JobOptions(delay_seconds, priority, idempotency_key, unique_key)
+        call = common.enqueue_call(task, payload, options)
+        return self._job(self._send(call))
 
     def enqueue_many(
         self,
@@ -113,14 +111,9 @@ class Client:
     ) -> list[Job]:
         """Enqueues a job of `task` per payload in one request, all or none (`POST
         /api/v1/jobs/batch`, at most MAX_BATCH_JOBS); the jobs in the payloads' order."""
-        jobs = [
-            common.job_body(task, p, delay_seconds=delay_seconds, priority=priority, unique_key=unique_key)
-            for p in payloads
-        ]
-        answer = self._call(
-            "POST", f"{common.JOBS}/batch", json={"jobs": jobs}, headers=common.idempotency(idempotency_key)
-        )
-        return [self._job(job) for job in answer["jobs"]]
+        options = common.JobOptions(delay_seconds, priority, idempotency_key, unique_key)
+        call = common.enqueue_many_call(task, payloads, options)
+        return [self._job(job) for job in self._send(call)["jobs"]]
 
     def get(self, job_id: str) -> Job:
         return self._job(self._view(job_id))
@@ -128,11 +121,11 @@ class Client:
     def cancel(self, job_id: str) -> Job:
         """Cancels the job: at once if it has not started, else its worker is asked to stop it
         (the job answered is then still running; `wait` for its end)."""
-        return self._job(self._call("POST", f"{common.JOBS}/{job_id}/cancel"))
+        return self._job(self._send(common.action_call(job_id, "cancel")))
 
     def replay(self, job_id: str) -> Job:
         """Runs a dead job again, from its first attempt; `Conflict` if it is not dead."""
-        return self._job(self._call("POST", f"{common.JOBS}/{job_id}/replay"))
+        return self._job(self._send(common.action_call(job_id, "replay")))
 
     # -- events ----------------------------------------------------------------------------
 
@@ -147,47 +140,42 @@ class Client:
         max_retries: int | None = common.EVENTS_MAX_RETRIES,
     ) -> Iterator[Event[Job]]:
         """The job changes the key may see, as they happen (`GET /api/v1/events`), from after the
-        event `after` (an `Event.id`) or from now. A dropped connection is made again with
-        backoff, resuming after the last event; `max_retries` failed connections in a row end
-        the iteration with the last error (None: never)."""
-        params = common.query(task=task, job=job, workflow=workflow)
+        event `after` (an `Event.id`; `OLDEST`, "0-0": from the oldest event the API keeps) or
+        from now. A dropped connection is made again with backoff, resuming after the last
+        event; `max_retries` failed connections in a row end the iteration with the last error
+        (a `NetworkError`, or the API's refusal; None: never)."""
+        call = common.events_call(
+            {"task": task, "job": job, "workflow": workflow}, self.timeout, idle_timeout
+        )
         resumption = Resumption(after, max_retries)
-        timeout = httpx.Timeout(self.timeout, read=idle_timeout)
         while True:
-            error: BaseException | None = None
+            error: ConveyorError | None = None
             retry_after: float | None = None
             try:
-                with self._http.stream(
-                    "GET", common.EVENTS, params=params, headers=resumption.headers(), timeout=timeout
-                ) as response:
+                headers = resumption.headers()
+                with self._http.stream(call.method, call.path, headers=headers, **call.options()) as response:
                     if not response.is_success:
                         response.read()
                         raise common.refusal(response)
                     decoder = Decoder()
                     for line in response.iter_lines():
-                        sent = decoder.feed(line)
-                        resumption.server_delay = decoder.retry_seconds or resumption.server_delay
-                        if sent is not None and resumption.fresh(sent):
+                        if (sent := resumption.take(decoder, line)) is not None:
                             yield self._event(sent.id, sent.event, sent.data)
-            except httpx.TransportError as dropped:
-                error = dropped
-            except ConveyorError as refused:
-                if refused.status not in common.RETRYABLE:
-                    raise
-                error, retry_after = refused, getattr(refused, "retry_after", None)
+            except (httpx.RequestError, ConveyorError) as failed:
+                error, retry_after = common.stream_failure(failed)
             time.sleep(resumption.delay(error, retry_after))
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return common.answer(self._http.request(method, path, **kwargs))
+    def _send(self, call: common.Call) -> Any:
+        try:
+            response = self._http.request(call.method, call.path, **call.options())
+        except httpx.RequestError as error:
+            raise common.network_error(error) from error
+        return common.answer(response)
 
     def _view(self, job_id: str, wait_seconds: int | None = None) -> dict[str, Any]:
-        if wait_seconds is None:
-            return dict(self._call("GET", f"{common.JOBS}/{job_id}"))
-        params = {"wait_seconds": wait_seconds}
-        timeout = self.timeout + wait_seconds
-        return dict(self._call("GET", f"{common.JOBS}/{job_id}", params=params, timeout=timeout))
+        return dict(self._send(common.view_call(job_id, wait_seconds, self.timeout)))
 
     def _job(self, view: Mapping[str, Any]) -> Job:
         job = Job(client=self, **parse_view(view))

@@ -1,15 +1,17 @@
-"""What the blocking and the asyncio clients share: bodies, answers, and the waiting policy."""
+"""What the blocking and the asyncio clients share: the requests (`Call`), the answers and
+errors, and the waiting policy. Each client only sends a `Call` its own way (`_send`)."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from conveyor_client._errors import ConveyorError, error_for
+from conveyor_client._errors import ConveyorError, NetworkError, error_for
 
 Payload = Mapping[str, Any]
 JOBS = "/api/v1/jobs"
@@ -52,6 +54,97 @@ def job_body(
 
 def idempotency(key: str | None) -> dict[str, str]:
     return {} if key is None else {"idempotency-key": key}
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request, as both clients send it: `httpx.Client.request(method, path, **options())`."""
+
+    method: str
+    path: str
+    json: Any = None
+    params: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] | None = None
+    timeout: float | httpx.Timeout | None = None  # None: the client's own
+
+    def options(self) -> dict[str, Any]:
+        given = {"json": self.json, "params": self.params, "headers": self.headers, "timeout": self.timeout}
+        return {name: value for name, value in given.items() if value is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """The options of an enqueue besides the task and payload."""
+
+    delay_seconds: int | None
+    priority: int | None
+    idempotency_key: str | None
+    unique_key: str | None
+
+    def body(self, task: str, payload: Payload | None) -> dict[str, Any]:
+        return job_body(
+            task,
+            payload,
+            delay_seconds=self.delay_seconds,
+            priority=self.priority,
+            unique_key=self.unique_key,
+        )
+
+
+def enqueue_call(task: str, payload: Payload | None, options: JobOptions) -> Call:
+    """`POST /api/v1/jobs`: one job."""
+    headers = idempotency(options.idempotency_key)
+    return Call("POST", JOBS, json=options.body(task, payload), headers=headers)
+
+
+def enqueue_many_call(task: str, payloads: Sequence[Payload], options: JobOptions) -> Call:
+    """`POST /api/v1/jobs/batch`: a job per payload, all or none."""
+    jobs = [options.body(task, payload) for payload in payloads]
+    return Call("POST", f"{JOBS}/batch", json={"jobs": jobs}, headers=idempotency(options.idempotency_key))
+
+
+def view_call(job_id: str, wait_seconds: int | None, timeout: float) -> Call:
+    """`GET /api/v1/jobs/{id}`, with a wait when `wait_seconds` is given (the request's timeout
+    then gets the wait on top)."""
+    if wait_seconds is None:
+        return Call("GET", f"{JOBS}/{job_id}")
+    return Call(
+        "GET", f"{JOBS}/{job_id}", params={"wait_seconds": wait_seconds}, timeout=timeout + wait_seconds
+    )
+
+
+def action_call(job_id: str, action: str) -> Call:
+    """`POST /api/v1/jobs/{id}/{action}` (`cancel`, `replay`)."""
+    return Call("POST", f"{JOBS}/{job_id}/{action}")
+
+
+def events_call(filters: Mapping[str, str | None], timeout: float, idle_timeout: float) -> Call:
+    """`GET /api/v1/events` (its `Last-Event-ID` is the resumption's, per connection)."""
+    return Call("GET", EVENTS, params=query(**filters), timeout=httpx.Timeout(timeout, read=idle_timeout))
+
+
+def network_error(error: httpx.RequestError) -> NetworkError:
+    """The client's error for a request that got no answer (or an unreadable one)."""
+    timed_out = isinstance(error, httpx.TimeoutException)
+    try:
+        where = f" from {error.request.method} {error.request.url}"
+    except RuntimeError:  # an error raised before its request was made
+        where = ""
+    failure = NetworkError(
+        f"no answer{' in time' if timed_out else ''}{where}: {error!r}", timed_out=timed_out
+    )
+    failure.__cause__ = error
+    return failure
+
+
+def stream_failure(error: Exception) -> tuple[ConveyorError, float | None]:
+    """Why an event stream's connection ended, if another is worth making (and how soon at the
+    earliest, when the API said); the error raised again otherwise."""
+    if isinstance(error, httpx.RequestError):
+        return network_error(error), None
+    if isinstance(error, ConveyorError) and error.status in RETRYABLE:
+        return error, getattr(error, "retry_after", None)
+    raise error
 
 
 def answer(response: httpx.Response) -> Any:

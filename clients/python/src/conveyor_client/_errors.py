@@ -7,8 +7,9 @@ from typing import Any
 
 
 class ConveyorError(Exception):
-    """Raised when the API refuses a request; `.status` is the HTTP status, `.detail` the API's
-    `detail` (a message, or a list of field errors for a 422)."""
+    """Raised when a request fails: the API refused it (`.status` is the HTTP status, `.detail`
+    the API's `detail`: a message, or a list of field errors for a 422), or no answer came
+    (`NetworkError`, status 0)."""
 
     def __init__(self, status: int, detail: Any, body: Any = None, headers: Mapping[str, str] | None = None):
         super().__init__(f"{status}: {detail}")
@@ -16,6 +17,16 @@ class ConveyorError(Exception):
         self.detail = detail
         self.body = body
         self.headers: Mapping[str, str] = headers or {}
+
+
+class NetworkError(ConveyorError):
+    """Raised when no answer came: the API could not be reached, the connection broke, or the
+    answer took longer than the timeout (`.timed_out`). `.status` is 0, `.detail` says what
+    failed, and the httpx error it stands for is its `__cause__`."""
+
+    def __init__(self, detail: str, *, timed_out: bool = False) -> None:
+        super().__init__(0, detail)
+        self.timed_out = timed_out
 
 
 class BadRequest(ConveyorError):

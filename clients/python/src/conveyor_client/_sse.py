@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from conveyor_client._errors import NetworkError
+
+# The cursor before every event: `events(after=OLDEST)` starts from the oldest event the API keeps.
+OLDEST = "0-0"
+
 
 @dataclass(frozen=True)
 class ServerSentEvent:
@@ -84,14 +89,20 @@ class Resumption:
         self._remember(event.id)
         return True
 
+    def take(self, decoder: Decoder, line: str) -> ServerSentEvent | None:
+        """The event a line completes, if it is new (see `fresh`)."""
+        sent = decoder.feed(line)
+        self.server_delay = decoder.retry_seconds or self.server_delay
+        return sent if sent is not None and self.fresh(sent) else None
+
     def delay(self, error: BaseException | None, retry_after: float | None = None) -> float:
-        """Seconds to wait before connecting again; raises `error` (or ConnectionError) once
+        """Seconds to wait before connecting again; raises `error` (or a NetworkError) once
         `max_retries` connections in a row have failed."""
         self.failures += 1
         if self.max_retries is not None and self.failures > self.max_retries:
             if error is not None:
                 raise error
-            raise ConnectionError(f"the event stream closed {self.failures - 1} times in a row")
+            raise NetworkError(f"the event stream closed {self.failures - 1} times in a row")
         backoff = min(self.FIRST_DELAY * 2 ** (self.failures - 1), self.MAX_DELAY)
         return float(max(backoff, retry_after or 0.0, self.server_delay or 0.0))
 

@@ -4,7 +4,7 @@
   (`pg_current_xact_id()`), `at` the wall clock at the insert. Readers follow the log by the
   sort key (xid, id), never by id alone: ids are handed out in insert order, not commit order,
   so a reader taking "id > cursor" could pass an event whose transaction commits later
-  (app/ledger/events.py has the argument). `client_id` is copied from the job (per-client
+  (app/ledger/events.py and migration 0015 have the argument). `client_id` is copied from the job (per-client
   visibility); `workflow_id` is for workflows (NULL until they fill it). No foreign key to
   `jobs`: the log keeps a job's events after the job is pruned, and is pruned by its own age.
 - `ix_job_events_cursor` (xid, id): the readers' walk and the pruning's; `ix_job_events_job`,
