@@ -24,7 +24,10 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production", "test"] = "development"
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/conveyor"
+    # Several RabbitMQ nodes separated by `;`, tried in order (again after a node is lost).
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # quorum: every queue replicated over the cluster (no priorities before RabbitMQ 4).
+    broker_queue_type: Literal["classic", "quorum"] = "classic"
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
