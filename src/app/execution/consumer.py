@@ -322,7 +322,8 @@ class ClaimingBroker(RabbitmqBroker):
         hold_seconds: float,
         queue_type: str | None = None,
     ) -> None:
-        super().__init__(url=url, confirm_delivery=True, max_priority=max_priority, middleware=middleware)
+        nodes = rabbitmq.node_urls(url)
+        super().__init__(url=nodes, confirm_delivery=True, max_priority=max_priority, middleware=middleware)
         self.parameters = rabbitmq.node_parameters(url, heartbeat=heartbeat_seconds)
         self.queue_type = rabbitmq.queue_type(queue_type)
         self.claims = claims
