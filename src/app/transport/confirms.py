@@ -111,6 +111,10 @@ class ConfirmingPublisher:
             self._confirmed += 1
             self._acked.discard(self._confirmed)
         self._acked = {t for t in self._acked if t > self._confirmed}
+        if self._confirmed >= self._published and self._connection is not None:
+            # The acknowledgements reach this callback of the wrapped channel, which the
+            # blocking connection does not count as an event: wake `_settle` up at once.
+            self._connection.add_callback_threadsafe(_nothing)
 
     def _declare(self, channel: BlockingChannel, queue: str) -> None:
         if queue not in self._declared:
@@ -158,6 +162,10 @@ class ConfirmingPublisher:
         if connection is not None and connection.is_open:
             with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                 connection.close()
+
+
+def _nothing() -> None:
+    """A wake-up: `process_data_events` returns once a callback ran."""
 
 
 class TxPublisher(ConfirmingPublisher):
