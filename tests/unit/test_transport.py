@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
+from pydantic import ValidationError
+
 from app.errors import QueueTypeMismatch
 from app.execution.consumer import ClaimingBroker
 from app.jobs.registry import MAX_PRIORITY
+from app.settings import Settings
 from app.transport import rabbitmq
 
 NODES = "amqp://u:p@a:5672/%2F;amqp://u:p@b:5673/;  amqp://u:p@c:5674/v ;"
@@ -54,3 +58,13 @@ def test_a_type_mismatch_names_the_queue_the_setting_and_the_way_out() -> None:
     assert "'email'" in message
     assert "BROKER_QUEUE_TYPE=quorum" in message
     assert "new vhost" in message
+
+
+def test_production_refuses_a_development_password_on_any_node_of_the_list() -> None:
+    nodes = "amqp://conveyor:a-long-secret@a:5672/;amqp://guest:guest@b:5672/"
+    with pytest.raises(ValidationError, match="BROKER_URL has no password or a development one"):
+        Settings(
+            environment="production",
+            broker_url=nodes,
+            database_url="postgresql+psycopg://conveyor:a-long-secret@db/conveyor",
+        )
