@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.cluster import CTL, EPMD_PORT, Cluster  # noqa: E402
 
-RATE = re.compile(r"^\s*conveyor\s.*?([\d,]+)\s+jobs/s", re.MULTILINE)
+DRAIN = re.compile(r"^drain: conveyor: ([\d,]+) jobs/s", re.MULTILINE)
+RELAY = re.compile(r"relay published at ([\d,]+) jobs/s")
 
 
 def drain(jobs: int, env: dict[str, str]) -> str:
@@ -40,7 +41,7 @@ def drain(jobs: int, env: dict[str, str]) -> str:
     print(done.stdout, done.stderr, sep="\n", flush=True)
     if done.returncode != 0:
         raise SystemExit(f"bench/drain.py failed ({done.returncode})")
-    return done.stdout
+    return done.stdout + done.stderr
 
 
 def main() -> None:
@@ -73,10 +74,11 @@ def main() -> None:
             outputs["3-node quorum cluster"].append(drain(opts.jobs, on_cluster))
     finally:
         cluster.stop()
-    print("=== summary: the drain tables above, side by side ===")
+    print("=== summary (jobs/s; every round) ===")
     for label, texts in outputs.items():
-        rates = [m.group(1) for text in texts for m in RATE.finditer(text)]
-        print(f"{label:<24} {', '.join(rates) or 'see the tables above'}")
+        drains = ", ".join(m.group(1) for text in texts for m in DRAIN.finditer(text))
+        relays = ", ".join(m.group(1) for text in texts for m in RELAY.finditer(text))
+        print(f"{label:<24} drain {drains or '?'}   relay publish {relays or '?'}")
 
 
 if __name__ == "__main__":
