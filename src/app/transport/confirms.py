@@ -94,7 +94,7 @@ class ConfirmingPublisher:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.close()
-                raise PublishFailed(f"RabbitMQ confirmed no batch within {TIMEOUT_SECONDS:.0f} s")
+                raise PublishFailed(f"RabbitMQ did not confirm the batch within {TIMEOUT_SECONDS:.0f} s")
             self._connection.process_data_events(time_limit=min(left, 1.0))
         self._connection.process_data_events(0)  # dispatches returns that came before the acks
 
