@@ -13,7 +13,7 @@ from app.transport import rabbitmq
 from tests.cluster.conftest import OnCluster
 from tests.support.faults import EFFECT_TASK, post_many
 
-JOBS = 400
+JOBS = 400  # at 0.05 s each on 8 threads: a drain of 2.5 s at least, killed a tenth in
 
 
 def drained(on_cluster: OnCluster, ids: list[str]) -> None:
@@ -56,7 +56,7 @@ def test_the_queue_leader_killed_mid_drain_loses_no_job_and_doubles_no_effect(on
     assert on_cluster.cluster.leader("default", on_cluster.vhost) == 2
     on_cluster.start()
     on_cluster.start_worker()
-    ids = post_many(on_cluster.stack.base_url, EFFECT_TASK, [{"sleep_seconds": 0.02}] * JOBS)
+    ids = post_many(on_cluster.stack.base_url, EFFECT_TASK, [{"sleep_seconds": 0.05}] * JOBS)
     probe, recovery = kill_mid_drain(on_cluster, 2, ids)
     drained(on_cluster, ids + probe)
     assert on_cluster.cluster.leader("default", on_cluster.vhost) != 2
@@ -68,7 +68,7 @@ def test_the_node_the_worker_and_relay_use_killed_mid_drain_loses_no_job_and_dou
 ) -> None:
     on_cluster.start()
     on_cluster.start_worker()
-    ids = post_many(on_cluster.stack.base_url, EFFECT_TASK, [{"sleep_seconds": 0.02}] * JOBS)
+    ids = post_many(on_cluster.stack.base_url, EFFECT_TASK, [{"sleep_seconds": 0.05}] * JOBS)
     probe, recovery = kill_mid_drain(on_cluster, 0, ids)
     drained(on_cluster, ids + probe)
     print(f"connected node killed: a job posted after the kill succeeded {recovery:.1f} s after it")
