@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -54,7 +55,8 @@ def libpq_url(database: str) -> str:
 
 
 def broker_url(vhost: str) -> str:
-    return f"{AMQP_BASE}/{quote(vhost, safe='')}"
+    """The vhost on every node of BENCH_AMQP_BASE (`;`-separated for a cluster)."""
+    return ";".join(f"{base.rstrip('/')}/{quote(vhost, safe='')}" for base in AMQP_BASE.split(";"))
 
 
 def pg_connect(url: str, timeout: float = 120.0) -> psycopg.Connection[tuple[object, ...]]:
@@ -187,10 +189,13 @@ def create_database(name: str) -> None:
 
 def rabbitmqctl(*args: str, attempts: int = 10) -> None:
     """Run rabbitmqctl, waiting out a broker that is restarting (the fault tests restart it)."""
-    exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    # BENCH_RABBITMQCTL: another command line for it (a cluster's node and cookie, bench/cluster.py).
+    exe = shlex.split(os.environ.get("BENCH_RABBITMQCTL", "")) or [
+        shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    ]
     for attempt in range(attempts):
         try:
-            subprocess.run([exe, "-q", *args], check=True, capture_output=True, timeout=120)
+            subprocess.run([*exe, "-q", *args], check=True, capture_output=True, timeout=120)
             return
         except subprocess.CalledProcessError as error:
             output = (error.stderr or b"") + (error.stdout or b"")
@@ -233,7 +238,7 @@ def queue_depth(url: str, queue: str, patience: float = 60.0) -> int:
     deadline = time.monotonic() + patience
     while True:
         try:
-            connection = pika.BlockingConnection(pika.URLParameters(url))
+            connection = pika.BlockingConnection([pika.URLParameters(u) for u in url.split(";")])
         except pika.exceptions.AMQPConnectionError:
             if time.monotonic() > deadline:
                 raise
@@ -357,6 +362,8 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "BROKER_", "LOG_"))}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH", "")]))
     env["PYTHONUNBUFFERED"] = "1"
+    if os.environ.get("BENCH_QUEUE_TYPE"):
+        env["BROKER_QUEUE_TYPE"] = os.environ["BENCH_QUEUE_TYPE"]
     env.update(extra)
     return env
 

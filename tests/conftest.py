@@ -68,6 +68,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             ("ledger", "integration"),
             ("e2e", "e2e"),
             ("faults", "faults"),
+            ("cluster", "faults"),
         )
         for folder, marker in folders:
             if folder in path.parts:

@@ -84,6 +84,20 @@ class PublishFailed(ConveyorError):
     """Raised when RabbitMQ did not take every message of a batch; none of it counts as published."""
 
 
+class QueueTypeMismatch(ConveyorError):
+    """Raised when RabbitMQ refuses to declare a queue because it exists with another type."""
+
+    def __init__(self, queue: str, wanted: str, reply: str) -> None:
+        super().__init__(
+            f"RabbitMQ refused to declare queue {queue!r} as {wanted} (BROKER_QUEUE_TYPE={wanted}): "
+            f"it exists with other arguments ({reply}). A queue's type cannot change in place: "
+            f"point BROKER_URL at a new vhost (rabbitmqctl add_vhost …), let every process use it, "
+            f"and drain or delete the old one; or set BROKER_QUEUE_TYPE back to what the queue is."
+        )
+        self.queue = queue
+        self.wanted = wanted
+
+
 class UnstorableInput(ConveyorError):
     """Raised when input holds a value the ledger cannot store (a NUL character in a string, an
     integer past 64 bits)."""

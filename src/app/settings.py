@@ -24,7 +24,10 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production", "test"] = "development"
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/conveyor"
+    # Several RabbitMQ nodes separated by `;`, tried in order (again after a node is lost).
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # quorum: every queue replicated over the cluster (no priorities before RabbitMQ 4).
+    broker_queue_type: Literal["classic", "quorum"] = "classic"
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
@@ -182,13 +185,14 @@ class Settings(BaseSettings):
             problems.append("KEYS_SECRET is shorter than 32 characters (or leave it empty: one is generated)")
         if self.keys_secret.get_secret_value() in PUBLISHED_SECRETS:
             problems.append("KEYS_SECRET is a value published in Conveyor's repository")
-        for name, url in (("DATABASE_URL", self.database_url), ("BROKER_URL", self.broker_url)):
-            if (urlsplit(url).password or "") in DEVELOPMENT_PASSWORDS:
+        nodes = [url for url in self.broker_url.split(";") if url.strip()]  # a cluster: every node
+        for name, url in (("DATABASE_URL", self.database_url), *(("BROKER_URL", node) for node in nodes)):
+            if (urlsplit(url.strip()).password or "") in DEVELOPMENT_PASSWORDS:
                 problems.append(f"{name} has no password or a development one")
         if self.diagnostic_tasks:
             problems.append("DIAGNOSTIC_TASKS is on (fault-test tasks)")
         if problems:
-            raise ValueError("refusing to start in production: " + "; ".join(problems))
+            raise ValueError("refusing to start in production: " + "; ".join(dict.fromkeys(problems)))
         return self
 
     @property

@@ -48,6 +48,7 @@ def build_broker(url: str) -> Broker:
         claims=ledger,
         max_priority=MAX_PRIORITY,
         heartbeat_seconds=settings.amqp_heartbeat_seconds,
+        queue_type=settings.broker_queue_type,
         hold_seconds=settings.worker_hold_seconds,
     )
 

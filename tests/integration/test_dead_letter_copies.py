@@ -11,6 +11,7 @@ from dramatiq.common import xq_name
 
 from app.ledger.engines import sync_engine
 from app.relay import deadletters
+from app.transport import rabbitmq
 from tests.support import broker
 from tests.support.infra import Infra
 from tests.support.seed import amqp_channel, declare_queues
@@ -42,7 +43,7 @@ def remaining(infra: Infra) -> list[tuple[str, int]]:
             method, _, body = channel.basic_get(xq_name("default"), auto_ack=False)
             if method is None:
                 break
-            run = deadletters.run_of(body)
+            run = rabbitmq.run_of(body)
             assert run is not None
             found.append(run)
     return found

@@ -10,7 +10,8 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 
-from app.operate import amqp, health
+from app import transport
+from app.operate import health
 from app.operate.gauges import StateCollector
 from app.settings import Settings, get_settings
 from tests.support.exposition import UUID_PATTERN, Samples, parse, value
@@ -124,7 +125,7 @@ def test_an_unreachable_broker_drops_its_gauges_and_says_so_while_the_ledger_sti
 def test_a_hung_broker_holds_a_scrape_no_longer_than_the_probe_timeout(
     clean_ledger: Infra, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(amqp, "PROBE_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(transport, "PROBE_TIMEOUT_SECONDS", 0.5)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)

@@ -181,9 +181,9 @@ async def _in_batches(
 def _clean_broker(done: list[DeadRun], *, purge_all: bool) -> None:
     """After the commit: empty the dead-letter queues (`purge --all`), or take the replayed or
     purged runs' stale copies out of them now rather than at the relay's next pass."""
+    from app import transport
     from app.ledger.engines import sync_engine
     from app.logs import first_line
-    from app.operate import deadletters
     from app.relay import deadletters as stale_copies
     from app.settings import get_settings
 
@@ -193,11 +193,11 @@ def _clean_broker(done: list[DeadRun], *, purge_all: bool) -> None:
     purged: dict[str, int] = {}
     try:
         if purge_all:
-            purged = deadletters.purge(url, {*task_queues(), *(run.queue for run in done)})
+            purged = transport.purge_dead(url, {*task_queues(), *(run.queue for run in done)})
             typer.echo(f"emptied the dead-letter queues: {sum(purged.values())} message(s)")
         else:
             with _progress() as progress:
-                total = sum(deadletters.depth(url, queue) for queue in {run.queue for run in done})
+                total = sum(transport.dead_depth(url, queue) for queue in {run.queue for run in done})
                 bar = progress.add_task("dead-letter copies", total=total)
                 removed = stale_copies.clean(sync_engine(), url, lambda n: progress.advance(bar, n))
             typer.echo(f"removed {removed} stale message(s) from the dead-letter queues")

@@ -32,17 +32,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from uuid import UUID
 
 import pika.exceptions
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.common import dq_name, xq_name
 from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
 from app.logs import BROKER_OUTAGE, get_logger
+from app.transport import rabbitmq
 
 log = get_logger("conveyor.worker")
 
@@ -305,7 +307,9 @@ def _nothing() -> None:
 
 
 class ClaimingBroker(RabbitmqBroker):
-    """Dramatiq's RabbitMQ broker with the claiming consumer and AMQP heartbeats."""
+    """Dramatiq's RabbitMQ broker with the claiming consumer and AMQP heartbeats, over every node
+    of a `;`-separated BROKER_URL (tried in order, again after a node is lost), declaring its
+    queues as BROKER_QUEUE_TYPE says (`app.transport.rabbitmq`, the relay's arguments too)."""
 
     def __init__(
         self,
@@ -316,11 +320,30 @@ class ClaimingBroker(RabbitmqBroker):
         max_priority: int,
         heartbeat_seconds: int,
         hold_seconds: float,
+        queue_type: str | None = None,
     ) -> None:
-        super().__init__(url=url, confirm_delivery=True, max_priority=max_priority, middleware=middleware)
-        cast(Any, self.parameters).heartbeat = heartbeat_seconds  # one URL: one URLParameters
+        nodes = rabbitmq.node_urls(url)
+        super().__init__(url=nodes, confirm_delivery=True, max_priority=max_priority, middleware=middleware)
+        self.parameters = rabbitmq.node_parameters(url, heartbeat=heartbeat_seconds)
+        self.queue_type = rabbitmq.queue_type(queue_type)
         self.claims = claims
         self.hold_seconds = hold_seconds
+
+    def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
+        return rabbitmq.queue_arguments(queue_name, self.queue_type)
+
+    def _declare_queue(self, queue_name: str) -> Any:
+        return rabbitmq.declare_one(self.channel, queue_name, self._build_queue_arguments(queue_name))
+
+    def _declare_dq_queue(self, queue_name: str) -> Any:
+        return rabbitmq.declare_one(
+            self.channel, dq_name(queue_name), self._build_queue_arguments(queue_name)
+        )
+
+    def _declare_xq_queue(self, queue_name: str) -> Any:
+        return rabbitmq.declare_one(
+            self.channel, xq_name(queue_name), rabbitmq.dead_letter_arguments(self.queue_type)
+        )
 
     @property
     def consumer_class(self) -> type[ClaimingConsumer]:

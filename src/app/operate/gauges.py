@@ -18,8 +18,9 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 
+from app import transport
 from app.logs import first_line, get_logger
-from app.operate import amqp, health
+from app.operate import health
 from app.operate import queues as queue_views
 from app.operate.stats import (
     LIVE_RELAYS,
@@ -130,7 +131,7 @@ class StateCollector(Collector):
 
 def _outcome(future: Future[health.T], source: str) -> health.T | None:
     try:
-        return future.result(timeout=amqp.PROBE_TIMEOUT_SECONDS)
+        return future.result(timeout=transport.PROBE_TIMEOUT_SECONDS)
     except TimeoutError:
         log.warning("metrics source did not answer in time", source=source)
     except Exception as error:

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Generic, Literal, TypeVar
 
-import pika.exceptions
 from dramatiq.common import xq_name
 from sqlalchemy import Engine, create_engine, text
 
+from app import transport
 from app.logs import first_line
-from app.operate.amqp import PROBE_TIMEOUT_SECONDS, connect
 from app.operate.stats import LIVE, live_params, liveness_window_seconds
 from app.settings import Settings, get_settings
+from app.transport import PROBE_TIMEOUT_SECONDS
 
 T = TypeVar("T")
 # libpq's own floor is 2 s; a refused connection fails at once anyway.
@@ -167,24 +167,8 @@ def _database(url: str) -> Check:
 
 
 def inspect_queues(broker_url: str, names: Sequence[str]) -> dict[str, int | None]:
-    """Messages ready in each queue (None when it is not declared), by passive declares.
-
-    Raises when the broker cannot be reached.
-    """
-    depths: dict[str, int | None] = {}
-    connection = connect(broker_url)
-    try:
-        channel = connection.channel()
-        for name in names:
-            try:
-                depths[name] = channel.queue_declare(name, passive=True).method.message_count
-            except pika.exceptions.ChannelClosedByBroker:
-                depths[name] = None  # the broker closes a channel that asks for a missing queue
-                channel = connection.channel()
-        channel.close()
-    finally:
-        connection.close()
-    return depths
+    """Messages ready in each queue (None when it is not declared); raises when unreachable."""
+    return transport.depths(broker_url, names)
 
 
 def queue_probe(broker_url: str, queues: Sequence[str]) -> Probe[dict[str, int | None]]:

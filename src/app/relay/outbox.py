@@ -24,7 +24,7 @@ from functools import partial
 import psycopg
 from sqlalchemy.exc import OperationalError
 
-from app import tracing
+from app import tracing, transport
 from app.errors import PublishFailed
 from app.ledger import flow, relays, workflows
 from app.ledger import jobs as ledger
@@ -36,7 +36,6 @@ from app.logs import Outage, get_logger
 from app.relay import deadletters, metrics
 from app.relay.messages import doorbell
 from app.relay.pruning import Pruner
-from app.relay.publisher import BatchPublisher
 from app.relay.schedules import Ticker
 from app.settings import Settings, get_settings
 
@@ -56,7 +55,7 @@ class Relay:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
-        self.publisher = BatchPublisher(self.settings.broker_url, self.settings.amqp_heartbeat_seconds)
+        self.publisher = transport.publisher(self.settings.broker_url, self.settings.amqp_heartbeat_seconds)
         self.relay_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.started_at = datetime.now(UTC)
         self.published = 0
