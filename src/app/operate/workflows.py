@@ -1,6 +1,7 @@
 """Reading workflows: one with its steps, pages of them; written once for the API, the dashboard
 and the CLI. A workflow's state is read from its steps: `running` until every step is terminal,
-then `succeeded` when all succeeded, else `failed`."""
+then `succeeded` when all succeeded, else `failed` (also when a dead step was discarded: fewer
+steps are left than the workflow was made with)."""
 
 from __future__ import annotations
 
@@ -50,12 +51,14 @@ class WorkflowList(BaseModel):
     next_cursor: str | None
 
 
-# Each workflow with its state and its steps' counts, read from its steps (ux_jobs_workflow_step).
+# Each workflow with its state and its steps' counts, read from its steps (ux_jobs_workflow_step);
+# `w.steps` is how many it was made with.
 _SUMMARY = """
 SELECT w.id, w.name, w.client_id, w.created_at, s.state, s.finished_at, s.counts
 FROM workflows w CROSS JOIN LATERAL (
     SELECT CASE WHEN bool_or(c.state NOT IN ('succeeded', 'dead', 'cancelled')) THEN 'running'
-                WHEN bool_and(c.state = 'succeeded') THEN 'succeeded' ELSE 'failed' END AS state,
+                WHEN bool_and(c.state = 'succeeded') AND sum(c.n) = w.steps THEN 'succeeded'
+                ELSE 'failed' END AS state,
            CASE WHEN bool_and(c.state IN ('succeeded', 'dead', 'cancelled')) THEN max(c.last)
                 END AS finished_at,
            jsonb_object_agg(c.state, c.n) AS counts
