@@ -1235,7 +1235,9 @@ SELECT count(*) FROM job_events WHERE at < now() - make_interval(secs => %(retai
 -- the transaction commits. The first step, the anchor, holds the workflow's idempotency key (and
 -- the fingerprint of the request) when it has one, as a keyed job holds its own: when the key is
 -- taken the anchor is not inserted, and then neither is anything else (the workflow hangs on the
--- anchor's RETURNING, the other steps on the workflow's). Answers how many steps were inserted.
+-- anchor's RETURNING, the other steps on the workflow's). The workflow starts `running`, every
+-- step unfinished (a trigger keeps its state from then on: 0016). Answers how many steps were
+-- inserted.
 WITH given AS (
     SELECT * FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb))
          AS t(id uuid, task text, queue text, payload jsonb, priority smallint, max_attempts integer,
@@ -1256,8 +1258,8 @@ WITH given AS (
     ON CONFLICT DO NOTHING
     RETURNING id, task, queue, client_id, state
 ), workflow AS (
-    INSERT INTO workflows (id, name, client_id, steps)
-    SELECT %(id)s, %(name)s, %(client_id)s, %(steps)s FROM anchor
+    INSERT INTO workflows (id, name, client_id, steps, unfinished)
+    SELECT %(id)s, %(name)s, %(client_id)s, %(steps)s, %(steps)s FROM anchor
     RETURNING id
 ), inserted AS (
     INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, client_id, parent_id,
