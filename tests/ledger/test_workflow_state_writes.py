@@ -148,3 +148,14 @@ def test_the_migration_counts_the_workflows_already_there_from_their_steps(clean
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_a_repeated_keyed_workflow_answers_with_its_state_now(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    pair = Workflow("pair").step("x", echo, {"message": "x"})
+    first = pair.enqueue_sync(session=conn, idempotency_key="once")
+    assert first.state == "running"
+    succeed(conn, first.steps["x"])
+    again = pair.enqueue_sync(session=conn, idempotency_key="once")
+    assert (again.id, again.replayed, again.state) == (first.id, True, "succeeded")

@@ -100,7 +100,6 @@ async def enqueue_workflow(request: Request) -> Response:
         raise _invalid(error) from None
     async with transaction() as conn:
         answer = await store(conn, workflow)
-        state = (await reads.get(conn, answer.id)).state if answer.replayed else answer.state
     status_url = f"/api/v1/workflows/{answer.id}"
     headers = {"Location": status_url}
     if answer.replayed:
@@ -109,7 +108,7 @@ async def enqueue_workflow(request: Request) -> Response:
         for step in workflow.steps:
             JOBS_ACCEPTED.labels(step.job.task).inc()
     view = WorkflowAccepted(
-        id=answer.id, name=answer.name, state=state, steps=answer.steps, status_url=status_url
+        id=answer.id, name=answer.name, state=answer.state, steps=answer.steps, status_url=status_url
     )
     return Response(view.model_dump_json(), status_code=202, headers=headers, media_type="application/json")
 

@@ -61,7 +61,7 @@ class StepRequest:
 @dataclass(frozen=True, slots=True)
 class AcceptedWorkflow:
     """A workflow as enqueued: its id, name, state, and each step's job id. `replayed`: its
-    idempotency key made it before, and this is that first workflow."""
+    idempotency key made it before, and this is that first workflow, in its state now."""
 
     id: UUID
     name: str
@@ -148,7 +148,7 @@ def store_sync(conn: SyncConnection, workflow: NewWorkflow) -> AcceptedWorkflow:
 def _replayed(workflow: NewWorkflow, first: KeyHolder, kept: KeyedWorkflow | None) -> AcceptedWorkflow:
     if kept is None or first.request_hash != workflow.request_hash:
         raise IdempotencyConflict(workflow.idempotency_key or "")
-    return AcceptedWorkflow(kept.id, kept.name, "running", kept.steps, replayed=True)
+    return AcceptedWorkflow(kept.id, kept.name, kept.state, kept.steps, replayed=True)
 
 
 def _contended(key: str | None) -> LedgerUnavailable:

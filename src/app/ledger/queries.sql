@@ -1281,9 +1281,9 @@ WITH given AS (
 SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify('conveyor_jobs', '')::text END FROM every
 
 -- name: workflow_of_key
--- The workflow whose anchor step is this job (found by its idempotency key): its name and each
--- step's job id.
-SELECT w.id, w.name, j.step, j.id FROM jobs a
+-- The workflow whose anchor step is this job (found by its idempotency key): its name, its state
+-- and each step's job id.
+SELECT w.id, w.name, w.state, j.step, j.id FROM jobs a
 JOIN workflows w ON w.id = a.workflow_id
 JOIN jobs j ON j.workflow_id = w.id
 WHERE a.id = %(id)s

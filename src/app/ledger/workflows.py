@@ -45,10 +45,11 @@ class NewWorkflow:
 
 @dataclass(frozen=True, slots=True)
 class KeyedWorkflow:
-    """The workflow an idempotency key made: its id, name and each step's job id."""
+    """The workflow an idempotency key made: its id, name, state now and each step's job id."""
 
     id: UUID
     name: str
+    state: str
     steps: dict[str, UUID]
 
 
@@ -96,7 +97,7 @@ async def insert_async(conn: AsyncConnection, workflow: NewWorkflow) -> int:
 def _keyed(rows: Sequence[Any]) -> KeyedWorkflow | None:
     if not rows:
         return None
-    return KeyedWorkflow(rows[0][0], rows[0][1], {row[2]: row[3] for row in rows})
+    return KeyedWorkflow(rows[0][0], rows[0][1], rows[0][2], {row[3]: row[4] for row in rows})
 
 
 def workflow_of_key(conn: SyncConnection, anchor_id: UUID) -> KeyedWorkflow | None:
