@@ -267,3 +267,11 @@ class WorkflowNotFound(ConveyorError):
 
     def __init__(self, workflow_id: object) -> None:
         super().__init__(f"workflow {workflow_id} not found")
+
+
+class WorkflowEnded(ConveyorError):
+    """Raised when a workflow to cancel has no step left that has not finished."""
+
+    def __init__(self, workflow_id: object, state: str) -> None:
+        super().__init__(f"cannot cancel workflow {workflow_id}: it is {state}; every step has finished")
+        self.state = state

@@ -52,6 +52,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("POST", "/api/v1/workflows", {"name": "w", "steps": {"a": A_JOB}}, {"enqueue"}),
     ("GET", "/api/v1/workflows", None, {"read", "enqueue"}),
     ("GET", f"/api/v1/workflows/{ID}", None, {"read", "enqueue"}),
+    ("POST", f"/api/v1/workflows/{ID}/cancel", None, {"operate", "enqueue"}),
     ("GET", "/api/v1/queues", None, {"read", "operate"}),
     ("POST", "/api/v1/queues/default/pause", None, {"operate"}),
     ("POST", "/api/v1/queues/default/resume", None, {"operate"}),

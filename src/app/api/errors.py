@@ -36,6 +36,7 @@ from app.errors import (
     UnknownTask,
     UnstorableInput,
     WebhookNotFound,
+    WorkflowEnded,
     WorkflowNotFound,
 )
 from app.logs import first_line, get_logger
@@ -168,6 +169,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(WebhookNotFound, _not_found)
     app.add_exception_handler(DeliveryNotReplayable, _conflict)
     app.add_exception_handler(InvalidTransition, _conflict)
+    app.add_exception_handler(WorkflowEnded, _conflict)
     app.add_exception_handler(CursorExpired, _gone)
     app.add_exception_handler(ScheduleNameTaken, _conflict)
     app.add_exception_handler(AlreadyInFlight, _in_flight)

@@ -16,7 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.access.keys import Client, Scope
-from app.api.accept import _parse
+from app.api.accept import _documented_body, _idempotency_key, _parse
+from app.api.audit import actor
 from app.api.auth import authenticate
 from app.api.deps import reading, transaction
 from app.api.metrics import JOBS_ACCEPTED
@@ -24,8 +25,8 @@ from app.api.responses import AUTH, BODY, INVALID, UNAVAILABLE, Responses, respo
 from app.api.schemas import ErrorBody
 from app.errors import InvalidWorkflow
 from app.jobs.registry import MAX_PRIORITY
-from app.jobs.workflows import StepRequest, accepted, build
-from app.ledger import workflows as ledger
+from app.jobs.workflows import StepRequest, build, store
+from app.operate import actions
 from app.operate import workflows as reads
 from app.operate.reads import decode_cursor
 from app.operate.workflows import WorkflowList, WorkflowState, WorkflowView
@@ -38,7 +39,8 @@ WORKFLOW_INVALID: Responses = {
     422: {
         "model": ErrorBody,
         "description": "An unknown task, an invalid payload, an unknown step in `after`, a cycle, "
-        "or more than MAX_WORKFLOW_STEPS steps; `loc` names it. Nothing is stored",
+        "or more than MAX_WORKFLOW_STEPS steps; `loc` names it. Nothing is stored. Also an "
+        "Idempotency-Key its client used for another workflow (or a job)",
     }
 }
 
@@ -82,39 +84,33 @@ def _invalid(error: InvalidWorkflow) -> RequestValidationError:
     responses=responses(BODY, WORKFLOW_INVALID, AUTH, UNAVAILABLE),
     summary="Declare a workflow: steps that run after the steps they name in `after`",
     operation_id="enqueue_workflow",
-    openapi_extra={
-        "requestBody": {
-            "content": {"application/json": {"schema": WorkflowRequest.model_json_schema()}},
-            "required": True,
-        }
-    },
+    openapi_extra=_documented_body(WorkflowRequest),
 )
 async def enqueue_workflow(request: Request) -> Response:
     client = await authenticate(request, Scope.ENQUEUE)
+    key = _idempotency_key(request)
     body = _parse(WorkflowRequest, await request.body())
     steps = {
         name: StepRequest(step.task, step.payload, tuple(step.after), step.priority)
         for name, step in body.steps.items()
     }
     try:
-        workflow = build(body.name, steps, client_id=client.key_id)
+        workflow = build(body.name, steps, client_id=client.key_id, idempotency_key=key)
     except InvalidWorkflow as error:
         raise _invalid(error) from None
     async with transaction() as conn:
-        await ledger.insert_async(conn, workflow)
-    for step in workflow.steps:
-        JOBS_ACCEPTED.labels(step.job.task).inc()
-    answer = accepted(workflow)
+        answer = await store(conn, workflow)
     status_url = f"/api/v1/workflows/{answer.id}"
+    headers = {"Location": status_url}
+    if answer.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    else:
+        for step in workflow.steps:
+            JOBS_ACCEPTED.labels(step.job.task).inc()
     view = WorkflowAccepted(
         id=answer.id, name=answer.name, state=answer.state, steps=answer.steps, status_url=status_url
     )
-    return Response(
-        view.model_dump_json(),
-        status_code=202,
-        headers={"Location": status_url},
-        media_type="application/json",
-    )
+    return Response(view.model_dump_json(), status_code=202, headers=headers, media_type="application/json")
 
 
 @router.get(
@@ -154,3 +150,36 @@ async def list_workflows(
         return await reads.page(
             conn, state=state.value if state else None, limit=limit, cursor=cursor, client_id=_own(client)
         )
+
+
+@router.post(
+    "/workflows/{workflow_id}/cancel",
+    response_model=WorkflowView,
+    summary="Cancel a workflow: its steps that have not started at once (200); running ones are "
+    "asked to stop (202)",
+    operation_id="cancel_workflow",
+    responses=responses(
+        NO_WORKFLOW,
+        INVALID,
+        AUTH,
+        UNAVAILABLE,
+        {
+            202: {
+                "model": WorkflowView,
+                "description": "Steps are running: their workers are asked to stop them, and each "
+                "ends cancelled (or succeeded, if it finished first)",
+            },
+            409: {"model": ErrorBody, "description": "Every step of the workflow has finished"},
+        },
+    ),
+)
+async def cancel_workflow(workflow_id: UUID, request: Request, response: Response) -> WorkflowView:
+    """`operate` cancels any workflow; an `enqueue` key only the workflows it made."""
+    client = await authenticate(request, Scope.OPERATE, Scope.ENQUEUE)
+    own = None if client.may(Scope.OPERATE) else client.key_id
+    async with transaction() as conn:
+        done = await actions.cancel_workflow(conn, workflow_id, actor(request, client), client_id=own)
+        view = await reads.get(conn, workflow_id)
+    if done.requested:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return view

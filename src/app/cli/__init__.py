@@ -9,7 +9,21 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import audit, dlq, enqueue, health, jobs, keys, load, queues, schedules, serve, status, webhooks
+from app.cli import (
+    audit,
+    dlq,
+    enqueue,
+    health,
+    jobs,
+    keys,
+    load,
+    queues,
+    schedules,
+    serve,
+    status,
+    webhooks,
+    workflows,
+)
 
 cli = typer.Typer(
     name="conveyor",
@@ -26,6 +40,7 @@ cli.add_typer(keys.app, name="keys")
 cli.add_typer(schedules.app, name="schedules")
 cli.add_typer(queues.app, name="queues")
 cli.add_typer(webhooks.app, name="webhooks")
+cli.add_typer(workflows.app, name="workflows")
 cli.command()(schedules.prune)
 cli.command()(enqueue.enqueue)
 cli.command()(status.workers)

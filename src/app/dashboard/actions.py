@@ -22,7 +22,14 @@ from app.dashboard.access import operator
 from app.dashboard.rendering import Notice, leave_notice, safe_next
 from app.dashboard.security import require_same_origin
 from app.dashboard.throughput import minute_counts
-from app.errors import InvalidTransition, JobNotFound, QueueNotFound, ScheduleNotFound
+from app.errors import (
+    InvalidTransition,
+    JobNotFound,
+    QueueNotFound,
+    ScheduleNotFound,
+    WorkflowEnded,
+    WorkflowNotFound,
+)
 from app.jobs.schedules import NAME_PATTERN
 from app.jobs.validation import storable_text
 from app.ledger.engines import async_engine
@@ -120,6 +127,18 @@ async def discard(request: Request, job_id: UUID) -> RedirectResponse:
         return Notice("discarded", 1)
 
     return await _one(request, job_id, act, audit.Action.JOB_DISCARD)
+
+
+@router.post("/workflows/{workflow_id}/cancel")
+async def cancel_workflow(request: Request, workflow_id: UUID) -> RedirectResponse:
+    fields = await form_fields(request)
+    try:
+        async with transaction() as conn:
+            done = await actions.cancel_workflow(conn, workflow_id, operator_actor(request))
+        notice = Notice("workflow_cancelled", done.cancelled + done.requested)
+    except (WorkflowEnded, WorkflowNotFound):
+        notice = Notice("workflow_ended")
+    return back(request, fields, f"/dashboard/workflows/{workflow_id}", notice)
 
 
 @router.post("/dead/bulk")

@@ -35,10 +35,13 @@ NOTICE_TEXTS = {
     "refused": "Nothing done: the job is {state} now.",
     "no_schedule": "Nothing done: there is no such schedule now.",
     "no_queue": "Nothing done: there is no such queue.",
+    "workflow_cancelled": "Cancelled the workflow: its steps that had not started will not run; "
+    "running ones are asked to stop.",
+    "workflow_ended": "Nothing done: every step of the workflow has finished.",
     "delivery_replayed": "The delivery will be sent again, with the same event id.",
     "no_delivery": "Nothing done: that delivery is gone, or is pending already.",
 }
-REFUSALS = frozenset({"refused", "no_schedule", "no_queue", "no_delivery"})
+REFUSALS = frozenset({"refused", "no_schedule", "no_queue", "no_delivery", "workflow_ended"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,26 +13,34 @@ The whole workflow is checked before anything is written: every task and payload
 `after`, no cycle, at most MAX_WORKFLOW_STEPS steps; `InvalidWorkflow` names each problem by
 its place (`("steps", "d", "after", 0)`). It is written in the caller's transaction, as
 `task.enqueue` writes a job: it exists if and only if that transaction commits.
+
+An idempotency key works as a keyed job's does, and is kept the same way: the first step (the
+anchor) holds it with the fingerprint of the whole workflow. The same key with the same workflow
+answers the first workflow (`replayed`); with another one (or a job) it is IdempotencyConflict.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
+import orjson
 from pydantic import ValidationError
 
-from app.errors import InvalidWorkflow, UnknownTask, UnstorableInput
+from app.errors import IdempotencyConflict, InvalidWorkflow, LedgerUnavailable, UnknownTask, UnstorableInput
 from app.jobs import enqueue as enqueuing
 from app.jobs.registry import TaskSpec, get_task, public_tasks
 from app.jobs.validation import NUL
+from app.ledger import jobs as jobs_ledger
 from app.ledger import workflows as ledger
-from app.ledger.jobs import NewJob
+from app.ledger.connections import AsyncConnection, SyncConnection
+from app.ledger.jobs import KeyHolder, NewJob
 from app.ledger.schema import JobState
-from app.ledger.workflows import NewStep, NewWorkflow
+from app.ledger.workflows import KeyedWorkflow, NewStep, NewWorkflow
 from app.settings import get_settings
 
 MAX_NAME_LENGTH = 200
@@ -52,12 +60,14 @@ class StepRequest:
 
 @dataclass(frozen=True, slots=True)
 class AcceptedWorkflow:
-    """A workflow as enqueued: its id, name, state, and each step's job id."""
+    """A workflow as enqueued: its id, name, state, and each step's job id. `replayed`: its
+    idempotency key made it before, and this is that first workflow, in its state now."""
 
     id: UUID
     name: str
     state: str
     steps: dict[str, UUID]
+    replayed: bool = False
 
 
 @dataclass
@@ -81,26 +91,78 @@ class Workflow:
         self.steps[name] = StepRequest(task, payload, tuple(after), priority)
         return self
 
-    async def enqueue(self, *, session: Any = None, client_id: str | None = None) -> AcceptedWorkflow:
+    async def enqueue(
+        self, *, session: Any = None, client_id: str | None = None, idempotency_key: str | None = None
+    ) -> AcceptedWorkflow:
         """Store the workflow in `session`'s transaction (an AsyncSession or AsyncConnection), or
-        in one of its own. Raises InvalidWorkflow, storing nothing, when any part is invalid."""
-        workflow = build(self.name, self.steps, client_id=client_id)
+        in one of its own. Raises InvalidWorkflow, storing nothing, when any part is invalid, and
+        IdempotencyConflict when `idempotency_key` made another workflow (or a job)."""
+        workflow = build(self.name, self.steps, client_id=client_id, idempotency_key=idempotency_key)
         if session is not None:
-            await ledger.insert_async(await enqueuing.async_connection(session), workflow)
-        else:
-            async with enqueuing.own_async_transaction() as conn:
-                await ledger.insert_async(conn, workflow)
-        return accepted(workflow)
+            return await store(await enqueuing.async_connection(session), workflow)
+        async with enqueuing.own_async_transaction() as conn:
+            return await store(conn, workflow)
 
-    def enqueue_sync(self, *, session: Any = None, client_id: str | None = None) -> AcceptedWorkflow:
+    def enqueue_sync(
+        self, *, session: Any = None, client_id: str | None = None, idempotency_key: str | None = None
+    ) -> AcceptedWorkflow:
         """`enqueue` for sync code: `session` is a SQLAlchemy Session or Connection."""
-        workflow = build(self.name, self.steps, client_id=client_id)
+        workflow = build(self.name, self.steps, client_id=client_id, idempotency_key=idempotency_key)
         if session is not None:
-            ledger.insert(enqueuing.sync_connection(session), workflow)
-        else:
-            with enqueuing.own_transaction() as conn:
-                ledger.insert(conn, workflow)
-        return accepted(workflow)
+            return store_sync(enqueuing.sync_connection(session), workflow)
+        with enqueuing.own_transaction() as conn:
+            return store_sync(conn, workflow)
+
+
+async def store(conn: AsyncConnection, workflow: NewWorkflow) -> AcceptedWorkflow:
+    """Insert the workflow in the caller's transaction; with an idempotency key already taken,
+    the first workflow (the same request) or IdempotencyConflict (another), as `enqueue.store`
+    does for a job: a key past its window is released, and the workflow inserted anew."""
+    key, ttl = workflow.idempotency_key, get_settings().idempotency_key_ttl_seconds
+    for _ in range(enqueuing.STORE_ATTEMPTS):
+        if await ledger.insert_async(conn, workflow) or key is None:
+            return accepted(workflow)
+        first = await jobs_ledger.key_holder_async(conn, key, workflow.client_id, ttl)
+        if first is not None and first.expired:
+            await jobs_ledger.release_key_async(conn, key, workflow.client_id, ttl)
+        elif first is not None:
+            return _replayed(workflow, first, await ledger.workflow_of_key_async(conn, first.id))
+        # The first request's transaction rolled back: its key is free again.
+    raise _contended(key)
+
+
+def store_sync(conn: SyncConnection, workflow: NewWorkflow) -> AcceptedWorkflow:
+    """`store`, for a sync connection."""
+    key, ttl = workflow.idempotency_key, get_settings().idempotency_key_ttl_seconds
+    for _ in range(enqueuing.STORE_ATTEMPTS):
+        if ledger.insert(conn, workflow) or key is None:
+            return accepted(workflow)
+        first = jobs_ledger.key_holder(conn, key, workflow.client_id, ttl)
+        if first is not None and first.expired:
+            jobs_ledger.release_key(conn, key, workflow.client_id, ttl)
+        elif first is not None:
+            return _replayed(workflow, first, ledger.workflow_of_key(conn, first.id))
+    raise _contended(key)
+
+
+def _replayed(workflow: NewWorkflow, first: KeyHolder, kept: KeyedWorkflow | None) -> AcceptedWorkflow:
+    if kept is None or first.request_hash != workflow.request_hash:
+        raise IdempotencyConflict(workflow.idempotency_key or "")
+    return AcceptedWorkflow(kept.id, kept.name, kept.state, kept.steps, replayed=True)
+
+
+def _contended(key: str | None) -> LedgerUnavailable:
+    return LedgerUnavailable(f"Idempotency-Key {key!r} is contended; retry later")
+
+
+def fingerprint(name: str, steps: Sequence[NewStep]) -> str:
+    """What a keyed workflow asked for: its name and every step's task, payload, `after` and
+    priority (the order of the steps aside)."""
+    asked = {
+        s.step: [s.job.task, orjson.loads(s.job.payload_json), list(s.after), s.job.priority] for s in steps
+    }
+    canonical = orjson.dumps(["workflow", name, asked], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def accepted(workflow: NewWorkflow) -> AcceptedWorkflow:
@@ -178,7 +240,13 @@ def _cycle(steps: Mapping[str, StepRequest]) -> dict[str, object] | None:
     return None
 
 
-def build(name: str, steps: Mapping[str, StepRequest], *, client_id: str | None = None) -> NewWorkflow:
+def build(
+    name: str,
+    steps: Mapping[str, StepRequest],
+    *,
+    client_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> NewWorkflow:
     """The workflow to insert; raises InvalidWorkflow naming every problem found."""
     limit = get_settings().max_workflow_steps
     problems = _check_name(name, ("name",), "a workflow's name")
@@ -208,7 +276,8 @@ def build(name: str, steps: Mapping[str, StepRequest], *, client_id: str | None 
         NewStep(jobs[step], step, tuple(request.after), tuple(downstream[step]))
         for step, request in steps.items()
     ]
-    return NewWorkflow(uuid.uuid4(), name, client_id, new_steps)
+    request_hash = None if idempotency_key is None else fingerprint(name, new_steps)
+    return NewWorkflow(uuid.uuid4(), name, client_id, new_steps, idempotency_key, request_hash)
 
 
 def initial_state(step: NewStep) -> str:

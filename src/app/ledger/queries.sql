@@ -648,8 +648,13 @@ SELECT c.id, c.queue, c.run, pg_notify('conveyor_jobs', '') FROM chosen c JOIN r
 
 -- name: discard_dead
 -- Deletes dead jobs with their history, oldest first; their copies in <queue>.XQ become stale.
-WITH chosen AS (
-    SELECT id, queue, run, published_at FROM jobs WHERE state = 'dead'
+-- A discarded workflow step can never succeed, so what comes after it can never run: the steps
+-- right after it that wait, or were cancelled for an upstream step, become cancelled with the
+-- reason `discarded upstream <step>` (no `upstream ` prefix: a replay of another step never
+-- revives them, and they block what comes after them); steps further on that wait are
+-- cancelled (`upstream <step> cancelled`). Nothing is left waiting for a step that is gone.
+WITH RECURSIVE chosen AS (
+    SELECT id, queue, run, published_at, step, downstream FROM jobs WHERE state = 'dead'
       AND (%(task)s::text IS NULL OR task = %(task)s)
       AND (%(ids)s::uuid[] IS NULL OR id = ANY(%(ids)s::uuid[]))
     ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
@@ -658,6 +663,27 @@ WITH chosen AS (
 ), stale AS (
     INSERT INTO stale_dead_letters (queue, job_id, run)
     SELECT queue, id, run FROM chosen WHERE published_at IS NOT NULL
+), reached (id, cause, direct) AS (
+    SELECT d.id, 'discarded upstream ' || c.step, true
+    FROM chosen c, unnest(c.downstream) AS d(id)
+    UNION
+    SELECT d.id, 'upstream ' || j.step || ' cancelled', false
+    FROM reached r JOIN jobs j ON j.id = r.id, unnest(j.downstream) AS d(id)
+), orphaned AS (
+    UPDATE jobs j SET state = 'cancelled', last_error = o.cause,
+           finished_at = coalesce(j.finished_at, now()), updated_at = now()
+    FROM (SELECT DISTINCT ON (r.id) r.id, r.cause, s.state AS was
+          FROM reached r JOIN jobs s ON s.id = r.id
+          WHERE s.id NOT IN (SELECT id FROM chosen)
+            AND (s.state = 'waiting' OR (r.direct AND s.state = 'cancelled' AND s.attempts = 0
+                                         AND left(s.last_error, 9) = 'upstream '))
+          ORDER BY r.id, r.direct DESC, r.cause) AS o
+    WHERE j.id = o.id AND j.state = o.was
+    RETURNING j.id, j.task, j.queue, j.client_id, j.attempts, o.was
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'cancelled', attempts FROM orphaned
+    WHERE was = 'waiting' AND pg_notify('conveyor_events', '')::text = ''
 )
 SELECT c.id, c.queue, c.run FROM chosen c JOIN discarded d ON d.id = c.id
 
@@ -1189,31 +1215,91 @@ SELECT count(*) FROM job_events WHERE at < now() - make_interval(secs => %(retai
 -- name: insert_workflow
 -- A workflow and every one of its steps, in one statement in the caller's transaction: a step
 -- with upstream steps is `waiting` with their count, the others `queued`; the relay is woken when
--- the transaction commits. Answers how many steps were inserted.
-WITH workflow AS (
-    INSERT INTO workflows (id, name, client_id, steps)
-    VALUES (%(id)s, %(name)s, %(client_id)s, %(steps)s)
+-- the transaction commits. The first step, the anchor, holds the workflow's idempotency key (and
+-- the fingerprint of the request) when it has one, as a keyed job holds its own: when the key is
+-- taken the anchor is not inserted, and then neither is anything else (the workflow hangs on the
+-- anchor's RETURNING, the other steps on the workflow's). The workflow starts `running`, every
+-- step unfinished (a trigger keeps its state from then on: 0016). Answers how many steps were
+-- inserted.
+WITH given AS (
+    SELECT * FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb))
+         AS t(id uuid, task text, queue text, payload jsonb, priority smallint, max_attempts integer,
+              client_id text, parent_id uuid, concurrency_key text, concurrency_limit integer,
+              rate_key text, rate_limit integer, rate_period float8, step text, after_steps text[],
+              downstream uuid[], upstream_left integer, is_anchor boolean)
+), anchor AS (
+    INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, client_id, parent_id,
+                      concurrency_key, concurrency_limit, rate_key, rate_limit, rate_period,
+                      workflow_id, step, after_steps, downstream, upstream_left, idempotency_key,
+                      request_hash)
+    SELECT g.id, g.task, g.queue, g.payload,
+           CASE WHEN g.upstream_left > 0 THEN 'waiting' ELSE 'queued' END, g.priority,
+           g.max_attempts, g.client_id, g.parent_id, g.concurrency_key, g.concurrency_limit,
+           g.rate_key, g.rate_limit, g.rate_period, %(id)s, g.step, g.after_steps, g.downstream,
+           g.upstream_left, %(idempotency_key)s, %(request_hash)s
+    FROM given g WHERE g.is_anchor
+    ON CONFLICT DO NOTHING
+    RETURNING id, task, queue, client_id, state
+), workflow AS (
+    INSERT INTO workflows (id, name, client_id, steps, unfinished)
+    SELECT %(id)s, %(name)s, %(client_id)s, %(steps)s, %(steps)s FROM anchor
     RETURNING id
 ), inserted AS (
     INSERT INTO jobs (id, task, queue, payload, state, priority, max_attempts, client_id, parent_id,
                       concurrency_key, concurrency_limit, rate_key, rate_limit, rate_period,
                       workflow_id, step, after_steps, downstream, upstream_left)
-    SELECT t.id, t.task, t.queue, t.payload,
-           CASE WHEN t.upstream_left > 0 THEN 'waiting' ELSE 'queued' END, t.priority,
-           t.max_attempts, t.client_id, t.parent_id, t.concurrency_key, t.concurrency_limit,
-           t.rate_key, t.rate_limit, t.rate_period, w.id, t.step, t.after_steps, t.downstream,
-           t.upstream_left
-    FROM workflow w, jsonb_to_recordset(CAST(%(rows)s AS jsonb))
-         AS t(id uuid, task text, queue text, payload jsonb, priority smallint, max_attempts integer,
-              client_id text, parent_id uuid, concurrency_key text, concurrency_limit integer,
-              rate_key text, rate_limit integer, rate_period float8, step text, after_steps text[],
-              downstream uuid[], upstream_left integer)
+    SELECT g.id, g.task, g.queue, g.payload,
+           CASE WHEN g.upstream_left > 0 THEN 'waiting' ELSE 'queued' END, g.priority,
+           g.max_attempts, g.client_id, g.parent_id, g.concurrency_key, g.concurrency_limit,
+           g.rate_key, g.rate_limit, g.rate_period, w.id, g.step, g.after_steps, g.downstream,
+           g.upstream_left
+    FROM workflow w, given g WHERE NOT g.is_anchor
     RETURNING id, task, queue, client_id, state
+), every AS (
+    SELECT * FROM anchor UNION ALL SELECT * FROM inserted
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
-    SELECT id, task, queue, client_id, state, 0 FROM inserted WHERE pg_notify('conveyor_events', '')::text = ''
+    SELECT id, task, queue, client_id, state, 0 FROM every WHERE pg_notify('conveyor_events', '')::text = ''
 )
-SELECT count(*), pg_notify('conveyor_jobs', '') FROM inserted
+SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify('conveyor_jobs', '')::text END FROM every
+
+-- name: workflow_of_key
+-- The workflow whose anchor step is this job (found by its idempotency key): its name, its state
+-- and each step's job id.
+SELECT w.id, w.name, w.state, j.step, j.id FROM jobs a
+JOIN workflows w ON w.id = a.workflow_id
+JOIN jobs j ON j.workflow_id = w.id
+WHERE a.id = %(id)s
+
+-- name: cancel_workflow
+-- A workflow's steps that have not started (waiting, queued, retrying) → cancelled, `workflow
+-- cancelled` their reason (no `upstream ` in it: a replay brings none of them back), locked in
+-- id order. A step with limits whose message was out frees its slot, as `cancel` does.
+WITH chosen AS (
+    SELECT id FROM jobs
+    WHERE workflow_id = %(id)s AND state IN ('queued', 'retrying', 'waiting')
+    ORDER BY id FOR UPDATE
+), done AS (
+    UPDATE jobs j SET state = 'cancelled', last_error = 'workflow cancelled', finished_at = now(),
+           updated_at = now()
+    FROM chosen c WHERE j.id = c.id AND j.state IN ('queued', 'retrying', 'waiting')
+    RETURNING j.id, j.task, j.queue, j.client_id, j.attempts,
+              j.published_at IS NOT NULL AND (j.concurrency_key IS NOT NULL OR j.rate_key IS NOT NULL)
+              AS held_slot
+), logged AS (
+    INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
+    SELECT id, task, queue, client_id, 'cancelled', attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
+)
+SELECT id, CASE WHEN held_slot THEN pg_notify('conveyor_jobs', 'slot')::text END FROM done
+
+-- name: request_cancel_workflow
+-- Asks every running step of a workflow to stop, as request_cancel asks one job.
+WITH asked AS (
+    UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), updated_at = now()
+    WHERE workflow_id = %(id)s AND state = 'running'
+    RETURNING id
+)
+SELECT id, pg_notify('conveyor_cancel', id::text) FROM asked
 
 -- name: cancel_downstream
 -- The steps after these jobs, for those that ended dead or cancelled, transitively: waiting →

@@ -42,7 +42,7 @@ NOTIFY_CHANNEL = "conveyor_jobs"
 # something to do. A success names each key it freed: "slot:<task>\x1f<key>" (queries.sql).
 SLOT_FREED, SLOT_FREED_OF = "slot", "slot:"
 
-# Steps that wait for other steps (0014); its state is read from its steps (jobs.workflow_id).
+# Steps that wait for other steps (0014); its state is kept by a trigger on jobs (0016).
 workflows = Table(
     "workflows",
     metadata,
@@ -51,6 +51,10 @@ workflows = Table(
     Column("client_id", Text),  # the API key that made it; NULL from the CLI or Python
     Column("steps", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("state", Text, nullable=False, server_default="running"),
+    Column("unfinished", Integer, nullable=False, server_default="0"),  # steps not terminal
+    Column("failed", Integer, nullable=False, server_default="0"),  # dead, cancelled, discarded
+    Column("finished_at", DateTime(timezone=True)),
 )
 
 jobs = Table(

@@ -38,6 +38,19 @@ class NewWorkflow:
     name: str
     client_id: str | None
     steps: Sequence[NewStep]
+    # Held by the first step (the anchor) with the request's fingerprint, as a keyed job holds its own.
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedWorkflow:
+    """The workflow an idempotency key made: its id, name, state now and each step's job id."""
+
+    id: UUID
+    name: str
+    state: str
+    steps: dict[str, UUID]
 
 
 def _insert_params(workflow: NewWorkflow) -> dict[str, Any]:
@@ -56,8 +69,9 @@ def _insert_params(workflow: NewWorkflow) -> dict[str, Any]:
             "after_steps": list(s.after),
             "downstream": list(s.downstream) or None,
             "upstream_left": len(s.after),
+            "is_anchor": index == 0,
         }
-        for s in workflow.steps
+        for index, s in enumerate(workflow.steps)
     ]
     return {
         "id": workflow.id,
@@ -65,16 +79,44 @@ def _insert_params(workflow: NewWorkflow) -> dict[str, Any]:
         "client_id": workflow.client_id,
         "steps": len(workflow.steps),
         "rows": orjson.dumps(rows).decode(),
+        "idempotency_key": workflow.idempotency_key,
+        "request_hash": workflow.request_hash,
     }
 
 
 def insert(conn: SyncConnection, workflow: NewWorkflow) -> int:
-    """Insert a workflow and its steps in the caller's transaction; the relay is woken at commit."""
+    """Insert a workflow and its steps in the caller's transaction; the relay is woken at commit.
+    How many steps were inserted: 0 when its idempotency key is taken (nothing is inserted)."""
     return int(run(conn, queries.INSERT_WORKFLOW, _insert_params(workflow)).rows[0][0])
 
 
 async def insert_async(conn: AsyncConnection, workflow: NewWorkflow) -> int:
     return int((await run_async(conn, queries.INSERT_WORKFLOW, _insert_params(workflow))).rows[0][0])
+
+
+def _keyed(rows: Sequence[Any]) -> KeyedWorkflow | None:
+    if not rows:
+        return None
+    return KeyedWorkflow(rows[0][0], rows[0][1], rows[0][2], {row[3]: row[4] for row in rows})
+
+
+def workflow_of_key(conn: SyncConnection, anchor_id: UUID) -> KeyedWorkflow | None:
+    """The workflow whose anchor step is this job (the holder of an idempotency key), if any."""
+    return _keyed(run(conn, queries.WORKFLOW_OF_KEY, {"id": anchor_id}).rows)
+
+
+async def workflow_of_key_async(conn: AsyncConnection, anchor_id: UUID) -> KeyedWorkflow | None:
+    return _keyed((await run_async(conn, queries.WORKFLOW_OF_KEY, {"id": anchor_id})).rows)
+
+
+async def cancel_steps(conn: AsyncConnection, workflow_id: UUID) -> int:
+    """The workflow's steps that have not started → cancelled; how many."""
+    return len((await run_async(conn, queries.CANCEL_WORKFLOW, {"id": workflow_id})).rows)
+
+
+async def request_cancel_steps(conn: AsyncConnection, workflow_id: UUID) -> int:
+    """Ask the workflow's running steps to stop (their workers are woken at commit); how many."""
+    return len((await run_async(conn, queries.REQUEST_CANCEL_WORKFLOW, {"id": workflow_id})).rows)
 
 
 def cancel_downstream(conn: SyncConnection, job_ids: Sequence[UUID]) -> int:

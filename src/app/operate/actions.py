@@ -11,16 +11,18 @@ job that is no longer dead never runs).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from uuid import UUID
 
-from app.errors import AlreadyInFlight, InvalidTransition, JobNotFound
+from app.errors import AlreadyInFlight, InvalidTransition, JobNotFound, WorkflowEnded
 from app.ledger import cancels, unique, workflows
 from app.ledger import jobs as ledger
 from app.ledger.jobs import DeadRun
 from app.ledger.schema import TERMINAL_STATES
 from app.logs import get_logger
 from app.operate import audit
+from app.operate import workflows as workflow_reads
 from app.operate.audit import Actor
 
 if TYPE_CHECKING:
@@ -76,6 +78,33 @@ async def cancel(conn: AsyncConnection, job_id: UUID) -> CancelOutcome:
         if state in TERMINAL_STATES:
             break
     raise InvalidTransition(job_id, state, "cancel", "queued, retrying or running")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowCancel:
+    """What cancelling a workflow did: steps cancelled at once, running steps asked to stop."""
+
+    cancelled: int
+    requested: int
+
+
+async def cancel_workflow(
+    conn: AsyncConnection, workflow_id: UUID, actor: Actor, *, client_id: str | None = None
+) -> WorkflowCancel:
+    """Every step of the workflow that has not finished: cancelled when it has not started
+    (waiting, queued, retrying), its worker asked to stop it when it runs; audited in the same
+    transaction. `client_id`: only that client's workflow. Raises WorkflowNotFound, or
+    WorkflowEnded when every step had finished."""
+    found = await workflow_reads.get(conn, workflow_id, client_id)
+    cancelled = await workflows.cancel_steps(conn, workflow_id)
+    requested = await workflows.request_cancel_steps(conn, workflow_id)
+    if not cancelled and not requested:
+        raise WorkflowEnded(workflow_id, found.state)
+    detail = {"running": requested} if requested else None
+    await audit.record(
+        conn, actor, audit.Action.WORKFLOW_CANCEL, target=str(workflow_id), count=cancelled, detail=detail
+    )
+    return WorkflowCancel(cancelled, requested)
 
 
 async def _replay_dead(

@@ -49,6 +49,7 @@ class Action(StrEnum):
     JOB_REPLAY = "job.replay"
     JOB_CANCEL = "job.cancel"
     JOB_DISCARD = "job.discard"
+    WORKFLOW_CANCEL = "workflow.cancel"
     DEAD_REPLAY_ALL = "dead.replay_all"
     DEAD_DISCARD_ALL = "dead.discard_all"
     DLQ_PURGE = "dlq.purge"

@@ -1,6 +1,7 @@
 """Reading workflows: one with its steps, pages of them; written once for the API, the dashboard
-and the CLI. A workflow's state is read from its steps: `running` until every step is terminal,
-then `succeeded` when all succeeded, else `failed`."""
+and the CLI. A workflow's state is stored, kept by the ledger in the statement that changes a
+step's state: `running` until every step is terminal, then `succeeded` when all succeeded, else
+`failed` (also when a dead step was discarded: a workflow missing a step never succeeds)."""
 
 from __future__ import annotations
 
@@ -50,17 +51,13 @@ class WorkflowList(BaseModel):
     next_cursor: str | None
 
 
-# Each workflow with its state and its steps' counts, read from its steps (ux_jobs_workflow_step).
+# Each workflow with its stored state (kept by the ledger as its steps change: 0016) and its
+# steps' counts, read from its steps (ux_jobs_workflow_step) for the workflows shown only.
 _SUMMARY = """
-SELECT w.id, w.name, w.client_id, w.created_at, s.state, s.finished_at, s.counts
+SELECT w.id, w.name, w.client_id, w.created_at, w.state, w.finished_at, s.counts
 FROM workflows w CROSS JOIN LATERAL (
-    SELECT CASE WHEN bool_or(c.state NOT IN ('succeeded', 'dead', 'cancelled')) THEN 'running'
-                WHEN bool_and(c.state = 'succeeded') THEN 'succeeded' ELSE 'failed' END AS state,
-           CASE WHEN bool_and(c.state IN ('succeeded', 'dead', 'cancelled')) THEN max(c.last)
-                END AS finished_at,
-           jsonb_object_agg(c.state, c.n) AS counts
-    FROM (SELECT j.state, count(*) AS n, max(j.finished_at) AS last FROM jobs j
-          WHERE j.workflow_id = w.id GROUP BY j.state) AS c
+    SELECT jsonb_object_agg(c.state, c.n) AS counts
+    FROM (SELECT j.state, count(*) AS n FROM jobs j WHERE j.workflow_id = w.id GROUP BY j.state) AS c
 ) AS s
 """
 
@@ -132,7 +129,7 @@ async def page(
     conditions = ["(CAST(:client AS text) IS NULL OR w.client_id = :client)"]
     params: dict[str, Any] = {"client": client_id, "limit": limit + 1}
     if state is not None:
-        conditions.append("s.state = :state")
+        conditions.append("w.state = :state")
         params["state"] = state
     if cursor is not None:
         params["created_at"], params["after_id"] = decode_cursor(cursor)
