@@ -13,10 +13,8 @@
   are counted from their steps here.
 - `ix_workflows_state_created` serves the list by state, newest first.
 
-At merge: down_revision becomes "0015" (0015_event_horizon), written meanwhile elsewhere.
-
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0016"
-down_revision: str | None = "0014"
+down_revision: str | None = "0015"
 branch_labels = None
 depends_on = None
 
