@@ -201,11 +201,6 @@ class Settings(BaseSettings):
             return self.webhook_allow_private
         return self.environment != "production"
 
-    @property
-    def libpq_url(self) -> str:
-        """The URL without SQLAlchemy's driver suffix, for plain psycopg connections."""
-        return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
-
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

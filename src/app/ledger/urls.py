@@ -1,0 +1,88 @@
+"""`DATABASE_URL` as libpq reads it, for the processes' own psycopg connections and pools.
+
+The setting is a SQLAlchemy URL, and may name several hosts (a primary and its standbys) in
+either of two forms, both read by SQLAlchemy's engines:
+
+- SQLAlchemy's, for psycopg: `postgresql+psycopg://u@/db?host=a:5432&host=b:5433&target_session_attrs=read-write`
+- libpq's: `postgresql+psycopg://u@/db?host=a,b&port=5432,5433&target_session_attrs=read-write`
+
+libpq reads only the second, so the psycopg connections (the API's group commit, the relay's,
+the worker's claims and batchers, the event listeners) get the setting through `conninfo`,
+which writes both as one libpq conninfo: `host=a,b port=5432,5433 ...`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from psycopg.conninfo import make_conninfo
+from sqlalchemy.engine import make_url
+
+# URL parts SQLAlchemy reads and libpq spells otherwise (or does not know).
+_SQLALCHEMY_ONLY = frozenset({"host", "port"})
+
+
+def conninfo(database_url: str) -> str:
+    """The libpq conninfo of a `DATABASE_URL`, whichever form its host list takes.
+
+    Raises ValueError for a URL that mixes the forms (ports both in `host=` and `port=`).
+    """
+    url = make_url(database_url)
+    hosts, ports = _hosts(url.host, url.port, url.query)
+    params: dict[str, str] = {}
+    if url.database:
+        params["dbname"] = url.database
+    if url.username:
+        params["user"] = url.username
+    if url.password is not None:
+        params["password"] = str(url.password)
+    if hosts:
+        params["host"] = ",".join(hosts)
+    if any(ports):
+        params["port"] = ",".join(ports)
+    for key, value in url.query.items():
+        if key not in _SQLALCHEMY_ONLY:
+            params[key] = value if isinstance(value, str) else value[-1]
+    return make_conninfo("", **params)
+
+
+def _hosts(
+    host: str | None, port: int | None, query: Mapping[str, str | tuple[str, ...]]
+) -> tuple[list[str], list[str]]:
+    """The hosts and their ports (an empty string: the default port), in the order given."""
+    if host:
+        return [host], [str(port) if port else ""]
+    listed = _values(query.get("host"))
+    named_ports = [port for value in _values(query.get("port")) for port in value.split(",")]
+    hosts: list[str] = []
+    ports: list[str] = []
+    for value in listed:
+        for part in value.split(","):
+            name, port_of_host = _split_port(part)
+            hosts.append(name)
+            ports.append(port_of_host)
+    if any(ports):
+        if named_ports:
+            raise ValueError("DATABASE_URL gives ports both in host=name:port and in port=")
+        return hosts, ports
+    return hosts, named_ports  # libpq's form: one port for all, or one per host
+
+
+def _values(value: str | tuple[str, ...] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _split_port(host: str) -> tuple[str, str]:
+    """`name:port` as (name, port); a socket directory (`/run/postgresql`) or a bare name as
+    (host, ""). An IPv6 address is written in brackets: `[::1]:5432`."""
+    if host.startswith("/"):
+        return host, ""
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name, rest.removeprefix(":")
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        return name, port
+    return host, ""
