@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from app.ledger.urls import conninfo
+from app.ledger.urls import connect_options, conninfo
 
 SQLALCHEMY_FORM = (
     "postgresql+psycopg://postgres@/conveyor?host=10.0.0.1:5441&host=10.0.0.2:5442"
@@ -68,3 +68,29 @@ def test_one_port_given_libpqs_way_serves_every_host() -> None:
 def test_ports_given_both_ways_are_refused_rather_than_guessed() -> None:
     with pytest.raises(ValueError, match="both"):
         conninfo("postgresql+psycopg://postgres@/conveyor?host=a:5441&host=b:5442&port=5441,5442")
+
+
+def test_the_failover_setting_bounds_how_long_a_silent_server_keeps_a_connection() -> None:
+    options = conninfo_to_dict(conninfo(LIBPQ_FORM, failover_seconds=30))
+    assert options["keepalives"] == "1"
+    idle, interval, count = (
+        int(options[k]) for k in ("keepalives_idle", "keepalives_interval", "keepalives_count")
+    )
+    assert idle + interval * count <= 30
+    assert int(options["tcp_user_timeout"]) <= 30_000
+
+
+def test_several_hosts_without_a_session_kind_get_read_write_and_a_given_one_is_kept() -> None:
+    unsaid = LIBPQ_FORM.replace("&target_session_attrs=read-write", "")
+    assert conninfo_to_dict(conninfo(unsaid, failover_seconds=30))["target_session_attrs"] == "read-write"
+    assert connect_options(unsaid, 30)["target_session_attrs"] == "read-write"
+    said = LIBPQ_FORM.replace("read-write", "primary")
+    assert conninfo_to_dict(conninfo(said, failover_seconds=30))["target_session_attrs"] == "primary"
+    assert "target_session_attrs" not in connect_options(said, 30)
+
+
+def test_one_host_gets_no_session_kind_and_its_own_keepalives_stay() -> None:
+    url = "postgresql+psycopg://postgres@db:5432/conveyor?keepalives_idle=2"
+    assert "target_session_attrs" not in conninfo_to_dict(conninfo(url, failover_seconds=30))
+    assert conninfo_to_dict(conninfo(url, failover_seconds=30))["keepalives_idle"] == "2"
+    assert "keepalives_idle" not in connect_options(url, 30)

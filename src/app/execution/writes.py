@@ -27,7 +27,7 @@ from app.ledger import jobs as ledger
 from app.ledger.connections import own_connection
 from app.ledger.engines import autocommit_engine, sync_engine
 from app.ledger.jobs import Claim, Doorbell, Token
-from app.ledger.urls import conninfo
+from app.ledger.urls import own_conninfo
 from app.logs import Outage, first_line, get_logger
 from app.settings import get_settings
 
@@ -100,12 +100,10 @@ class LedgerWrites:
             return claim_all(conn, worker_id, lease, ids)[0]
 
         retry = DB_RETRY_SECONDS
-        self._claims = Batcher(
-            "claims", conninfo(settings.database_url), claim, outage=DATABASE_OUTAGE, retry_seconds=retry
-        )
+        self._claims = Batcher("claims", own_conninfo(), claim, outage=DATABASE_OUTAGE, retry_seconds=retry)
         self._successes = Batcher(
             "successes",
-            conninfo(settings.database_url),
+            own_conninfo(),
             ledger.succeed,
             outage=DATABASE_OUTAGE,
             retry_seconds=retry,
@@ -136,7 +134,7 @@ class LedgerWrites:
         conn: psycopg.Connection[Any] | None = getattr(self._own, "conn", None)
         try:
             if conn is None or conn.closed:
-                conn = own_connection(conninfo(get_settings().database_url))
+                conn = own_connection(own_conninfo())
                 self._own.conn = conn
                 self._own_connections.append(conn)
             claims = claim_all(conn, self.worker_id, get_settings().lease_seconds, bells)

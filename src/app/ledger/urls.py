@@ -18,12 +18,15 @@ from collections.abc import Mapping
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
+from app.settings import get_settings
+
 # URL parts SQLAlchemy reads and libpq spells otherwise (or does not know).
 _SQLALCHEMY_ONLY = frozenset({"host", "port"})
 
 
-def conninfo(database_url: str) -> str:
-    """The libpq conninfo of a `DATABASE_URL`, whichever form its host list takes.
+def conninfo(database_url: str, failover_seconds: float | None = None) -> str:
+    """The libpq conninfo of a `DATABASE_URL`, whichever form its host list takes; with
+    `failover_seconds` (`DB_FAILOVER_SECONDS`), also the `failover_options` it does not set.
 
     Raises ValueError for a URL that mixes the forms (ports both in `host=` and `port=`).
     """
@@ -43,7 +46,47 @@ def conninfo(database_url: str) -> str:
     for key, value in url.query.items():
         if key not in _SQLALCHEMY_ONLY:
             params[key] = value if isinstance(value, str) else value[-1]
+    if failover_seconds is not None:
+        params = failover_options(failover_seconds) | _writer(len(hosts)) | params
     return make_conninfo("", **params)
+
+
+def connect_options(database_url: str, failover_seconds: float) -> dict[str, str]:
+    """What `conninfo` adds to a URL, as the `connect_args` of a SQLAlchemy engine (which reads
+    the URL itself): those of `failover_options`, and `target_session_attrs=read-write` for a
+    URL of several hosts that does not say which to pick (libpq would take the first that
+    answers, a standby as soon as the primary is away, and every write would be refused)."""
+    url = make_url(database_url)
+    hosts, _ = _hosts(url.host, url.port, url.query)
+    given = set(url.query) | {"host", "port"}
+    options = failover_options(failover_seconds) | _writer(len(hosts))
+    return {key: value for key, value in options.items() if key not in given}
+
+
+def _writer(hosts: int) -> dict[str, str]:
+    return {"target_session_attrs": "read-write"} if hosts > 1 else {}
+
+
+def failover_options(seconds: float) -> dict[str, str]:
+    """libpq options that end a connection to a server gone without a word (a primary lost to
+    a power cut or a partition sends no reset) well within `seconds`: keepalives on idle
+    connections (a LISTEN, a pooled one), a send timeout on busy ones. The process then
+    reconnects, and libpq walks the host list to whichever server now takes writes."""
+    idle = max(1, int(seconds / 3))
+    interval = max(1, int(seconds / 10))
+    return {
+        "keepalives": "1",
+        "keepalives_idle": str(idle),
+        "keepalives_interval": str(interval),
+        "keepalives_count": "3",
+        "tcp_user_timeout": str(int(seconds * 1000 / 2)),
+    }
+
+
+def own_conninfo() -> str:
+    """This process's conninfo: `DATABASE_URL` with the options of `DB_FAILOVER_SECONDS`."""
+    settings = get_settings()
+    return conninfo(settings.database_url, settings.db_failover_seconds)
 
 
 def _hosts(

@@ -30,7 +30,7 @@ from app.ledger import jobs as ledger
 from app.ledger.connections import own_connection
 from app.ledger.engines import sync_engine
 from app.ledger.schema import NOTIFY_CHANNEL, SLOT_FREED, SLOT_FREED_OF
-from app.ledger.urls import conninfo
+from app.ledger.urls import own_conninfo
 from app.logs import Outage, get_logger
 from app.relay import deadletters, metrics
 from app.relay.messages import doorbell
@@ -164,7 +164,7 @@ class Relay:
         """The publishing loop's own connection: a round trip per statement, prepared, no pool
         (a pooled checkout cost a ping, and the loop runs once per accepted batch)."""
         if self._conn is None or self._conn.closed:
-            self._conn = own_connection(conninfo(self.settings.database_url))
+            self._conn = own_connection(own_conninfo())
         return self._conn
 
     def _forget_ledger(self) -> None:
@@ -273,7 +273,7 @@ class Relay:
 
 
 def _listen(settings: Settings) -> psycopg.Connection[tuple[object, ...]]:
-    conn = own_connection(conninfo(settings.database_url))
+    conn = own_connection(own_conninfo())
     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
     return conn
 
