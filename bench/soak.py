@@ -30,9 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support import faults, infra, keys, outages  # noqa: E402
+from tests.support.pgpair import PgPair  # noqa: E402
 from tests.support.stack import CONVEYOR, Stack  # noqa: E402
 
 FAULTS = ("worker-sigkill", "rabbitmq-restart", "postgres-restart")
+# With --pg-pair: the primary stopped (-m immediate), the standby promoted, the old primary
+# made a standby again.
+PAIR_FAULTS = ("worker-sigkill", "rabbitmq-restart", "postgres-failover")
+PAIR_FAILOVER_SECONDS = "10"
 SOAK_ENV = {
     "ENVIRONMENT": "test",
     "DIAGNOSTIC_TASKS": "true",
@@ -104,8 +109,15 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument(
         "--faults",
-        default=",".join(FAULTS),
-        help=f"comma-separated, injected in turn (default: all of {', '.join(FAULTS)})",
+        default="",
+        help=f"comma-separated, injected in turn (default: {', '.join(FAULTS)}; with --pg-pair, "
+        f"{', '.join(PAIR_FAULTS)})",
+    )
+    parser.add_argument(
+        "--pg-pair",
+        action="store_true",
+        help="keep the ledger on a primary and a synchronous standby of the soak's own (ports "
+        "5441, 5442; tests/support/pgpair.py), reached through a multi-host DATABASE_URL",
     )
     parser.add_argument(
         "--min-accepted-share",
@@ -114,27 +126,33 @@ def main() -> int:
         help="fail when fewer jobs than this share of rate times duration were accepted",
     )
     args = parser.parse_args()
-    args.faults = [kind.strip() for kind in args.faults.split(",") if kind.strip()]
-    unknown = sorted(set(args.faults) - set(FAULTS))
-    if unknown or not args.faults:
-        parser.error(f"--faults: unknown {unknown}; choose among {', '.join(FAULTS)}")
+    possible = PAIR_FAULTS if args.pg_pair else FAULTS
+    args.faults = [kind.strip() for kind in args.faults.split(",") if kind.strip()] or list(possible)
+    unknown = sorted(set(args.faults) - set(possible))
+    if unknown:
+        parser.error(f"--faults: unknown {unknown}; choose among {', '.join(possible)}")
 
     scratch = infra.new_infra()
     infra.create(scratch)
+    pair = PgPair().start() if args.pg_pair else None
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-soak-"))
-    env = (
-        dict(os.environ) | SOAK_ENV | {"DATABASE_URL": scratch.database_url, "BROKER_URL": scratch.broker_url}
-    )
+    database_url = pair.url() if pair is not None else scratch.database_url
+    env = dict(os.environ) | SOAK_ENV | {"DATABASE_URL": database_url, "BROKER_URL": scratch.broker_url}
+    if pair is not None:
+        env["DB_FAILOVER_SECONDS"] = PAIR_FAILOVER_SECONDS
     subprocess.run([CONVEYOR, "migrate"], env=env, check=True, capture_output=True, timeout=120)
     env[keys.ENV] = os.environ[keys.ENV] = make_key(env)
     stack = Stack(workdir=workdir, env=env, diagnostics_over_http=True)
+    ledger = faults.Ledger(pair.libpq_url() if pair is not None else scratch.libpq_url)
     try:
-        report = soak(stack, faults.Ledger(scratch.libpq_url), args)
+        report = soak(stack, ledger, args, pair)
     finally:
         stack.stop()
         outages.ensure_rabbitmq()
         outages.wait_postgres()
         infra.drop(scratch)
+        if pair is not None:
+            pair.stop()
     print_report(report, workdir)
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2, default=str))
@@ -158,7 +176,7 @@ def make_key(env: dict[str, str]) -> str:
     return key
 
 
-def soak(stack: Stack, ledger: faults.Ledger, args: argparse.Namespace) -> Report:
+def soak(stack: Stack, ledger: faults.Ledger, args: argparse.Namespace, pair: PgPair | None) -> Report:
     stack.start_api()
     stack.start_relay()
     stack.wait_api()
@@ -180,7 +198,7 @@ def soak(stack: Stack, ledger: faults.Ledger, args: argparse.Namespace) -> Repor
                 break  # leave the last stretch fault-free, to see the system settle
             kind = args.faults[number % len(args.faults)]
             hard = number // len(args.faults) % 2 == 1
-            injected.append(inject(kind, supervisors[number % 2], hard))
+            injected.append(inject(kind, supervisors[number % 2], hard, pair))
             number += 1
         remaining = args.duration - (time.monotonic() - started)
         time.sleep(max(0.0, remaining))
@@ -204,7 +222,7 @@ def live_workers(ledger: faults.Ledger) -> int:
     return int(rows[0]["n"])
 
 
-def inject(kind: str, supervisor: faults.Supervisor, hard: bool) -> Fault:
+def inject(kind: str, supervisor: faults.Supervisor, hard: bool, pair: PgPair | None) -> Fault:
     fault = Fault(kind, time.time())
     if kind == "worker-sigkill":
         supervisor.current.kill()
@@ -216,10 +234,21 @@ def inject(kind: str, supervisor: faults.Supervisor, hard: bool) -> Fault:
         fault.detail = (
             "SIGKILL of the Erlang VM, then rabbitmq-server" if mode == "kill" else "stop_app/start_app"
         )
+    elif kind == "postgres-failover":
+        assert pair is not None
+        lost = pair.primary.port
+        pair.stop_primary()
+        time.sleep(2)  # a failover manager noticing
+        promoted = pair.promote().port
+        fault.restored_at = time.time()
+        pair.rebuild_standby()
+        fault.detail = (
+            f"primary {lost} stopped (-m immediate), {promoted} promoted 2 s later, {lost} made its standby"
+        )
     else:
         away = outages.restart_postgres()
         fault.detail = f"pg_ctlcluster restart (fast), {away:.1f}s"
-    fault.restored_at = time.time()
+    fault.restored_at = fault.restored_at or time.time()
     print(f"{time.strftime('%H:%M:%S')} fault: {kind} ({fault.detail})", flush=True)
     return fault
 

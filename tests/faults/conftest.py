@@ -98,8 +98,9 @@ def conveyor(base_stack: Stack, infra: Infra, rabbit_proxy: TcpProxy) -> Iterato
 @pytest.fixture(scope="session")
 def pg_pair() -> Iterator[PgPair]:
     """A PostgreSQL primary and its synchronous standby on ports of their own (5441, 5442), once
-    per run: a fault test may stop one and promote the other, so the one test that does so
-    is the pair's last user. Missing binaries or taken ports fail the test, never skip it."""
+    per run. A test that fails the primary over leaves a pair behind (`rebuild_standby`); the
+    primary may then be either port, so tests reach it through the pair's multi-host URL.
+    Missing binaries or taken ports fail the test, never skip it."""
     pair = PgPair()
     try:
         pair.start()

@@ -87,6 +87,8 @@ def failover_stack(pg_pair: PgPair, pair_key: str, infra: Infra, tmp_path: Path)
         if previous_key is not None:
             os.environ[ENV] = previous_key
         stack.stop()
+        if pg_pair.standby.pid() is None:
+            pg_pair.rebuild_standby()  # a pair again, for whatever runs next (about a second)
 
 
 @pytest.mark.anyio

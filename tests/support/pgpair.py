@@ -112,7 +112,7 @@ class PgPair:
         self._pg_ctl(primary, "start")
         self._run(
             "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
-            "-D", str(standby.data), "-R", "-X", "stream", "--no-sync",
+            "-D", str(standby.data), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast",
         )  # fmt: skip
         self._follow(standby, primary)
         self._pg_ctl(standby, "start")
@@ -177,6 +177,24 @@ class PgPair:
         self._pg_ctl(self.standby, "promote")
         self.primary_index = 1 - self.primary_index
         return self.primary
+
+    def rebuild_standby(self) -> None:
+        """Make the stopped old primary a synchronous standby of the new one again (a fresh
+        `pg_basebackup`, cheaper here than `pg_rewind`), so the pair can fail over again."""
+        old, primary = self.standby, self.primary
+        if old.pid() is not None:
+            self._pg_ctl(old, "stop", "-m", "immediate")
+        shutil.rmtree(old.data)
+        self._run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+            "-D", str(old.data), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast",
+        )  # fmt: skip
+        self._follow(old, primary)
+        self._pg_ctl(old, "start")
+        with psycopg.connect(primary.admin_url, autocommit=True) as conn:
+            conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}'")
+            conn.execute("SELECT pg_reload_conf()")
+        self.wait_synchronous()
 
     # -- stopping ---------------------------------------------------------------------------
 
