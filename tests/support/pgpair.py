@@ -1,7 +1,8 @@
 """A PostgreSQL primary and its synchronous standby, of this test run's own (never the shared 5432).
 
-Built from the Debian PostgreSQL 15 binaries: `initdb` for the primary, `pg_basebackup -R` for
-the standby, each on a port of its own, their data in a temporary directory. A commit returns
+Built from the Debian PostgreSQL binaries (the newest in /usr/lib/postgresql, or `PG_BIN`):
+`initdb` for the primary, `pg_basebackup -R` for the standby, each on a port of its own, their
+data in a temporary directory. A commit returns
 only once the standby has it (`synchronous_standby_names`), so a job that got a 202 outlives
 the primary. As root, every binary runs as the `postgres` user (initdb refuses root).
 """
@@ -22,7 +23,19 @@ from pathlib import Path
 
 import psycopg
 
-BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _binaries() -> Path:
+    """PG_BIN, else the newest Debian PostgreSQL's binaries (15 on this machine's Debian 12)."""
+    if given := os.environ.get("PG_BIN"):
+        return Path(given)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
+    )
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _binaries()
 PORTS = (5441, 5442)
 STANDBY_NAME = "conveyor_standby"
 DATABASE = "conveyor_failover"
