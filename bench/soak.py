@@ -1,12 +1,14 @@
 """Soak: post jobs at a steady rate while workers are SIGKILLed and RabbitMQ and PostgreSQL
 restart on a schedule; then count, Jepsen-style, what became of every accepted job.
 
-    .venv/bin/python bench/soak.py [--duration 180] [--rate 20] [--json out.json]
+    .venv/bin/python bench/soak.py [--duration 180] [--rate 20] [--faults worker-sigkill] [--json out.json]
 
-It runs the real processes (api, relay, two supervised workers) against a database and a
-vhost of its own, restarts the machine's real RabbitMQ and PostgreSQL (each brought back in
-a `finally`), and exits 1 if any accepted job was lost or any effect happened twice. Not
-part of CI: it restarts shared services and takes minutes.
+It runs the real processes (api, relay, two supervised workers) against a database, a vhost
+and an API key of its own, restarts the machine's real RabbitMQ and PostgreSQL (each brought
+back in a `finally`; `--faults worker-sigkill` leaves them alone), and exits 1 if any accepted
+job was lost, any effect happened twice, or it accepted far fewer jobs than its rate and
+duration promise (a soak that stored nothing proves nothing). Not part of CI: it restarts
+shared services and takes minutes.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import faults, infra, outages  # noqa: E402
+from tests.support import faults, infra, keys, outages  # noqa: E402
+from tests.support.pgpair import PgPair  # noqa: E402
 from tests.support.stack import CONVEYOR, Stack  # noqa: E402
 
 FAULTS = ("worker-sigkill", "rabbitmq-restart", "postgres-restart")
+# With --pg-pair: the primary stopped (-m immediate), the standby promoted, the old primary
+# made a standby again.
+PAIR_FAULTS = ("worker-sigkill", "rabbitmq-restart", "postgres-failover")
+PAIR_FAILOVER_SECONDS = "10"
 SOAK_ENV = {
     "ENVIRONMENT": "test",
     "DIAGNOSTIC_TASKS": "true",
@@ -75,10 +82,20 @@ class Report:
     p99_accept_to_done_s: float = 0.0
     worker_restarts: int = 0
     faults: list[dict[str, Any]] = field(default_factory=list)
+    # Accepted jobs below this share of rate times duration fail the soak: the posting itself broke.
+    min_accepted_share: float = 0.5
+
+    @property
+    def promised(self) -> int:
+        return int(self.rate_per_s * self.duration_s)
+
+    @property
+    def too_few(self) -> bool:
+        return self.accepted == 0 or self.accepted < self.min_accepted_share * self.promised
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicated_effects == 0
+        return self.lost == 0 and self.duplicated_effects == 0 and not self.too_few
 
 
 def main() -> int:
@@ -90,30 +107,76 @@ def main() -> int:
     parser.add_argument("--fault-every", type=float, default=25.0, help="seconds between faults")
     parser.add_argument("--drain-timeout", type=float, default=180.0, help="seconds to wait for the end")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--faults",
+        default="",
+        help=f"comma-separated, injected in turn (default: {', '.join(FAULTS)}; with --pg-pair, "
+        f"{', '.join(PAIR_FAULTS)})",
+    )
+    parser.add_argument(
+        "--pg-pair",
+        action="store_true",
+        help="keep the ledger on a primary and a synchronous standby of the soak's own (ports "
+        "5441, 5442; tests/support/pgpair.py), reached through a multi-host DATABASE_URL",
+    )
+    parser.add_argument(
+        "--min-accepted-share",
+        type=float,
+        default=0.5,
+        help="fail when fewer jobs than this share of rate times duration were accepted",
+    )
     args = parser.parse_args()
+    possible = PAIR_FAULTS if args.pg_pair else FAULTS
+    args.faults = [kind.strip() for kind in args.faults.split(",") if kind.strip()] or list(possible)
+    unknown = sorted(set(args.faults) - set(possible))
+    if unknown:
+        parser.error(f"--faults: unknown {unknown}; choose among {', '.join(possible)}")
 
     scratch = infra.new_infra()
     infra.create(scratch)
+    pair = PgPair().start() if args.pg_pair else None
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-soak-"))
-    env = (
-        dict(os.environ) | SOAK_ENV | {"DATABASE_URL": scratch.database_url, "BROKER_URL": scratch.broker_url}
-    )
+    database_url = pair.url() if pair is not None else scratch.database_url
+    env = dict(os.environ) | SOAK_ENV | {"DATABASE_URL": database_url, "BROKER_URL": scratch.broker_url}
+    if pair is not None:
+        env["DB_FAILOVER_SECONDS"] = PAIR_FAILOVER_SECONDS
     subprocess.run([CONVEYOR, "migrate"], env=env, check=True, capture_output=True, timeout=120)
-    stack = Stack(workdir=workdir, env=env)
+    env[keys.ENV] = os.environ[keys.ENV] = make_key(env)
+    stack = Stack(workdir=workdir, env=env, diagnostics_over_http=True)
+    ledger = faults.Ledger(pair.libpq_url() if pair is not None else scratch.libpq_url)
     try:
-        report = soak(stack, faults.Ledger(scratch.libpq_url), args)
+        report = soak(stack, ledger, args, pair)
     finally:
         stack.stop()
         outages.ensure_rabbitmq()
         outages.wait_postgres()
         infra.drop(scratch)
+        if pair is not None:
+            pair.stop()
     print_report(report, workdir)
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2, default=str))
     return 0 if report.ok else 1
 
 
-def soak(stack: Stack, ledger: faults.Ledger, args: argparse.Namespace) -> Report:
+def make_key(env: dict[str, str]) -> str:
+    """A key of the soak's own ledger, made with the CLI as an operator would (the key is its
+    output's last line); the API refuses every job without one."""
+    made = subprocess.run(
+        [CONVEYOR, "keys", "create", "soak", "--scopes", "enqueue,read,operate,metrics"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    key = made.stdout.strip().splitlines()[-1].strip()
+    if not key.startswith("cvk_"):
+        raise SystemExit(f"could not make the soak's key: {made.stdout!r} {made.stderr!r}")
+    return key
+
+
+def soak(stack: Stack, ledger: faults.Ledger, args: argparse.Namespace, pair: PgPair | None) -> Report:
     stack.start_api()
     stack.start_relay()
     stack.wait_api()
@@ -133,9 +196,9 @@ def soak(stack: Stack, ledger: faults.Ledger, args: argparse.Namespace) -> Repor
             time.sleep(min(args.fault_every, left))
             if args.duration - (time.monotonic() - started) < args.fault_every / 2:
                 break  # leave the last stretch fault-free, to see the system settle
-            kind = FAULTS[number % len(FAULTS)]
-            hard = number // len(FAULTS) % 2 == 1
-            injected.append(inject(kind, supervisors[number % 2], hard))
+            kind = args.faults[number % len(args.faults)]
+            hard = number // len(args.faults) % 2 == 1
+            injected.append(inject(kind, supervisors[number % 2], hard, pair))
             number += 1
         remaining = args.duration - (time.monotonic() - started)
         time.sleep(max(0.0, remaining))
@@ -159,7 +222,7 @@ def live_workers(ledger: faults.Ledger) -> int:
     return int(rows[0]["n"])
 
 
-def inject(kind: str, supervisor: faults.Supervisor, hard: bool) -> Fault:
+def inject(kind: str, supervisor: faults.Supervisor, hard: bool, pair: PgPair | None) -> Fault:
     fault = Fault(kind, time.time())
     if kind == "worker-sigkill":
         supervisor.current.kill()
@@ -171,10 +234,21 @@ def inject(kind: str, supervisor: faults.Supervisor, hard: bool) -> Fault:
         fault.detail = (
             "SIGKILL of the Erlang VM, then rabbitmq-server" if mode == "kill" else "stop_app/start_app"
         )
+    elif kind == "postgres-failover":
+        assert pair is not None
+        lost = pair.primary.port
+        pair.stop_primary()
+        time.sleep(2)  # a failover manager noticing
+        promoted = pair.promote().port
+        fault.restored_at = time.time()
+        pair.rebuild_standby()
+        fault.detail = (
+            f"primary {lost} stopped (-m immediate), {promoted} promoted 2 s later, {lost} made its standby"
+        )
     else:
         away = outages.restart_postgres()
         fault.detail = f"pg_ctlcluster restart (fast), {away:.1f}s"
-    fault.restored_at = time.time()
+    fault.restored_at = fault.restored_at or time.time()
     print(f"{time.strftime('%H:%M:%S')} fault: {kind} ({fault.detail})", flush=True)
     return fault
 
@@ -187,7 +261,12 @@ def tally(
     states = {job_id: job["state"] for job_id, job in jobs.items()}
     executions = ledger.effects("started")
     effects = ledger.effects()
-    report = Report(duration_s=args.duration, rate_per_s=args.rate, accepted=len(ids))
+    report = Report(
+        duration_s=args.duration,
+        rate_per_s=args.rate,
+        accepted=len(ids),
+        min_accepted_share=args.min_accepted_share,
+    )
     report.refused_during_outages = dict(poster.refused)
     report.succeeded = sum(1 for s in states.values() if s == "succeeded")
     report.dead = sum(1 for s in states.values() if s == "dead")
@@ -224,9 +303,11 @@ def recovery(ledger: faults.Ledger, fault: Fault) -> dict[str, float | None]:
 
 def print_report(report: Report, workdir: Path) -> None:
     verdict = "OK" if report.ok else "FAILED"
+    if report.too_few:
+        verdict += f" (accepted {report.accepted} of the {report.promised} promised)"
     print(f"\n== soak: {report.duration_s:.0f}s at {report.rate_per_s:g} jobs/s — {verdict}")
     rows = [
-        ("accepted (202)", report.accepted),
+        ("accepted (202)", f"{report.accepted} of {report.promised} posted at the rate"),
         ("succeeded", report.succeeded),
         ("dead", report.dead),
         ("cancelled", report.cancelled),

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     # The API's bound on connecting, waiting for a pooled connection, and one statement.
     db_timeout_seconds: float = Field(default=5.0, gt=0.0)
+    # After a standby is promoted, every process writes to the new primary within this: TCP
+    # keepalives and a send timeout end connections to a primary that vanished without a word,
+    # a connection that finds itself on a read-only server is dropped, reconnects are retried.
+    db_failover_seconds: float = Field(default=30.0, ge=3.0)
     # Accepted jobs waiting for their batch's INSERT; past it the API answers 503 at once.
     intake_max_pending: int = Field(default=10_000, ge=1)
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -204,11 +208,6 @@ class Settings(BaseSettings):
         if self.webhook_allow_private is not None:
             return self.webhook_allow_private
         return self.environment != "production"
-
-    @property
-    def libpq_url(self) -> str:
-        """The URL without SQLAlchemy's driver suffix, for plain psycopg connections."""
-        return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 @lru_cache(maxsize=1)

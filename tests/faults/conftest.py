@@ -10,6 +10,7 @@ here is shared too.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from tests.support import faults, outages
 from tests.support.infra import Infra
+from tests.support.pgpair import PairUnavailable, PgPair
 from tests.support.proxy import TcpProxy
 from tests.support.stack import Stack
 
@@ -91,3 +93,22 @@ def conveyor(base_stack: Stack, infra: Infra, rabbit_proxy: TcpProxy) -> Iterato
         workers.kill_all()  # the test is over: nothing left to finish gracefully
         for name in [n for n in base_stack.processes if n.startswith("worker-")]:
             del base_stack.processes[name]
+
+
+@pytest.fixture(scope="session")
+def pg_pair() -> Iterator[PgPair]:
+    """A PostgreSQL primary and its synchronous standby on ports of their own (5441, 5442), once
+    per run. A test that fails the primary over leaves a pair behind (`rebuild_standby`); the
+    primary may then be either port, so tests reach it through the pair's multi-host URL.
+    Missing binaries or taken ports fail the test, never skip it."""
+    pair = PgPair()
+    try:
+        pair.start()
+    except (PairUnavailable, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or ""
+        pair.stop()
+        pytest.fail(f"no PostgreSQL pair: {error} {detail}")
+    try:
+        yield pair
+    finally:
+        pair.stop()

@@ -311,6 +311,7 @@ class Poster:
     payload: Callable[[int], dict[str, Any]]
     rate: float
     task: str = EFFECT_TASK
+    timeout: float = 5.0  # seconds a request may take before it counts as unanswered
     accepted: list[tuple[str, float]] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)
     # Refusals that break I5: not JSON, or a 503 without Retry-After.
@@ -336,7 +337,7 @@ class Poster:
         interval = 1.0 / self.rate
         next_at = time.monotonic()
         n = 0
-        with httpx.Client(base_url=self.base_url, timeout=5.0, headers=auth()) as client:
+        with httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=auth()) as client:
             while not self._stop.is_set():
                 body = {"task": self.task, "payload": self.payload(n)}
                 n += 1

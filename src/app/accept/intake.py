@@ -60,6 +60,8 @@ UNIQUE_ATTEMPTS = 5
 UNAVAILABLE = "the job ledger is unavailable; nothing was stored, retry later"
 # Errors that say the database is away or overloaded, not that a row is wrong.
 UNAVAILABLE_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
+# The pool's reconnecting is given up and started again this many times in DB_FAILOVER_SECONDS.
+RECONNECTS_PER_FAILOVER = 6
 
 
 async def check_if_stirred(conn: AsyncConnection[Any]) -> None:
@@ -95,6 +97,10 @@ class Intake:
             open=False,
             check=check_if_stirred,
             timeout=settings.db_timeout_seconds,
+            # The pool's reconnects back off without a cap (1, 2, 4, 8 s...): after a failover
+            # the first 202 came 7 s after the promotion. A reconnect given up this soon is
+            # started afresh, from a 1 s delay, by the next request that waits for a connection.
+            reconnect_timeout=settings.db_failover_seconds / RECONNECTS_PER_FAILOVER,
         )
         self._opened = False
         self._pending: list[Pending] = []

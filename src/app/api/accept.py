@@ -27,7 +27,7 @@ from app.jobs import enqueue as accepting
 from app.jobs.enqueue import MAX_IDEMPOTENCY_KEY_LENGTH
 from app.jobs.registry import TaskSpec, get_task, public_tasks
 from app.ledger.jobs import NewJob
-from app.settings import get_settings
+from app.ledger.urls import own_conninfo
 from app.tracing import enqueuing as traced
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -74,7 +74,7 @@ def _new_job(
 def _intake(request: Request) -> Intake:
     intake: Intake | None = getattr(request.app.state, "intake", None)
     if intake is None:
-        intake = request.app.state.intake = Intake(get_settings().libpq_url)
+        intake = request.app.state.intake = Intake(own_conninfo())
     return intake
 
 

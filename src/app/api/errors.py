@@ -52,6 +52,9 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     sqlalchemy.exc.TimeoutError,
     psycopg.OperationalError,
     psycopg.InterfaceError,
+    # A write that reached a standby (the ledger turns it into an OperationalError and drops
+    # the connection; this catches one that comes another way).
+    psycopg.errors.ReadOnlySqlTransaction,
     ConnectionError,
     TimeoutError,
 )

@@ -26,6 +26,7 @@ from app.ledger import events
 from app.ledger.engines import api_connect_args
 from app.ledger.events import Cursor, EventFilter
 from app.ledger.schema import TERMINAL_STATES
+from app.ledger.urls import own_conninfo
 from app.operate import reads
 from app.operate.views import JobView, job_view
 from app.settings import get_settings
@@ -49,7 +50,7 @@ async def event_pump(app: FastAPI) -> EventPump:
         async with _pump_lock:
             pump = getattr(app.state, "event_pump", None)
             if pump is None:
-                pump = EventPump(get_settings().libpq_url, job_views, api_connect_args())
+                pump = EventPump(own_conninfo(), job_views, api_connect_args())
                 app.state.event_pump = pump
     try:
         await pump.start(within=get_settings().db_timeout_seconds)
@@ -69,7 +70,7 @@ async def _log_reader() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """A connection of a stream's own for its catch-up: each read its own transaction."""
     options: dict[str, Any] = api_connect_args()
     try:
-        conn = await psycopg.AsyncConnection.connect(get_settings().libpq_url, autocommit=True, **options)
+        conn = await psycopg.AsyncConnection.connect(own_conninfo(), autocommit=True, **options)
     except psycopg.OperationalError as error:
         raise LedgerUnavailable(str(error)) from error
     async with conn:

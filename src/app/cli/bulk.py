@@ -109,12 +109,16 @@ def _store(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from sqlalchemy import create_engine
 
+    from app.ledger.urls import connect_options
     from app.logs import first_line
     from app.settings import get_settings
 
     settings = get_settings()
+    options = connect_options(settings.database_url, settings.db_failover_seconds)
     engine = create_engine(
-        settings.database_url, pool_size=1, connect_args={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS}
+        settings.database_url,
+        pool_size=1,
+        connect_args=options | {"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS},
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     new = repeated = held = last_line = 0

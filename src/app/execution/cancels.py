@@ -31,6 +31,7 @@ from app.errors import Cancelled
 from app.jobs.context import JobContext
 from app.ledger import cancels
 from app.ledger.connections import own_connection
+from app.ledger.urls import own_conninfo
 from app.logs import Outage, get_logger
 from app.settings import get_settings
 
@@ -102,7 +103,7 @@ class CancelWatcher:
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
-                    conn = own_connection(get_settings().libpq_url)
+                    conn = own_connection(own_conninfo())
                     cancels.listen(conn)
                 self.round(conn)
             except Exception as error:

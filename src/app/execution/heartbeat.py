@@ -13,6 +13,7 @@ from sqlalchemy import Engine, create_engine
 
 from app.ledger import jobs as ledger
 from app.ledger import workers
+from app.ledger.urls import connect_options
 from app.logs import Outage, get_logger
 from app.settings import get_settings
 
@@ -59,7 +60,12 @@ class Heartbeat:
         if self._engine is None:
             # Lease renewal must never queue behind the task threads it protects: with the
             # shared pool busy, leases of healthy jobs expired and their work was thrown away.
-            self._engine = create_engine(settings.database_url, pool_size=1, max_overflow=0)
+            self._engine = create_engine(
+                settings.database_url,
+                pool_size=1,
+                max_overflow=0,
+                connect_args=connect_options(settings.database_url, settings.db_failover_seconds),
+            )
         beat = workers.Heartbeat(
             id=self.worker_id,
             host=socket.gethostname(),

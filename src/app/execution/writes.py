@@ -27,15 +27,21 @@ from app.ledger import jobs as ledger
 from app.ledger.connections import own_connection
 from app.ledger.engines import autocommit_engine, sync_engine
 from app.ledger.jobs import Claim, Doorbell, Token
+from app.ledger.urls import own_conninfo
 from app.logs import Outage, first_line, get_logger
 from app.settings import get_settings
 
 log = get_logger("conveyor.worker")
 T = TypeVar("T")
 
-# How long a worker keeps retrying a ledger write while the database is unreachable.
-# Past it the lease runs out and the relay hands the job to another attempt.
+# How long a worker keeps retrying a ledger write while the database is unreachable (at
+# least twice DB_FAILOVER_SECONDS: a failover is ridden out, not given up on). Past it the
+# lease runs out and the relay hands the job to another attempt.
 DB_RETRY_SECONDS = 60.0
+
+
+def db_retry_seconds() -> float:
+    return max(DB_RETRY_SECONDS, 2 * get_settings().db_failover_seconds)
 
 
 DATABASE_OUTAGE = Outage(log, "database (the worker's ledger writes)")
@@ -43,7 +49,7 @@ DATABASE_OUTAGE = Outage(log, "database (the worker's ledger writes)")
 
 def with_db_retry(fn: Callable[[], T], *, what: str, job_id: UUID | None = None) -> T:
     """`fn()`, tried again with backoff while the database is down or every connection is busy."""
-    deadline = time.monotonic() + DB_RETRY_SECONDS
+    deadline = time.monotonic() + db_retry_seconds()
     pause = 0.1
     while True:
         try:
@@ -98,12 +104,14 @@ class LedgerWrites:
         def claim(conn: psycopg.Connection[Any], ids: Any) -> list[Claim | None]:
             return claim_all(conn, worker_id, lease, ids)[0]
 
-        retry = DB_RETRY_SECONDS
-        self._claims = Batcher(
-            "claims", settings.libpq_url, claim, outage=DATABASE_OUTAGE, retry_seconds=retry
-        )
+        retry = db_retry_seconds()
+        self._claims = Batcher("claims", own_conninfo(), claim, outage=DATABASE_OUTAGE, retry_seconds=retry)
         self._successes = Batcher(
-            "successes", settings.libpq_url, ledger.succeed, outage=DATABASE_OUTAGE, retry_seconds=retry
+            "successes",
+            own_conninfo(),
+            ledger.succeed,
+            outage=DATABASE_OUTAGE,
+            retry_seconds=retry,
         )
 
     def close(self) -> None:
@@ -131,7 +139,7 @@ class LedgerWrites:
         conn: psycopg.Connection[Any] | None = getattr(self._own, "conn", None)
         try:
             if conn is None or conn.closed:
-                conn = own_connection(get_settings().libpq_url)
+                conn = own_connection(own_conninfo())
                 self._own.conn = conn
                 self._own_connections.append(conn)
             claims = claim_all(conn, self.worker_id, get_settings().lease_seconds, bells)

@@ -40,7 +40,11 @@ def run(
     conn: SyncConnection, sql: str, params: Params | None = None, *, prepare: bool | None = None
 ) -> Outcome:
     if isinstance(conn, psycopg.Connection):
-        cursor = conn.execute(sql, params, prepare=prepare)
+        try:
+            cursor = conn.execute(sql, params, prepare=prepare)
+        except psycopg.errors.ReadOnlySqlTransaction as error:
+            conn.close()
+            raise on_a_standby(error) from error
         return Outcome(cursor.fetchall() if _has_rows(cursor) else [], cursor.rowcount)
     result = conn.exec_driver_sql(sql, dict(params or {}))
     rows = [tuple(row) for row in result.fetchall()] if result.returns_rows else []
@@ -51,11 +55,23 @@ async def run_async(
     conn: AsyncConnection, sql: str, params: Params | None = None, *, prepare: bool | None = None
 ) -> Outcome:
     if isinstance(conn, psycopg.AsyncConnection):
-        cursor = await conn.execute(sql, params, prepare=prepare)
+        try:
+            cursor = await conn.execute(sql, params, prepare=prepare)
+        except psycopg.errors.ReadOnlySqlTransaction as error:
+            await conn.close()
+            raise on_a_standby(error) from error
         return Outcome(await cursor.fetchall() if _has_rows(cursor) else [], cursor.rowcount)
     result = await conn.exec_driver_sql(sql, dict(params or {}))
     rows = [tuple(row) for row in result.fetchall()] if result.returns_rows else []
     return Outcome(rows, result.rowcount)
+
+
+def on_a_standby(error: psycopg.Error) -> psycopg.OperationalError:
+    """A write refused as read-only, as the lost connection it is: the connection reached a
+    standby (a primary demoted by a failover, or a host list without
+    `target_session_attrs=read-write`). Closed, it is replaced by one to the primary, and
+    every caller that rides out a database outage (retries, a 503) rides this out too."""
+    return psycopg.OperationalError(f"the database server is read-only (a standby): {error}")
 
 
 def _has_rows(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:

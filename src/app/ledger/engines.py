@@ -13,11 +13,16 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine
+import psycopg
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import OperationalError
 
 if TYPE_CHECKING:  # the async layer pulls in sqlalchemy.orm: only the API process loads it
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.ledger.connections import on_a_standby
+from app.ledger.urls import connect_options
 from app.settings import get_settings
 
 _sync: dict[str, Engine] = {}
@@ -42,6 +47,7 @@ def sync_engine(url: str | None = None) -> Engine:
                     # After PostgreSQL restarts, a pooled connection is dead: pinged first, it is
                     # replaced, instead of failing a task's transaction or an operator's command.
                     pool_pre_ping=True,
+                    connect_args=connect_options(url, settings.db_failover_seconds),
                 )
     return _sync[url]
 
@@ -69,7 +75,7 @@ def async_engine(url: str | None = None) -> AsyncEngine:
             pool_recycle=1800,
             pool_pre_ping=True,
             pool_timeout=settings.db_timeout_seconds,
-            connect_args=api_connect_args(),
+            connect_args=connect_options(url, settings.db_failover_seconds) | api_connect_args(),
         )
     return _async[url]
 
@@ -97,3 +103,17 @@ async def dispose_async_engines() -> None:
     for engine in _async.values():
         await engine.dispose()
     _async.clear()
+
+
+@event.listens_for(Engine, "handle_error", retval=True)
+def _standby_is_a_lost_connection(context: ExceptionContext) -> BaseException | None:
+    """Every engine's pool (the async ones wrap one) treats a write refused as read-only as a
+    lost connection: the pool drops its connections (a ping would not: a standby answers it)
+    and the caller sees an OperationalError, as for any database outage."""
+    error = context.original_exception
+    if not isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
+        return None
+    context.is_disconnect = True
+    return OperationalError(
+        context.statement, context.parameters, on_a_standby(error), connection_invalidated=True
+    )

@@ -13,7 +13,7 @@ from uuid import UUID
 import psycopg
 
 from app.ledger import queries
-from app.ledger.connections import AsyncConnection, SyncConnection, run, run_async
+from app.ledger.connections import AsyncConnection, SyncConnection, on_a_standby, run, run_async
 from app.ledger.jobs import Claim, Doorbell, Publishable, Token
 
 
@@ -31,9 +31,13 @@ def claim_limited(
     the locks are held."""
     ids = [bell.job_id for bell in bells]
     params = {"ids": ids, "tasks": [b.task for b in bells], "worker_id": worker_id, "lease": lease_seconds}
-    with conn.pipeline(), conn.transaction():
-        conn.execute(queries.LOCK_FLOW_KEYS, {"ids": ids}, prepare=True)
-        claimed = conn.execute(queries.CLAIM_LIMITED, params, prepare=True)
+    try:
+        with conn.pipeline(), conn.transaction():
+            conn.execute(queries.LOCK_FLOW_KEYS, {"ids": ids}, prepare=True)
+            claimed = conn.execute(queries.CLAIM_LIMITED, params, prepare=True)
+    except psycopg.errors.ReadOnlySqlTransaction as error:
+        conn.close()
+        raise on_a_standby(error) from error
     rows = claimed.fetchall()
     held = {r[0] for r in rows if r[1] is None}
     claims = {

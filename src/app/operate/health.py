@@ -21,6 +21,7 @@ from dramatiq.common import xq_name
 from sqlalchemy import Engine, create_engine, text
 
 from app import transport
+from app.ledger.urls import connect_options
 from app.logs import first_line
 from app.operate.stats import LIVE, live_params, liveness_window_seconds
 from app.settings import Settings, get_settings
@@ -104,7 +105,8 @@ def probe_engine(url: str) -> Engine:
         pool_timeout=PROBE_TIMEOUT_SECONDS,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={
+        connect_args=connect_options(url, get_settings().db_failover_seconds)
+        | {
             "connect_timeout": DB_CONNECT_TIMEOUT_SECONDS,
             "options": f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}",
             "application_name": "conveyor-probe",

@@ -32,6 +32,7 @@ from app.ledger.connections import own_connection
 from app.ledger.engines import sync_engine
 from app.ledger.event_schema import PUBLISH_APPLICATION_NAME
 from app.ledger.schema import NOTIFY_CHANNEL, SLOT_FREED, SLOT_FREED_OF
+from app.ledger.urls import own_conninfo
 from app.logs import Outage, get_logger
 from app.relay import deadletters, metrics
 from app.relay.messages import doorbell
@@ -168,7 +169,7 @@ class Relay:
         broker confirms, would otherwise hold back every event committed meanwhile from the
         followers (the event horizon passes over it, migration 0015)."""
         if self._conn is None or self._conn.closed:
-            self._conn = own_connection(self.settings.libpq_url, PUBLISH_APPLICATION_NAME)
+            self._conn = own_connection(own_conninfo(), PUBLISH_APPLICATION_NAME)
         return self._conn
 
     def _forget_ledger(self) -> None:
@@ -277,7 +278,7 @@ class Relay:
 
 
 def _listen(settings: Settings) -> psycopg.Connection[tuple[object, ...]]:
-    conn = own_connection(settings.libpq_url)
+    conn = own_connection(own_conninfo())
     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
     return conn
 

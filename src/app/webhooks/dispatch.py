@@ -25,6 +25,7 @@ from sqlalchemy.exc import OperationalError
 from app.jobs.backoff import backoff_seconds
 from app.ledger import webhooks as ledger
 from app.ledger.connections import own_connection
+from app.ledger.urls import own_conninfo
 from app.logs import Outage, first_line, get_logger
 from app.settings import Settings
 from app.webhooks import metrics, signing
@@ -237,7 +238,7 @@ class Dispatcher:
 
 def _alive(conn: Connection | None, settings: Settings) -> Connection:
     if conn is None or conn.closed or conn.broken:
-        return own_connection(settings.libpq_url)
+        return own_connection(own_conninfo())
     return conn
 
 
