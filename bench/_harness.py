@@ -472,6 +472,51 @@ def pg_counters(database: str) -> dict[str, int]:
     return dict(zip(names, (int(v) for v in row or (0,) * 6), strict=True))
 
 
+class Statements:
+    """What each statement of one database cost, per job, from pg_stat_statements: where the
+    server loads it (`shared_preload_libraries`); otherwise nothing is read."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.ready = False
+
+    def reset(self) -> Statements:
+        try:
+            with pg_connect(libpq_url(self.database)) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                conn.execute("SELECT pg_stat_statements_reset()")
+            self.ready = True
+        except psycopg.Error:
+            self.ready = False
+        return self
+
+    def read(self, jobs: int, top: int = 14) -> list[tuple[str, float, float, float, float, float]]:
+        """(statement, calls, rows, shared buffers, execution ms, planning ms) per job, the most
+        called first (planning is 0 unless `pg_stat_statements.track_planning` is on)."""
+        if not self.ready:
+            return []
+        query = """
+            SELECT s.query, sum(s.calls), sum(s.rows), sum(s.shared_blks_hit + s.shared_blks_read),
+                   sum(s.total_exec_time), sum(s.total_plan_time)
+            FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+            WHERE d.datname = %s GROUP BY s.query ORDER BY sum(s.calls) DESC LIMIT %s
+        """
+        with pg_connect(libpq_url(self.database)) as conn:
+            rows = conn.execute(query, (self.database, top)).fetchall()
+        n = max(1, jobs)
+        return [
+            (
+                " ".join(str(q).split())[:90],
+                float(c) / n,
+                float(r) / n,
+                float(b) / n,
+                float(ms) / n,
+                float(p) / n,
+            )
+            for q, c, r, b, ms, p in rows
+        ]
+
+
 def wal_bytes() -> int:
     """The WAL the whole server has written so far (pg_stat_wal): read before and after a run."""
     with pg_connect(PG_ADMIN) as conn:

@@ -3,6 +3,7 @@
     python bench/accept.py                         # bare, celery, conveyor, conveyor-no-relay
     python bench/accept.py --duration 30 --connections 64
     python bench/accept.py --systems conveyor --profile   # py-spy on the API under load
+    BENCH_SCRATCH=accept_mine python bench/accept.py   # scratch database and vhosts of that name
 
 Each server runs alone (one at a time), one uvicorn process with uvloop and httptools, on a
 port of its own; wrk (one thread, from another process) drives it with the same JSON body:
@@ -12,8 +13,8 @@ port of its own; wrk (one thread, from another process) drives it with the same 
   a plain `def`, so FastAPI runs the blocking publish in its thread pool (FastAPI's advice).
 - celery-async: the same as an `async def` publishing on the event loop: less CPU per
   request, worse tail latency; the budget is checked against both.
-- conveyor: `conveyor api` on a scratch database (conveyor_bench) with `conveyor relay`
-  running beside it, publishing what the API accepts, as it is deployed.
+- conveyor: `conveyor api` on a scratch database (conveyor_bench, or BENCH_SCRATCH) with
+  `conveyor relay` running beside it, publishing what the API accepts, as it is deployed.
 - conveyor-no-relay: the API alone (a diagnostic: the accept path without the relay's load).
 - conveyor-open: `conveyor api` with the key check taken out of the accept route (a bench-only
   peer, peers/conveyor_open.py), relay running: beside `conveyor`, what access costs.
@@ -73,8 +74,9 @@ from _harness import (
 )
 from _profile import API_MARKERS, Recorder, report
 
-# BENCH_SUFFIX: scratch names of this run's own, where other runs share the servers.
-DATABASE = "conveyor_bench" + os.environ.get("BENCH_SUFFIX", "")
+# Scratch names; BENCH_SCRATCH gives a run names of its own (two benches on one server never
+# meet), as in drain.py. BENCH_SUFFIX, appended to them, is still read.
+DATABASE = os.environ.get("BENCH_SCRATCH", "conveyor_bench") + os.environ.get("BENCH_SUFFIX", "")
 SYSTEMS = ("bare", "celery", "celery-async", "conveyor", "conveyor-open", "conveyor-no-relay")
 DEFAULT_SYSTEMS = ("bare", "celery", "celery-async", "conveyor", "conveyor-open")
 WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"

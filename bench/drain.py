@@ -54,6 +54,7 @@ from _harness import (
     Proc,
     Procs,
     Query,
+    Statements,
     WaitSampler,
     backend_clients,
     busiest,
@@ -102,6 +103,13 @@ SYSTEMS = (
 FLOW_TASK = "app.tasks.example.tenant_report"
 DEFAULT_SYSTEMS = "conveyor,conveyor-quiet,dramatiq,celery,celery-prefork"
 POLL_SECONDS = 0.1
+# Writes told apart by their transaction's time (now() is one per transaction): the relay's
+# takes that published (a held job published again counts its last take), the claims that
+# started a job, the success batches. Counts that the machine's load does not change.
+WRITES_SEEN = """
+    SELECT count(DISTINCT published_at), count(DISTINCT started_at), count(DISTINCT finished_at) FROM jobs
+"""
+WRITES_NAMES = ("relay takes per job", "claims per job", "success batches per job")
 # conveyor-hooks: how long after the drain its deliveries are still counted.
 HOOKS_TAIL_SECONDS = 30.0
 
@@ -122,6 +130,7 @@ class DrainResult:
     load_after: str
     extra: dict[str, float] = field(default_factory=dict)
     pg_waits: dict[str, float] = field(default_factory=dict)
+    statements: list[tuple[str, float, float, float, float, float]] = field(default_factory=list)
     profile: str = ""
 
     @property
@@ -399,6 +408,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
 
             load_before = load_average()
             counters = pg_counters(DATABASE)
+            statements = Statements(DATABASE).reset()
             wal_before = wal_bytes()
             argv = [CONVEYOR, "worker", "--processes", str(opts.processes), "--threads", str(opts.threads)]
             started = time.monotonic()
@@ -439,6 +449,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             load_after = load_average()
             span = poll.one("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs")
             seconds = float(span[0])
+            writes = poll.one(WRITES_SEEN)
             wal = wal_bytes() - wal_before
         hooks: dict[str, float] = {}
         if receiver is not None:
@@ -460,13 +471,14 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
         worker.stop()
         after = pg_counters(DATABASE)
         profile = finish_profile(window, f"{system} worker, {opts.jobs} echo jobs")
-        polls += 2  # the two queries above, on the same database
+        polls += 3  # the three queries above, on the same database
         ledger = {
             "transactions per job": (after["xact_commit"] + after["xact_rollback"] - polls)
             - (counters["xact_commit"] + counters["xact_rollback"]),
             "rows inserted per job": after["tup_inserted"] - counters["tup_inserted"],
             "rows updated per job": after["tup_updated"] - counters["tup_updated"],
         }
+        ledger.update(zip(WRITES_NAMES, (float(v) for v in writes), strict=True))
         per_job = {k: v / opts.jobs for k, v in ledger.items()}
         per_job["WAL bytes per job"] = wal / opts.jobs  # the whole server's WAL: a quiet machine's
         return DrainResult(
@@ -492,6 +504,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             },
             pg_waits=pg_waits,
             profile=profile + relay_profile,
+            statements=statements.read(opts.jobs),
         )
 
 
@@ -662,6 +675,19 @@ def render(results: list[DrainResult], opts: Options) -> str:
         split = ", ".join(f"{k.rsplit(' ', 1)[1]} {v:.2f}" for k, v in r.extra.items() if "serving" in k)
         if split:
             lines += ["", f"PostgreSQL CPU ms/job while {r.system} drained, by the client served: {split}"]
+    for r in results:
+        if r.system.startswith("conveyor") and r.system != "conveyor":
+            extra = ", ".join(
+                f"{v:.3f} {k}" for k, v in r.extra.items() if "per job" in k and "PG CPU" not in k
+            )
+            lines += ["", f"Ledger activity while {r.system} drained (the relay's too): {extra}."]
+    for r in results:
+        if r.statements:
+            head = f"Statements per job while {r.system} drained (pg_stat_statements"
+            lines += ["", head + "; calls, rows, buffers, execution ms, planning ms):"]
+            lines += [
+                f"- {c:.3f} {n:.2f} {b:.1f} {ms:.3f} {p:.3f} `{q}`" for q, c, n, b, ms, p in r.statements
+            ]
     for r in results:
         if r.pg_waits:
             lines += [

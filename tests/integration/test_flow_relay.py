@@ -63,3 +63,42 @@ def test_a_freed_slot_sends_its_keys_next_job_and_visits_no_other_key(conn: psyc
         listener.close()
         relay.publisher.close()
         relay._forget_ledger()
+
+
+def test_slots_freed_one_by_one_within_the_spacing_are_served_by_one_take(
+    conn: psycopg.Connection[Any],
+) -> None:
+    settings = get_settings()
+    relay, listener = Relay(settings), _listen(settings)
+    try:
+        keys = [f"k{i:02d}" for i in range(20)]
+        running = [limited(conn, "running", key) for key in keys]
+        waiting = [limited(conn, "queued", key) for key in keys]
+        assert relay.publish_due() == 0, "every key's slot is taken"
+        relay._limited_after = time.monotonic() + 1.0  # a take just ran: the next one waits
+        for job_id in running:  # 20 successes, 20 transactions, 20 NOTIFYs
+            ledger.succeed(conn, [(ledger.Token(job_id, 1, 1), "{}")])
+        assert relay._wait(listener, 5.0) is False, "only freed slots rang"
+        assert time.monotonic() >= relay._limited_after, "the relay woke once the spacing had passed"
+        assert relay._freed == {(REPORT, key) for key in keys}
+        assert relay.publish_due(plain=False) == 20
+        takes = conn.execute(
+            "SELECT count(DISTINCT published_at) FROM jobs WHERE id = ANY(%s)", (waiting,)
+        ).fetchone()
+        assert takes == (1,), "the 20 freed slots are served by one take (one transaction)"
+    finally:
+        listener.close()
+        relay.publisher.close()
+        relay._forget_ledger()
+
+
+def test_the_relay_reads_every_key_a_success_named_in_one_payload() -> None:
+    relay = Relay(get_settings())
+    relay._freed, relay._every_key = set(), False
+    payload = f"slot:{REPORT}\x1fa\x1e{REPORT}\x1fb\x1fc\x1eother.task\x1f"
+    assert relay._slots_freed({payload}) is True, "only freed slots"
+    assert relay._freed == {(REPORT, "a"), (REPORT, "b\x1fc"), ("other.task", "")}
+    assert relay._every_key is False, "named keys only: the take visits just them"
+    assert relay._slots_freed({"slot", payload}) is True
+    assert relay._every_key is True, "a bare 'slot': every key"
+    assert relay._slots_freed({""}) is False, "a new job: not only freed slots"

@@ -171,19 +171,39 @@ def test_a_finished_job_that_held_a_slot_wakes_the_relay(
     assert len(list(look.notifies(timeout=2, stop_after=1))) == 1
 
 
-def test_a_success_names_each_key_whose_slot_it_freed(
+def test_a_success_names_every_key_whose_slot_it_freed_in_one_notify(
     conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
 ) -> None:
     tokens = [ledger.Token(limited(conn, "running", key, attempts=1), 1, 1) for key in ("a", "a", "b")]
     long_key = ledger.Token(limited(conn, "running", "x" * 5000, attempts=1), 1, 1)
+    odd_key = ledger.Token(limited(conn, "running", "c\x1ed", attempts=1), 1, 1)
     look.execute("LISTEN conveyor_jobs")
     ledger.succeed(conn, [(token, "{}") for token in tokens])
-    named = {n.payload for n in look.notifies(timeout=2, stop_after=2)}
-    assert named == {f"slot:{REPORT}\x1fa", f"slot:{REPORT}\x1fb"}, "one NOTIFY per key"
+    named = [n.payload for n in look.notifies(timeout=0.5)]
+    assert named == [f"slot:{REPORT}\x1fa\x1e{REPORT}\x1fb"], "one NOTIFY for the batch, each key once"
     ledger.succeed(conn, [(long_key, "{}")])
     assert [n.payload for n in look.notifies(timeout=2, stop_after=1)] == ["slot"], (
         "a name too long for a NOTIFY: every key is visited"
     )
+    ledger.succeed(conn, [(odd_key, "{}")])
+    assert [n.payload for n in look.notifies(timeout=2, stop_after=1)] == ["slot"], (
+        "a key with the separator in it: every key is visited"
+    )
+
+
+def test_a_success_that_frees_many_keys_names_them_in_payloads_a_notify_can_carry(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    keys = [f"{i:03d}" + "k" * 600 for i in range(40)]  # 24 kB of names
+    tokens = [ledger.Token(limited(conn, "running", key, attempts=1), 1, 1) for key in keys]
+    look.execute("LISTEN conveyor_jobs")
+    ledger.succeed(conn, [(token, "{}") for token in tokens])
+    payloads = [n.payload for n in look.notifies(timeout=0.5)]
+    assert 4 <= len(payloads) <= 8
+    assert all(len(p.encode()) < 8000 and p.startswith("slot:") for p in payloads)
+    named = [item.partition("\x1f") for p in payloads for item in p.removeprefix("slot:").split("\x1e")]
+    assert sorted(key for _, _, key in named) == keys
+    assert {task for task, _, _ in named} == {REPORT}
 
 
 def test_the_relays_take_may_visit_only_the_keys_named(conn: psycopg.Connection[Any]) -> None:

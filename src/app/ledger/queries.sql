@@ -244,15 +244,27 @@ WITH input AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'queued', attempts FROM released
     WHERE state = 'queued' AND pg_notify('conveyor_events', '')::text = ''
-), woken AS (
-    -- A slot of a concurrency key freed: the relay publishes that key's next job. One NOTIFY per
-    -- key, 'slot:<task><US><key>', so that the relay's take visits only the keys named ('slot'
-    -- alone, for a name too long for a NOTIFY: the take visits every key). One row, whatever
-    -- the number of keys ('rang' is selected: an unread column is not computed).
-    SELECT string_agg(pg_notify('conveyor_jobs', CASE
-               WHEN octet_length(k.task) + octet_length(k.concurrency_key) < 4000
-               THEN 'slot:' || k.task || chr(31) || k.concurrency_key ELSE 'slot' END)::text, '') AS rang
+), freed AS (
+    -- The keys whose slot freed, each with the running length of the names before it.
+    SELECT k.task, k.concurrency_key, octet_length(k.task) + octet_length(k.concurrency_key) + 1 AS size,
+           sum(octet_length(k.task) + octet_length(k.concurrency_key) + 1)
+               OVER (ORDER BY k.task, k.concurrency_key) AS upto
     FROM (SELECT DISTINCT task, concurrency_key FROM done WHERE concurrency_key IS NOT NULL) AS k
+), woken AS (
+    -- A slot of a concurrency key freed: the relay publishes that key's next job. One NOTIFY
+    -- names every key freed, 'slot:<task><US><key><RS><task><US><key>…', so that the relay wakes
+    -- once per batch and its take visits only the keys named. Keys go in chunks of about 4 kB (a
+    -- payload holds less than 8 kB); a chunk with a name of 3,900 bytes or more, or with a
+    -- separator in a key, is 'slot' alone (the take visits every key). One row, whatever the
+    -- number of keys ('rang' is selected: an unread column is not computed).
+    SELECT string_agg(pg_notify('conveyor_jobs', c.payload)::text, '') AS rang
+    FROM (
+        SELECT CASE WHEN max(f.size) < 3900 AND bool_and(strpos(f.concurrency_key, chr(30)) = 0)
+                    THEN 'slot:' || string_agg(f.task || chr(31) || f.concurrency_key, chr(30)
+                                               ORDER BY f.task, f.concurrency_key)
+                    ELSE 'slot' END AS payload
+        FROM freed f GROUP BY floor(f.upto / 4000)
+    ) AS c
 )
 SELECT done.id, done.run, done.attempts, woken.rang FROM done LEFT JOIN woken ON true
 
@@ -478,9 +490,10 @@ WITH RECURSIVE walked_keys AS (
     LIMIT %(limit)s
 ), locked AS (
     -- FOR UPDATE cannot sit beside window functions: the rows chosen are locked here.
+    -- Found by their ids, never through the state's index (see claim).
     SELECT id FROM jobs
     WHERE id = ANY(ARRAY(SELECT id FROM chosen))
-      AND published_at IS NULL AND state IN ('queued', 'retrying')
+      AND published_at IS NULL AND state COLLATE "C" IN ('queued', 'retrying')
     FOR UPDATE SKIP LOCKED
 ), marked AS (
     UPDATE jobs j SET published_at = now() FROM locked WHERE j.id = locked.id

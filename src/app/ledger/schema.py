@@ -39,8 +39,10 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 NOTIFY_CHANNEL = "conveyor_jobs"
 # NOTIFY payloads that only free a slot of a limit: the relay's take of jobs with limits has
-# something to do. A success names each key it freed: "slot:<task>\x1f<key>" (queries.sql).
+# something to do. A success names the keys it freed, in one payload:
+# "slot:<task>\x1f<key>\x1e<task>\x1f<key>…" (queries.sql, succeed).
 SLOT_FREED, SLOT_FREED_OF = "slot", "slot:"
+TASK_APART, KEYS_APART = chr(31), chr(30)
 
 # Steps that wait for other steps (0014); its state is kept by a trigger on jobs (0016).
 workflows = Table(

@@ -31,7 +31,7 @@ from app.ledger import jobs as ledger
 from app.ledger.connections import own_connection
 from app.ledger.engines import sync_engine
 from app.ledger.event_schema import PUBLISH_APPLICATION_NAME
-from app.ledger.schema import NOTIFY_CHANNEL, SLOT_FREED, SLOT_FREED_OF
+from app.ledger.schema import KEYS_APART, NOTIFY_CHANNEL, SLOT_FREED, SLOT_FREED_OF, TASK_APART
 from app.ledger.urls import own_conninfo
 from app.logs import Outage, get_logger
 from app.relay import deadletters, metrics
@@ -218,8 +218,9 @@ class Relay:
             if payload == SLOT_FREED:
                 self._every_key = True
             elif payload.startswith(SLOT_FREED_OF):
-                task, _, key = payload.removeprefix(SLOT_FREED_OF).partition(chr(31))
-                self._freed.add((task, key))
+                for named in payload.removeprefix(SLOT_FREED_OF).split(KEYS_APART):
+                    task, _, key = named.partition(TASK_APART)
+                    self._freed.add((task, key))
             else:
                 return False
         return True
