@@ -96,7 +96,7 @@ fi
 
 if ! redis_up; then
   echo "starting Redis"
-  run redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes
+  run redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes --save '' --appendonly no
   wait_for Redis redis_up
 fi
 echo "PostgreSQL, RabbitMQ and Redis are up"
