@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support import infra as services
+
+if TYPE_CHECKING:
+    from tests.support.stack import Stack
 
 INFRA = services.new_infra()
 SMTP_PORT = services.free_port()
@@ -60,6 +64,23 @@ def _needs_services(item: pytest.Item) -> bool:
     return any(item.get_closest_marker(m) for m in ("integration", "e2e", "faults", "browser"))
 
 
+# The fixtures that hand out the run's one shared api + relay + worker stack, by name and the
+# module defining them (a test module may define a `stack` of its own).
+SHARED_STACK_FIXTURES = {"stack": "tests.conftest", "live": "tests.client.conftest"}
+
+
+def uses_shared_stack(item: pytest.Item | None) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name, module in SHARED_STACK_FIXTURES.items():
+        definitions = info.name2fixturedefs.get(name, ())
+        if definitions and getattr(definitions[-1].func, "__module__", None) == module:
+            return True
+    return False
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.fspath))
@@ -73,6 +94,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for folder, marker in folders:
             if folder in path.parts:
                 item.add_marker(getattr(pytest.mark, marker))
+    # The tests of the shared stack run one after another (in their order), where the first of
+    # them stood: the stack starts before the first and stops after the last, so no other test
+    # ever meets its relay and worker on the run's database and vhost.
+    shared = [item for item in items if uses_shared_stack(item)]
+    if shared:
+        first = items.index(shared[0])
+        rest = [item for item in items if not uses_shared_stack(item)]
+        items[:] = rest[:first] + shared + rest[first:]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    if not uses_shared_stack(nextitem):
+        SHARED_STACK.stop()
+    return (yield)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    SHARED_STACK.stop()  # after -x or an interrupt too
 
 
 @pytest.fixture(scope="session")
@@ -129,14 +169,51 @@ def smtp_server() -> Iterator[object]:
         yield server
 
 
-@pytest.fixture
-def stack(clean_ledger: services.Infra, tmp_path: Path) -> Iterator[object]:
-    """api + relay + worker as subprocesses against this run's database and vhost."""
-    from tests.support.stack import Stack
+class SharedStack:
+    """The run's one api + relay + worker (`stack`, `live`), started for the first test that
+    asks for it and stopped after the last (see `pytest_collection_modifyitems`)."""
 
-    running = Stack(workdir=tmp_path, env=dict(os.environ))
-    try:
-        running.start_all()
-        yield running
-    finally:
-        running.stop()
+    def __init__(self) -> None:
+        self.running: Stack | None = None
+
+    def fresh(self, infra: services.Infra, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+        """The stack as `start_all` left it, with an empty ledger and empty queues: what an
+        earlier test added goes, what it stopped or started otherwise starts again, and with
+        jobs left unfinished the relay and worker start again (nothing of theirs in memory)."""
+        from tests.support.stack import Stack
+
+        if self.running is None:
+            _reset(infra)
+            self.running = Stack(workdir=tmp_path_factory.mktemp("stack"), env=dict(os.environ))
+            self.running.start_all()
+        else:
+            restart = ["relay", "worker"] if _unfinished(infra) else []
+            self.running.restore(restart, between=lambda: _reset(infra))
+        self.running.begin_test()
+        self.running.wait_ready()
+        return self.running
+
+    def stop(self) -> None:
+        if self.running is not None:
+            running, self.running = self.running, None
+            running.stop()
+
+
+SHARED_STACK = SharedStack()
+
+
+def _unfinished(infra: services.Infra) -> bool:
+    import psycopg
+
+    with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT FROM jobs WHERE state NOT IN ('succeeded', 'dead'))"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.fixture
+def stack(clean_ledger: services.Infra, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """api + relay + worker as subprocesses against this run's database and vhost, shared by the
+    tests that use them; each test begins with an empty ledger and queues (see `SharedStack`)."""
+    return SHARED_STACK.fresh(clean_ledger, tmp_path_factory)

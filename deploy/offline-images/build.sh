@@ -87,4 +87,13 @@ build() {  # FOLDER[=TAG]
 [ $# -gt 0 ] || set -- python postgres rabbitmq mailpit prometheus
 for name in "$@"; do tag_of "${name%%=*}" >/dev/null; done
 base
-for name in "$@"; do build "$name"; done
+# The images do not build on each other: built at once, one's downloads overlap another's
+# unpacking and configuring.
+pids=""
+for name in "$@"; do
+  build "$name" &
+  pids="$pids $!"
+done
+failed=0
+for pid in $pids; do wait "$pid" || failed=1; done
+exit "$failed"

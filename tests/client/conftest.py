@@ -1,18 +1,15 @@
-"""The client against a live API: api, relay and worker processes (so jobs really finish), one
-stack per module; every test makes its own jobs, so none needs an empty ledger."""
+"""The client against a live API: the run's shared api, relay and worker (so jobs really finish),
+fresh for each module; every test makes its own jobs, so none needs an empty ledger."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from conveyor_client import Client
 
-from tests.support.faults import purge_queues
+from tests.conftest import SHARED_STACK
 from tests.support.infra import Infra
 from tests.support.keys import full_key
 from tests.support.stack import Stack
@@ -21,16 +18,8 @@ EVENTS_PATH = "/api/v1/events"
 
 
 @pytest.fixture(scope="module")
-def live(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE jobs, job_attempts, workers, relays CASCADE")
-    purge_queues(infra.broker_url)
-    running = Stack(workdir=Path(tmp_path_factory.mktemp("client")), env=dict(os.environ))
-    try:
-        running.start_all()
-        yield running
-    finally:
-        running.stop()
+def live(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    return SHARED_STACK.fresh(infra, tmp_path_factory)
 
 
 @pytest.fixture

@@ -17,10 +17,12 @@ from tests.compose.engine import (
     Engine,
     EngineUnavailable,
     build_offline_images,
+    finish_offline_build,
     image_size_mb,
     in_ci,
     registry_answers,
     start_engine,
+    start_offline_build,
     stop_engine,
 )
 from tests.compose.project import APP_IMAGE, FACTS, ComposeProject, Stack, default_services
@@ -69,7 +71,7 @@ def compose_stack(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactor
 
 def _images(project: ComposeProject) -> None:
     """Third-party images from the registry when it answers, else built from Debian's packages
-    under the same names; then the app image, built once."""
+    under the same names; and the app image, built once."""
     config = project.config()["services"]
     third_party = {name: str(config[name]["image"]) for name in OFFLINE_FOLDERS if name in config}
     unknown = {
@@ -81,15 +83,21 @@ def _images(project: ComposeProject) -> None:
     started = time.monotonic()
     if registry_answers() and project.compose("pull", *third_party, check=False).returncode == 0:
         FACTS["images"] = "from the registry"
-        build = ["build", "--pull"]
+        project.compose("build", "--pull", timeout=900)
     else:
         bases = {stage.base for stage in dockerfile_stages(DOCKERFILE.read_text())}
         (python,) = bases
-        tags = {"python": python, **{OFFLINE_FOLDERS[name]: tag for name, tag in third_party.items()}}
-        build_offline_images(tags)
+        # The app image needs the Python one alone: it builds while the others do.
+        build_offline_images({"python": python})
+        others = start_offline_build({OFFLINE_FOLDERS[name]: tag for name, tag in third_party.items()})
+        try:
+            project.compose("build", timeout=900)
+        except BaseException:
+            others.kill()
+            others.wait()
+            raise
+        finish_offline_build(others)
         FACTS["images"] = "offline, built from Debian's packages (deploy/offline-images)"
-        build = ["build"]
-    project.compose(*build, timeout=900)
     FACTS["images + app image build"] = f"{time.monotonic() - started:.0f} s"
     FACTS["app image size"] = f"{image_size_mb(APP_IMAGE):.0f} MB"
 

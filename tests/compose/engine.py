@@ -125,16 +125,33 @@ def registry_answers() -> bool:
 
 def build_offline_images(tags: dict[str, str]) -> str:
     """Build the offline images, folder -> tag (`python` -> `python:3.11-slim`); their output."""
+    return finish_offline_build(start_offline_build(tags))
+
+
+def start_offline_build(tags: dict[str, str]) -> subprocess.Popen[str]:
+    """Start building the offline images, folder -> tag; `finish_offline_build` waits for them."""
     arguments = [f"{folder}={tag}" for folder, tag in tags.items()]
-    done = subprocess.run(
+    return subprocess.Popen(
         [str(OFFLINE_BUILD), *arguments],
         env=docker_env(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=OFFLINE_BUILD_TIMEOUT_SECONDS,
     )
-    assert done.returncode == 0, f"offline images did not build:\n{done.stdout}{done.stderr}"
-    return done.stdout
+
+
+def finish_offline_build(build: subprocess.Popen[str]) -> str:
+    """Wait for a build `start_offline_build` started; its output. It must have succeeded."""
+    try:
+        output, _ = build.communicate(timeout=OFFLINE_BUILD_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        build.kill()
+        output, _ = build.communicate()
+        raise AssertionError(
+            f"offline images did not build in {OFFLINE_BUILD_TIMEOUT_SECONDS} s:\n{output}"
+        ) from None
+    assert build.returncode == 0, f"offline images did not build:\n{output}"
+    return output
 
 
 def image_size_mb(tag: str) -> float:

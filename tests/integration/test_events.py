@@ -8,7 +8,6 @@ import asyncio
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -142,16 +141,23 @@ async def plain_read_seconds(api: httpx.AsyncClient, job_id: str) -> float:
 # -- the stream ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def served(clean_ledger: Infra, tmp_path: Path) -> Iterator[Stack]:
-    """A `conveyor api` process on this run's database (no relay, no worker)."""
-    stack = Stack(workdir=tmp_path, env=dict(os.environ))
+@pytest.fixture(scope="module")
+def api_process(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A `conveyor api` process on this run's database (no relay, no worker), for the module."""
+    stack = Stack(workdir=tmp_path_factory.mktemp("events"), env=dict(os.environ))
     try:
         stack.start_api()
         stack.wait_api()
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def served(api_process: Stack, clean_ledger: Infra) -> Stack:
+    """The module's API process, with an empty ledger for the test."""
+    api_process.wait_api()
+    return api_process
 
 
 def post_sync(stack: Stack, key: str | None = None, task: str = ECHO) -> str:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ class Process:
     log_path: Path
     env: dict[str, str]
     popen: subprocess.Popen[bytes] | None = None
+    # Where this test's part of the log begins: a shared stack's processes outlive a test.
+    log_offset: int = 0
 
     def start(self) -> Process:
         log = self.log_path.open("ab")
@@ -81,7 +83,12 @@ class Process:
             self.popen.wait(10)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """What the process logged since the test began (its whole log, for a stack of its own)."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_offset)
+            return log.read().decode(errors="replace")
 
 
 @dataclass
@@ -95,6 +102,10 @@ class Stack:
     # Serve the API with the diagnostics tasks accepted over HTTP (tests/support/diagnostic_api.py),
     # for the suites that post them; Conveyor's own API never accepts them.
     diagnostics_over_http: bool = False
+    # The processes `start_all` started, as they were started: `restore` brings them back.
+    canonical: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    # Log sizes when the current test began, by process name (see `begin_test`).
+    log_marks: dict[str, int] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -112,7 +123,9 @@ class Stack:
         self, name: str, args: list[str], env: dict[str, str] | None = None, command: list[str] | None = None
     ) -> Process:
         merged = {**self.env, **(env or {})}
-        process = Process(name, [*(command or [CONVEYOR]), *args], self.workdir / f"{name}.log", merged)
+        log_path = self.workdir / f"{name}.log"
+        argv = [*(command or [CONVEYOR]), *args]
+        process = Process(name, argv, log_path, merged, log_offset=self.log_marks.get(name, 0))
         self.processes[name] = process
         return process.start()
 
@@ -163,8 +176,45 @@ class Stack:
         self.start_api()
         self.start_relay()
         self.start_worker()
+        self.canonical = {name: (p.argv, p.env) for name, p in self.processes.items()}
         self.wait_ready()
         return self
+
+    # -- one stack shared by many tests (tests/conftest.py) ---------------------------------
+
+    def changed(self) -> list[str]:
+        """The processes of `start_all` that are gone, or were started again otherwise."""
+        return [
+            name
+            for name, started in self.canonical.items()
+            if (p := self.processes.get(name)) is None or not p.alive() or (p.argv, p.env) != started
+        ]
+
+    def restore(self, restart: Iterable[str] = (), between: Callable[[], None] = lambda: None) -> None:
+        """Stop what a test added (a second worker, a relay of its own); start again what it
+        stopped, killed or started with other settings, and the processes named in `restart`;
+        `between` runs once those are stopped and before they start again."""
+        self.begin_test()
+        again = set(self.changed()) | set(restart)
+        stopping = [p for name, p in self.processes.items() if name not in self.canonical or name in again]
+        for process in stopping:
+            process.terminate()
+        for process in stopping:
+            process.wait_stopped(timeout=15)
+        for name in [n for n in self.processes if n not in self.canonical]:
+            del self.processes[name]
+        between()
+        starters = {"api": self.start_api, "relay": self.start_relay, "worker": self.start_worker}
+        for name in sorted(again, key=list(self.canonical).index):
+            starters[name]()
+            process = self.processes[name]
+            self.canonical[name] = (process.argv, process.env)
+
+    def begin_test(self) -> None:
+        """From here on, each process's `log()` holds only what it logs during this test."""
+        self.log_marks = {path.stem: path.stat().st_size for path in self.workdir.glob("*.log")}
+        for name, process in self.processes.items():
+            process.log_offset = self.log_marks.get(name, 0)
 
     def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
