@@ -94,6 +94,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for folder, marker in folders:
             if folder in path.parts:
                 item.add_marker(getattr(pytest.mark, marker))
+    # The compose tests run last: their engine, images and stack are made in the background
+    # meanwhile (tests/compose/conftest.py), minutes that would otherwise be waited out.
+    items.sort(key=lambda item: "compose" in Path(str(item.fspath)).parts)
     # The tests of the shared stack run one after another (in their order), where the first of
     # them stood: the stack starts before the first and stops after the last, so no other test
     # ever meets its relay and worker on the run's database and vhost.

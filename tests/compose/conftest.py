@@ -7,8 +7,11 @@ one line, when this machine has no engine to offer.
 
 from __future__ import annotations
 
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,40 +36,102 @@ SCOPES = "enqueue,read,operate,metrics"
 OFFLINE_FOLDERS = {"postgres": "postgres", "rabbitmq": "rabbitmq", "mailpit": "mailpit"}
 
 
+class Preparation(threading.Thread):
+    """The engine, the images, `up`, and every service healthy: started as soon as the run knows
+    it holds compose tests (they run last), so the minutes of building and of healthchecks pass
+    while the rest of the suite runs. The fixtures below wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__(name="compose-preparation", daemon=True)
+        self.engine: Engine | None = None
+        self.project: ComposeProject | None = None
+        self.error: BaseException | None = None
+        self.handed_over = False
+
+    def run(self) -> None:
+        try:
+            self.engine = start_engine(install=in_ci())
+            FACTS["compose"] = self.engine.compose_version
+            FACTS["engine"] = (
+                "started for this run, stopped after" if self.engine.started_here else "already running"
+            )
+            project = ComposeProject(self.engine, Path(tempfile.mkdtemp(prefix="conveyor-compose-")))
+            if removed := project.remove_abandoned():
+                FACTS["removed abandoned test projects"] = ", ".join(removed)
+            _images(project)
+            self.project = project
+            started = time.monotonic()
+            project.up()
+            project.wait_up(default_services())
+            FACTS["up -> every service healthy"] = f"{time.monotonic() - started:.0f} s"
+        except BaseException as error:  # handed to the first fixture that waits
+            self.error = error
+
+    def clean_up(self) -> None:
+        """`down --volumes` and the engine stopped if started here (when no fixture did it)."""
+        if self.project is not None:
+            self.project.down(volumes=True)
+        if self.engine is not None:
+            stop_engine(self.engine)
+
+
+PREPARATION: Preparation | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    global PREPARATION
+    if session.config.option.collectonly:
+        return
+    if any(Path(str(item.fspath)).parent == Path(__file__).parent for item in session.items):
+        PREPARATION = Preparation()
+        PREPARATION.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if PREPARATION is not None and not PREPARATION.handed_over:
+        PREPARATION.join()
+        PREPARATION.clean_up()
+
+
+def _prepared() -> Preparation:
+    preparation = PREPARATION
+    if preparation is None:  # a run that did not collect this package first (-p no:...)
+        preparation = Preparation()
+        preparation.start()
+    preparation.join()
+    return preparation
+
+
 @pytest.fixture(scope="package")
 def docker_engine() -> Iterator[Engine]:
-    try:
-        engine = start_engine(install=in_ci())
-    except EngineUnavailable as error:
-        message = f"compose tests need a Docker engine: {error}"
+    preparation = _prepared()
+    if isinstance(preparation.error, EngineUnavailable) or preparation.engine is None:
+        message = f"compose tests need a Docker engine: {preparation.error}"
         if in_ci():
             pytest.fail(message)
         pytest.skip(message)
-    FACTS["compose"] = engine.compose_version
-    FACTS["engine"] = "started for this run, stopped after" if engine.started_here else "already running"
+    preparation.handed_over = True
     try:
-        yield engine
+        yield preparation.engine
     finally:
-        stop_engine(engine)
+        stop_engine(preparation.engine)
 
 
 @pytest.fixture(scope="package")
-def compose_stack(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    project = ComposeProject(docker_engine, tmp_path_factory.mktemp("compose"))
+def compose_stack(docker_engine: Engine) -> Iterator[Stack]:
+    preparation = _prepared()
+    project = preparation.project
     try:
-        if removed := project.remove_abandoned():
-            FACTS["removed abandoned test projects"] = ", ".join(removed)
-        _images(project)
-        started = time.monotonic()
-        project.up()
-        project.wait_up(default_services())
-        FACTS["up -> every service healthy"] = f"{time.monotonic() - started:.0f} s"
+        if preparation.error is not None:
+            raise preparation.error
+        assert project is not None
         api = Api(project.api_url)
         # The first key, as the README says to make it: the key is the command's last line.
         api.key = project.conveyor("keys", "create", "compose-tests", "--scopes", SCOPES).splitlines()[-1]
         yield Stack(project, api)
     finally:
-        project.down(volumes=True)
+        if project is not None:
+            project.down(volumes=True)
 
 
 def _images(project: ComposeProject) -> None:
