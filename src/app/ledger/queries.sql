@@ -1436,18 +1436,21 @@ JOIN jobs u ON u.workflow_id = d.workflow_id AND u.step = ANY(d.after_steps)
 WHERE d.id = %(id)s
 
 -- name: prune_workflows
--- Deletes up to %(limit)s workflows whose every step is finished and past its state's retention,
--- oldest first, with their steps (and the steps' attempts and artifacts): a step is never pruned
--- alone while its workflow lives. With %(record_stale)s, a pruned dead step's copy in
--- <queue>.XQ is recorded as stale, as prune_jobs does.
+-- Deletes up to %(limit)s finished workflows past their retention, oldest first, with their steps
+-- (and the steps' attempts and artifacts): a step is never pruned alone while its workflow lives.
+-- Read from the workflow's stored state (0016), not its steps: a succeeded one is kept as a
+-- succeeded job is, from when its last step finished; a failed one as long as the longest of
+-- the three retentions, so that each of its steps, which all finished by then, is past its own
+-- state's. The state is read again once the row is locked (a replay may have made it run again).
+-- With %(record_stale)s, a pruned dead step's copy in <queue>.XQ is recorded as stale, as
+-- prune_jobs does.
 WITH chosen AS (
     SELECT w.id FROM workflows w
-    WHERE NOT EXISTS (
-        SELECT 1 FROM jobs j WHERE j.workflow_id = w.id
-          AND (j.finished_at IS NULL OR j.state NOT IN ('succeeded', 'dead', 'cancelled')
-               OR j.finished_at >= now() - make_interval(secs => CASE j.state
-                    WHEN 'succeeded' THEN %(retain_succeeded)s WHEN 'dead' THEN %(retain_dead)s
-                    ELSE %(retain_cancelled)s END)))
+    WHERE (w.state = 'succeeded'
+           AND w.finished_at < now() - make_interval(secs => %(retain_succeeded)s))
+       OR (w.state = 'failed'
+           AND w.finished_at < now() - make_interval(secs => greatest(
+                   %(retain_succeeded)s, %(retain_dead)s, %(retain_cancelled)s)))
     ORDER BY w.created_at LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), steps AS (
