@@ -97,3 +97,38 @@ def _until(condition: Callable[[], bool]) -> None:
         if time.monotonic() > deadline:
             pytest.fail("the batch never came to wait for a lock")
         time.sleep(0.02)
+
+
+def test_two_reapers_over_two_workflows_in_opposite_orders_do_not_deadlock(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    first, one = pair(conn, "one")
+    second, two = pair(conn, "two")
+    # Leases expired in this order, on the last attempt (each step ends dead, which counts on its
+    # workflow): the first reaper takes the two oldest (its limit), the second skips those it
+    # holds and takes the other two, the workflows the other way round.
+    for rank, job_id in enumerate((one["x"], two["x"], two["y"], one["y"])):
+        claim(conn, job_id)
+        conn.execute(
+            "UPDATE jobs SET lease_expires_at = now() - make_interval(secs => %s), max_attempts = 1"
+            " WHERE id = %s",
+            (100 - rank, job_id),
+        )
+    errors: list[BaseException] = []
+    reaped: list[int] = []
+
+    def reap(other: psycopg.Connection[Any]) -> None:
+        reaped.append(len(ledger.reap_expired_leases(other, limit=2)))
+
+    with second_connection(conn) as a, second_connection(conn) as b, second_connection(conn) as blocker:
+        with blocker.transaction():
+            blocker.execute("SELECT id FROM workflows WHERE id = %s FOR UPDATE", (first,))
+            reaper_a = in_thread(lambda: reap(a), errors)
+            _until(lambda: waiting_on_locks(look) >= 1)
+            reaper_b = in_thread(lambda: reap(b), errors)
+            _until(lambda: waiting_on_locks(look) >= 2)
+        reaper_a.join(30)
+        reaper_b.join(30)
+    assert errors == []
+    assert reaped == [2, 2]
+    assert stored(look, first)["state"] == stored(look, second)["state"] == "failed"
