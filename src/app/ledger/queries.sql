@@ -1200,7 +1200,9 @@ DELETE FROM dashboard_sessions WHERE id_hash = ANY(ARRAY(
 -- (the smallest xid it sees in progress of a transaction that may write events, else its xmax;
 -- migration 0015 defines it and proves it exact). Filters are NULL for any. Every row carries the
 -- horizon and whether events are held above it; a row with a NULL id says there is no event to
--- read. Run as a transaction of its own.
+-- read. With %(jobs)s, each event also carries its job's row as this same snapshot sees it (NULL
+-- once pruned), for the job views the followers send: no second read. Run as a transaction of
+-- its own.
 WITH horizon AS (
     SELECT event_horizon() AS h
 ), held AS (
@@ -1210,7 +1212,11 @@ WITH horizon AS (
                    AND (e.xid, e.id) > (CAST(%(after_xid)s AS xid8), CAST(%(after_id)s AS bigint))) AS held
 )
 SELECT h.h::text, e.xid::text, e.id, e.at, e.job_id, e.task, e.queue, e.client_id, e.workflow,
-       e.state, e.attempt, held.held
+       e.state, e.attempt, held.held,
+       j.id, j.task, j.queue, j.state, j.priority, j.run, j.attempts, j.max_attempts, j.progress,
+       j.payload, j.created_at, j.updated_at, j.available_at, j.started_at, j.finished_at,
+       j.last_error, j.result, j.worker_id, j.client_id, j.parent_id, j.schedule, j.scheduled_for,
+       j.cancel_requested_at, j.unique_key, j.workflow_id, j.step
 FROM held, horizon h LEFT JOIN LATERAL (
     -- An event's workflow is its job's (a step's events are written by statements that do not
     -- read it): looked up here, once per event read.
@@ -1226,6 +1232,7 @@ FROM held, horizon h LEFT JOIN LATERAL (
     ORDER BY e.xid, e.id
     LIMIT %(limit)s
 ) e ON true
+LEFT JOIN jobs j ON %(jobs)s AND j.id = e.job_id
 ORDER BY e.xid, e.id
 
 -- name: event_exists
