@@ -375,15 +375,20 @@ WITH asked AS (
     FROM asked a
     WHERE j.id = a.id AND j.run = a.run AND j.attempts = a.attempt
       AND j.worker_id = %(worker_id)s AND j.state = 'running'
-    RETURNING j.id, j.run, j.attempts + 1 AS attempt, j.attempts, j.state, j.task, j.queue, j.client_id
+    RETURNING j.id, j.run, j.attempts + 1 AS attempt, j.attempts, j.state, j.task, j.queue, j.client_id,
+              j.workflow_id
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, state, attempts FROM undone WHERE pg_notify('conveyor_events', '')::text = ''
 ), forgotten AS (
     DELETE FROM job_attempts h USING undone u
     WHERE h.job_id = u.id AND h.run = u.run AND h.attempt = u.attempt
+), held AS (
+    -- The workflows of the steps that moved, locked in id order once every job row is (see succeed).
+    SELECT w.id FROM workflows w WHERE w.id IN (SELECT workflow_id FROM undone)
+    ORDER BY w.id FOR NO KEY UPDATE
 )
-SELECT id, pg_notify('conveyor_jobs', '') FROM undone
+SELECT id, pg_notify('conveyor_jobs', '') FROM undone WHERE (SELECT count(*) FROM held) >= 0
 
 -- name: take_publishable
 -- Takes due, unpublished jobs for one relay (SKIP LOCKED: other relays take other rows) and marks
@@ -717,13 +722,18 @@ WITH RECURSIVE chosen AS (
                                          AND left(s.last_error, 9) = 'upstream '))
           ORDER BY r.id, r.direct DESC, r.cause) AS o
     WHERE j.id = o.id AND j.state = o.was
-    RETURNING j.id, j.task, j.queue, j.client_id, j.attempts, o.was
+    RETURNING j.id, j.task, j.queue, j.client_id, j.attempts, o.was, j.workflow_id
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'cancelled', attempts FROM orphaned
     WHERE was = 'waiting' AND pg_notify('conveyor_events', '')::text = ''
+), held AS (
+    -- The workflows of the steps that moved, locked in id order once every job row is (see succeed).
+    SELECT w.id FROM workflows w WHERE w.id IN (SELECT workflow_id FROM orphaned)
+    ORDER BY w.id FOR NO KEY UPDATE
 )
 SELECT c.id, c.queue, c.run FROM chosen c JOIN discarded d ON d.id = c.id
+WHERE (SELECT count(*) FROM held) >= 0
 
 -- name: take_stale_dead_letters
 -- Locks recorded stale dead-letter copies for one relay's clean-up pass.
