@@ -10,7 +10,8 @@ posted at --rate for --duration seconds, open loop (job i is sent at start + i/r
 in flight), each making three events (queued, running, succeeded). An event's latency is the
 moment the consumer read it minus its `at` in the ledger (the clock of the insert in the
 transaction that made the change; the same host's clock), so it includes the rest of that
-transaction, its commit, the wake, the pump's read, the job view's read and the HTTP write.
+transaction, its commit, the wake, the pump's read (the events with their jobs' rows, one
+statement) and the HTTP write.
 
 Goal (DESIGN.md, Performance budget): an event on /api/v1/events within 50 ms (p99) of the
 state change that made it.

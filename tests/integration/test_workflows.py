@@ -220,6 +220,9 @@ def test_a_prune_pass_takes_a_finished_workflow_with_its_steps_and_leaves_a_runn
             (finished.id,),
         )
         conn.execute(
+            "UPDATE workflows SET finished_at = now() - interval '40 days' WHERE id = %s", (finished.id,)
+        )
+        conn.execute(
             "UPDATE jobs SET finished_at = now() - interval '40 days', state = 'succeeded'"
             " WHERE workflow_id = %s AND step = 'a'",
             (running.id,),

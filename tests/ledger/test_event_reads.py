@@ -161,3 +161,35 @@ def test_pruning_removes_old_events_from_the_front_of_the_log_only(conn: psycopg
     assert left == [jobs[2].id, jobs[3].id]
     assert retention.count_prunable_events(conn, 86_400) == 1
     assert retention.prune_events(conn, 0, 1) == 1, "a limit of one deletes one"
+
+
+async def test_a_read_with_jobs_carries_each_jobs_row_in_the_same_statement_and_its_view(
+    aconn: psycopg.AsyncConnection[Any], conn: psycopg.Connection[Any]
+) -> None:
+    """The followers' job views come with the events (one statement, one snapshot), and the view
+    built from the row is the API's job view (`job_view(...).model_dump(mode="json")`)."""
+    from types import SimpleNamespace
+
+    from app.operate.views import job_view, job_view_data
+
+    start = await events.head(aconn)
+    keyed = NewJob(
+        task=ECHO, queue="default", payload_json='{"message": "hi"}', max_attempts=3, unique_key="key:acct-1"
+    )
+    plain, gone = new_job(client_id="key-a"), new_job()
+    ledger.insert(conn, [keyed, plain, gone])
+    conn.execute(
+        "UPDATE jobs SET state = 'retrying', attempts = 1, started_at = now() WHERE id = %s", (plain.id,)
+    )
+    conn.execute("DELETE FROM jobs WHERE id = %s", (gone.id,))
+    bare = await events.read(aconn, start)
+    assert [e.job_id for e in bare.events] == [keyed.id, plain.id, gone.id]
+    assert bare.jobs == {}, "the jobs only when asked"
+    page = await events.read(aconn, start, jobs=True)
+    assert page.events == bare.events
+    assert set(page.jobs) == {keyed.id, plain.id}, "a job already pruned is left out"
+    for job_id, row in page.jobs.items():
+        assert row["id"] == job_id
+        assert job_view_data(row) == job_view(SimpleNamespace(**row)).model_dump(mode="json")  # type: ignore[arg-type]
+    assert job_view_data(page.jobs[plain.id])["next_retry_at"] is not None
+    assert job_view_data(page.jobs[keyed.id])["unique_key"] == "acct-1"

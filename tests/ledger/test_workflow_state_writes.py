@@ -159,3 +159,30 @@ def test_a_repeated_keyed_workflow_answers_with_its_state_now(
     succeed(conn, first.steps["x"])
     again = pair.enqueue_sync(session=conn, idempotency_key="once")
     assert (again.id, again.replayed, again.state) == (first.id, True, "succeeded")
+
+
+def test_retention_reads_a_workflows_stored_state_and_finish_time_not_its_steps(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    made = (
+        Workflow("pair")
+        .step("x", echo, {"message": "x"})
+        .step("y", echo, {"message": "y"})
+        .enqueue_sync(session=conn)
+    )
+    for name in ("x", "y"):
+        succeed(conn, made.steps[name])
+    retain = {"succeeded": 3600.0, "dead": 3600.0, "cancelled": 3600.0}
+    conn.execute("UPDATE workflows SET finished_at = now() - interval '2 days'")
+    assert workflows.prune(conn, retain, 100) == (1, 2), "finished two days ago, by its stored time"
+    failing = Workflow("failing").step("x", echo, {"message": "x"}).step("y", echo, {"message": "y"})
+    failed = failing.enqueue_sync(session=conn)
+    succeed(conn, failed.steps["x"])
+    bury(conn, failed.steps["y"])
+    assert look.execute("SELECT state FROM workflows").fetchone() == {"state": "failed"}
+    conn.execute("UPDATE workflows SET finished_at = now() - interval '2 days'")
+    longest = {"succeeded": 3 * 86400.0, "dead": 3600.0, "cancelled": 3600.0}
+    assert workflows.prune(conn, longest, 100) == (0, 0), "a failed workflow waits for the longest retention"
+    conn.execute("UPDATE workflows SET finished_at = now() - interval '4 days'")
+    assert workflows.prune(conn, longest, 100) == (1, 2)
+    assert look.execute("SELECT count(*) AS n FROM jobs").fetchone() == {"n": 0}

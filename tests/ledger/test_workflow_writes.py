@@ -215,6 +215,7 @@ def test_retention_prunes_a_workflow_with_its_steps_never_a_step_alone(
         succeed(conn, steps[name], task)
     assert workflows.prune(conn, retain, 100) == (0, 0), "its last steps are within their retention"
     conn.execute("UPDATE jobs SET finished_at = now() - interval '2 days' WHERE finished_at IS NOT NULL")
+    conn.execute("UPDATE workflows SET finished_at = now() - interval '2 days'")
     assert workflows.prune(conn, retain, 100) == (1, 4)
     assert look.execute("SELECT count(*) AS n FROM jobs").fetchone() == {"n": 0}
     assert look.execute("SELECT count(*) AS n FROM workflows").fetchone() == {"n": 0}

@@ -93,3 +93,23 @@ def test_each_tasks_documented_job_body_has_every_field_the_api_accepts(document
         assert set(document["components"]["schemas"][name]["properties"]) == set(JobRequest.model_fields), (
             name
         )
+
+
+@pytest.mark.parametrize(
+    ("operation", "thing", "others"),
+    [
+        ("POST /api/v1/jobs", "job", ("batch", "workflow")),
+        ("POST /api/v1/jobs/batch", "batch", ("workflow",)),
+        ("POST /api/v1/workflows", "workflow", ("batch",)),
+    ],
+)
+def test_the_idempotency_key_header_says_what_a_repeat_of_its_own_route_answers(
+    document: dict[str, Any], operation: str, thing: str, others: tuple[str, ...]
+) -> None:
+    found = dict(operations(document))[operation]
+    [header] = [p for p in found["parameters"] if p["name"] == "Idempotency-Key"]
+    description = header["description"]
+    assert f"the same {thing}" in description, description
+    assert f"first {thing}" in description, description
+    for other in others:
+        assert f"same {other}" not in description, description

@@ -117,13 +117,34 @@ async def _accept(request: Request, job: NewJob) -> Response:
     return Response(orjson.dumps(body), status_code=202, headers=headers, media_type="application/json")
 
 
-def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
+# What an Idempotency-Key does on each route that takes one (the OpenAPI header's description).
+KEY_ON_JOB = (
+    "Repeat a POST safely: the same key with the same job returns the first job (same id, no new"
+    " job, `Idempotent-Replayed: true`); with another job, or a key a batch or a workflow holds, it"
+    " is a 422. A key belongs to its client; kept at least IDEMPOTENCY_KEY_TTL_SECONDS."
+)
+KEY_ON_BATCH = (
+    "Repeat a POST safely: the key covers the whole batch. The same key with the same batch returns"
+    " the first batch's jobs (same ids, nothing stored, `Idempotent-Replayed: true`); with another"
+    " batch, or a key a single job or a workflow holds, it is a 422. A key belongs to its client;"
+    " kept at least IDEMPOTENCY_KEY_TTL_SECONDS."
+)
+KEY_ON_WORKFLOW = (
+    "Repeat a POST safely: the same key with the same workflow (its name and steps, their order"
+    " aside) answers the first workflow (same ids, its state now, nothing stored,"
+    " `Idempotent-Replayed: true`); with another workflow, or a key a job holds, it is a 422."
+    " A key belongs to its client; kept at least IDEMPOTENCY_KEY_TTL_SECONDS."
+)
+
+
+def _documented_body(model: type[BaseModel], key_means: str) -> dict[str, Any]:
+    """The body's schema and the Idempotency-Key header, described as `key_means` says."""
     schema = {"content": {"application/json": {"schema": model.model_json_schema()}}, "required": True}
     header = {
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "description": "Repeat a POST safely: the same key and job return the first job.",
+        "description": key_means,
         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
     }
     return {"requestBody": schema, "parameters": [header]}
@@ -136,7 +157,7 @@ def _documented_body(model: type[BaseModel]) -> dict[str, Any]:
     responses=ACCEPT_ERRORS,
     summary="Enqueue a job of any public task",
     operation_id="enqueue_job",
-    openapi_extra=_documented_body(JobRequest),
+    openapi_extra=_documented_body(JobRequest, KEY_ON_JOB),
 )
 async def enqueue(request: Request) -> Response:
     client = await authenticate(request, Scope.ENQUEUE)

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.access.keys import Client, Scope
-from app.api.accept import ACCEPT_ERRORS, _documented_body, _idempotency_key, _parse
+from app.api.accept import ACCEPT_ERRORS, KEY_ON_BATCH, _documented_body, _idempotency_key, _parse
 from app.api.auth import authenticate
 from app.api.deps import transaction
 from app.api.errors import field_errors, unstorable
@@ -102,7 +102,7 @@ def _answer(job: Accepted) -> dict[str, object]:
     responses=ACCEPT_ERRORS,
     summary="Enqueue many jobs at once, all or none",
     operation_id="enqueue_job_batch",
-    openapi_extra=_documented_body(JobBatchRequest),
+    openapi_extra=_documented_body(JobBatchRequest, KEY_ON_BATCH),
 )
 async def enqueue_batch(request: Request) -> Response:
     client = await authenticate(request, Scope.ENQUEUE)

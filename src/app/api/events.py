@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID
@@ -28,7 +28,7 @@ from app.ledger.events import Cursor, EventFilter
 from app.ledger.schema import TERMINAL_STATES
 from app.ledger.urls import own_conninfo
 from app.operate import reads
-from app.operate.views import JobView, job_view
+from app.operate.views import JobView, job_view, job_view_data
 from app.settings import get_settings
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
@@ -36,11 +36,9 @@ READERS = (Scope.READ, Scope.ENQUEUE)
 _pump_lock = asyncio.Lock()
 
 
-async def job_views(
-    conn: psycopg.AsyncConnection[Any], job_ids: Iterable[UUID]
-) -> dict[UUID, dict[str, Any]]:
-    rows = await reads.get_many(conn, job_ids)
-    return {row.id: job_view(row).model_dump(mode="json") for row in rows}
+def job_views(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The view an event carries of its job, from the job's row read with the events."""
+    return job_view_data(row)
 
 
 async def event_pump(app: FastAPI) -> EventPump:

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.access.keys import Client, Scope
-from app.api.accept import _documented_body, _idempotency_key, _parse
+from app.api.accept import KEY_ON_WORKFLOW, _documented_body, _idempotency_key, _parse
 from app.api.audit import actor
 from app.api.auth import authenticate
 from app.api.deps import reading, transaction
@@ -84,7 +84,7 @@ def _invalid(error: InvalidWorkflow) -> RequestValidationError:
     responses=responses(BODY, WORKFLOW_INVALID, AUTH, UNAVAILABLE),
     summary="Declare a workflow: steps that run after the steps they name in `after`",
     operation_id="enqueue_workflow",
-    openapi_extra=_documented_body(WorkflowRequest),
+    openapi_extra=_documented_body(WorkflowRequest, KEY_ON_WORKFLOW),
 )
 async def enqueue_workflow(request: Request) -> Response:
     client = await authenticate(request, Scope.ENQUEUE)

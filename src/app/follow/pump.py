@@ -2,8 +2,9 @@
 
 The pump holds two connections of its own: one LISTENs on `conveyor_events` (every statement
 that logs an event wakes it when its transaction commits), the other reads. On each wake it
-reads the new events once, with the shared exact reader (app/ledger/events.py), and hands each
-to the subscriptions whose filter it matches; nothing polls per waiter or per stream. When a
+reads the new events once, with the shared exact reader (app/ledger/events.py; their jobs' rows
+come in the same statement when a subscription wants job views), and hands each to the
+subscriptions whose filter it matches; nothing polls per waiter or per stream. When a
 read sees events held above the horizon (an older transaction still open), it looks again
 shortly, since the transaction holding them may end without an event of its own and so
 without a wake; otherwise it reads again at least every few seconds in case a wake was lost.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -33,8 +34,8 @@ from app.logs import Outage, get_logger
 
 log = get_logger("conveyor.events")
 
-# The jobs as they are now, for the events' `data:` (a job already pruned is left out).
-JobViews = Callable[[psycopg.AsyncConnection[Any], Iterable[UUID]], Awaitable[dict[UUID, dict[str, Any]]]]
+# A job's view for the events' `data:`, from its row as the events' read returned it.
+JobViews = Callable[[Mapping[str, Any]], dict[str, Any]]
 PAGE = 1000
 # While events are held above the horizon: how soon to look again (doubling up to HELD_MAX).
 HELD_FIRST, HELD_MAX = 0.002, 0.05
@@ -90,6 +91,7 @@ class EventPump:
         self._connect_args = connect_args or {}
         self._by_job: dict[UUID, set[Subscription]] = {}
         self._others: set[Subscription] = set()
+        self._viewers = 0  # subscriptions that want job views: the read then returns the jobs too
         self._wake = asyncio.Event()
         self._started = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -112,6 +114,7 @@ class EventPump:
     def subscribe(self, where: EventFilter, *, views: bool = False) -> Subscription:
         assert self.position is not None, "start the pump first"
         subscription = Subscription(where, self.position, views=views)
+        self._viewers += views
         if where.job_id is not None:
             self._by_job.setdefault(where.job_id, set()).add(subscription)
         else:
@@ -121,13 +124,16 @@ class EventPump:
     def unsubscribe(self, subscription: Subscription) -> None:
         job_id = subscription.where.job_id
         if job_id is None:
+            held = subscription in self._others
             self._others.discard(subscription)
-            return
-        waiting = self._by_job.get(job_id)
-        if waiting is not None:
+        else:
+            waiting = self._by_job.get(job_id, set())
+            held = subscription in waiting
             waiting.discard(subscription)
             if not waiting:
-                del self._by_job[job_id]
+                self._by_job.pop(job_id, None)
+        if held:
+            self._viewers -= subscription.views
 
     @property
     def subscribers(self) -> int:
@@ -188,26 +194,29 @@ class EventPump:
         """Read and hand out everything readable; whether events are held above the horizon."""
         assert self.position is not None
         while True:
-            page = await events.read(reader, self.position, limit=PAGE)
+            page = await events.read(reader, self.position, limit=PAGE, jobs=self._viewers > 0)
             self.reads += 1
             if page.events:
-                await self._hand_out(reader, page.events)
+                self._hand_out(page)
             self.position = page.next
             if not page.full:
                 return page.held
 
-    async def _hand_out(self, reader: psycopg.AsyncConnection[Any], read: list[Event]) -> None:
-        targets: list[tuple[Event, list[Subscription]]] = []
-        wanted: set[UUID] = set()
-        for event in read:
+    def _hand_out(self, page: events.Page) -> None:
+        """Each event to the subscriptions it matches, with its job's view (built once per job
+        of the page, from the row the read returned, only when a subscription wants it)."""
+        views: dict[UUID, dict[str, Any] | None] = {}
+        for event in page.events:
             matching = [s for s in self._others if s.where.matches(event)]
             matching += [s for s in self._by_job.get(event.job_id, ()) if s.where.matches(event)]
-            if matching:
-                targets.append((event, matching))
-                if any(s.views for s in matching):
-                    wanted.add(event.job_id)
-        views = await self._views(reader, wanted) if wanted else {}
-        for event, matching in targets:
-            delivery = Delivery(event, views.get(event.job_id))
+            if not matching:
+                continue
+            view: dict[str, Any] | None = None
+            if any(s.views for s in matching):
+                if event.job_id not in views:
+                    row = page.jobs.get(event.job_id)
+                    views[event.job_id] = None if row is None else self._views(row)
+                view = views[event.job_id]
+            delivery = Delivery(event, view)
             for subscription in matching:
                 subscription.offer(delivery)

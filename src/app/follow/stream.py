@@ -85,8 +85,8 @@ async def _catch_up(
     """The log's events after `position` up to at least the subscription's start, a page at a time."""
     async with connect() as conn:
         while True:
-            page = await events.read(conn, position, subscription.where, limit=500)
-            jobs = await views(conn, {e.job_id for e in page.events}) if page.events else {}
+            page = await events.read(conn, position, subscription.where, limit=500, jobs=True)
+            jobs = {job_id: views(row) for job_id, row in page.jobs.items()}
             yield b"".join(frame(e, jobs.get(e.job_id)) for e in page.events), page.next
             position = page.next
             if not page.full and position >= subscription.start:

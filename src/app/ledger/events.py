@@ -22,7 +22,7 @@ A cursor is "<xid>-<id>" of the last event delivered. The log is pruned as a pre
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -90,6 +90,16 @@ _END = Cursor(2**63 - 1, 0)
 OLDEST = Cursor(0, 0)
 
 
+# The job columns `read(..., jobs=True)` returns with each event, in the statement's order.
+JOB_FIELDS = (
+    "id", "task", "queue", "state", "priority", "run", "attempts", "max_attempts", "progress",
+    "payload", "created_at", "updated_at", "available_at", "started_at", "finished_at",
+    "last_error", "result", "worker_id", "client_id", "parent_id", "schedule", "scheduled_for",
+    "cancel_requested_at", "unique_key", "workflow_id", "step",
+)  # fmt: skip
+_EVENT_COLUMNS = 12
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     events: list[Event]
@@ -100,10 +110,16 @@ class Page:
     horizon: int
     # Events committed above the horizon wait for an older transaction to end: look again soon.
     held: bool
+    # With `jobs=True`: the row of each event's job, read in the events' own snapshot (a job
+    # already pruned is left out), by JOB_FIELDS.
+    jobs: dict[UUID, dict[str, Any]] = field(default_factory=dict)
 
 
-async def read(conn: AsyncConnection, after: Cursor, where: EventFilter = ANY, limit: int = 500) -> Page:
-    """The events after `after` that can be read exactly now, in order, at most `limit`.
+async def read(
+    conn: AsyncConnection, after: Cursor, where: EventFilter = ANY, limit: int = 500, *, jobs: bool = False
+) -> Page:
+    """The events after `after` that can be read exactly now, in order, at most `limit`; with
+    `jobs`, their jobs' rows too, in the same statement.
 
     `conn` must be in autocommit mode (the statement is its own transaction: see above)."""
     params = {
@@ -114,14 +130,22 @@ async def read(conn: AsyncConnection, after: Cursor, where: EventFilter = ANY, l
         "workflow_id": where.workflow_id,
         "client_id": where.client_id,
         "limit": limit,
+        "jobs": jobs,
     }
     rows = (await run_async(conn, queries.READ_EVENTS, params, prepare=True)).rows
     horizon, held = int(rows[0][0]), bool(rows[0][11])
     events = [_event(row) for row in rows if row[2] is not None]
+    read_jobs = {
+        row[4]: dict(zip(JOB_FIELDS, row[_EVENT_COLUMNS:], strict=True))
+        for row in rows
+        if row[12] is not None
+    }
     if len(events) >= limit:
-        return Page(events, events[-1].cursor, full=True, horizon=horizon, held=held)
+        return Page(events, events[-1].cursor, full=True, horizon=horizon, held=held, jobs=read_jobs)
     # Fewer than asked: every event of the filter below the horizon has been read.
-    return Page(events, max(after, Cursor(horizon, 0)), full=False, horizon=horizon, held=held)
+    return Page(
+        events, max(after, Cursor(horizon, 0)), full=False, horizon=horizon, held=held, jobs=read_jobs
+    )
 
 
 async def head(conn: AsyncConnection) -> Cursor:
@@ -139,5 +163,7 @@ async def exists(conn: AsyncConnection, cursor: Cursor) -> bool:
 
 
 def _event(row: tuple[Any, ...]) -> Event:
-    _, xid, event_id, at, job_id, task, queue, client_id, workflow_id, state, attempt, _ = row
+    _, xid, event_id, at, job_id, task, queue, client_id, workflow_id, state, attempt, _ = row[
+        :_EVENT_COLUMNS
+    ]
     return Event(Cursor(int(xid), event_id), at, job_id, task, queue, client_id, workflow_id, state, attempt)

@@ -211,7 +211,11 @@ SELECT task, state FROM jobs WHERE id = %(id)s
 
 -- name: succeed
 -- Fenced: running → succeeded with its result, for each (id, run, attempt) still owned; wakes
--- the relay when one held a concurrency slot.
+-- the relay when one held a concurrency slot. Once the jobs' rows are locked (the steps that
+-- succeeded and those they release), their workflows' rows are, in id order: the 0016 trigger,
+-- which fires at the statement's end, would lock them in whatever order the steps moved, and two
+-- batches over the same two workflows in opposite orders would deadlock. Every statement that
+-- moves steps of several workflows locks jobs first, then workflows in id order.
 WITH input AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(runs)s::integer[], %(attempts)s::integer[],
                          %(results)s::text[]) AS t(id, run, attempt, result)
@@ -220,7 +224,8 @@ WITH input AS (
            finished_at = now(), lease_expires_at = NULL, last_error = NULL, updated_at = now()
     FROM input i
     WHERE j.id = i.id AND j.run = i.run AND j.attempts = i.attempt AND j.state = 'running'
-    RETURNING j.id, j.run, j.attempts, j.task, j.concurrency_key, j.queue, j.client_id, j.downstream
+    RETURNING j.id, j.run, j.attempts, j.task, j.concurrency_key, j.queue, j.client_id, j.downstream,
+              j.workflow_id
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'succeeded', attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
@@ -244,6 +249,11 @@ WITH input AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'queued', attempts FROM released
     WHERE state = 'queued' AND pg_notify('conveyor_events', '')::text = ''
+), held AS (
+    -- Read once 'released' has run to its end: the steps it locks come before the workflows.
+    SELECT w.id FROM workflows w
+    WHERE w.id IN (SELECT workflow_id FROM done) AND (SELECT count(*) FROM released) >= 0
+    ORDER BY w.id FOR NO KEY UPDATE
 ), freed AS (
     -- The keys whose slot freed, each with the running length of the names before it.
     SELECT k.task, k.concurrency_key, octet_length(k.task) + octet_length(k.concurrency_key) + 1 AS size,
@@ -267,6 +277,7 @@ WITH input AS (
     ) AS c
 )
 SELECT done.id, done.run, done.attempts, woken.rang FROM done LEFT JOIN woken ON true
+WHERE (SELECT count(*) FROM held) >= 0
 
 -- name: retry
 -- Fenced: running → retrying, due again after %(delay)s seconds; wakes the relay. A job whose
@@ -332,7 +343,7 @@ WITH done AS (
            available_at = now(), published_at = NULL,
            lease_expires_at = NULL, updated_at = now(), last_error = %(error)s
     WHERE id = ANY(%(ids)s::uuid[]) AND worker_id = %(worker_id)s AND state = 'running'
-    RETURNING id, run, attempts, state, task, queue, client_id
+    RETURNING id, run, attempts, state, task, queue, client_id, workflow_id
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, state, attempts FROM done WHERE pg_notify('conveyor_events', '')::text = ''
@@ -340,8 +351,12 @@ WITH done AS (
     UPDATE job_attempts a SET finished_at = now(), outcome = 'interrupted', error = %(error)s,
            duration_seconds = extract(epoch FROM now() - a.started_at)
     FROM done WHERE a.job_id = done.id AND a.run = done.run AND a.attempt = done.attempts
+), held AS (
+    -- The workflows of the steps that moved, locked in id order once every job row is (see succeed).
+    SELECT w.id FROM workflows w WHERE w.id IN (SELECT workflow_id FROM done)
+    ORDER BY w.id FOR NO KEY UPDATE
 )
-SELECT done.id, pg_notify('conveyor_jobs', '') FROM done
+SELECT done.id, pg_notify('conveyor_jobs', '') FROM done WHERE (SELECT count(*) FROM held) >= 0
 
 -- name: unclaim
 -- Claims that never started (the worker stopped before a thread took them) are undone: the
@@ -360,15 +375,20 @@ WITH asked AS (
     FROM asked a
     WHERE j.id = a.id AND j.run = a.run AND j.attempts = a.attempt
       AND j.worker_id = %(worker_id)s AND j.state = 'running'
-    RETURNING j.id, j.run, j.attempts + 1 AS attempt, j.attempts, j.state, j.task, j.queue, j.client_id
+    RETURNING j.id, j.run, j.attempts + 1 AS attempt, j.attempts, j.state, j.task, j.queue, j.client_id,
+              j.workflow_id
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, state, attempts FROM undone WHERE pg_notify('conveyor_events', '')::text = ''
 ), forgotten AS (
     DELETE FROM job_attempts h USING undone u
     WHERE h.job_id = u.id AND h.run = u.run AND h.attempt = u.attempt
+), held AS (
+    -- The workflows of the steps that moved, locked in id order once every job row is (see succeed).
+    SELECT w.id FROM workflows w WHERE w.id IN (SELECT workflow_id FROM undone)
+    ORDER BY w.id FOR NO KEY UPDATE
 )
-SELECT id, pg_notify('conveyor_jobs', '') FROM undone
+SELECT id, pg_notify('conveyor_jobs', '') FROM undone WHERE (SELECT count(*) FROM held) >= 0
 
 -- name: take_publishable
 -- Takes due, unpublished jobs for one relay (SKIP LOCKED: other relays take other rows) and marks
@@ -547,7 +567,7 @@ WITH expired AS (
                      || ' stopped renewing it (crashed or stalled)'
     FROM expired WHERE j.id = expired.id
     RETURNING j.id, j.task, j.state, j.run, j.attempts, j.last_error, j.queue, j.client_id,
-              j.concurrency_key IS NOT NULL OR j.rate_key IS NOT NULL AS limited
+              j.concurrency_key IS NOT NULL OR j.rate_key IS NOT NULL AS limited, j.workflow_id
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, state, attempts FROM upd WHERE pg_notify('conveyor_events', '')::text = ''
@@ -560,8 +580,13 @@ WITH expired AS (
     -- A job with limits handed back freed its key's slot and waits for the relay's take of jobs
     -- with limits, which only a 'slot' wakes ('rang' is selected: an unread column is not computed).
     SELECT pg_notify('conveyor_jobs', 'slot') AS rang WHERE EXISTS (SELECT 1 FROM upd WHERE limited)
+), held AS (
+    -- The workflows of the steps that moved, locked in id order once every job row is (see succeed).
+    SELECT w.id FROM workflows w WHERE w.id IN (SELECT workflow_id FROM upd)
+    ORDER BY w.id FOR NO KEY UPDATE
 )
 SELECT upd.id, upd.task, upd.state, upd.attempts, woken.rang FROM upd LEFT JOIN woken ON true
+WHERE (SELECT count(*) FROM held) >= 0
 
 -- name: rearm_stale_publications
 -- Publishes again jobs whose message went out long ago and was never claimed.
@@ -649,15 +674,20 @@ WITH candidates AS (
            last_error = NULL, result = NULL, worker_id = NULL, cancel_requested_at = NULL,
            updated_at = now()
     FROM chosen c WHERE j.id = c.id
-    RETURNING j.id, j.task, j.queue, j.client_id
+    RETURNING j.id, j.task, j.queue, j.client_id, j.workflow_id
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'queued', 0 FROM replayed WHERE pg_notify('conveyor_events', '')::text = ''
 ), stale AS (
     INSERT INTO stale_dead_letters (queue, job_id, run)
     SELECT queue, id, run FROM chosen WHERE published_at IS NOT NULL
+), held AS (
+    -- The workflows of the steps that moved, locked in id order once every job row is (see succeed).
+    SELECT w.id FROM workflows w WHERE w.id IN (SELECT workflow_id FROM replayed)
+    ORDER BY w.id FOR NO KEY UPDATE
 )
 SELECT c.id, c.queue, c.run, pg_notify('conveyor_jobs', '') FROM chosen c JOIN replayed r ON r.id = c.id
+WHERE (SELECT count(*) FROM held) >= 0
 
 -- name: discard_dead
 -- Deletes dead jobs with their history, oldest first; their copies in <queue>.XQ become stale.
@@ -692,13 +722,18 @@ WITH RECURSIVE chosen AS (
                                          AND left(s.last_error, 9) = 'upstream '))
           ORDER BY r.id, r.direct DESC, r.cause) AS o
     WHERE j.id = o.id AND j.state = o.was
-    RETURNING j.id, j.task, j.queue, j.client_id, j.attempts, o.was
+    RETURNING j.id, j.task, j.queue, j.client_id, j.attempts, o.was, j.workflow_id
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'cancelled', attempts FROM orphaned
     WHERE was = 'waiting' AND pg_notify('conveyor_events', '')::text = ''
+), held AS (
+    -- The workflows of the steps that moved, locked in id order once every job row is (see succeed).
+    SELECT w.id FROM workflows w WHERE w.id IN (SELECT workflow_id FROM orphaned)
+    ORDER BY w.id FOR NO KEY UPDATE
 )
 SELECT c.id, c.queue, c.run FROM chosen c JOIN discarded d ON d.id = c.id
+WHERE (SELECT count(*) FROM held) >= 0
 
 -- name: take_stale_dead_letters
 -- Locks recorded stale dead-letter copies for one relay's clean-up pass.
@@ -1175,7 +1210,9 @@ DELETE FROM dashboard_sessions WHERE id_hash = ANY(ARRAY(
 -- (the smallest xid it sees in progress of a transaction that may write events, else its xmax;
 -- migration 0015 defines it and proves it exact). Filters are NULL for any. Every row carries the
 -- horizon and whether events are held above it; a row with a NULL id says there is no event to
--- read. Run as a transaction of its own.
+-- read. With %(jobs)s, each event also carries its job's row as this same snapshot sees it (NULL
+-- once pruned), for the job views the followers send: no second read. Run as a transaction of
+-- its own.
 WITH horizon AS (
     SELECT event_horizon() AS h
 ), held AS (
@@ -1185,7 +1222,11 @@ WITH horizon AS (
                    AND (e.xid, e.id) > (CAST(%(after_xid)s AS xid8), CAST(%(after_id)s AS bigint))) AS held
 )
 SELECT h.h::text, e.xid::text, e.id, e.at, e.job_id, e.task, e.queue, e.client_id, e.workflow,
-       e.state, e.attempt, held.held
+       e.state, e.attempt, held.held,
+       j.id, j.task, j.queue, j.state, j.priority, j.run, j.attempts, j.max_attempts, j.progress,
+       j.payload, j.created_at, j.updated_at, j.available_at, j.started_at, j.finished_at,
+       j.last_error, j.result, j.worker_id, j.client_id, j.parent_id, j.schedule, j.scheduled_for,
+       j.cancel_requested_at, j.unique_key, j.workflow_id, j.step
 FROM held, horizon h LEFT JOIN LATERAL (
     -- An event's workflow is its job's (a step's events are written by statements that do not
     -- read it): looked up here, once per event read.
@@ -1201,6 +1242,7 @@ FROM held, horizon h LEFT JOIN LATERAL (
     ORDER BY e.xid, e.id
     LIMIT %(limit)s
 ) e ON true
+LEFT JOIN jobs j ON %(jobs)s AND j.id = e.job_id
 ORDER BY e.xid, e.id
 
 -- name: event_exists
@@ -1330,12 +1372,16 @@ WITH RECURSIVE failed AS (
     UPDATE jobs j SET state = 'cancelled', last_error = c.cause, finished_at = now(), updated_at = now()
     FROM (SELECT DISTINCT ON (id) id, cause FROM reached ORDER BY id, cause) AS c
     WHERE j.id = c.id AND j.state = 'waiting'
-    RETURNING j.id, j.task, j.queue, j.client_id, j.attempts
+    RETURNING j.id, j.task, j.queue, j.client_id, j.attempts, j.workflow_id
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'cancelled', attempts FROM cancelled WHERE pg_notify('conveyor_events', '')::text = ''
+), held AS (
+    -- The workflows of the steps that moved, locked in id order once every job row is (see succeed).
+    SELECT w.id FROM workflows w WHERE w.id IN (SELECT workflow_id FROM cancelled)
+    ORDER BY w.id FOR NO KEY UPDATE
 )
-SELECT id FROM cancelled
+SELECT id FROM cancelled WHERE (SELECT count(*) FROM held) >= 0
 
 -- name: revive_downstream
 -- After dead steps were replayed (queued again, in this transaction): the steps after them that
@@ -1364,8 +1410,12 @@ WITH RECURSIVE reached (id) AS (
 ), logged AS (
     INSERT INTO job_events (job_id, task, queue, client_id, state, attempt)
     SELECT id, task, queue, client_id, 'waiting', attempts FROM revived WHERE pg_notify('conveyor_events', '')::text = ''
+), held AS (
+    -- The workflows of the steps that moved, locked in id order once every job row is (see succeed).
+    SELECT w.id FROM workflows w WHERE w.id IN (SELECT workflow_id FROM revived)
+    ORDER BY w.id FOR NO KEY UPDATE
 )
-SELECT workflow_id FROM revived
+SELECT workflow_id FROM revived WHERE (SELECT count(*) FROM held) >= 0
 
 -- name: failed_steps
 -- The steps of these workflows that failed by themselves (dead, or cancelled but not for an
@@ -1403,18 +1453,21 @@ JOIN jobs u ON u.workflow_id = d.workflow_id AND u.step = ANY(d.after_steps)
 WHERE d.id = %(id)s
 
 -- name: prune_workflows
--- Deletes up to %(limit)s workflows whose every step is finished and past its state's retention,
--- oldest first, with their steps (and the steps' attempts and artifacts): a step is never pruned
--- alone while its workflow lives. With %(record_stale)s, a pruned dead step's copy in
--- <queue>.XQ is recorded as stale, as prune_jobs does.
+-- Deletes up to %(limit)s finished workflows past their retention, oldest first, with their steps
+-- (and the steps' attempts and artifacts): a step is never pruned alone while its workflow lives.
+-- Read from the workflow's stored state (0016), not its steps: a succeeded one is kept as a
+-- succeeded job is, from when its last step finished; a failed one as long as the longest of
+-- the three retentions, so that each of its steps, which all finished by then, is past its own
+-- state's. The state is read again once the row is locked (a replay may have made it run again).
+-- With %(record_stale)s, a pruned dead step's copy in <queue>.XQ is recorded as stale, as
+-- prune_jobs does.
 WITH chosen AS (
     SELECT w.id FROM workflows w
-    WHERE NOT EXISTS (
-        SELECT 1 FROM jobs j WHERE j.workflow_id = w.id
-          AND (j.finished_at IS NULL OR j.state NOT IN ('succeeded', 'dead', 'cancelled')
-               OR j.finished_at >= now() - make_interval(secs => CASE j.state
-                    WHEN 'succeeded' THEN %(retain_succeeded)s WHEN 'dead' THEN %(retain_dead)s
-                    ELSE %(retain_cancelled)s END)))
+    WHERE (w.state = 'succeeded'
+           AND w.finished_at < now() - make_interval(secs => %(retain_succeeded)s))
+       OR (w.state = 'failed'
+           AND w.finished_at < now() - make_interval(secs => greatest(
+                   %(retain_succeeded)s, %(retain_dead)s, %(retain_cancelled)s)))
     ORDER BY w.created_at LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), steps AS (

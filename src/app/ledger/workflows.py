@@ -161,8 +161,9 @@ def upstream_results(conn: SyncConnection, job_id: UUID) -> dict[str, tuple[str,
 def prune(
     conn: SyncConnection, retain: dict[str, float], limit: int, *, record_stale: bool = False
 ) -> tuple[int, int]:
-    """Delete up to `limit` workflows whose every step is past its state's retention, with their
-    steps; (workflows, steps) deleted."""
+    """Delete up to `limit` finished workflows past their retention (by their stored state and
+    finish time: a failed one is kept the longest of the three), with their steps; (workflows,
+    steps) deleted."""
     params = {
         "retain_succeeded": retain["succeeded"],
         "retain_dead": retain["dead"],

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import psycopg
-from psycopg.rows import namedtuple_row
-from sqlalchemy import Row, Select, and_, bindparam, func, select, text, tuple_
-from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+from sqlalchemy import Row, Select, and_, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.errors import JobNotFound
@@ -163,21 +159,3 @@ async def artifact_pieces(
 async def now(conn: AsyncConnection) -> datetime:
     value: datetime = (await conn.execute(text("SELECT now()"))).scalar_one()
     return value
-
-
-async def get_many(conn: psycopg.AsyncConnection[Any], job_ids: Iterable[UUID]) -> list[Any]:
-    """The jobs of these ids that exist, in no particular order, read on a psycopg connection of
-    the caller's own (the event pump's, a stream's), so followers take nothing from the pool."""
-    wanted = list(job_ids)
-    if not wanted:
-        return []
-    async with conn.cursor(row_factory=namedtuple_row) as cursor:
-        await cursor.execute(_MANY_SQL, {"ids": wanted}, prepare=True)
-        return await cursor.fetchall()
-
-
-_MANY_SQL = str(
-    select(*JOB_COLUMNS)
-    .where(jobs.c.id == func.any(bindparam("ids")))
-    .compile(dialect=psycopg_dialect.dialect())  # type: ignore[no-untyped-call]
-)

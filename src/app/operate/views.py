@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from sqlalchemy import Row
 
 from app.jobs.enqueue import shown_unique_key
@@ -87,6 +89,18 @@ def job_view(row: Row[Any]) -> JobView:
         workflow_id=row.workflow_id,
         step=row.step,
     )
+
+
+_VIEW_FIELDS = tuple(JobView.model_fields)
+
+
+def job_view_data(row: Mapping[str, Any]) -> dict[str, Any]:
+    """`job_view(row).model_dump(mode="json")`, from a job's columns by name, without building
+    and validating the model (the events' hot path: the row is the ledger's, typed already)."""
+    view = {name: row.get(name) for name in _VIEW_FIELDS}
+    view["next_retry_at"] = row["available_at"] if row["state"] == JobState.RETRYING else None
+    view["unique_key"] = shown_unique_key(row["unique_key"])
+    return dict(to_jsonable_python(view))
 
 
 def attempt_view(row: Row[Any]) -> AttemptView:

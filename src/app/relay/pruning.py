@@ -148,7 +148,7 @@ def prune(
 def _prune_workflows(
     settings: Settings, engine: Engine, done: Pass, pause: threading.Event, stop: threading.Event | None
 ) -> None:
-    """Workflows whose every step is past its state's retention, each with its steps."""
+    """Finished workflows past their retention (read from their stored state), with their steps."""
     keep = retention_of(settings)
     record_stale = keep[JobState.DEAD] < DEAD_LETTER_TTL_SECONDS
     batch = max(1, settings.prune_batch_size // 100)  # a workflow holds up to MAX_WORKFLOW_STEPS jobs

@@ -1,10 +1,11 @@
-"""Conveyor's HTTP API from Python: enqueue jobs, wait for them, follow their events, steer them.
+"""Conveyor's HTTP API from Python: enqueue jobs and workflows, wait for them, follow their events,
+steer them.
 
 `Client` for blocking code, `AsyncClient` for asyncio; clients/python/README.md shows both.
 """
 
-from conveyor_client._async import AsyncClient, AsyncJob
-from conveyor_client._client import Client, Job
+from conveyor_client._async import AsyncClient, AsyncJob, AsyncWorkflow
+from conveyor_client._client import Client, Job, Workflow
 from conveyor_client._errors import (
     AuthError,
     BadRequest,
@@ -20,13 +21,16 @@ from conveyor_client._errors import (
 )
 from conveyor_client._models import TERMINAL_STATES, Event
 from conveyor_client._sse import OLDEST
+from conveyor_client._workflows import WORKFLOW_TERMINAL_STATES, Step, WorkflowStep
 
 __version__ = "0.1.0"
 __all__ = [
     "OLDEST",
     "TERMINAL_STATES",
+    "WORKFLOW_TERMINAL_STATES",
     "AsyncClient",
     "AsyncJob",
+    "AsyncWorkflow",
     "AuthError",
     "BadRequest",
     "Client",
@@ -39,6 +43,9 @@ __all__ = [
     "NotFound",
     "RateLimited",
     "ServerError",
+    "Step",
     "Unavailable",
     "ValidationFailed",
+    "Workflow",
+    "WorkflowStep",
 ]

@@ -17,6 +17,7 @@ from conveyor_client import _common as common
 from conveyor_client._errors import ConveyorError
 from conveyor_client._models import Event, JobFields, parse_view
 from conveyor_client._sse import Decoder, Resumption
+from conveyor_client._workflows import Step, WorkflowFields, parse_workflow
 
 
 @dataclass(kw_only=True, eq=False)
@@ -48,6 +49,31 @@ class AsyncJob(JobFields):
             if common.answered_early(asked, time.monotonic() - started):
                 pause = common.next_poll(pause)
                 await asyncio.sleep(min(pause, max(common.remaining(deadline, time.monotonic()), 0.0)))
+        return self
+
+
+@dataclass(kw_only=True, eq=False)
+class AsyncWorkflow(WorkflowFields):
+    """A workflow, as the API last described it; `await refresh()` and `await wait()` ask again."""
+
+    client: AsyncClient = field(repr=False)
+
+    async def refresh(self) -> AsyncWorkflow:
+        """Reads the workflow again (`GET /api/v1/workflows/{id}`); returns itself, updated."""
+        self._update(await self.client._send(common.workflow_call(self.id)))
+        return self
+
+    async def wait(self, timeout: float | None = None) -> AsyncWorkflow:  # noqa: ASYNC109
+        """Waits until the workflow is succeeded or failed and returns it, updated (polling: 0.1 s
+        at first, growing to 1 s); raises `TimeoutError` if it is not after `timeout` seconds."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        pause = 0.0
+        while not (await self.refresh()).finished:
+            left = common.remaining(deadline, time.monotonic())
+            if left <= 0:
+                raise TimeoutError(f"workflow {self.id} is still {self.state} after {timeout} s")
+            pause = common.next_poll(pause)
+            await asyncio.sleep(min(pause, left))
         return self
 
 
@@ -129,6 +155,28 @@ class AsyncClient:
         """Runs a dead job again, from its first attempt; `Conflict` if it is not dead."""
         return self._job(await self._send(common.action_call(job_id, "replay")))
 
+    # -- workflows -------------------------------------------------------------------------
+
+    async def enqueue_workflow(
+        self,
+        name: str,
+        steps: Mapping[str, Step | Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> AsyncWorkflow:
+        """Enqueues a workflow, every step or none (`POST /api/v1/workflows`): each step a `Step`
+        (task, payload, `after`, priority); the answer knows each step's job id (`.job_ids`)."""
+        return self._workflow(await self._send(common.enqueue_workflow_call(name, steps, idempotency_key)))
+
+    async def get_workflow(self, workflow_id: str) -> AsyncWorkflow:
+        """The workflow with each step's state (`GET /api/v1/workflows/{id}`)."""
+        return self._workflow(await self._send(common.workflow_call(workflow_id)))
+
+    async def cancel_workflow(self, workflow_id: str) -> AsyncWorkflow:
+        """Cancels the workflow's steps that have not started, and asks its running steps to stop
+        (`POST /api/v1/workflows/{id}/cancel`); `Conflict` when every step has finished."""
+        return self._workflow(await self._send(common.cancel_workflow_call(workflow_id)))
+
     # -- events ----------------------------------------------------------------------------
 
     async def events(
@@ -185,6 +233,11 @@ class AsyncClient:
         job = AsyncJob(client=self, **parse_view(view))
         job.raw = dict(view)
         return job
+
+    def _workflow(self, view: Mapping[str, Any]) -> AsyncWorkflow:
+        workflow = AsyncWorkflow(client=self, **parse_workflow(view))
+        workflow.raw = dict(view)
+        return workflow
 
     def _event(self, event_id: str | None, kind: str, data: str) -> Event[AsyncJob]:
         view = json.loads(data)

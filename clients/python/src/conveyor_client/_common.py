@@ -12,10 +12,12 @@ from typing import Any
 import httpx
 
 from conveyor_client._errors import ConveyorError, NetworkError, error_for
+from conveyor_client._workflows import Step
 
 Payload = Mapping[str, Any]
 JOBS = "/api/v1/jobs"
 EVENTS = "/api/v1/events"
+WORKFLOWS = "/api/v1/workflows"
 USER_AGENT = "conveyor-client/0.1.0"
 DEFAULT_TIMEOUT = 10.0
 # The longest wait the API holds one request for (`wait_seconds`, 0 to 60).
@@ -116,6 +118,30 @@ def view_call(job_id: str, wait_seconds: int | None, timeout: float) -> Call:
 def action_call(job_id: str, action: str) -> Call:
     """`POST /api/v1/jobs/{id}/{action}` (`cancel`, `replay`)."""
     return Call("POST", f"{JOBS}/{job_id}/{action}")
+
+
+def enqueue_workflow_call(
+    name: str, steps: Mapping[str, Step | Mapping[str, Any]], idempotency_key: str | None
+) -> Call:
+    """`POST /api/v1/workflows`: a workflow and all its steps, or nothing. A step is a `Step` or
+    its JSON body as the API takes it (`{"task", "payload", "after"?, "priority"?}`)."""
+    body = {
+        "name": name,
+        "steps": {
+            step: spec.body() if isinstance(spec, Step) else dict(spec) for step, spec in steps.items()
+        },
+    }
+    return Call("POST", WORKFLOWS, json=body, headers=idempotency(idempotency_key))
+
+
+def workflow_call(workflow_id: str) -> Call:
+    """`GET /api/v1/workflows/{id}`."""
+    return Call("GET", f"{WORKFLOWS}/{workflow_id}")
+
+
+def cancel_workflow_call(workflow_id: str) -> Call:
+    """`POST /api/v1/workflows/{id}/cancel`."""
+    return Call("POST", f"{WORKFLOWS}/{workflow_id}/cancel")
 
 
 def events_call(filters: Mapping[str, str | None], timeout: float, idle_timeout: float) -> Call:
