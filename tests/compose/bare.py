@@ -9,14 +9,17 @@ import json
 import re
 import secrets
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 
-from tests.compose.engine import REPO, docker_env
+from tests.compose.engine import REPO, build_offline_images, docker_env, registry_answers
 
 IMAGE = "python:3.11-slim"
 SERVICES = ("pg_ctlcluster", "rabbitmq-server", "redis-server")
 DEV_LOG = "/tmp/make-dev.log"
+# pip, three Debian packages, migrations: a few minutes on 2 cores.
+MAKE_DEV_SECONDS = 1200
 KEY = re.compile(r"^\s*key\s+(cvk_\S+)", re.MULTILINE)
 
 # Runs inside the machine with its own Python: the README's first example, POST then GET.
@@ -100,3 +103,44 @@ class BareMachine:
 
     def remove(self) -> None:
         docker("rm", "-f", self.name, check=False, timeout=120)
+
+
+def ensure_image() -> None:
+    """The bare machine's image: pulled where a registry answers, else the offline stand-in."""
+    if docker("image", "inspect", IMAGE, check=False).startswith("[]"):
+        pulled = (
+            registry_answers()
+            and subprocess.run(["docker", "pull", IMAGE], capture_output=True).returncode == 0
+        )
+        if not pulled:
+            build_offline_images({"python": IMAGE})
+
+
+class BareRun(threading.Thread):
+    """The whole check, from the bare machine to the README's first example, in a thread: it is
+    minutes of apt and pip that the compose package starts in the background
+    (tests/compose/conftest.py) while the rest of the suite runs; the test reads what it saw."""
+
+    def __init__(self) -> None:
+        super().__init__(name="bare-machine", daemon=True)
+        self.before: list[str] | None = None
+        self.after: list[str] | None = None
+        self.example: dict[str, object] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        machine: BareMachine | None = None
+        try:
+            ensure_image()
+            machine = BareMachine().start()
+            self.before = machine.installed_services()
+            machine.add_make()
+            machine.start_make_dev()
+            key = machine.wait_for_key(MAKE_DEV_SECONDS)
+            self.after = machine.installed_services()
+            self.example = machine.first_example(key)
+        except BaseException as error:  # read by the test
+            self.error = error
+        finally:
+            if machine is not None:
+                machine.remove()

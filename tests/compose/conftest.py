@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.compose.api import Api
+from tests.compose.bare import BareRun
 from tests.compose.engine import (
     Engine,
     EngineUnavailable,
@@ -47,6 +48,8 @@ class Preparation(threading.Thread):
         self.project: ComposeProject | None = None
         self.error: BaseException | None = None
         self.handed_over = False
+        self.bare: BareRun | None = None  # started once the images are built, when asked for
+        self.wants_bare = False
 
     def run(self) -> None:
         try:
@@ -59,6 +62,9 @@ class Preparation(threading.Thread):
             if removed := project.remove_abandoned():
                 FACTS["removed abandoned test projects"] = ", ".join(removed)
             _images(project)
+            if self.wants_bare:
+                self.bare = BareRun()
+                self.bare.start()
             self.project = project
             started = time.monotonic()
             project.up()
@@ -69,6 +75,8 @@ class Preparation(threading.Thread):
 
     def clean_up(self) -> None:
         """`down --volumes` and the engine stopped if started here (when no fixture did it)."""
+        if self.bare is not None:
+            self.bare.join()
         if self.project is not None:
             self.project.down(volumes=True)
         if self.engine is not None:
@@ -82,8 +90,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     global PREPARATION
     if session.config.option.collectonly:
         return
-    if any(Path(str(item.fspath)).parent == Path(__file__).parent for item in session.items):
+    here = [item for item in session.items if Path(str(item.fspath)).parent == Path(__file__).parent]
+    if here:
         PREPARATION = Preparation()
+        PREPARATION.wants_bare = any(Path(str(item.fspath)).name == "test_bare_machine.py" for item in here)
         PREPARATION.start()
 
 
@@ -100,6 +110,19 @@ def _prepared() -> Preparation:
         preparation.start()
     preparation.join()
     return preparation
+
+
+@pytest.fixture
+def bare_run(docker_engine: Engine) -> BareRun:
+    """The background check of a bare machine (started now if the preparation did not), done."""
+    preparation = _prepared()
+    if preparation.bare is None:
+        preparation.bare = BareRun()
+        preparation.bare.start()
+    preparation.bare.join()
+    if preparation.bare.error is not None:
+        raise preparation.bare.error
+    return preparation.bare
 
 
 @pytest.fixture(scope="package")
