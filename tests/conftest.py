@@ -140,3 +140,29 @@ def stack(clean_ledger: services.Infra, tmp_path: Path) -> Iterator[object]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    """A Redis db number of this run's own on the shared Redis, flushed (only it) at the end."""
+    from tests.support import redis_db as dbs
+
+    problem = dbs.redis_problem()
+    if problem:
+        if IN_CI:
+            pytest.fail(problem)
+        pytest.skip(problem)
+    db = dbs.claim_db()
+    try:
+        yield db
+    finally:
+        dbs.release_db(db)
+
+
+@pytest.fixture
+def redis_url(redis_db: int) -> str:
+    """BROKER_URL of this run's Redis db, emptied for the test."""
+    from tests.support import redis_db as dbs
+
+    dbs.empty_db(redis_db)
+    return dbs.url(redis_db)
