@@ -3,9 +3,11 @@ Redis that forgot, and readiness; against a db number of this run's own on the r
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import redis
 from dramatiq import Message
@@ -150,3 +152,53 @@ def test_an_idle_consumer_waits_on_the_bell_and_wakes_when_a_batch_is_published(
     assert len(got) == 1
     assert len(got[0]) == 1
     bells.close()
+
+
+def test_a_restarted_redis_is_noticed_even_when_it_kept_the_marker_on_disk(tmp_path: Path) -> None:
+    """A private redis-server on a free port (the shared one is never restarted): it saves its
+    data, stops and starts again from the file, so the marker is back but names the old run."""
+    port = free_port()
+
+    def start() -> subprocess.Popen[bytes]:
+        server = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(tmp_path),
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=port, socket_timeout=1).ping()
+                return server
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        server.kill()
+        raise AssertionError("the private redis-server did not start")
+
+    url = f"redis://127.0.0.1:{port}/0"
+    server = start()
+    try:
+        publisher = redis_transport.RedisPublisher(url)
+        first = datetime.now(UTC)
+        assert publisher.forgotten(first) == first
+        assert publisher.forgotten(first) is None
+        redis.Redis(port=port).shutdown(save=True)  # dump.rdb holds the marker
+        server.wait(10)
+        server = start()
+        assert redis.Redis(port=port).exists(redis_transport.EPOCH_KEY), "the marker came back from disk"
+        publisher.close()
+        later = first + timedelta(seconds=5)
+        assert publisher.forgotten(later) == later, "another run of Redis: what it held may be older"
+        publisher.close()
+    finally:
+        server.kill()
+        server.wait(10)
