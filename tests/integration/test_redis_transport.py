@@ -94,6 +94,7 @@ def test_a_publish_to_an_unreachable_redis_fails_the_batch(infra: object) -> Non
 def test_readiness_counts_redis_queues_and_says_when_redis_is_unreachable(redis_url: str) -> None:
     check = health.check_broker(Settings(broker_url=redis_url), ["default"])
     assert check.ok is True, check
+    assert check.details == {"broker": "redis", "queues": {"default": 0}}
     down = health.check_broker(Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0"), ["default"])
     assert down.ok is False
     assert down.reason is not None
