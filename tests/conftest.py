@@ -220,3 +220,29 @@ def stack(clean_ledger: services.Infra, tmp_path_factory: pytest.TempPathFactory
     """api + relay + worker as subprocesses against this run's database and vhost, shared by the
     tests that use them; each test begins with an empty ledger and queues (see `SharedStack`)."""
     return SHARED_STACK.fresh(clean_ledger, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    """A Redis db number of this run's own on the shared Redis, flushed (only it) at the end."""
+    from tests.support import redis_db as dbs
+
+    problem = dbs.redis_problem()
+    if problem:
+        if IN_CI:
+            pytest.fail(problem)
+        pytest.skip(problem)
+    db = dbs.claim_db()
+    try:
+        yield db
+    finally:
+        dbs.release_db(db)
+
+
+@pytest.fixture
+def redis_url(redis_db: int) -> str:
+    """BROKER_URL of this run's Redis db, emptied for the test."""
+    from tests.support import redis_db as dbs
+
+    dbs.empty_db(redis_db)
+    return dbs.url(redis_db)

@@ -17,7 +17,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, ShutdownNotifications, TimeLimit
 
 import app.tasks  # noqa: F401  (registers every task spec)
-from app import tracing
+from app import tracing, transport
 from app.execution.actors import bind
 from app.execution.consumer import ClaimingBroker
 from app.execution.exporter import WorkerExporter
@@ -42,6 +42,12 @@ def build_broker(url: str) -> Broker:
     if url.startswith("stub"):
         return StubBroker(middleware=middleware)
     settings = get_settings()
+    if transport.kind(url) == "redis":
+        from app.execution.redis_consumer import RedisDoorbellBroker
+
+        return RedisDoorbellBroker(
+            url=url, middleware=middleware, claims=ledger, hold_seconds=settings.worker_hold_seconds
+        )
     return ClaimingBroker(
         url=url,
         middleware=middleware,

@@ -132,3 +132,27 @@ def test_a_publication_nobody_claimed_for_long_is_armed_again(
     assert ledger.rearm_stale_publications(conn, 600.0) == 1
     assert row(look, stale)["published_at"] is None
     assert row(look, fresh)["published_at"] is not None
+
+
+def test_when_the_broker_forgot_every_unclaimed_publication_and_recent_dead_copy_is_armed_again_once(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    waiting = given(conn, "queued", published=True)
+    retrying = given(conn, "retrying", attempts=1, published=True)
+    dead = given(conn, "dead", attempts=3, published=True)
+    old_dead = given(conn, "dead", attempts=3, published=True)
+    conn.execute("UPDATE jobs SET finished_at = now() - interval '8 days' WHERE id = %s", (old_dead,))
+    running = given(conn, "running", attempts=1, published=True)
+    done = given(conn, "succeeded", attempts=1, published=True)
+    cutoff = look.execute("SELECT now() + interval '1 second' AS at").fetchone()["at"]  # type: ignore[index]
+    later = given(conn, "queued", published=True)
+    conn.execute("UPDATE jobs SET published_at = %s + interval '1 second' WHERE id = %s", (cutoff, later))
+    assert ledger.rearm_forgotten(conn, cutoff, 7 * 86400.0) == 3
+    assert {job: row(look, job)["published_at"] is None for job in (waiting, retrying, dead)} == {
+        waiting: True,
+        retrying: True,
+        dead: True,
+    }
+    for kept in (old_dead, running, done, later):
+        assert row(look, kept)["published_at"] is not None
+    assert ledger.rearm_forgotten(conn, cutoff, 7 * 86400.0) == 0, "one cutoff rearms once"

@@ -28,127 +28,44 @@ death, a crash) is the ledger's business.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
-from uuid import UUID
+from typing import Any
 
 import pika.exceptions
-from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
 from dramatiq.common import dq_name, xq_name
-from dramatiq.errors import ActorNotFound, ConnectionClosed, DecodeError
+from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
+from app.execution.claiming import (
+    AHEAD_HORIZON_SECONDS,
+    MAX_BURST,
+    BurstClaims,
+    Claims,
+    Slots,
+    job_id_of,
+)
 from app.logs import BROKER_OUTAGE, get_logger
 from app.transport import rabbitmq
+
+__all__ = ["AHEAD_HORIZON_SECONDS", "ClaimingBroker", "ClaimingConsumer", "Slots", "job_id_of"]
 
 log = get_logger("conveyor.worker")
 
 AMQP_ERRORS = (AssertionError, pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
-MAX_BURST = 256  # messages claimed in one statement at most
-CLAIM_RETRY_SECONDS = 0.5  # after a burst could not be claimed (the ledger is away)
-AHEAD_HORIZON_SECONDS = 1.0  # claimed ahead: what the threads start within this, at their pace
-PACE_WINDOW_SECONDS = 0.1  # how often that pace is measured
-PACE_MEMORY_SECONDS = 0.5  # and how long it is remembered
 
 
-class Slots:
-    """How many jobs a worker process may claim now: one per thread, and ahead of its threads
-    at most what they start in AHEAD_HORIZON_SECONDS at the pace they finish jobs now (none
-    for long tasks, up to `ahead` for short ones). A consumer waiting for a slot is woken
-    when one frees."""
-
-    def __init__(self) -> None:
-        self.threads = 0
-        self.ahead = 0
-        self._claimed = 0  # claimed and not finished
-        self._closed = False
-        self._finished = 0  # since the pace was last measured
-        self._measured_at = time.monotonic()
-        self._pace = 0.0  # jobs finished per second, smoothed
-        self._lock = threading.Lock()
-        self._waiting: dict[int, Callable[[], None]] = {}
-
-    def configure(self, threads: int, ahead: int) -> None:
-        with self._lock:
-            self.threads, self.ahead = threads, ahead
-
-    def take(self, wanted: int) -> int:
-        with self._lock:
-            taken = max(0, min(wanted, self._free()))
-            self._claimed += taken
-            return taken
-
-    def give_back(self, count: int = 1, *, finished: bool = True) -> None:
-        with self._lock:
-            self._claimed -= count
-            if finished:
-                self._finished += count
-            wake, self._waiting = list(self._waiting.values()), {}
-        for callback in wake:
-            callback()
-
-    def wait(self, waiter: int, wake: Callable[[], None]) -> bool:
-        """True when a slot is free now; otherwise `wake` is called when one frees."""
-        with self._lock:
-            if self._free() > 0:
-                return True
-            self._waiting[waiter] = wake
-            return False
-
-    def close(self) -> None:
-        """No more claims (the worker is shutting down)."""
-        with self._lock:
-            self._closed = True
-
-    def _free(self) -> int:
-        if self._closed:
-            return 0
-        now = time.monotonic()
-        if (elapsed := now - self._measured_at) >= PACE_WINDOW_SECONDS:
-            weight = min(1.0, elapsed / PACE_MEMORY_SECONDS)  # a long gap forgets the old pace
-            self._pace += weight * (self._finished / elapsed - self._pace)
-            self._finished, self._measured_at = 0, now
-        ahead = min(self.ahead, int(self._pace * AHEAD_HORIZON_SECONDS))
-        return self.threads + ahead - self._claimed
-
-
-class Claims(Protocol):
-    """The ledger side of a burst (the ledger middleware)."""
-
-    slots: Slots
-
-    def claim_burst(self, messages: Sequence[MessageProxy]) -> list[bool]:
-        """Claim the jobs these messages ring for, attaching each claim to its message; False
-        for a message whose job is not claimable. Raises when the ledger cannot be written."""
-        ...
-
-    def unclaim(self, messages: Sequence[MessageProxy]) -> None:
-        """Give back claims that will not run here: the consumer closed before handing them out."""
-        ...
-
-    def withdraw_stale(self) -> None:
-        """Give back claims made ahead that no thread started within AHEAD_HORIZON_SECONDS."""
-        ...
-
-
-class ClaimingConsumer(_RabbitmqConsumer):
+class ClaimingConsumer(BurstClaims, _RabbitmqConsumer):
     """Claims in bursts, acknowledges at the claim, hands back messages held too long, and
     ignores the acknowledgement Dramatiq sends when a task is done."""
 
     def __init__(self, broker: ClaimingBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
         BROKER_OUTAGE.recovered(queue=queue_name)  # connected: whatever outage there was is over
-        self.claims = broker.claims
+        self._start_claims(broker.claims)
         self.hold_seconds = broker.hold_seconds
         self.wait_seconds = timeout / 1000
-        self._pending: deque[tuple[_RabbitmqMessage, float]] = deque()  # unclaimed, and since when
-        self._ready: deque[_RabbitmqMessage] = deque()  # claimed, acknowledged, not yet handed out
-        self._claim_pause = 0.0
 
     def __next__(self) -> Any:
         try:
@@ -159,7 +76,7 @@ class ClaimingConsumer(_RabbitmqConsumer):
                 self._claim_what_fits()
         except AMQP_ERRORS as error:
             if getattr(error, "reply_code", None) == 404:
-                self.broker.queues_pending.add(self.queue_name)
+                self.broker.queues_pending.add(self.queue_name)  # type: ignore[attr-defined]
             raise ConnectionClosed(error) from None  # type: ignore[no-untyped-call]
         return self._ready.popleft() if self._ready else None
 
@@ -196,53 +113,12 @@ class ClaimingConsumer(_RabbitmqConsumer):
             log.error("undecodable message: sent to the dead-letter queue", queue=self.queue_name)
             self.channel.basic_nack(tag, requeue=False)
             return
-        try:
-            job_id_of(message)
-            named = self._has_actor(message.actor_name)
-        except ValueError:
-            named = False
-        if not named:
-            log.error(
-                "message names no job or no task of this worker: sent to the dead-letter queue",
-                message_id=message.message_id,
-                queue=self.queue_name,
-                task=message.actor_name,
-            )
+        if not self._runnable(message):
             self.channel.basic_nack(tag, requeue=False)
             return
         self._pending.append((message, time.monotonic()))
 
-    def _has_actor(self, name: str) -> bool:
-        try:
-            self.broker.get_actor(name)
-        except ActorNotFound:
-            return False
-        return True
-
-    # -- claiming -------------------------------------------------------------------------
-
-    def _claim_what_fits(self) -> None:
-        if not self._pending or time.monotonic() < self._claim_pause:
-            return
-        count = self.claims.slots.take(len(self._pending))
-        if count == 0:
-            return
-        taken = [self._pending.popleft() for _ in range(count)]
-        burst = [message for message, _ in taken]
-        try:
-            claimed = self.claims.claim_burst(burst)
-        except Exception:
-            # The ledger is away (logged by the writes): they stay held, tried again shortly.
-            self.claims.slots.give_back(count, finished=False)
-            self._pending.extendleft(reversed(taken))
-            self._claim_pause = time.monotonic() + CLAIM_RETRY_SECONDS
-            return
-        # Ready before acknowledged: if the channel fails now, `close` undoes these claims.
-        ready = [message for message, ok in zip(burst, claimed, strict=True) if ok]
-        self._ready.extend(ready)
-        if unused := count - len(ready):
-            self.claims.slots.give_back(unused, finished=False)
-        self._settle(burst)
+    # -- settling -------------------------------------------------------------------------
 
     def _settle(self, burst: list[_RabbitmqMessage]) -> None:
         """Acknowledge a claimed burst: one `basic.ack` for all, unless an older delivery still waits."""
@@ -269,37 +145,17 @@ class ClaimingConsumer(_RabbitmqConsumer):
                 held_s=self.hold_seconds,
             )
 
-    # -- Dramatiq's side --------------------------------------------------------------------
-
-    def ack(self, message: Any) -> None:
-        """The task is done: its message was acknowledged at the claim; its slot frees."""
-        self.claims.slots.give_back()
-
-    def nack(self, message: Any) -> None:
-        self.claims.slots.give_back()
-
-    def requeue(self, messages: Any) -> None:
-        """Claimed jobs that never started go back through the ledger (the middleware's shutdown)."""
-
     def close(self) -> None:
-        ready, self._ready = list(self._ready), deque()
-        if ready:
-            try:
-                self.claims.unclaim(ready)
-            finally:
-                self.claims.slots.give_back(len(ready), finished=False)
+        try:
+            self._unclaim_ready()
+        finally:
+            self._close_channel()
+
+    def _close_channel(self) -> None:
         try:
             super().close()  # type: ignore[no-untyped-call]
         except ConnectionClosed:
             log.debug("the consumer's connection was already closed")
-
-
-def job_id_of(message: MessageProxy) -> UUID:
-    """The job a message rings for; ValueError when it names none."""
-    try:
-        return UUID(str(message.options["job_id"]))
-    except (KeyError, ValueError, TypeError):
-        raise ValueError("the message names no job") from None
 
 
 def _nothing() -> None:

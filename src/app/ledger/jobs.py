@@ -340,6 +340,11 @@ def rearm_stale_publications(conn: SyncConnection, age_seconds: float) -> int:
     return run(conn, queries.REARM_STALE_PUBLICATIONS, {"age": age_seconds}).rowcount
 
 
+def rearm_forgotten(conn: SyncConnection, cutoff: datetime, dead_ttl_seconds: float) -> int:
+    """Publish again every job (and recent dead job's copy) published before `cutoff`, unclaimed."""
+    return run(conn, queries.REARM_FORGOTTEN, {"cutoff": cutoff, "dead_ttl": dead_ttl_seconds}).rowcount
+
+
 # -- operators ------------------------------------------------------------------------------
 
 

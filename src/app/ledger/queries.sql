@@ -593,6 +593,16 @@ WHERE (SELECT count(*) FROM held) >= 0
 UPDATE jobs SET published_at = NULL
 WHERE state IN ('queued', 'retrying') AND published_at < now() - make_interval(secs => %(age)s)
 
+-- name: rearm_forgotten
+-- The broker forgot its messages (Redis flushed or restarted without them): publish again, at
+-- once, every job published before the loss was noticed (the cutoff) and not yet claimed, and the
+-- dead-letter copy of every dead job still within the copies' TTL. Idempotent for one cutoff, so
+-- several relays that notice one loss may all run it. No state changes: no job_event.
+UPDATE jobs SET published_at = NULL
+WHERE published_at < %(cutoff)s
+  AND (state IN ('queued', 'retrying')
+       OR (state = 'dead' AND finished_at > %(cutoff)s - make_interval(secs => %(dead_ttl)s)))
+
 -- name: cancel
 -- queued|retrying|waiting → cancelled: a job that has not started never will. A job with limits
 -- whose message was out held a slot of its key (or a place in its rate's allowance): the relay

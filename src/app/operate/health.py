@@ -203,7 +203,7 @@ def check_broker(
     found = {queue: depths[queue] for queue in main if depths.get(queue) is not None}
     if missing:
         return Check(False, f"queues not declared yet: {', '.join(missing)}", {"queues": found})
-    return Check(True, details={"queues": found})
+    return Check(True, details={"broker": transport.kind(settings.broker_url), "queues": found})
 
 
 # -- workers and relays ----------------------------------------------------------------------

@@ -22,11 +22,12 @@ from datetime import UTC, datetime
 from functools import partial
 
 import psycopg
+from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 from sqlalchemy.exc import OperationalError
 
 from app import tracing, transport
 from app.errors import PublishFailed
-from app.ledger import flow, relays, workflows
+from app.ledger import flow, relays, schedules, workflows
 from app.ledger import jobs as ledger
 from app.ledger.connections import own_connection
 from app.ledger.engines import sync_engine
@@ -138,11 +139,26 @@ class Relay:
             )
         metrics.REAPED.inc(len(reaped))
         self.reaped += len(reaped)
+        if transport.kind(self.settings.broker_url) == "redis":  # RabbitMQ forgets nothing it confirmed
+            self._rearm_if_forgotten()
         while self.dead_letter_due() == self.settings.relay_batch_size:
             pass
         if self._due("clean", CLEAN_EVERY_SECONDS):
             metrics.STALE_COPIES_REMOVED.inc(deadletters.clean(sync_engine(), self.settings.broker_url))
         return len(reaped)
+
+    def _rearm_if_forgotten(self) -> None:
+        """A broker that forgot its messages (Redis flushed or restarted) gets every unclaimed job
+        again at once; what silent consumers took (and the lease has not) goes back to the queue:
+        after min(3 heartbeats, LEASE_SECONDS), so never after the jobs they claimed."""
+        with sync_engine().begin() as conn:
+            cutoff = self.publisher.forgotten(schedules.database_now(conn))
+            rearmed = ledger.rearm_forgotten(conn, cutoff, DEAD_MESSAGE_TTL / 1000) if cutoff else 0
+        if cutoff is not None:
+            log.warning("the broker forgot its messages: publishing again", jobs=rearmed, cutoff=str(cutoff))
+        silent = min(3.0 * self.settings.amqp_heartbeat_seconds, self.settings.lease_seconds)
+        if back := self.publisher.requeue_orphans(silent):
+            log.warning("messages a silent consumer took went back to the queue", messages=back)
 
     def beat(self) -> None:
         """The heartbeat row, at most every HEARTBEAT_SECONDS: this relay is alive and working."""

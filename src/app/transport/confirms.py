@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from datetime import datetime
 
 import pika
 import pika.exceptions
@@ -156,6 +157,14 @@ class ConfirmingPublisher:
         self, channel: BlockingChannel, method: Basic.Return, properties: BasicProperties, body: bytes
     ) -> None:
         self._returned.append(method.routing_key)
+
+    def forgotten(self, cutoff: datetime) -> datetime | None:
+        """Durable queues forget nothing they confirmed."""
+        return None
+
+    def requeue_orphans(self, timeout: float) -> int:
+        """RabbitMQ gives back a closed channel's unacknowledged messages itself."""
+        return 0
 
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
