@@ -68,7 +68,9 @@ class Preparation(threading.Thread):
             self.project = project
             started = time.monotonic()
             project.up()
-            project.wait_up(default_services())
+            # Generous: the rest of the suite loads the machine meanwhile, and a healthcheck
+            # that timed out under that load passes again once it eases.
+            project.wait_up(default_services(), timeout=900)
             FACTS["up -> every service healthy"] = f"{time.monotonic() - started:.0f} s"
         except BaseException as error:  # handed to the first fixture that waits
             self.error = error
