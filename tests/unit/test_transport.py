@@ -68,3 +68,29 @@ def test_production_refuses_a_development_password_on_any_node_of_the_list() -> 
             broker_url=nodes,
             database_url="postgresql+psycopg://conveyor:a-long-secret@db/conveyor",
         )
+
+
+GONE_FIRST = "amqp://u:p@rabbitmq-gone.invalid:5672/;amqp://u:p@127.0.0.1:5673/;amqp://u:p@localhost:5674/"
+
+
+def test_a_node_whose_name_does_not_resolve_is_left_out_of_the_list_connections_are_made_over() -> None:
+    nodes = rabbitmq.resolvable(rabbitmq.node_parameters(GONE_FIRST))
+    assert [(n.host, n.port) for n in nodes] == [("127.0.0.1", 5673), ("localhost", 5674)]
+
+
+def test_a_list_where_no_name_resolves_is_kept_whole_for_the_resolver_to_name_the_error() -> None:
+    nodes = rabbitmq.node_parameters("amqp://u:p@a.invalid:5672/;amqp://u:p@b.invalid:5672/")
+    assert [n.host for n in rabbitmq.resolvable(nodes)] == ["a.invalid", "b.invalid"]
+
+
+def test_the_worker_broker_connects_over_the_nodes_that_resolve_at_each_connection() -> None:
+    broker = ClaimingBroker(
+        url=GONE_FIRST,
+        middleware=[],
+        claims=cast(Any, None),
+        max_priority=MAX_PRIORITY,
+        heartbeat_seconds=9,
+        hold_seconds=1.0,
+        queue_type="quorum",
+    )
+    assert [(n.host, n.heartbeat) for n in broker.parameters] == [("127.0.0.1", 9), ("localhost", 9)]

@@ -185,6 +185,16 @@ class ClaimingBroker(RabbitmqBroker):
         self.claims = claims
         self.hold_seconds = hold_seconds
 
+    @property
+    def parameters(self) -> list[pika.URLParameters]:
+        """The nodes Dramatiq connects over (the broker's and every consumer's connection): read
+        at each connection, without the ones whose name does not resolve now."""
+        return rabbitmq.resolvable(self._nodes)
+
+    @parameters.setter
+    def parameters(self, nodes: list[pika.URLParameters]) -> None:
+        self._nodes = nodes
+
     def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
         return rabbitmq.queue_arguments(queue_name, self.queue_type)
 

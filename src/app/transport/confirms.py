@@ -129,7 +129,7 @@ class ConfirmingPublisher:
     def _ensure_channel(self) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:
             self.close()
-            self._connection = pika.BlockingConnection(self.nodes)
+            self._connection = pika.BlockingConnection(rabbitmq.resolvable(self.nodes))
             self._channel = self._connection.channel()
             self._start(self._channel)
             self._channel.add_on_return_callback(self._on_return)

@@ -3,7 +3,9 @@
 `BROKER_URL` may list several nodes separated by `;` (`amqp://…@a:5672/;amqp://…@b:5672/`, as
 Celery and Dramatiq write it). Every connection made here gets the whole list: pika tries the
 nodes in order, and a process that lost its connection makes a new one the same way, so it
-lands on the first node that answers.
+lands on the first node that answers. pika gives up on the whole list at the first name that
+does not resolve (a stopped compose service leaves the network's DNS), so every connection is
+made over `resolvable(nodes)`.
 
 `BROKER_QUEUE_TYPE` decides the type of every queue: `classic` queues carry `x-max-priority`,
 `quorum` queues (replicated over the cluster) carry `x-queue-type: quorum` and no priority,
@@ -13,6 +15,7 @@ same arguments, from `queue_arguments` and `dead_letter_arguments`.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -54,15 +57,30 @@ def node_parameters(broker_url: str, **options: Any) -> list[pika.URLParameters]
     return nodes
 
 
+def resolvable(nodes: Sequence[pika.URLParameters]) -> list[pika.URLParameters]:
+    """The nodes whose host name resolves now, in order; all of them when none does (the
+    connection then fails with the resolver's own error)."""
+    found = []
+    for node in nodes:
+        try:
+            socket.getaddrinfo(node.host, node.port, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        found.append(node)
+    return found or list(nodes)
+
+
 def connect(broker_url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> pika.BlockingConnection:
     """A connection to the first node that answers, each tried once within `timeout` seconds."""
     return pika.BlockingConnection(
-        node_parameters(
-            broker_url,
-            connection_attempts=1,
-            socket_timeout=timeout,
-            stack_timeout=timeout,
-            blocked_connection_timeout=timeout,
+        resolvable(
+            node_parameters(
+                broker_url,
+                connection_attempts=1,
+                socket_timeout=timeout,
+                stack_timeout=timeout,
+                blocked_connection_timeout=timeout,
+            )
         )
     )
 
@@ -180,7 +198,7 @@ def remove_dead_copies(
     at a time), the matching ones are acknowledged, and closing the channel returns the rest to
     the queue in their order.
     """
-    connection = pika.BlockingConnection(node_parameters(broker_url, connection_attempts=1))
+    connection = pika.BlockingConnection(resolvable(node_parameters(broker_url, connection_attempts=1)))
     try:
         return sum(_remove_from(connection, queue, set(runs), progress) for queue, runs in wanted.items())
     finally:
