@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from app.cli._common import fail, print_json, short, stdout, task_filter, usage, when, with_database
+from app.cli._common import fail, fields, print_json, short, stdout, task_filter, usage, when, with_database
 from app.ledger.schema import JobState
 
 if TYPE_CHECKING:
@@ -96,29 +96,28 @@ def jobs_show(
         print_json({**job_json(job), "attempts": [_attempt_json(a) for a in attempts]})
         return
     console = stdout()
-    fields = Table.grid(padding=(0, 2))
-    fields.add_column(style="bold")
-    fields.add_column()
-    for name, shown in (
-        ("id", str(job.id)),
-        ("task", job.task),
-        ("queue", job.queue),
-        ("state", state_text(job.state)),
-        ("run", str(job.run)),
-        ("attempts", f"{job.attempts} of {job.max_attempts}"),
-        ("progress", f"{job.progress}%"),
-        ("priority", str(job.priority)),
-        ("created", when(job.created_at)),
-        ("started", when(job.started_at)),
-        ("finished", when(job.finished_at)),
-        ("next retry", when(job.available_at) if job.state == JobState.RETRYING else "-"),
-        ("worker", job.worker_id or "-"),
-        ("last error", job.last_error or "-"),
-        ("payload", _compact(job.payload)),
-        ("result", _compact(job.result) if job.result is not None else "-"),
-    ):
-        fields.add_row(name, shown)
-    console.print(fields)
+    console.print(
+        fields(
+            (
+                ("id", str(job.id)),
+                ("task", job.task),
+                ("queue", job.queue),
+                ("state", state_text(job.state)),
+                ("run", str(job.run)),
+                ("attempts", f"{job.attempts} of {job.max_attempts}"),
+                ("progress", f"{job.progress}%"),
+                ("priority", str(job.priority)),
+                ("created", when(job.created_at)),
+                ("started", when(job.started_at)),
+                ("finished", when(job.finished_at)),
+                ("next retry", when(job.available_at) if job.state == JobState.RETRYING else "-"),
+                ("worker", job.worker_id or "-"),
+                ("last error", job.last_error or "-"),
+                ("payload", _compact(job.payload)),
+                ("result", _compact(job.result) if job.result is not None else "-"),
+            )
+        )
+    )
     if not attempts:
         console.print("\nno attempts yet")
         return

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from app.cli._common import fail, print_json, short, stdout, usage, when, with_database
+from app.cli._common import fail, fields, print_json, short, stdout, usage, when, with_database
 from app.cli.jobs import JsonOption, state_text
 from app.operate.workflows import WorkflowState
 
@@ -96,19 +96,18 @@ def workflows_show(
         print_json(found.model_dump(mode="json"))
         return
     console = stdout()
-    fields = Table.grid(padding=(0, 2))
-    fields.add_column(style="bold")
-    fields.add_column()
-    for name, shown in (
-        ("id", str(found.id)),
-        ("name", found.name),
-        ("state", workflow_state(found.state)),
-        ("steps", _counts(found.counts)),
-        ("created", when(found.created_at)),
-        ("finished", when(found.finished_at)),
-    ):
-        fields.add_row(name, shown)
-    console.print(fields)
+    console.print(
+        fields(
+            (
+                ("id", str(found.id)),
+                ("name", found.name),
+                ("state", workflow_state(found.state)),
+                ("steps", _counts(found.counts)),
+                ("created", when(found.created_at)),
+                ("finished", when(found.finished_at)),
+            )
+        )
+    )
     steps = Table("STEP", "DEPTH", "STATE", "TASK", "AFTER", "JOB", "LAST ERROR")
     for step, view in (found.steps or {}).items():
         steps.add_row(
