@@ -22,24 +22,11 @@ from tests.support.stack import Stack
 
 
 @pytest.fixture
-def redis_stack(clean_ledger: Infra, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
+def redis_stack(clean_ledger: Infra, redis_url: str, redis_db: int, tmp_path: Path) -> Iterator[Stack]:
     """api + relay on Redis; each test starts its own workers."""
-    env = {**os.environ, "BROKER_URL": redis_url, "DIAGNOSTIC_TASKS": "true", "WORKER_SHUTDOWN_SECONDS": "4"}
-    running = Stack(workdir=tmp_path, env=env, diagnostics_over_http=True)
-    try:
-        running.start_api()
-        running.start_relay()
-        running.wait_api()
-        # The relay's first look at an empty Redis marks it (and would publish again what was
-        # published before): wait for it, so each test starts from one Redis run the relay knows.
-        marker = redis.Redis.from_url(redis_url)
-        deadline = time.monotonic() + 30
-        while not marker.exists(redis_transport.EPOCH_KEY) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(redis_transport.EPOCH_KEY), running.logs()
+    env = {**os.environ, "DIAGNOSTIC_TASKS": "true", "WORKER_SHUTDOWN_SECONDS": "4"}
+    with dbs.stack_on(redis_db, tmp_path, env) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def effects_ledger(infra: Infra) -> Ledger:

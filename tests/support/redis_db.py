@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import redis
+
+from app.transport import redis as redis_transport
+from tests.support.stack import Stack
 
 REDIS_HOSTPORT = ("127.0.0.1", 6379)
 OWNER_KEY = "conveyor:test-owner"
@@ -32,8 +39,9 @@ def claim_db() -> int:
     raise RuntimeError("every Redis db 1-15 is held by another test run")
 
 
-def url(db: int) -> str:
-    return f"redis://{REDIS_HOSTPORT[0]}:{REDIS_HOSTPORT[1]}/{db}"
+def url(db: int, port: int = REDIS_HOSTPORT[1]) -> str:
+    """This db's URL; through a proxy on loopback when `port` names one."""
+    return f"redis://{REDIS_HOSTPORT[0]}:{port}/{db}"
 
 
 def release_db(db: int) -> None:
@@ -47,3 +55,26 @@ def empty_db(db: int) -> None:
     connection.flushdb()
     if owner is not None:
         connection.set(OWNER_KEY, owner, ex=3600)
+
+
+@contextmanager
+def stack_on(
+    db: int, workdir: Path, env: dict[str, str], *, port: int = REDIS_HOSTPORT[1]
+) -> Iterator[Stack]:
+    """api + relay with BROKER_URL on this db (through `port`, a proxy's, when given); each test
+    starts its own workers. The relay's first look at an empty Redis marks it (and would publish
+    again what was published before): it is waited for, so each test starts from one Redis run
+    the relay knows."""
+    running = Stack(workdir=workdir, env={**env, "BROKER_URL": url(db, port)}, diagnostics_over_http=True)
+    try:
+        running.start_api()
+        running.start_relay()
+        running.wait_api()
+        marker = redis.Redis(*REDIS_HOSTPORT, db=db)
+        deadline = time.monotonic() + 30
+        while not marker.exists(redis_transport.EPOCH_KEY) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(redis_transport.EPOCH_KEY), running.logs()
+        yield running
+    finally:
+        running.stop()
