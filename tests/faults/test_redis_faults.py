@@ -5,6 +5,7 @@ docs/guarantees.md, "Over Redis"."""
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -12,10 +13,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
+from app.transport import redis as redis_transport
 from tests.faults.conftest import FAULT_ENV
+from tests.faults.test_duplicate_faults import _Mkdir
 from tests.support import redis_db as dbs
-from tests.support.faults import EFFECT_TASK, Ledger, post, post_many
+from tests.support.faults import EFFECT_TASK, QUEUE, Ledger, job_message, post, post_many
 from tests.support.infra import Infra
 from tests.support.proxy import TcpProxy
 from tests.support.stack import Process, Stack
@@ -91,3 +95,38 @@ def test_500_jobs_posted_while_redis_is_cut_off_for_10_seconds_all_succeed_once(
         assert seen["loud"] == [], f"the {name} logged errors for an outage it rides out: {seen['loud'][:3]}"
         assert len(seen["down"]) == 1, f"one warning when Redis goes away, from the {name}: {seen['down']}"
         assert len(seen["back"]) == 1, f"one line when it is back, from the {name}: {seen['back']}"
+
+
+def test_bytes_that_are_not_a_json_message_go_to_the_dead_letter_set_unread(
+    proxied_stack: Stack, clean_ledger: Infra, redis_db: int, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    bodies = [
+        b"this is not json {",
+        orjson.dumps({"queue_name": QUEUE, "actor_name": EFFECT_TASK}).decode().encode("utf-16"),
+        pickle.dumps(_Mkdir(marker)),
+        b'{"hello": "world"}',
+        job_message("not-a-uuid", EFFECT_TASK, {}),
+    ]
+    garbage = {f"garbage-{n}".encode(): body for n, body in enumerate(bodies)}
+    doorbells = redis.Redis(*dbs.REDIS_HOSTPORT, db=redis_db)
+    named = redis_transport.keys(QUEUE)
+    with doorbells.pipeline(transaction=True) as pipe:  # rung ahead of every job (the lowest score)
+        pipe.hset(named.msgs, mapping=garbage)  # type: ignore[arg-type]
+        pipe.zadd(named.queue, dict.fromkeys(garbage, 1))
+        pipe.rpush(named.bell, 1)
+        pipe.execute()
+    worker = proxied_stack.start_worker(threads=2)
+    job_id = post(proxied_stack.base_url, EFFECT_TASK, {})
+    ledger = Ledger(clean_ledger.libpq_url)
+
+    assert ledger.wait_terminal([job_id], timeout=30)[job_id]["state"] == "succeeded"
+    ledger.wait_until(
+        lambda: doorbells.hlen(named.xq_msgs) >= len(garbage), timeout=30, what="the garbage dead-lettered"
+    )
+    assert doorbells.hgetall(named.xq_msgs) == garbage, "set aside as they came, unchanged"
+    assert doorbells.zcard(named.xq) == len(garbage)
+    assert doorbells.hlen(named.msgs) == doorbells.zcard(named.queue) == 0, "none rings again"
+    assert not marker.exists(), "the pickle was never loaded"
+    assert worker.alive()
+    assert worker.log().count('"worker started"') == 1, "the worker process never restarted"
