@@ -9,14 +9,17 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import redis
 from dramatiq import Message
 
 from app import transport
 from app.operate import health
-from app.settings import Settings
+from app.relay.outbox import Relay, _listen
+from app.settings import Settings, get_settings
 from app.transport import redis as redis_transport
-from tests.support.infra import free_port
+from tests.ledger.rows import given
+from tests.support.infra import Infra, free_port
 
 
 def doorbell(queue: str = "default", run: int = 1) -> Message[None]:
@@ -203,3 +206,30 @@ def test_a_restarted_redis_is_noticed_even_when_it_kept_the_marker_on_disk(tmp_p
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_a_relay_started_on_a_redis_it_never_saw_publishes_its_backlog_once(
+    clean_ledger: Infra, redis_url: str
+) -> None:
+    """Its first look at the Redis (which marks it) comes before its first publish: after, the
+    backlog it had just published counted as forgotten and went out twice."""
+    settings = get_settings().model_copy(update={"broker_url": redis_url})
+    with psycopg.connect(clean_ledger.libpq_url, autocommit=True) as conn:
+        ids = [given(conn, "queued", due_in=-1) for _ in range(30)]
+    relay, listener = Relay(settings), _listen(settings)
+    try:
+        relay.work(listener)
+        relay.work(listener)
+        relay.sweep()
+        relay.work(listener)
+    finally:
+        listener.close()
+        relay.publisher.close()
+        relay._forget_ledger()
+    with psycopg.connect(clean_ledger.libpq_url, autocommit=True) as conn:
+        unpublished = conn.execute(
+            "SELECT count(*) FROM jobs WHERE id = ANY(%s) AND published_at IS NULL", (ids,)
+        ).fetchone()
+    assert unpublished == (0,)
+    assert redis.Redis.from_url(redis_url).exists(redis_transport.EPOCH_KEY), "the relay marked the Redis"
+    assert transport.depths(redis_url, ["default"]) == {"default": 30}, "each job's doorbell once"

@@ -76,6 +76,7 @@ class Relay:
         # visits only them unless something else rang (a new job may be any key's): then every key.
         self._freed: set[tuple[str, str]] = set()
         self._every_key = True
+        self._swept = False  # the first round sweeps before it publishes
 
     def publish_due(self, *, plain: bool = True) -> int:
         """Publish one batch of due jobs (unless `plain` is False), and one of due jobs with
@@ -201,6 +202,12 @@ class Relay:
     def work(self, listener: psycopg.Connection[tuple[object, ...]]) -> None:
         """One round: publish all that is due, sweep when its time has come, wait to be woken."""
         self.beat()
+        if not self._swept:
+            # A Redis never seen before counts as one that forgot: looked at after a first
+            # publish, it would have the backlog just published rearmed and published twice.
+            self.sweep()
+            self._swept = True
+            self._last["sweep"] = time.monotonic()
         plain = self._plain_due
         while self.publish_due(plain=plain) == self.settings.relay_batch_size:
             plain = True
