@@ -1,4 +1,4 @@
-"""What every benchmark needs: scratch databases and vhosts, child processes, CPU and memory readings.
+"""What every benchmark needs: scratch databases, vhosts and Redis dbs, child processes, readings.
 
 Everything here talks to 127.0.0.1 only. Each process a benchmark starts runs in a session of
 its own and is stopped by its process-group id, never by name.
@@ -228,6 +228,31 @@ def scratch_vhost(name: str, keep: bool = False) -> Iterator[str]:
     finally:
         if not keep:
             delete_vhost(name)
+
+
+@contextmanager
+def scratch_redis(keep: bool = False) -> Iterator[str]:
+    """A db number of the benchmark's own on the shared Redis (127.0.0.1:6379, the first of 1-15
+    that no test run or benchmark holds, as the tests take theirs), emptied afterwards (only it);
+    yields its broker URL."""
+    sys.path.insert(0, str(ROOT))
+    from tests.support import redis_db
+
+    db = redis_db.claim_db()
+    try:
+        yield redis_db.url(db)
+    finally:
+        if not keep:
+            redis_db.release_db(db)
+
+
+def redis_server() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["name"]) if p.info.get("name") == "redis-server"]
+
+
+def broker_server(url: str) -> Callable[[], list[psutil.Process]]:
+    """The processes of the broker that `url` names, for a CpuMeter."""
+    return redis_server if url.startswith("redis://") else rabbitmq_server
 
 
 def queue_depth(url: str, queue: str, patience: float = 60.0) -> int:

@@ -15,6 +15,8 @@ port of its own; wrk (one thread, from another process) drives it with the same 
   request, worse tail latency; the budget is checked against both.
 - conveyor: `conveyor api` on a scratch database (conveyor_bench, or BENCH_SCRATCH) with
   `conveyor relay` running beside it, publishing what the API accepts, as it is deployed.
+- conveyor-redis: `conveyor` with BROKER_URL=redis://… (a db number of the bench's own on the
+  shared Redis, 127.0.0.1:6379), the relay publishing there: `--systems conveyor,conveyor-redis`.
 - conveyor-no-relay: the API alone (a diagnostic: the accept path without the relay's load).
 - conveyor-open: `conveyor api` with the key check taken out of the accept route (a bench-only
   peer, peers/conveyor_open.py), relay running: beside `conveyor`, what access costs.
@@ -49,6 +51,7 @@ from _harness import (
     Proc,
     Query,
     WaitSampler,
+    broker_server,
     child_env,
     create_database,
     database_url,
@@ -62,9 +65,9 @@ from _harness import (
     pg_backends,
     processes,
     queue_depth,
-    rabbitmq_server,
     rss_mib,
     run_systems,
+    scratch_redis,
     scratch_vhost,
     source_version,
     table,
@@ -77,7 +80,15 @@ from _profile import API_MARKERS, Recorder, report
 # Scratch names; BENCH_SCRATCH gives a run names of its own (two benches on one server never
 # meet), as in drain.py. BENCH_SUFFIX, appended to them, is still read.
 DATABASE = os.environ.get("BENCH_SCRATCH", "conveyor_bench") + os.environ.get("BENCH_SUFFIX", "")
-SYSTEMS = ("bare", "celery", "celery-async", "conveyor", "conveyor-open", "conveyor-no-relay")
+SYSTEMS = (
+    "bare",
+    "celery",
+    "celery-async",
+    "conveyor",
+    "conveyor-open",
+    "conveyor-redis",
+    "conveyor-no-relay",
+)
 DEFAULT_SYSTEMS = ("bare", "celery", "celery-async", "conveyor", "conveyor-open")
 WRK_SCRIPT = BENCH_DIR / "wrk_post.lua"
 BODY = json.dumps({"task": ECHO_TASK, "payload": ECHO_PAYLOAD})
@@ -106,7 +117,7 @@ class AcceptResult:
     server_cpu: float  # cores the server process used on average
     db_cpu: float | None  # cores the PostgreSQL backends of the scratch database used
     relay_cpu: float | None
-    broker_cpu: float  # cores RabbitMQ used (shared with anyone else)
+    broker_cpu: float  # cores the broker's server used (shared with anyone else)
     wrk_cpu: float  # cores wrk used: well under 1 means it was not the bottleneck
     rss_mib: float  # the server after the run
     load_before: str
@@ -174,13 +185,14 @@ def measure(
     out: Path,
     db: bool = False,
     relay: Proc | None = None,
+    broker: str = "amqp://",
 ) -> AcceptResult:
     wait_live(server, port)
     warm, _ = wrk(port, opts.warmup, opts.connections)
     load_before = load_average()
     meters = {
         "server": CpuMeter("server", server.tree),
-        "broker": CpuMeter("broker", rabbitmq_server),
+        "broker": CpuMeter("broker", broker_server(broker)),
         **({"db": CpuMeter("db", lambda: pg_backends(DATABASE))} if db else {}),
         **({"relay": CpuMeter("relay", relay.tree)} if relay else {}),
     }
@@ -340,7 +352,8 @@ def run_conveyor(opts: Options, system: str) -> AcceptResult:
     relay = system != "conveyor-no-relay"
     out = work_dir(f"accept-{system}")
     port = free_port()
-    with scratch_vhost(DATABASE, opts.keep) as broker, processes() as procs:
+    scratch = scratch_redis(opts.keep) if system == "conveyor-redis" else scratch_vhost(DATABASE, opts.keep)
+    with scratch as broker, processes() as procs:
         create_database(DATABASE)
         try:
             # The key check runs in full (a rate limit high enough never to refuse a request).
@@ -357,7 +370,7 @@ def run_conveyor(opts: Options, system: str) -> AcceptResult:
             if system == "conveyor-open":
                 argv = uvicorn_argv("peers.conveyor_open:app", port) + QUIET
             server = procs.start("api", argv, env, out)
-            result = measure(system, server, port, opts, out, db=True, relay=relay_proc)
+            result = measure(system, server, port, opts, out, db=True, relay=relay_proc, broker=broker)
             result.stored = f"{result.accepted:,} answers 202 counted by wrk -> {_ledger_rows()}"
             if system == "conveyor" and opts.rejected:
                 result.rejected = rejected_bodies(server, port, opts.rejected, opts.rejected_mb)
@@ -402,7 +415,7 @@ def render(results: list[AcceptResult], opts: Options) -> str:
         "1-core ceiling req/s",
         "PG CPU",
         "relay CPU",
-        "RabbitMQ CPU*",
+        "broker CPU*",
         "wrk CPU",
         "RSS MiB",
         "load before -> after",
@@ -439,7 +452,8 @@ def render(results: list[AcceptResult], opts: Options) -> str:
         "The 1-core ceiling is 1000 / server CPU ms per request: the rate the server reaches when it",
         "has a core to itself and nothing else (database, relay) holds it back. It is much less",
         "sensitive to the machine's load than req/s, so compare ceilings when the load is high.",
-        "*RabbitMQ's CPU includes whatever else uses the same server meanwhile.",
+        "*The broker's CPU (RabbitMQ's; redis-server's for conveyor-redis) includes whatever else uses",
+        "the same server meanwhile.",
     ]
     lines += [f"- {r.system}: {r.stored}" for r in results if r.stored]
     if any(r.stored for r in results):
@@ -450,6 +464,10 @@ def render(results: list[AcceptResult], opts: Options) -> str:
     if conveyor:
         lines += ["", f"Against the budget (DESIGN.md, Performance budget), {conveyor.system}:"]
         lines += _ratios(conveyor, by)
+    redis, rabbit = by.get("conveyor-redis"), by.get("conveyor")
+    if redis and rabbit and rabbit.rate:
+        ratio = redis.rate / rabbit.rate
+        lines += ["", f"Redis as the broker vs RabbitMQ (conveyor-redis / conveyor): {ratio:.2f}x req/s"]
     for r in results:
         if r.pg_waits:
             lines += [

@@ -19,6 +19,9 @@ the last one it finishes.
   publishes each tenant's next job only when a slot frees.
 - conveyor-live: the same drain without limits (N echo jobs, the relay running beside the
   worker): what conveyor-flow is compared with.
+- conveyor-redis: conveyor-live with BROKER_URL=redis://… (a db number of the bench's own on
+  the shared Redis, 127.0.0.1:6379): Redis beside RabbitMQ, with
+  `--systems conveyor-live,conveyor-redis`. Its broker CPU is redis-server's.
 - conveyor-hooks: conveyor-live with one webhook subscription on every event type, POSTed
   to a receiver in this process that answers 200 (two deliveries per job: running,
   succeeded). Compare it with conveyor-live, interleaved:
@@ -57,6 +60,7 @@ from _harness import (
     Statements,
     WaitSampler,
     backend_clients,
+    broker_server,
     busiest,
     child_env,
     create_database,
@@ -72,9 +76,9 @@ from _harness import (
     pg_counters,
     processes,
     queue_depth,
-    rabbitmq_server,
     rss_mib,
     run_systems,
+    scratch_redis,
     scratch_vhost,
     source_version,
     table,
@@ -96,6 +100,7 @@ SYSTEMS = (
     "conveyor-live",
     "conveyor-hooks",
     "conveyor-flow",
+    "conveyor-redis",
     "dramatiq",
     "celery",
     "celery-prefork",
@@ -125,7 +130,7 @@ class DrainResult:
     tree_rss_mib: float  # every process of the worker command
     worker_cpu_ms: float  # CPU per job of the worker command's processes
     db_cpu_ms: float | None  # CPU per job of the PostgreSQL backends serving the ledger
-    broker_cpu_ms: float  # CPU per job of the RabbitMQ server (shared with anyone else using it)
+    broker_cpu_ms: float  # CPU per job of the broker's server (shared with anyone else using it)
     load_before: str
     load_after: str
     extra: dict[str, float] = field(default_factory=dict)
@@ -187,9 +192,14 @@ class Window:
 
 
 def open_window(
-    worker: Proc, done: int, db_lookup: Callable[[], list[psutil.Process]] | None, opts: Options, out: Path
+    worker: Proc,
+    done: int,
+    db_lookup: Callable[[], list[psutil.Process]] | None,
+    opts: Options,
+    out: Path,
+    broker: str = "amqp://",
 ) -> Window:
-    meters = [CpuMeter("worker", worker.tree), CpuMeter("broker", rabbitmq_server)]
+    meters = [CpuMeter("worker", worker.tree), CpuMeter("broker", broker_server(broker))]
     db = CpuMeter("db", db_lookup) if db_lookup else None
     for meter in [*meters, *([db] if db else [])]:
         meter.start()
@@ -371,14 +381,15 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
     out = work_dir(f"drain-{system}")
     extra = {"LOG_LEVEL": "WARNING"} if system == "conveyor-quiet" else {}
     vhost = SCRATCH
+    on_redis = system == "conveyor-redis"
     with (
-        scratch_vhost(vhost, opts.keep) as broker,
+        scratch_redis(opts.keep) if on_redis else scratch_vhost(vhost, opts.keep) as broker,
         scratch_database(DATABASE, opts.keep),
         processes() as procs,
     ):
         env = conveyor_env(broker, **extra)
         migrate(env, out)
-        live = system in {"conveyor-live", "conveyor-flow", "conveyor-hooks"}
+        live = system in {"conveyor-live", "conveyor-flow", "conveyor-hooks", "conveyor-redis"}
         if system == "conveyor-flow":
             preload_flow(opts.jobs, opts.keys, opts.concurrency)
         else:
@@ -427,7 +438,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
                 if failed:
                     raise RuntimeError(f"{failed} jobs did not succeed; see {worker.log_path}")
                 if window is None and done > 0:
-                    window = open_window(worker, done, db_lookup, opts, out)
+                    window = open_window(worker, done, db_lookup, opts, out, broker)
                     if relay_meter is not None:
                         relay_meter.start()
                 if done >= opts.jobs:
@@ -614,7 +625,7 @@ def render(results: list[DrainResult], opts: Options) -> str:
         "worker CPU ms/job",
         "1-core ceiling jobs/s",
         "PG CPU ms/job",
-        "RabbitMQ CPU ms/job*",
+        "broker CPU ms/job*",
         "worker RSS MiB: 1st job -> end",
         "all procs RSS MiB",
         "load before -> after",
@@ -643,7 +654,8 @@ def render(results: list[DrainResult], opts: Options) -> str:
         "",
         table(headers, rows),
         "",
-        "*RabbitMQ's CPU includes whatever else uses the same server meanwhile.",
+        "*The broker's CPU (RabbitMQ's; redis-server's for conveyor-redis) includes whatever else uses",
+        "the same server meanwhile.",
         "The 1-core ceiling is 1000 / worker CPU ms per job: the rate the worker reaches when it has",
         "a core to itself (one Python process cannot use more). It is much less sensitive to",
         "the machine's load than jobs/s, so compare ceilings when the load average is high.",
@@ -670,6 +682,13 @@ def render(results: list[DrainResult], opts: Options) -> str:
             "",
             f"Flow control ({opts.keys} tenants, {opts.concurrency} at once each) vs the same drain"
             f" without limits: {verdict(flow.rate / live.rate, 0.8)}",
+        ]
+    redis, live = by.get("conveyor-redis"), by.get("conveyor-live")
+    if redis and live and live.rate and live.ceiling:
+        lines += [
+            "",
+            f"Redis as the broker vs RabbitMQ (conveyor-redis / conveyor-live): {redis.rate / live.rate:.2f}x"
+            f" jobs/s; by 1-core ceiling {redis.ceiling / live.ceiling:.2f}x",
         ]
     for r in results:
         split = ", ".join(f"{k.rsplit(' ', 1)[1]} {v:.2f}" for k, v in r.extra.items() if "serving" in k)
