@@ -48,7 +48,7 @@ class Budget:
         sign = ">=" if higher_is_better else "<="
         wanted = f"{sign} {fmt.format(target)}"
         if isinstance(measured, str) or measured is None or math.isnan(measured):
-            why = measured if isinstance(measured, str) else "no value"
+            why = " ".join(measured.split())[:160] if isinstance(measured, str) else "no value"
             self.rows.append([goal, "-", wanted, f"not measured: {why}"])
             return
         met = measured >= target if higher_is_better else measured <= target
