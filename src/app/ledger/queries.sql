@@ -426,7 +426,7 @@ WITH RECURSIVE walked_keys AS (
     -- Each key with its limit, as its first waiting job holds it.
     (SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
      WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
-       AND CAST(%(every)s AS boolean)
+       AND %(every)s::boolean
      ORDER BY task, concurrency_key LIMIT 1)
     UNION ALL
     SELECT later.task, later.key, later.allowed FROM walked_keys k CROSS JOIN LATERAL (
@@ -436,18 +436,18 @@ WITH RECURSIVE walked_keys AS (
         ORDER BY task, concurrency_key LIMIT 1) AS later
 ), named_keys AS (
     SELECT first.task, first.key, first.allowed
-    FROM unnest(CAST(%(tasks)s AS text[]), CAST(%(keys)s AS text[])) AS n(task, key)
+    FROM unnest(%(tasks)s::text[], %(keys)s::text[]) AS n(task, key)
     CROSS JOIN LATERAL (
         SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
         WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
-          AND task = n.task AND concurrency_key = n.key AND NOT CAST(%(every)s AS boolean)
+          AND task = n.task AND concurrency_key = n.key AND NOT %(every)s::boolean
         ORDER BY task, concurrency_key LIMIT 1) AS first
 ), concurrency_keys AS (
     SELECT * FROM walked_keys UNION ALL SELECT * FROM named_keys
 ), rate_keys AS (
     (SELECT task, rate_key AS key, rate_limit AS allowed FROM jobs
      WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL
-       AND rate_key IS NOT NULL AND CAST(%(every)s AS boolean)
+       AND rate_key IS NOT NULL AND %(every)s::boolean
      ORDER BY task, rate_key LIMIT 1)
     UNION ALL
     SELECT later.task, later.key, later.allowed FROM rate_keys k CROSS JOIN LATERAL (
