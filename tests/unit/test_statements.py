@@ -3,6 +3,7 @@ psycopg to keep its parse of the placeholders instead of parsing it at every exe
 
 from __future__ import annotations
 
+import pytest
 from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
 
 from app.ledger import queries
@@ -34,9 +35,5 @@ def test_comments_and_indentation_are_not_sent_but_a_dash_pair_in_a_literal_is()
 
 
 def test_a_statement_written_twice_is_refused() -> None:
-    try:
+    with pytest.raises(ValueError, match="written twice"):
         queries.load("-- name: one\nSELECT 1\n-- name: one\nSELECT 2\n")
-    except ValueError as error:
-        assert "written twice" in str(error)
-    else:
-        raise AssertionError("loaded a statement written twice")
