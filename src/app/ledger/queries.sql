@@ -1018,6 +1018,7 @@ WITH mark AS (
     SELECT e.id, e.xid, e.at, e.job_id, e.task, e.queue, e.state, e.attempt
     FROM mark, horizon, job_events AS e
     WHERE (e.xid, e.id) > (mark.xid, mark.event_id) AND e.xid < horizon.h
+      AND EXISTS (SELECT 1 FROM webhooks)
     ORDER BY e.xid, e.id
     LIMIT %(limit)s
 ), made AS (
@@ -1040,7 +1041,14 @@ WITH mark AS (
     ON CONFLICT (webhook_id, event_id) DO NOTHING
     RETURNING 1
 ), newest AS (
-    SELECT xid, id FROM batch ORDER BY xid DESC, id DESC LIMIT 1
+    (SELECT xid, id FROM batch ORDER BY xid DESC, id DESC LIMIT 1)
+    UNION ALL
+    -- No subscription: nothing is read, the mark jumps to the last event below the horizon
+    -- (a subscription made later gets only the events made after it).
+    (SELECT e.xid, e.id FROM mark, horizon, job_events AS e
+     WHERE NOT EXISTS (SELECT 1 FROM webhooks) AND e.xid < horizon.h
+       AND (e.xid, e.id) > (mark.xid, mark.event_id)
+     ORDER BY e.xid DESC, e.id DESC LIMIT 1)
 ), moved AS (
     UPDATE webhook_fanout AS f SET xid = newest.xid, event_id = newest.id, updated_at = now()
     FROM newest WHERE f.name = 'events'
