@@ -134,7 +134,7 @@ class WaitSampler:
     """
 
     QUERY = """
-        SELECT state, coalesce(wait_event_type || ':' || wait_event, 'CPU (no wait event)')
+        SELECT state, coalesce(wait_event_type || ':' || wait_event, 'CPU (no wait event)'), left(query, 160)
         FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()
     """
 
@@ -144,6 +144,8 @@ class WaitSampler:
         self.samples = 0
         self.active: dict[str, int] = {}
         self.states: dict[str, int] = {}
+        self.statements: dict[str, int] = {}
+        self._names = statement_names()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -159,10 +161,13 @@ class WaitSampler:
                 except psycopg.Error:
                     continue
                 self.samples += 1
-                for state, wait in rows:
+                for state, wait, text in rows:
                     self.states[str(state)] = self.states.get(str(state), 0) + 1
                     if state == "active":
                         self.active[str(wait)] = self.active.get(str(wait), 0) + 1
+                        head = _head(str(text or ""))
+                        name = self._names.get(head, head[:40] if len(head) < 20 else "other")
+                        self.statements[name] = self.statements.get(name, 0) + 1
 
     def stop(self) -> dict[str, float]:
         """Mean backends per state, and the share of active time per wait event."""
@@ -173,7 +178,27 @@ class WaitSampler:
         summary = {f"backends {k} (mean)": v / n for k, v in sorted(self.states.items())}
         ranked = sorted(self.active.items(), key=lambda kv: -kv[1])
         summary |= {f"active: {k} (share)": v / busy for k, v in ranked}
+        by_statement = sorted(self.statements.items(), key=lambda kv: -kv[1])[:8]
+        summary |= {f"active in statement {k} (share)": v / busy for k, v in by_statement}
         return summary
+
+
+def _head(text: str) -> str:
+    """The start of a statement, its placeholders (psycopg's and the server's) made alike."""
+    return re.sub(r"%\(\w+\)s|\$\d+", "?", " ".join(text.split()))[:80]
+
+
+def statement_names() -> dict[str, str]:
+    """The ledger's named statements by how their text begins (what pg_stat_activity shows)."""
+    try:
+        from app.ledger import queries
+    except ImportError:
+        return {}
+    return {
+        _head(value): name.lower()
+        for name, value in vars(queries).items()
+        if name.isupper() and isinstance(value, str)
+    }
 
 
 def drop_database(name: str) -> None:

@@ -1,7 +1,7 @@
 """Many jobs at once: `enqueue_many` and `POST /api/v1/jobs/batch`, beside the peers' bulk enqueue.
 
     .venv/bin/python bench/bulk.py [--jobs 10000] [--batch 1000] [--http-jobs 100000]
-                                   [--clients 4] [--rounds 3] [--peers /tmp/durable-peers]
+                                   [--clients 4] [--rounds 3] [--peers pgqueuer,procrastinate]
 
 On a scratch database, each round starting from an empty jobs table:
 
@@ -10,9 +10,10 @@ On a scratch database, each round starting from an empty jobs table:
   peers' bulk enqueue does);
 - `POST /api/v1/jobs/batch` with `--batch` jobs a request, `--clients` concurrent clients,
   against a real `conveyor api` process (the bodies are serialised once, before the clock);
-- when `--peers` holds the venvs of ../shared/durable-peers (its `setup.sh pgqueuer
-  procrastinate`), PgQueuer's `Queries.enqueue` and Procrastinate's `batch_defer_async` of
-  `--jobs` noop jobs in one call, each on a fresh database, through that folder's scripts.
+- the `--peers` (default PgQueuer): PgQueuer's `Queries.enqueue` (Procrastinate's
+  `batch_defer_async`) of `--jobs` noop jobs in one call, each on a fresh database, through
+  bench/peers/durable's scripts in the venvs bench/durable.py makes (a peer that cannot be set
+  up is left out, with its reason).
 
 Rounds are interleaved (every path once, then again); the table shows each path's median.
 Printed, never asserted: the targets are enqueue_many >= 0.5x PgQueuer and the batch route
@@ -30,8 +31,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 
+import durable
 import httpx
 import orjson
 from _harness import (
@@ -77,6 +79,7 @@ finally:
     dc.drop_database(db)
 """
 PEERS = ("pgqueuer", "procrastinate")
+DEFAULT_PEERS = ("pgqueuer",)
 PROFILE_SECONDS = 4  # within the batch phase of a round, which takes several seconds
 HTTP_TARGET = 20_000  # jobs/s of the batch route (DESIGN.md, Performance budget)
 
@@ -163,10 +166,9 @@ async def _warm(url: str, headers: dict[str, str], body: bytes) -> None:
             assert (await http.post("/api/v1/jobs/batch", content=body)).status_code == 202
 
 
-def peer_seconds(folder: Path, peer: str, jobs: int) -> float | None:
-    python = folder / ".venvs" / peer / "bin" / "python"
-    if not python.exists():
-        return None
+def peer_seconds(peer: str, jobs: int) -> float | None:
+    python = durable.venv_python(peer)
+    folder = durable.SCRIPTS
     done = subprocess.run(
         [str(python), "-c", PEER_SNIPPET, str(folder), peer, str(jobs)],
         capture_output=True,
@@ -184,7 +186,17 @@ def median_rate(jobs: int, seconds: list[float]) -> float | None:
     return jobs / statistics.median(seconds) if seconds else None
 
 
-def main() -> None:
+@dataclass
+class BulkResult:
+    """Median rates (jobs/s) of one run; None where a path was not measured."""
+
+    enqueue_many: float | None = None  # the faster of the two enqueue_many_sync paths
+    pgqueuer: float | None = None
+    batch_route: float | None = None
+    not_measured: dict[str, str] = field(default_factory=dict)  # peer -> why
+
+
+def main(argv: list[str] | None = None) -> BulkResult:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -194,14 +206,21 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="py-spy on the API in the last round")
-    parser.add_argument(
-        "--peers", type=Path, default=Path(os.environ.get("DURABLE_PEERS", "/tmp/durable-peers"))
-    )
-    args = parser.parse_args()
+    parser.add_argument("--peers", default=",".join(DEFAULT_PEERS), help=f"comma-separated, of {PEERS}")
+    args = parser.parse_args(argv)
     out = work_dir("bulk")
     runs: dict[str, list[float]] = {}
     profile = ""
     cpu: list[tuple[float, float]] = []
+    not_measured: dict[str, str] = {}
+    peers = []
+    for peer in (p.strip() for p in args.peers.split(",") if p.strip()):
+        try:
+            durable.venv_python(peer)
+            peers.append(peer)
+        except durable.Unavailable as why:
+            not_measured[peer] = str(why)
+            say(f"{peer}: not measured: {why}")
     create_database(DATABASE)
     try:
         with scratch_vhost("conveyor_bench_bulk") as broker, processes() as procs:
@@ -217,7 +236,7 @@ def main() -> None:
                     args.jobs, args.batch
                 ),
                 "enqueue_many_sync, one call": lambda: enqueue_many_seconds(args.jobs, args.jobs),
-                **{f"{peer} bulk enqueue, one call": _peer(args.peers, peer, args.jobs) for peer in PEERS},
+                **{f"{peer} bulk enqueue, one call": _peer(peer, args.jobs) for peer in peers},
             }
             for round_number in range(1, args.rounds + 1):
                 for name, measure in paths.items():
@@ -236,13 +255,17 @@ def main() -> None:
                 cpu.append((api_s, pg_s))
     finally:
         drop_database(DATABASE)
-    summary(args, runs, cpu)
+    result = summary(args, runs, cpu)
+    result.not_measured = not_measured
+    for peer, reason in not_measured.items():
+        print(f"{peer} bulk enqueue: not measured: {reason}")
     if profile:
         print(profile)
+    return result
 
 
-def _peer(folder: Path, peer: str, jobs: int) -> Callable[[], float | None]:
-    return lambda: peer_seconds(folder, peer, jobs)
+def _peer(peer: str, jobs: int) -> Callable[[], float | None]:
+    return lambda: peer_seconds(peer, jobs)
 
 
 def _answers(url: str) -> bool:
@@ -252,7 +275,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-def summary(args: argparse.Namespace, runs: dict[str, list[float]], cpu: list[tuple[float, float]]) -> None:
+def summary(
+    args: argparse.Namespace, runs: dict[str, list[float]], cpu: list[tuple[float, float]]
+) -> BulkResult:
     http = runs.pop("http", [])
     pgqueuer = median_rate(args.jobs, runs.get("pgqueuer bulk enqueue, one call", []))
     rows = []
@@ -277,6 +302,7 @@ def summary(args: argparse.Namespace, runs: dict[str, list[float]], cpu: list[tu
         api_ms = statistics.median(a for a, _ in cpu) * 1e6 / args.http_jobs
         pg_ms = statistics.median(p for _, p in cpu) * 1e6 / args.http_jobs
         print(f"batch route, CPU per job: API process {api_ms:.1f} µs, PostgreSQL {pg_ms:.1f} µs")
+    return BulkResult(enqueue_many=best or None, pgqueuer=pgqueuer, batch_route=http_rate)
 
 
 if __name__ == "__main__":

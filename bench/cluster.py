@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from tests.support.cluster import CTL, EPMD_PORT, Cluster  # noqa: E402
 
 DRAIN = re.compile(r"^drain: conveyor: ([\d,]+) jobs/s", re.MULTILINE)
 RELAY = re.compile(r"relay published at ([\d,]+) jobs/s")
+ONE_NODE, CLUSTER = "1 classic node", "3-node quorum cluster"
 
 
 def drain(jobs: int, env: dict[str, str]) -> str:
@@ -44,14 +46,8 @@ def drain(jobs: int, env: dict[str, str]) -> str:
     return done.stdout + done.stderr
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=1)
-    opts = parser.parse_args()
-
+def run(jobs: int, rounds: int) -> dict[str, list[str]]:
+    """Each label's drain outputs, one per round; the cluster is started and stopped here."""
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="bench-cluster-")))
     try:
         cluster.start()
@@ -66,14 +62,34 @@ def main() -> None:
             BENCH_SCRATCH="drain_cluster",
         )
         one_node = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_AMQP")}
-        outputs: dict[str, list[str]] = {"1 classic node": [], "3-node quorum cluster": []}
-        for _ in range(opts.rounds):
+        outputs: dict[str, list[str]] = {ONE_NODE: [], CLUSTER: []}
+        for _ in range(rounds):
             print("=== 1 node (5672), classic queues ===", flush=True)
-            outputs["1 classic node"].append(drain(opts.jobs, one_node))
+            outputs[ONE_NODE].append(drain(jobs, one_node))
             print("=== 3-node cluster (5681-5683), quorum queues ===", flush=True)
-            outputs["3-node quorum cluster"].append(drain(opts.jobs, on_cluster))
+            outputs[CLUSTER].append(drain(jobs, on_cluster))
     finally:
         cluster.stop()
+    return outputs
+
+
+def rates(jobs: int, rounds: int = 1) -> dict[str, float]:
+    """The median drain (jobs/s) on one classic node and on the cluster: bench/run_all.py's goal."""
+    found = {
+        label: [float(m.group(1).replace(",", "")) for text in texts for m in DRAIN.finditer(text)]
+        for label, texts in run(jobs, rounds).items()
+    }
+    return {label: statistics.median(values) for label, values in found.items() if values}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=1)
+    opts = parser.parse_args()
+    outputs = run(opts.jobs, opts.rounds)
     print("=== summary (jobs/s; every round) ===")
     for label, texts in outputs.items():
         drains = ", ".join(m.group(1) for text in texts for m in DRAIN.finditer(text))

@@ -56,7 +56,7 @@ class RelayResult:
 def run_relays(relays: int, jobs: int, timeout: float) -> RelayResult:
     out = work_dir(f"scaling-relays-{relays}")
     with (
-        scratch_vhost("conveyor_bench", False) as broker,
+        scratch_vhost(drain.SCRATCH, False) as broker,
         drain.scratch_database(drain.DATABASE, False),
         processes() as procs,
     ):

@@ -68,7 +68,8 @@ from _profile import API_MARKERS, RELAY_MARKERS, WORKER_MARKERS, Recorder, repor
 
 from app.cli.load import percentile
 
-DATABASE = "conveyor_bench"
+# The drain's scratch names (BENCH_SCRATCH): drain.conveyor_env points the stack at them.
+DATABASE = drain.DATABASE
 FLAKY_TASK = "app.tasks.example.flaky"
 IN_FLIGHT = 64
 SCHEDULE = "bench-every-second"
@@ -368,7 +369,7 @@ def measure(opts: Options) -> TimingResult:
     drop_database(DATABASE)
     create_database(DATABASE)
     try:
-        with scratch_vhost("conveyor_bench", opts.keep) as broker, processes() as procs:
+        with scratch_vhost(drain.SCRATCH, opts.keep) as broker, processes() as procs:
             env = drain.conveyor_env(broker, RETRY_BACKOFF_BASE="1", RETRY_BACKOFF_MAX="2")
             migrate(env, out)
             key = make_key(env, "enqueue,read,operate")

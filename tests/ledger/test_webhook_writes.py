@@ -156,3 +156,23 @@ def test_pruning_deletes_finished_deliveries_past_their_retention_only(
     assert left == ["pending", state], "a young one and a pending one stay"
     with pytest.raises(ValueError, match="pending"):
         webhooks.prune(conn, "pending", 0, 100)
+
+
+def test_with_no_subscription_the_mark_jumps_past_the_events_and_a_later_one_gets_only_its_own(
+    conn: psycopg.Connection[Any], look: psycopg.Connection[dict[str, Any]]
+) -> None:
+    for _ in range(5):
+        event(conn)
+    newest = look.execute("SELECT max(id) AS id FROM job_events").fetchone()
+    deadline = time.monotonic() + 30
+    while (
+        look.execute("SELECT event_id AS id FROM webhook_fanout WHERE name = 'events'").fetchone() != newest
+    ):
+        assert time.monotonic() < deadline, "the mark never reached the last event"
+        step = webhooks.fan_out(conn, 2)
+        assert (step.events, step.deliveries) == (0, 0), "nothing is read for nobody"
+        time.sleep(0.01)
+    subscribe(conn, ["job.succeeded"])
+    later = event(conn)
+    fan_out_until(conn, 1)
+    assert delivered_jobs(look) == {later}

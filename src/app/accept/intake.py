@@ -71,7 +71,8 @@ async def check_if_stirred(conn: AsyncConnection[Any]) -> None:
     server ends it (a restart, a terminated backend: PostgreSQL says so before it closes the
     socket). A readable socket is that news, read without a round trip; then the ping (which
     raises, and the pool takes another connection). Pinging every lend cost each batch a
-    round trip: 8% of the API's CPU at 200 requests/s, when every request is its own batch.
+    round trip, a cost that shows when every request is its own batch (measured in
+    docs/benchmarks.md).
     """
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("the connection is closed")

@@ -4,8 +4,8 @@
 limit is refused with 429 and the seconds until the window resets.
 
 Its asyncio storage is used: the thread-based one starts a `threading.Timer` to expire
-counters about every 10 ms under load (4% of the API's CPU at 200 requests/s), where this
-one schedules a task on the event loop the API already runs.
+counters about every 10 ms under load (a thread's start each time; measured in
+docs/benchmarks.md), where this one schedules a task on the event loop the API already runs.
 """
 
 from __future__ import annotations

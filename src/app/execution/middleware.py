@@ -68,12 +68,9 @@ class LedgerMiddleware(Middleware):
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         # Claimed messages are acknowledged at once (see `consumer`), so the prefetch is what
-        # RabbitMQ sends a worker ahead of its claims. One per thread made the consumer wait
-        # for each burst's delivery after acknowledging the last (1,171-1,440 jobs/s on noop
-        # tasks); two per thread, Dramatiq's default, kept the next burst on its way
-        # (2,125-2,272 jobs/s). Four per thread, Celery's default, is as many as the consumer
-        # may claim (one per thread and three ahead), so one burst fills them: 3,530-3,610 ->
-        # 3,900-4,290 jobs/s (bench/drain.py, interleaved), a tenth less CPU per job.
+        # RabbitMQ sends a worker ahead of its claims. Four per thread is as many as the
+        # consumer may claim (one per thread and three ahead), so one burst fills them and
+        # the consumer never waits on a delivery (measured in docs/benchmarks.md).
         settings = get_settings()
         worker.queue_prefetch = settings.worker_prefetch or 4 * worker.worker_threads
         ahead = settings.worker_claim_ahead

@@ -14,17 +14,30 @@ _HEADER = re.compile(r"^-- name: ([a-z_]+)\n", re.MULTILINE)
 
 
 def load(text: str) -> dict[str, str]:
-    """The statements of a queries file by name, without their leading comment lines."""
+    """The statements of a queries file by name, without their comments and indentation.
+
+    What is sent is what the server needs: psycopg parses a statement's placeholders once and
+    keeps the parse only for statements of up to 4 kB (`MAX_CACHED_STATEMENT_LENGTH`); a longer
+    one is parsed again at every execution, on the worker's hot path."""
     parts = _HEADER.split(text)[1:]
     statements: dict[str, str] = {}
     for name, block in zip(parts[::2], parts[1::2], strict=True):
         if name in statements:
             raise ValueError(f"statement {name!r} is written twice")
-        lines = block.strip().splitlines()
-        while lines and lines[0].startswith("--"):
-            lines.pop(0)
-        statements[name] = "\n".join(lines).strip()
+        lines = (_without_comment(line).strip() for line in block.splitlines())
+        statements[name] = "\n".join(line for line in lines if line)
     return statements
+
+
+def _without_comment(line: str) -> str:
+    """A line without its `--` comment (a `--` inside a quoted literal is kept)."""
+    quoted = False
+    for at, char in enumerate(line):
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and line.startswith("--", at):
+            return line[:at]
+    return line
 
 
 _statements = load(files("app.ledger").joinpath("queries.sql").read_text(encoding="utf-8"))

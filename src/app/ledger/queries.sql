@@ -426,7 +426,7 @@ WITH RECURSIVE walked_keys AS (
     -- Each key with its limit, as its first waiting job holds it.
     (SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
      WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
-       AND CAST(%(every)s AS boolean)
+       AND %(every)s::boolean
      ORDER BY task, concurrency_key LIMIT 1)
     UNION ALL
     SELECT later.task, later.key, later.allowed FROM walked_keys k CROSS JOIN LATERAL (
@@ -436,18 +436,18 @@ WITH RECURSIVE walked_keys AS (
         ORDER BY task, concurrency_key LIMIT 1) AS later
 ), named_keys AS (
     SELECT first.task, first.key, first.allowed
-    FROM unnest(CAST(%(tasks)s AS text[]), CAST(%(keys)s AS text[])) AS n(task, key)
+    FROM unnest(%(tasks)s::text[], %(keys)s::text[]) AS n(task, key)
     CROSS JOIN LATERAL (
         SELECT task, concurrency_key AS key, concurrency_limit AS allowed FROM jobs
         WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NOT NULL
-          AND task = n.task AND concurrency_key = n.key AND NOT CAST(%(every)s AS boolean)
+          AND task = n.task AND concurrency_key = n.key AND NOT %(every)s::boolean
         ORDER BY task, concurrency_key LIMIT 1) AS first
 ), concurrency_keys AS (
     SELECT * FROM walked_keys UNION ALL SELECT * FROM named_keys
 ), rate_keys AS (
     (SELECT task, rate_key AS key, rate_limit AS allowed FROM jobs
      WHERE published_at IS NULL AND state IN ('queued', 'retrying') AND concurrency_key IS NULL
-       AND rate_key IS NOT NULL AND CAST(%(every)s AS boolean)
+       AND rate_key IS NOT NULL AND %(every)s::boolean
      ORDER BY task, rate_key LIMIT 1)
     UNION ALL
     SELECT later.task, later.key, later.allowed FROM rate_keys k CROSS JOIN LATERAL (
@@ -1018,6 +1018,7 @@ WITH mark AS (
     SELECT e.id, e.xid, e.at, e.job_id, e.task, e.queue, e.state, e.attempt
     FROM mark, horizon, job_events AS e
     WHERE (e.xid, e.id) > (mark.xid, mark.event_id) AND e.xid < horizon.h
+      AND EXISTS (SELECT 1 FROM webhooks)
     ORDER BY e.xid, e.id
     LIMIT %(limit)s
 ), made AS (
@@ -1040,7 +1041,14 @@ WITH mark AS (
     ON CONFLICT (webhook_id, event_id) DO NOTHING
     RETURNING 1
 ), newest AS (
-    SELECT xid, id FROM batch ORDER BY xid DESC, id DESC LIMIT 1
+    (SELECT xid, id FROM batch ORDER BY xid DESC, id DESC LIMIT 1)
+    UNION ALL
+    -- No subscription: nothing is read, the mark jumps to the last event below the horizon
+    -- (a subscription made later gets only the events made after it).
+    (SELECT e.xid, e.id FROM mark, horizon, job_events AS e
+     WHERE NOT EXISTS (SELECT 1 FROM webhooks) AND e.xid < horizon.h
+       AND (e.xid, e.id) > (mark.xid, mark.event_id)
+     ORDER BY e.xid DESC, e.id DESC LIMIT 1)
 ), moved AS (
     UPDATE webhook_fanout AS f SET xid = newest.xid, event_id = newest.id, updated_at = now()
     FROM newest WHERE f.name = 'events'
