@@ -1,4 +1,4 @@
-"""`conveyor`: run the service's processes and operate it.
+"""Every `conveyor` command (`app.cli.main` runs `cli`).
 
 The operating commands read and write the ledger directly, through the same code as the
 API (`app.operate`, `app.accept`), so they keep working while the API is down. Every
@@ -46,7 +46,3 @@ cli.command()(enqueue.enqueue)
 cli.command()(status.workers)
 cli.command()(status.stats)
 cli.command("audit")(audit.audit_log)
-
-
-def main() -> None:
-    cli()
