@@ -2,14 +2,15 @@
 
 `conveyor` reaches here before it imports the operating commands (typer, rich, their
 queries and views): a worker of one process runs its jobs in the launching process
-(`app.execution.alone`), and Dramatiq's main process, for more than one, forks its worker
-and exporter processes from a process holding nothing else. `conveyor worker --help` is
+(`app.execution.alone`); for more than one, the process becomes Dramatiq's main process,
+which forks its worker and exporter processes from a process holding nothing else. `conveyor worker --help` is
 answered by the full CLI, whose `worker` command calls `start` too.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 BROKER_MODULE = "app.worker"
@@ -36,9 +37,6 @@ def start(processes: int | None, threads: int | None, queues: list[str] | None) 
         from app.execution import alone
 
         return alone.run(BROKER_MODULE, threads, queues, settings.worker_shutdown_seconds)
-    from dramatiq.cli import main as dramatiq_main
-    from dramatiq.cli import make_argument_parser
-
     args = [
         BROKER_MODULE,
         "--processes",
@@ -51,8 +49,7 @@ def start(processes: int | None, threads: int | None, queues: list[str] | None) 
     ]
     if queues:
         args += ["--queues", *queues]
-    return int(dramatiq_main(make_argument_parser().parse_args(args)))  # type: ignore[no-untyped-call]
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # Dramatiq's main process forks the worker processes and the exporter from itself: it
+    # becomes `python -m dramatiq` (the same pid, so signals and supervisors see no change)
+    # and holds nothing of what this process imported to read the settings.
+    os.execv(sys.executable, [sys.executable, "-m", "dramatiq", *args])
