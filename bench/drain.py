@@ -52,6 +52,7 @@ from _harness import (
     CONVEYOR,
     ECHO_PAYLOAD,
     ECHO_TASK,
+    MIB,
     VENV_BIN,
     CpuMeter,
     Proc,
@@ -120,6 +121,17 @@ HOOKS_TAIL_SECONDS = 30.0
 
 
 @dataclass
+class Member:
+    """One process of a worker command's tree, after the drain."""
+
+    pid: int
+    role: str  # what it runs, from its command line
+    rss_mib: float
+    pss_mib: float  # shared pages split among the processes sharing them
+    uss_mib: float  # pages only this process holds
+
+
+@dataclass
 class DrainResult:
     system: str
     jobs: int
@@ -128,6 +140,7 @@ class DrainResult:
     worker_rss_mib: float  # the process that ran the jobs, after the drain
     worker_rss_first_mib: float  # the same, when its first job had run
     tree_rss_mib: float  # every process of the worker command
+    tree: list[Member]  # the same, one by one
     worker_cpu_ms: float  # CPU per job of the worker command's processes
     db_cpu_ms: float | None  # CPU per job of the PostgreSQL backends serving the ledger
     broker_cpu_ms: float  # CPU per job of the broker's server (shared with anyone else using it)
@@ -137,6 +150,11 @@ class DrainResult:
     pg_waits: dict[str, float] = field(default_factory=dict)
     statements: list[tuple[str, float, float, float, float, float]] = field(default_factory=list)
     profile: str = ""
+
+    @property
+    def tree_pss_mib(self) -> float:
+        """The tree's proportional set size: pages shared by forked processes counted once."""
+        return sum(m.pss_mib for m in self.tree) if self.tree else float("nan")
 
     @property
     def rate(self) -> float:
@@ -242,11 +260,25 @@ def working_process(worker: Proc) -> psutil.Process:
     return busiest(tree[1:] if len(tree) > 1 and "celery" not in worker.argv[0] else tree)
 
 
-def worker_memory(worker: Proc) -> tuple[float, float]:
+def worker_memory(worker: Proc) -> tuple[float, float, list[Member]]:
+    """The working process's RSS, the tree's RSS sum, and each process of the tree."""
     tree = worker.tree()
     if not tree:
-        return float("nan"), float("nan")
-    return rss_mib(working_process(worker)), sum(rss_mib(p) for p in tree)
+        return float("nan"), float("nan"), []
+    working = working_process(worker)
+    return rss_mib(working), sum(rss_mib(p) for p in tree), [member(p, p == working) for p in tree]
+
+
+def member(proc: psutil.Process, working: bool) -> Member:
+    nan = float("nan")
+    try:
+        info = proc.memory_full_info()
+        args = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return Member(proc.pid, "gone", nan, nan, nan)
+    role = "jobs" if working else " ".join(Path(a).name for a in args[:3])
+    pss = float(getattr(info, "pss", nan))
+    return Member(proc.pid, role, info.rss / MIB, pss / MIB, info.uss / MIB)
 
 
 def finish_profile(window: Window, title: str) -> str:
@@ -456,7 +488,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             )
             db_by_client = pg_cpu_by_client(window, poll, worker, relay, opts.jobs - window.done_at_start)
             pg_waits = window.sampler.stop() if window.sampler else {}
-            rss, tree_rss = worker_memory(worker)
+            rss, tree_rss, tree = worker_memory(worker)
             load_after = load_average()
             span = poll.one("SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs")
             seconds = float(span[0])
@@ -500,6 +532,7 @@ def run_conveyor(opts: Options, system: str = "conveyor") -> DrainResult:
             worker_rss_mib=rss,
             worker_rss_first_mib=window.rss_at_start,
             tree_rss_mib=tree_rss,
+            tree=tree,
             worker_cpu_ms=worker_ms,
             db_cpu_ms=db_ms,
             broker_cpu_ms=broker_ms,
@@ -584,7 +617,7 @@ def run_peer(opts: Options, system: str) -> DrainResult:
         assert window is not None
         worker_ms, _, broker_ms = close_window(window, opts.jobs)
         wait_until(lambda: queue_depth(broker, queue) == 0, 30, f"{queue} to be empty")
-        rss, tree_rss = worker_memory(worker)
+        rss, tree_rss, tree = worker_memory(worker)
         load_after = load_average()
         worker.stop()
         profile = finish_profile(window, f"{system} worker, {opts.jobs} noop tasks")
@@ -596,6 +629,7 @@ def run_peer(opts: Options, system: str) -> DrainResult:
             worker_rss_mib=rss,
             worker_rss_first_mib=window.rss_at_start,
             tree_rss_mib=tree_rss,
+            tree=tree,
             worker_cpu_ms=worker_ms,
             db_cpu_ms=None,
             broker_cpu_ms=broker_ms,
@@ -627,7 +661,8 @@ def render(results: list[DrainResult], opts: Options) -> str:
         "PG CPU ms/job",
         "broker CPU ms/job*",
         "worker RSS MiB: 1st job -> end",
-        "all procs RSS MiB",
+        "worker tree RSS MiB",
+        "worker tree PSS MiB",
         "load before -> after",
     ]
     rows = [
@@ -643,6 +678,7 @@ def render(results: list[DrainResult], opts: Options) -> str:
             r.broker_cpu_ms,
             f"{r.worker_rss_first_mib:.1f} -> {r.worker_rss_mib:.1f}",
             r.tree_rss_mib,
+            r.tree_pss_mib,
             f"{r.load_before} -> {r.load_after}",
         ]
         for r in results
@@ -661,7 +697,16 @@ def render(results: list[DrainResult], opts: Options) -> str:
         "the machine's load than jobs/s, so compare ceilings when the load average is high.",
         "Jobs/s from launch counts from the worker's start (imports, connections, first delivery)",
         "to its last job: the rate the issue's first table used.",
+        "The worker tree is the worker command's process and every process under it (Dramatiq's",
+        "parent, its worker processes, the metrics exporter), after the drain; not the relay.",
+        "PSS counts a page shared by forked processes once, split among them; RSS once in each.",
     ]
+    for r in results:
+        procs = "; ".join(
+            f"{m.role} (pid {m.pid}) RSS {m.rss_mib:.1f} PSS {m.pss_mib:.1f} USS {m.uss_mib:.1f}"
+            for m in r.tree
+        )
+        lines += ["", f"{r.system}'s worker tree, MiB: {procs}."]
     conveyor = by.get("conveyor")
     if conveyor:
         extra = ", ".join(f"{v:.2f} {k}" for k, v in conveyor.extra.items() if "per job" in k)
@@ -741,7 +786,7 @@ def _ratios(conveyor: DrainResult, by: dict[str, DrainResult]) -> list[str]:
     ]
     rss = conveyor.tree_rss_mib
     met = "met" if rss < 100 else "NOT met"
-    line = f"- worker process tree RSS after draining: {rss:.1f} MiB (budget < 100 MiB: {met}"
+    line = f"- worker tree RSS after draining: {rss:.1f} MiB (budget < 100 MiB: {met}"
     if "dramatiq" in by:
         line += f"; raw Dramatiq's tree here: {by['dramatiq'].tree_rss_mib:.1f} MiB"
     lines.append(line + ")")

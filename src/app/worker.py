@@ -1,4 +1,7 @@
-"""The worker's broker and middleware. `dramatiq app.worker` (or `conveyor worker`) starts a worker.
+"""The worker's broker and middleware. `conveyor worker` (or `dramatiq app.worker`) starts a worker.
+
+`conveyor worker` of one process loads this module in the process that runs the jobs
+(`app.execution.alone`); of more, and `dramatiq app.worker`, in each forked worker process.
 
 This module builds the broker, imports `app.tasks` (which only registers task specs) and
 binds every registered task to the broker as an actor. Nothing else builds a broker: the

@@ -22,24 +22,29 @@ KEPT_SECONDS = max(LEDGER_CACHE_SECONDS, BROKER_CACHE_SECONDS)
 FLAKY = "app.tasks.example.flaky"
 
 
-@pytest.fixture
-def metered_stack(clean_ledger: Infra, tmp_path: Path) -> Iterator[tuple[Stack, str]]:
-    """api + relay + a worker of two processes whose exporter listens on a free port."""
+@pytest.fixture(params=[2, 1], ids=["two-processes", "one-process"])
+def metered_stack(
+    clean_ledger: Infra, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Stack, str, int]]:
+    """api + relay + a worker whose exporter listens on a free port: of two processes (under
+    Dramatiq's main process, the exporter forked beside them), or of one (the exporter on a
+    thread of the process running the jobs)."""
     port = free_port()
     env = {**os.environ, "WORKER_METRICS_PORT": str(port), "WORKER_METRICS_HOST": "127.0.0.1"}
     stack = Stack(workdir=tmp_path, env=env)
     try:
         stack.start_api()
         stack.start_relay()
-        stack.start_worker(processes=2, threads=2)
+        stack.start_worker(processes=request.param, threads=2)
         stack.wait_ready()
         url = f"http://127.0.0.1:{port}/metrics"
-        # Dramatiq forks the exporter once every worker process has booted.
+        # Dramatiq forks the exporter once every worker process has booted; one process starts
+        # its exporter thread once its worker has.
         try:
             scrape(url, timeout=60.0)
         except httpx.HTTPError as error:
             raise AssertionError(f"worker exporter not up: {error!r}\n{stack.logs()}") from None
-        yield stack, url
+        yield stack, url, request.param
     finally:
         stack.stop()
 
@@ -60,9 +65,9 @@ def scrape(url: str, timeout: float = 20.0) -> str:
 
 
 def test_the_api_and_worker_counters_move_by_exactly_the_jobs_that_ran(
-    metered_stack: tuple[Stack, str],
+    metered_stack: tuple[Stack, str, int],
 ) -> None:
-    stack, worker_url = metered_stack
+    stack, worker_url, processes = metered_stack
     api_before = parse(scrape(f"{stack.base_url}/metrics"))
     worker_before = parse(scrape(worker_url))
 
@@ -126,7 +131,7 @@ def test_the_api_and_worker_counters_move_by_exactly_the_jobs_that_ran(
     assert value(api_after, "conveyor_jobs", state="queued") == 0
     assert value(api_after, "conveyor_outbox_backlog") == 0
     assert value(api_after, "conveyor_oldest_queued_job_age_seconds") == 0
-    assert value(api_after, "conveyor_workers_live") == 2  # one heartbeat per worker process
+    assert value(api_after, "conveyor_workers_live") == processes  # one heartbeat per worker process
     assert value(api_after, "conveyor_queue_depth", queue="default") == 0
     assert value(api_after, "conveyor_dead_letter_depth", queue="default") == 1
 

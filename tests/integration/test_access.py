@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.commands import cli
 from app.settings import get_settings
 from tests.integration.conftest import bearer, count_jobs
 from tests.support.infra import Infra

@@ -17,7 +17,7 @@ from click.testing import Result
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.commands import cli
 from tests.support.infra import Infra
 from tests.support.seed import declare_queues, insert_job, publish_dead_copy
 

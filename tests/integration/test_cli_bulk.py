@@ -9,7 +9,7 @@ import psycopg
 from click.testing import Result
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.commands import cli
 from tests.integration.conftest import count_jobs
 from tests.support.infra import Infra
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.commands import cli
 from tests.support.infra import Infra
 
 ECHO = "app.tasks.example.echo"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.commands import cli
 from app.operate import health
 from app.settings import Settings, get_settings
 from tests.integration.conftest import bearer

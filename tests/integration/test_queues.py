@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.commands import cli
 from tests.integration.test_dashboard import BASE, SAME_ORIGIN, sign_in
 from tests.support.infra import Infra
 from tests.support.keys import full_key, make_key

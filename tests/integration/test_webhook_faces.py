@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.commands import cli
 from tests.integration.test_dashboard import SAME_ORIGIN, dashboard, sign_in  # noqa: F401  (fixture)
 from tests.integration.test_webhooks import (
     audited,

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.commands import cli
 from app.execution.writes import LedgerWrites
 from app.jobs.context import JobContext
 from app.jobs.workflows import Workflow

@@ -62,7 +62,7 @@ def healthcheck_argv(test: str | list[str]) -> list[str]:
 @cache
 def conveyor_cli() -> Any:
     """The `conveyor` command as Click sees it: the same object `conveyor --help` prints."""
-    from app.cli import cli
+    from app.cli.commands import cli
 
     return typer.main.get_command(cli)
 

@@ -85,7 +85,7 @@ def test_the_api_the_relay_and_the_cli_build_no_dramatiq_broker() -> None:
     script = textwrap.dedent(
         """
         import dramatiq.broker
-        import app.asgi, app.cli, app.relay.outbox, app.accept.intake, app.operate.actions
+        import app.asgi, app.cli.commands, app.relay.outbox, app.accept.intake, app.operate.actions
         app.asgi.create_app()
         app.relay.outbox.Relay()
         assert dramatiq.broker.global_broker is None, dramatiq.broker.global_broker

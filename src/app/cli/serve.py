@@ -52,24 +52,12 @@ def worker(
     threads: Annotated[int | None, typer.Option(help="Threads per process")] = None,
     queues: Annotated[list[str] | None, typer.Option("--queue", "-Q", help="Only these queues")] = None,
 ) -> None:
-    """Run a Dramatiq worker (the same as `dramatiq app.worker`)."""
-    settings = get_settings()
-    from dramatiq.cli import main as dramatiq_main
-    from dramatiq.cli import make_argument_parser
+    """Run a Dramatiq worker: one process runs the jobs itself; more run under `dramatiq app.worker`.
 
-    argv = [
-        "app.worker",
-        "--processes",
-        str(processes or settings.worker_processes),
-        "--threads",
-        str(threads or settings.worker_threads),
-        "--worker-shutdown-timeout",
-        str(int(settings.worker_shutdown_seconds * 1000)),
-        "--skip-logging",
-    ]
-    if queues:
-        argv += ["--queues", *queues]
-    sys.exit(dramatiq_main(make_argument_parser().parse_args(argv)))  # type: ignore[no-untyped-call]
+    `conveyor worker` itself starts in `app.cli.worker`, before the rest of the CLI is imported."""
+    from app.cli.worker import start
+
+    sys.exit(start(processes, threads, queues))
 
 
 def relay() -> None:

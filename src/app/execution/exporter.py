@@ -3,11 +3,12 @@
 `dramatiq` forks N worker processes. Each counts in memory-mapped files of its own
 (prometheus-client's multiprocess mode) inside a directory that belongs to this worker run,
 and one more process, forked by Dramatiq from this middleware's `forks`, serves their sum
-on WORKER_METRICS_PORT. WORKER_METRICS_PORT=0 turns the exporter off.
+on WORKER_METRICS_PORT. WORKER_METRICS_PORT=0 turns the exporter off. A worker of one
+process (`app.execution.alone`) runs the same function on a thread of its own instead.
 
 The run's directory is named after the Dramatiq main process (pid and start time), the
-parent every worker and fork process shares: several workers on one machine never mix
-their counts, and a restarted worker starts from zero.
+parent every worker and fork process shares, or after the lone worker process: several
+workers on one machine never mix their counts, and a restarted worker starts from zero.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ from app.settings import get_settings
 log = get_logger("conveyor.worker.metrics")
 
 RUNS_DIR = Path(tempfile.gettempdir()) / "conveyor-worker-metrics"
+
+_lone: list[int] = []  # the pid of a worker process that is its own main process
+
+
+def serve_from_this_process() -> None:
+    """This process is the worker's main process (no Dramatiq parent): name the run after it."""
+    _lone[:] = [os.getpid()]
 
 
 class WorkerExporter(Middleware):
@@ -64,8 +72,8 @@ class WorkerExporter(Middleware):
 
 
 def run_directory(main_pid: int | None = None) -> Path:
-    """The metrics directory of the worker run whose Dramatiq main process is `main_pid`."""
-    pid = os.getppid() if main_pid is None else main_pid
+    """The metrics directory of the worker run whose main process is `main_pid`."""
+    pid = main_pid or (_lone[0] if _lone else os.getppid())
     return RUNS_DIR / f"{pid}-{_start_ticks(pid)}"
 
 

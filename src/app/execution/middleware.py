@@ -101,6 +101,7 @@ class LedgerMiddleware(Middleware):
         log_repeated_stops()
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        log_repeated_stops()  # those that came while the running jobs finished
         if self._heartbeat is not None:
             self._heartbeat.stop()
         if self._cancels is not None:
