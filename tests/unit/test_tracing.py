@@ -71,9 +71,24 @@ print(json.dumps({
 """
 
 
-def run(probe: str, endpoint: str | None) -> dict[str, Any]:
+# Starts and stops the API's app (its lifespan, where FastAPI may add exporters of its own) and
+# names the span processors of the global tracer provider.
+PROCESSORS = """
+import json
+from fastapi.testclient import TestClient
+from opentelemetry import trace
+from app.asgi import create_app
+with TestClient(create_app()):
+    pass
+processors = trace.get_tracer_provider()._active_span_processor._span_processors
+print(json.dumps([type(p).__name__ for p in processors]))
+"""
+
+
+def run(probe: str, endpoint: str | None, **extra: str) -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_OTEL_"))}
     env["BROKER_URL"] = "stub://"
+    env.update(extra)
     if endpoint is not None:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
         env["OTEL_BSP_SCHEDULE_DELAY"] = "60000"  # the probe's span waits for the exit's flush
@@ -81,11 +96,11 @@ def run(probe: str, endpoint: str | None) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, check=True
     )
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def imported(endpoint: str | None) -> dict[str, list[str]]:
-    return run(PROBE, endpoint)
+    return dict(run(PROBE, endpoint))
 
 
 def test_with_tracing_off_the_worker_imports_no_opentelemetry_and_the_api_only_fastapis_api() -> None:
@@ -103,7 +118,7 @@ def test_with_tracing_on_the_sdk_and_exporter_are_loaded() -> None:
 
 
 def test_with_tracing_off_nothing_is_installed_on_the_request_or_run_path() -> None:
-    hooks = run(HOOKS, None)
+    hooks = dict(run(HOOKS, None))
     assert hooks["provider"] == "opentelemetry.trace.ProxyTracerProvider", "no SDK provider set"
     assert hooks["worker"]["middleware"] == [
         "dramatiq.middleware.time_limit.TimeLimit",
@@ -123,11 +138,17 @@ def test_with_tracing_off_nothing_is_installed_on_the_request_or_run_path() -> N
 
 
 def test_with_tracing_on_the_same_probe_sees_the_hooks() -> None:
-    hooks = run(HOOKS, "http://127.0.0.1:9")
+    hooks = dict(run(HOOKS, "http://127.0.0.1:9"))
     assert hooks["provider"] == "opentelemetry.sdk.trace.TracerProvider"
     assert hooks["worker"]["middleware"][-1] == "app.execution.tracing.RunSpans"
     assert hooks["worker"]["patched"] == ["AsyncConnection.connect", "Connection.connect", "psycopg.connect"]
     assert hooks["api"]["request"] == {"telemetry": True, "span": True}
+
+
+def test_fastapis_own_exporter_stays_out_even_when_its_environment_asks_for_it() -> None:
+    # FastAPI's FASTAPI_OTEL_AUTO_CONFIGURE=true adds an OTLP exporter to the provider at
+    # startup: beside Conveyor's, every span would be sent twice.
+    assert run(PROCESSORS, "http://127.0.0.1:9", FASTAPI_OTEL_AUTO_CONFIGURE="true") == ["BatchSpanProcessor"]
 
 
 def test_off_every_helper_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
