@@ -61,6 +61,9 @@ def create_app() -> FastAPI:
             "metrics": False,
             "logs": False,
             "operation_spans": False,
+            # Conveyor installs the exporter (app.tracing); FastAPI's own, which
+            # FASTAPI_OTEL_AUTO_CONFIGURE=true would add to it, would send every span twice.
+            "auto_configure": False,
             "exclude": tracing.untraced_request,
         },
         # Served by `openapi.install`, behind a key (and off in production unless API_DOCS).

@@ -52,3 +52,16 @@ async def test_refusals_raise_the_same_errors_as_the_blocking_client(live: Stack
         with pytest.raises(AuthError) as unknown:
             await stranger.get(str(uuid.uuid4()))
     assert (invalid.value.status, missing.value.status, unknown.value.status) == (422, 404, 401)
+
+
+async def test_a_repeated_idempotency_key_is_said_replayed_for_a_job_and_a_batch(live: Stack) -> None:
+    key = uuid.uuid4().hex
+    async with AsyncClient(live.base_url, key=full_key()) as client:
+        first = await client.enqueue(ECHO, {"message": "async once"}, idempotency_key=key)
+        again = await client.enqueue(ECHO, {"message": "async once"}, idempotency_key=key)
+        payloads = [{"message": f"async batch {i}"} for i in range(2)]
+        batch = await client.enqueue_many(ECHO, payloads, idempotency_key=f"{key}-batch")
+        batch_again = await client.enqueue_many(ECHO, payloads, idempotency_key=f"{key}-batch")
+    assert (again.id, first.replayed, again.replayed) == (first.id, False, True)
+    assert [job.id for job in batch_again] == [job.id for job in batch]
+    assert [job.replayed for job in batch + batch_again] == [False, False, True, True]

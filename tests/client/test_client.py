@@ -150,6 +150,7 @@ def test_the_unique_key_option_makes_any_task_one_at_a_time(client: Client) -> N
     first = client.enqueue(ECHO, {"message": "one"}, unique_key=key, delay_seconds=600)
     second = client.enqueue(ECHO, {"message": "two"}, unique_key=key)
     assert (second.duplicate, second.id) == (True, first.id)
+    assert not second.replayed, "a unique key's holder is a duplicate, not a replayed answer"
     client.cancel(first.id)
     assert client.enqueue(ECHO, {"message": "three"}, unique_key=key).duplicate is False
 
@@ -159,3 +160,16 @@ def test_the_same_idempotency_key_answers_the_first_job(client: Client) -> None:
     first = client.enqueue(ECHO, {"message": "once"}, idempotency_key=key)
     again = client.enqueue(ECHO, {"message": "once"}, idempotency_key=key)
     assert (again.id, again.duplicate, first.duplicate) == (first.id, True, False)
+    assert (first.replayed, again.replayed) == (False, True)
+    assert client.get(first.id).replayed is False
+
+
+def test_the_same_idempotency_key_on_a_batch_answers_the_first_batch_replayed(client: Client) -> None:
+    key = uuid.uuid4().hex
+    payloads = [{"message": f"batch-once-{i}"} for i in range(3)]
+    first = client.enqueue_many(ECHO, payloads, idempotency_key=key, delay_seconds=600)
+    again = client.enqueue_many(ECHO, payloads, idempotency_key=key, delay_seconds=600)
+    assert [job.id for job in again] == [job.id for job in first]
+    assert [job.replayed for job in first] == [False] * 3
+    assert [job.replayed for job in again] == [True] * 3
+    assert [client.cancel(job.id).state for job in first] == ["cancelled"] * 3

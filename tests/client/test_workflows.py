@@ -75,6 +75,9 @@ def test_the_same_key_answers_the_first_workflow_and_another_workflow_is_refused
     first = client.enqueue_workflow("diamond", diamond(), idempotency_key=key)
     again = client.enqueue_workflow("diamond", diamond(), idempotency_key=key)
     assert (again.id, again.job_ids) == (first.id, first.job_ids)
+    assert (first.replayed, again.replayed) == (False, True)
+    assert again.refresh().replayed, "a refresh reads the workflow, the enqueue's answer stays said"
+    assert client.get_workflow(first.id).replayed is False
     with pytest.raises(ValidationFailed) as refused:
         client.enqueue_workflow("other", diamond(), idempotency_key=key)
     assert refused.value.detail[0]["loc"] == ["header", "Idempotency-Key"]
@@ -113,3 +116,13 @@ async def test_the_async_client_has_the_same_workflow_calls(live: Stack) -> None
         assert read.steps["a"].depth == 0
         with pytest.raises(Conflict):
             await client.cancel_workflow(flow.id)
+
+
+@pytest.mark.anyio
+async def test_the_async_client_says_a_workflow_answered_again_by_its_key_is_replayed(live: Stack) -> None:
+    key = f"async-nightly-{uuid.uuid4()}"
+    async with AsyncClient(live.base_url, key=full_key(), timeout=30.0) as client:
+        first = await client.enqueue_workflow("diamond", diamond(), idempotency_key=key)
+        again = await client.enqueue_workflow("diamond", diamond(), idempotency_key=key)
+    assert (again.id, again.job_ids) == (first.id, first.job_ids)
+    assert (first.replayed, again.replayed) == (False, True)

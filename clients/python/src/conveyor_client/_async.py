@@ -122,10 +122,11 @@ class AsyncClient:
         unique_key: str | None = None,
     ) -> AsyncJob:
         """Enqueues a job of `task` (`POST /api/v1/jobs`); `.duplicate` is true when the
-        idempotency or unique key named a job that was there already."""
+        idempotency or unique key named a job that was there already, `.replayed` when the
+        idempotency key did (the API answered as it answered that key first)."""
         options = common.JobOptions(delay_seconds, priority, idempotency_key, unique_key)
-        call = common.enqueue_call(task, payload, options)
-        return self._job(await self._send(call))
+        view, replayed = await self._create(common.enqueue_call(task, payload, options))
+        return self._job(view, replayed=replayed)
 
     async def enqueue_many(
         self,
@@ -138,10 +139,12 @@ class AsyncClient:
         unique_key: str | None = None,
     ) -> list[AsyncJob]:
         """Enqueues a job of `task` per payload in one request, all or none (`POST
-        /api/v1/jobs/batch`, at most MAX_BATCH_JOBS); the jobs in the payloads' order."""
+        /api/v1/jobs/batch`, at most MAX_BATCH_JOBS); the jobs in the payloads' order. The
+        idempotency key covers the whole batch: sent again, every job answered is `.replayed`
+        (the first batch's ids, nothing new stored)."""
         options = common.JobOptions(delay_seconds, priority, idempotency_key, unique_key)
-        call = common.enqueue_many_call(task, payloads, options)
-        return [self._job(job) for job in (await self._send(call))["jobs"]]
+        answer, replayed = await self._create(common.enqueue_many_call(task, payloads, options))
+        return [self._job(job, replayed=replayed) for job in answer["jobs"]]
 
     async def get(self, job_id: str) -> AsyncJob:
         return self._job(await self._view(job_id))
@@ -165,8 +168,11 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> AsyncWorkflow:
         """Enqueues a workflow, every step or none (`POST /api/v1/workflows`): each step a `Step`
-        (task, payload, `after`, priority); the answer knows each step's job id (`.job_ids`)."""
-        return self._workflow(await self._send(common.enqueue_workflow_call(name, steps, idempotency_key)))
+        (task, payload, `after`, priority); the answer knows each step's job id (`.job_ids`), and
+        `.replayed` is true when the idempotency key answered the first workflow it made."""
+        call = common.enqueue_workflow_call(name, steps, idempotency_key)
+        view, replayed = await self._create(call)
+        return self._workflow(view, replayed=replayed)
 
     async def get_workflow(self, workflow_id: str) -> AsyncWorkflow:
         """The workflow with each step's state (`GET /api/v1/workflows/{id}`)."""
@@ -220,22 +226,29 @@ class AsyncClient:
     # -- plumbing --------------------------------------------------------------------------
 
     async def _send(self, call: common.Call) -> Any:
+        return common.answer(await self._request(call))
+
+    async def _create(self, call: common.Call) -> tuple[Any, bool]:
+        """An enqueue's answer, and whether it replays an earlier one (the same Idempotency-Key)."""
+        response = await self._request(call)
+        return common.answer(response), common.replayed(response)
+
+    async def _request(self, call: common.Call) -> httpx.Response:
         try:
-            response = await self._http.request(call.method, call.path, **call.options())
+            return await self._http.request(call.method, call.path, **call.options())
         except httpx.RequestError as error:
             raise common.network_error(error) from error
-        return common.answer(response)
 
     async def _view(self, job_id: str, wait_seconds: int | None = None) -> dict[str, Any]:
         return dict(await self._send(common.view_call(job_id, wait_seconds, self.timeout)))
 
-    def _job(self, view: Mapping[str, Any]) -> AsyncJob:
-        job = AsyncJob(client=self, **parse_view(view))
+    def _job(self, view: Mapping[str, Any], *, replayed: bool = False) -> AsyncJob:
+        job = AsyncJob(client=self, replayed=replayed, **parse_view(view))
         job.raw = dict(view)
         return job
 
-    def _workflow(self, view: Mapping[str, Any]) -> AsyncWorkflow:
-        workflow = AsyncWorkflow(client=self, **parse_workflow(view))
+    def _workflow(self, view: Mapping[str, Any], *, replayed: bool = False) -> AsyncWorkflow:
+        workflow = AsyncWorkflow(client=self, replayed=replayed, **parse_workflow(view))
         workflow.raw = dict(view)
         return workflow
 

@@ -120,10 +120,11 @@ class Client:
         unique_key: str | None = None,
     ) -> Job:
         """Enqueues a job of `task` (`POST /api/v1/jobs`); `.duplicate` is true when the
-        idempotency or unique key named a job that was there already."""
+        idempotency or unique key named a job that was there already, `.replayed` when the
+        idempotency key did (the API answered as it answered that key first)."""
         options = common.JobOptions(delay_seconds, priority, idempotency_key, unique_key)
-        call = common.enqueue_call(task, payload, options)
-        return self._job(self._send(call))
+        view, replayed = self._create(common.enqueue_call(task, payload, options))
+        return self._job(view, replayed=replayed)
 
     def enqueue_many(
         self,
@@ -136,10 +137,12 @@ class Client:
         unique_key: str | None = None,
     ) -> list[Job]:
         """Enqueues a job of `task` per payload in one request, all or none (`POST
-        /api/v1/jobs/batch`, at most MAX_BATCH_JOBS); the jobs in the payloads' order."""
+        /api/v1/jobs/batch`, at most MAX_BATCH_JOBS); the jobs in the payloads' order. The
+        idempotency key covers the whole batch: sent again, every job answered is `.replayed`
+        (the first batch's ids, nothing new stored)."""
         options = common.JobOptions(delay_seconds, priority, idempotency_key, unique_key)
-        call = common.enqueue_many_call(task, payloads, options)
-        return [self._job(job) for job in self._send(call)["jobs"]]
+        answer, replayed = self._create(common.enqueue_many_call(task, payloads, options))
+        return [self._job(job, replayed=replayed) for job in answer["jobs"]]
 
     def get(self, job_id: str) -> Job:
         return self._job(self._view(job_id))
@@ -163,8 +166,11 @@ class Client:
         idempotency_key: str | None = None,
     ) -> Workflow:
         """Enqueues a workflow, every step or none (`POST /api/v1/workflows`): each step a `Step`
-        (task, payload, `after`, priority); the answer knows each step's job id (`.job_ids`)."""
-        return self._workflow(self._send(common.enqueue_workflow_call(name, steps, idempotency_key)))
+        (task, payload, `after`, priority); the answer knows each step's job id (`.job_ids`), and
+        `.replayed` is true when the idempotency key answered the first workflow it made."""
+        call = common.enqueue_workflow_call(name, steps, idempotency_key)
+        view, replayed = self._create(call)
+        return self._workflow(view, replayed=replayed)
 
     def get_workflow(self, workflow_id: str) -> Workflow:
         """The workflow with each step's state (`GET /api/v1/workflows/{id}`)."""
@@ -216,22 +222,29 @@ class Client:
     # -- plumbing --------------------------------------------------------------------------
 
     def _send(self, call: common.Call) -> Any:
+        return common.answer(self._request(call))
+
+    def _create(self, call: common.Call) -> tuple[Any, bool]:
+        """An enqueue's answer, and whether it replays an earlier one (the same Idempotency-Key)."""
+        response = self._request(call)
+        return common.answer(response), common.replayed(response)
+
+    def _request(self, call: common.Call) -> httpx.Response:
         try:
-            response = self._http.request(call.method, call.path, **call.options())
+            return self._http.request(call.method, call.path, **call.options())
         except httpx.RequestError as error:
             raise common.network_error(error) from error
-        return common.answer(response)
 
     def _view(self, job_id: str, wait_seconds: int | None = None) -> dict[str, Any]:
         return dict(self._send(common.view_call(job_id, wait_seconds, self.timeout)))
 
-    def _job(self, view: Mapping[str, Any]) -> Job:
-        job = Job(client=self, **parse_view(view))
+    def _job(self, view: Mapping[str, Any], *, replayed: bool = False) -> Job:
+        job = Job(client=self, replayed=replayed, **parse_view(view))
         job.raw = dict(view)
         return job
 
-    def _workflow(self, view: Mapping[str, Any]) -> Workflow:
-        workflow = Workflow(client=self, **parse_workflow(view))
+    def _workflow(self, view: Mapping[str, Any], *, replayed: bool = False) -> Workflow:
+        workflow = Workflow(client=self, replayed=replayed, **parse_workflow(view))
         workflow.raw = dict(view)
         return workflow
 

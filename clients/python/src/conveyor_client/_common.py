@@ -31,6 +31,9 @@ EVENTS_IDLE_TIMEOUT = 60.0
 EVENTS_MAX_RETRIES = 10
 # Worth another connection: the API or a proxy before it is away for a moment.
 RETRYABLE = frozenset({429, 502, 503, 504})
+# What the API adds to a POST's answer when an Idempotency-Key it knew made it answer as it
+# answered the key's first request (same ids, nothing new stored).
+REPLAYED_HEADER = "idempotent-replayed"
 
 
 def headers(key: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -178,6 +181,12 @@ def answer(response: httpx.Response) -> Any:
     if response.is_success:
         return response.json() if response.content else None
     raise refusal(response)
+
+
+def replayed(response: httpx.Response) -> bool:
+    """Whether an enqueue's answer is the replay of an earlier one with the same Idempotency-Key."""
+    said: str = response.headers.get(REPLAYED_HEADER, "")
+    return said.strip().lower() == "true"
 
 
 def refusal(response: httpx.Response) -> ConveyorError:

@@ -32,6 +32,9 @@ class JobFields:
     task: str
     state: str
     duplicate: bool = False  # no job was made: this is the one the idempotency or unique key named
+    # The enqueue's answer repeats the first answer to its Idempotency-Key (`Idempotent-Replayed:
+    # true`; then `duplicate` too); False on a job read, and on a duplicate of a unique key.
+    replayed: bool = False
     queue: str | None = None
     priority: int | None = None
     run: int | None = None
@@ -71,7 +74,8 @@ class JobFields:
         self.raw = dict(view)
 
 
-NAMES = frozenset(f.name for f in fields(JobFields)) - {"raw"}
+# What a job view may set; `replayed` is said by an enqueue's answer headers, not by a view.
+NAMES = frozenset(f.name for f in fields(JobFields)) - {"raw", "replayed"}
 
 
 def parse_view(view: Mapping[str, Any]) -> dict[str, Any]:

@@ -58,6 +58,9 @@ class WorkflowFields:
     created_at: datetime | None = None
     finished_at: datetime | None = None
     client_id: str | None = None
+    # The enqueue's answer repeats the first answer to its Idempotency-Key (`Idempotent-Replayed:
+    # true`: the same workflow and step ids, nothing new stored); False on a workflow read.
+    replayed: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
