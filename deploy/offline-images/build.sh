@@ -9,6 +9,7 @@
 #   python:3.11-slim          Debian's python3.11 + venv               python/
 #   postgres:16               Debian's PostgreSQL 15, POSTGRES_* env    postgres/
 #   rabbitmq:3.13-management  Debian's RabbitMQ 3.10 + management      rabbitmq/
+#   redis:7.2                 Debian's Redis 7.0                       redis/
 #   axllent/mailpit:v1.21.8   an SMTP sink + Mailpit's messages API    mailpit/
 #   prom/prometheus:v2.53.2   Debian's Prometheus 2.42                 prometheus/
 # They prove the wiring (build, commands, healthchecks, networks, volumes, environment), not
@@ -28,9 +29,10 @@ tag_of() {
     python) echo python:3.11-slim ;;
     postgres) echo postgres:16 ;;
     rabbitmq) echo rabbitmq:3.13-management ;;
+    redis) echo redis:7.2 ;;
     mailpit) echo axllent/mailpit:v1.21.8 ;;
     prometheus) echo prom/prometheus:v2.53.2 ;;
-    *) echo "unknown image: $1 (python, postgres, rabbitmq, mailpit, prometheus)" >&2; exit 2 ;;
+    *) echo "unknown image: $1 (python, postgres, rabbitmq, redis, mailpit, prometheus)" >&2; exit 2 ;;
   esac
 }
 
@@ -84,7 +86,7 @@ build() {  # FOLDER[=TAG]
   echo "$tag ready ($(($(date +%s) - start)) s)"
 }
 
-[ $# -gt 0 ] || set -- python postgres rabbitmq mailpit prometheus
+[ $# -gt 0 ] || set -- python postgres rabbitmq redis mailpit prometheus
 for name in "$@"; do tag_of "${name%%=*}" >/dev/null; done
 base
 # The images do not build on each other: built at once, one's downloads overlap another's

@@ -29,18 +29,28 @@ from tests.compose.engine import (
     start_offline_build,
     stop_engine,
 )
-from tests.compose.project import APP_IMAGE, FACTS, ComposeProject, Stack, default_services
+from tests.compose.project import (
+    APP_IMAGE,
+    FACTS,
+    REDIS_FILES,
+    ComposeProject,
+    Stack,
+    default_services,
+)
+from tests.compose.redis_variant import RedisVariantRun, run_redis_variant
 from tests.static.shipping import DOCKERFILE, dockerfile_stages
 
 SCOPES = "enqueue,read,operate,metrics"
 # The third-party services, by the folder of deploy/offline-images/ that builds a stand-in.
-OFFLINE_FOLDERS = {"postgres": "postgres", "rabbitmq": "rabbitmq", "mailpit": "mailpit"}
+OFFLINE_FOLDERS = {"postgres": "postgres", "rabbitmq": "rabbitmq", "redis": "redis", "mailpit": "mailpit"}
+REDIS_TEST_FILE = "test_compose_redis.py"
 
 
 class Preparation(threading.Thread):
     """The engine, the images, `up`, and every service healthy: started as soon as the run knows
     it holds compose tests (they run last), so the minutes of building and of healthchecks pass
-    while the rest of the suite runs. The fixtures below wait for it."""
+    while the rest of the suite runs; then, when its test was collected, the Redis variant is
+    checked and brought down again (tests/compose/redis_variant.py). The fixtures below wait."""
 
     def __init__(self) -> None:
         super().__init__(name="compose-preparation", daemon=True)
@@ -50,6 +60,10 @@ class Preparation(threading.Thread):
         self.handed_over = False
         self.bare: BareRun | None = None  # started once the images are built, when asked for
         self.wants_bare = False
+        # The Redis variant (docker-compose.redis.yml), a project of its own, when asked for.
+        self.redis_run: RedisVariantRun | None = None
+        self.redis_error: BaseException | None = None
+        self.wants_redis = False
 
     def run(self) -> None:
         try:
@@ -58,10 +72,12 @@ class Preparation(threading.Thread):
             FACTS["engine"] = (
                 "started for this run, stopped after" if self.engine.started_here else "already running"
             )
-            project = ComposeProject(self.engine, Path(tempfile.mkdtemp(prefix="conveyor-compose-")))
+            workdir = Path(tempfile.mkdtemp(prefix="conveyor-compose-"))
+            project = ComposeProject(self.engine, workdir)
             if removed := project.remove_abandoned():
                 FACTS["removed abandoned test projects"] = ", ".join(removed)
-            _images(project)
+            redis = ComposeProject(self.engine, workdir, files=REDIS_FILES) if self.wants_redis else None
+            _images(project, redis)
             if self.wants_bare:
                 self.bare = BareRun()
                 self.bare.start()
@@ -72,8 +88,19 @@ class Preparation(threading.Thread):
             # that timed out under that load passes again once it eases.
             project.wait_up(default_services(), timeout=900)
             FACTS["up -> every service healthy"] = f"{time.monotonic() - started:.0f} s"
+            if redis is not None:
+                self._check_redis_variant(redis)
+                # Its load may have pushed a healthcheck of this stack past its timeout.
+                project.wait_up(default_services(), timeout=300)
         except BaseException as error:  # handed to the first fixture that waits
             self.error = error
+
+    def _check_redis_variant(self, redis: ComposeProject) -> None:
+        """Its failures are its own test's: the main stack's tests run on."""
+        try:
+            self.redis_run = run_redis_variant(redis, "enqueue,read")
+        except Exception as error:
+            self.redis_error = error
 
     def clean_up(self) -> None:
         """`down --volumes` and the engine stopped if started here (when no fixture did it)."""
@@ -95,7 +122,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     here = [item for item in session.items if Path(str(item.fspath)).parent == Path(__file__).parent]
     if here:
         PREPARATION = Preparation()
-        PREPARATION.wants_bare = any(Path(str(item.fspath)).name == "test_bare_machine.py" for item in here)
+        names = {Path(str(item.fspath)).name for item in here}
+        PREPARATION.wants_bare = "test_bare_machine.py" in names
+        PREPARATION.wants_redis = REDIS_TEST_FILE in names
         PREPARATION.start()
 
 
@@ -159,11 +188,30 @@ def compose_stack(docker_engine: Engine) -> Iterator[Stack]:
             project.down(volumes=True)
 
 
-def _images(project: ComposeProject) -> None:
+@pytest.fixture
+def redis_run(docker_engine: Engine) -> RedisVariantRun:
+    """What the background check of the Redis variant saw (it is down again by now)."""
+    preparation = _prepared()
+    if preparation.error is not None:
+        raise preparation.error
+    if preparation.redis_error is not None:
+        raise preparation.redis_error
+    assert preparation.redis_run is not None, f"the Redis variant was not run (only with {REDIS_TEST_FILE})"
+    return preparation.redis_run
+
+
+def _images(project: ComposeProject, redis: ComposeProject | None) -> None:
     """Third-party images from the registry when it answers, else built from Debian's packages
     under the same names; and the app image, built once."""
     config = project.config()["services"]
     third_party = {name: str(config[name]["image"]) for name in OFFLINE_FOLDERS if name in config}
+    # The variant's own services (`redis`): the ones it shares with docker-compose.yml are above.
+    variant = redis.config()["services"] if redis is not None else {}
+    extra = {
+        name: str(variant[name]["image"])
+        for name in OFFLINE_FOLDERS
+        if name in variant and name not in config
+    }
     unknown = {
         name
         for name, spec in config.items()
@@ -171,7 +219,11 @@ def _images(project: ComposeProject) -> None:
     } - set(third_party)
     assert not unknown, f"no offline image for {unknown}: add one to deploy/offline-images/"
     started = time.monotonic()
-    if registry_answers() and project.compose("pull", *third_party, check=False).returncode == 0:
+    if (
+        registry_answers()
+        and project.compose("pull", *third_party, check=False).returncode == 0
+        and (redis is None or redis.compose("pull", *extra, check=False).returncode == 0)
+    ):
         FACTS["images"] = "from the registry"
         project.compose("build", "--pull", timeout=900)
     else:
@@ -179,7 +231,8 @@ def _images(project: ComposeProject) -> None:
         (python,) = bases
         # The app image needs the Python one alone: it builds while the others do.
         build_offline_images({"python": python})
-        others = start_offline_build({OFFLINE_FOLDERS[name]: tag for name, tag in third_party.items()})
+        wanted = {**third_party, **extra}
+        others = start_offline_build({OFFLINE_FOLDERS[name]: tag for name, tag in wanted.items()})
         try:
             project.compose("build", timeout=900)
         except BaseException:

@@ -24,6 +24,8 @@ from tests.compose.engine import REPO, Engine, docker_env
 from tests.support.infra import free_port
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
+# The Redis variant: docker-compose.yml with this override over it.
+REDIS_FILES = (COMPOSE_FILE, REPO / "docker-compose.redis.yml")
 # Projects are named after the test run's pid, so a later run can tell an abandoned one.
 PROJECT_PREFIX = "conveyor-compose-test-"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -75,6 +77,11 @@ def default_services() -> dict[str, dict[str, Any]]:
     return {name: spec for name, spec in compose_file()["services"].items() if not spec.get("profiles")}
 
 
+def redis_services() -> set[str]:
+    """What the Redis variant runs: the default services with `redis` in place of `rabbitmq`."""
+    return (set(default_services()) - {"rabbitmq"}) | {"redis"}
+
+
 def declares_healthcheck(spec: dict[str, Any]) -> bool:
     check: dict[str, Any] = spec.get("healthcheck") or {}
     return bool(check) and not check.get("disable") and check.get("test") not in (["NONE"], "NONE")
@@ -86,6 +93,7 @@ class ComposeProject:
     workdir: Path
     name: str = field(default_factory=lambda: f"{PROJECT_PREFIX}{os.getpid()}-{secrets.token_hex(3)}")
     variables: dict[str, str] = field(default_factory=dict)
+    files: tuple[Path, ...] = (COMPOSE_FILE,)
 
     def __post_init__(self) -> None:
         self.variables = {**self.test_variables(), **self.variables}
@@ -111,6 +119,7 @@ class ComposeProject:
             "POSTGRES_PASSWORD": secrets.token_hex(12),
             "RABBITMQ_USER": "conveyor",
             "RABBITMQ_PASSWORD": secrets.token_hex(12),
+            "REDIS_PASSWORD": secrets.token_hex(12),
             "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(12),
             "RETRY_BACKOFF_BASE": "0.2",
             "RETRY_BACKOFF_MAX": "1.0",
@@ -142,8 +151,7 @@ class ComposeProject:
             project or self.name,
             "--project-directory",
             str(REPO),
-            "--file",
-            str(COMPOSE_FILE),
+            *(part for file in self.files for part in ("--file", str(file))),
             "--env-file",
             str(self.env_file),
             *args,
@@ -185,6 +193,7 @@ class ComposeProject:
         abandoned = sorted(name for name in _project_names() if _abandoned(name) and name != self.name)
         for name in abandoned:
             self.compose("down", "--remove-orphans", "--volumes", project=name, check=False)
+            _remove_volumes(name)  # those of another variant's files (redis-data)
         return abandoned
 
     # -- containers -----------------------------------------------------------------------
@@ -255,6 +264,18 @@ def _project_names() -> set[str]:
         ).stdout
         names.update(name for name in listed.split() if name.startswith(PROJECT_PREFIX))
     return names
+
+
+def _remove_volumes(project: str) -> None:
+    listed = subprocess.run(
+        ["docker", "volume", "ls", "--quiet", "--filter", f"label={PROJECT_LABEL}={project}"],
+        env=docker_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
+    if listed:
+        subprocess.run(["docker", "volume", "rm", *listed], env=docker_env(), capture_output=True, timeout=60)
 
 
 def _abandoned(name: str) -> bool:
