@@ -1,0 +1,46 @@
+"""A worker whose queues exist with another type than BROKER_QUEUE_TYPE's stops at its start.
+
+Left to Dramatiq, each consumer thread would fail to declare its queue, log a critical error
+and try again every few seconds, for ever. Before the consumers start, this checks the type of
+every queue the worker will consume (and its .DQ and .XQ); on a mismatch it logs one error
+naming the queues, the type they have, the setting and the command that migrates them, and
+the worker process exits with EXIT_QUEUE_TYPE, which `dramatiq` (and `conveyor worker`) exits
+with too, so a process manager sees a configuration error rather than a crash to restart.
+A broker that cannot be reached is left to the consumers, which wait for it as always.
+"""
+
+from __future__ import annotations
+
+import pika.exceptions
+from dramatiq.broker import Broker
+from dramatiq.middleware import Middleware
+from dramatiq.worker import Worker
+
+from app.logs import get_logger
+from app.transport import rabbitmq
+
+log = get_logger("conveyor.worker")
+
+# sysexits.h's EX_CONFIG: systemd's RestartPreventExitStatus= and supervisors can tell it apart.
+EXIT_QUEUE_TYPE = 78
+
+
+class QueueTypeCheck(Middleware):
+    """Stops the worker process before its consumers start when a queue has the other type."""
+
+    def __init__(self, broker_url: str, queue_type: str) -> None:
+        self.broker_url = broker_url
+        self.queue_type = queue_type
+
+    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        queues = worker.consumer_whitelist or broker.get_declared_queues()
+        try:
+            mismatch = rabbitmq.type_mismatch(self.broker_url, queues, self.queue_type)
+        except (pika.exceptions.AMQPError, OSError) as error:
+            log.debug("queue types not checked: the broker did not answer", error=repr(error))
+            return
+        if mismatch is not None:
+            log.critical(f"worker stopped: {mismatch}", queue=mismatch.queue, exit_code=EXIT_QUEUE_TYPE)
+            # SystemExit passes Dramatiq's hook runner (which logs and goes on after an
+            # Exception) and ends the worker process with this code.
+            raise SystemExit(EXIT_QUEUE_TYPE)
