@@ -1,0 +1,177 @@
+"""BROKER_QUEUE_TYPE over queues of the other type, on a vhost of the test's own: a worker stops
+once, saying how to migrate, and readiness and the relay say the same; `conveyor queues migrate`
+turns classic queues into quorum ones with jobs published and not claimed, after which a
+quorum worker runs every job once, and the dead-letter copies are there again."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pika
+import pytest
+from dramatiq import Message
+
+from app.errors import PublishFailed
+from app.execution.queue_types import EXIT_QUEUE_TYPE
+from app.operate import health
+from app.settings import Settings
+from app.transport import rabbitmq
+from app.transport.confirms import ConfirmingPublisher
+from tests.support import seed
+from tests.support.faults import Ledger, peek_queue
+from tests.support.infra import Infra, rabbitmqctl
+from tests.support.stack import CONVEYOR, Stack
+
+QUEUES = ("default", "email", "exports")
+QUORUM = {"BROKER_QUEUE_TYPE": "quorum"}
+JOBS = 40
+
+
+@pytest.fixture
+def vhost(clean_ledger: Infra) -> Iterator[str]:
+    """A vhost of this test's own (the run's is classic for every other test)."""
+    name = f"{clean_ledger.vhost}_types_{secrets.token_hex(2)}"
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield name
+    finally:
+        rabbitmqctl("delete_vhost", name)
+
+
+def url_of(vhost: str) -> str:
+    return f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+
+
+def queue_types(vhost: str) -> dict[str, str]:
+    """Each queue's type, as RabbitMQ lists it (not through the code under test)."""
+    exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    listed = subprocess.run(
+        [exe, "-q", "list_queues", "-p", vhost, "name", "type", "--no-table-headers"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return dict(line.split() for line in listed.splitlines() if line.strip())
+
+
+def migrate(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BROKER_URL": url, **QUORUM}
+    return subprocess.run(
+        [CONVEYOR, "queues", "migrate", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_worker_on_queues_of_the_other_type_stops_once_saying_how_to_migrate(
+    vhost: str, tmp_path: Path
+) -> None:
+    url = url_of(vhost)
+    rabbitmq.ensure_queues(url, QUEUES, "classic")
+    stack = Stack(workdir=tmp_path, env={**os.environ, "BROKER_URL": url, **QUORUM})
+    worker = stack.start_worker(threads=1)
+    try:
+        code = worker.wait_stopped(timeout=60)
+    finally:
+        stack.stop()
+    log = worker.log()
+    assert code == EXIT_QUEUE_TYPE, log[-3000:]
+    stops = [line for line in log.splitlines() if "worker stopped:" in line]
+    assert len(stops) == 1, log[-3000:]
+    for needle in ("'default'", "classic queue", "BROKER_QUEUE_TYPE=quorum", "conveyor queues migrate"):
+        assert needle in stops[0]
+    assert "Consumer encountered" not in log, "no consumer started, failed and restarted"
+
+    settings = Settings(broker_url=url, broker_queue_type="quorum")
+    ready = health.check_broker(settings, list(QUEUES))
+    assert not ready.ok
+    assert ready.reason is not None
+    assert "conveyor queues migrate" in ready.reason
+    assert health.check_broker(Settings(broker_url=url, broker_queue_type="classic"), list(QUEUES)).ok
+
+    doorbell = Message(
+        queue_name="default", actor_name="app.tasks.example.echo", args=(), kwargs={}, options={}
+    )
+    publisher = ConfirmingPublisher(url, queue_type="quorum")
+    try:
+        with pytest.raises(PublishFailed, match="conveyor queues migrate"):
+            publisher.publish([(doorbell, 0)])
+    finally:
+        publisher.close()
+
+
+def test_migrate_turns_classic_queues_into_quorum_and_a_quorum_worker_runs_every_job_once(
+    vhost: str, clean_ledger: Infra, tmp_path: Path
+) -> None:
+    url = url_of(vhost)
+    ledger = Ledger(clean_ledger.libpq_url)
+    dead = seed.insert_job(clean_ledger, state="dead", published=False, errors=["boom"])
+    ids = [
+        str(seed.insert_job(clean_ledger, state="queued", published=False, payload={"message": f"m{n}"}))
+        for n in range(JOBS)
+    ]
+    stack = Stack(workdir=tmp_path, env={**os.environ, "BROKER_URL": url})
+    consumer: pika.BlockingConnection | None = None
+    try:
+        classic = stack.start_relay("relay-classic")
+        ledger.wait_until(
+            lambda: rabbitmq.depths(url, ["default", "default.XQ"]) == {"default": JOBS, "default.XQ": 1},
+            30,
+            "the jobs and the dead copy published to classic queues",
+        )
+        classic.stop()
+        stack.start_relay("relay-quorum", env=QUORUM)
+
+        consumer = pika.BlockingConnection(pika.URLParameters(url))
+        channel = consumer.channel()
+        channel.basic_qos(prefetch_count=1)
+        channel.basic_consume("default", lambda *_: None)
+        refused = migrate(url)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "default (1)" in refused.stderr
+        assert "--force" in refused.stderr
+        consumer.close()
+        consumer = None
+
+        dry = migrate(url, "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert "would re-make" in dry.stdout
+        assert f"default: {JOBS} job(s) and 1 dead-letter copy(ies) would be published again" in dry.stdout
+        assert set(queue_types(vhost).values()) == {"classic"}, "a dry run changes nothing"
+
+        done = migrate(url)
+        assert done.returncode == 0, done.stderr
+        assert f"default: {JOBS} job(s) and 1 dead-letter copy(ies) marked to publish again" in done.stdout
+        assert "done: 9 queue(s) declared as quorum" in done.stdout
+        entry = ledger.query(
+            "SELECT count, detail FROM audit_log WHERE action = 'queue.migrate' AND target = 'default'"
+        )
+        assert [(row["count"], row["detail"]["dead_copies"], row["detail"]["messages"]) for row in entry] == [
+            (JOBS, 1, JOBS + 1)
+        ]
+        types = queue_types(vhost)
+        assert {f"{q}{s}" for q in QUEUES for s in ("", ".DQ", ".XQ")} == set(types)
+        assert set(types.values()) == {"quorum"}, types
+
+        worker = stack.start_worker(threads=4, env=QUORUM)
+        jobs = ledger.wait_terminal(ids, timeout=60)
+        assert {job["state"] for job in jobs.values()} == {"succeeded"}, "none lost"
+        assert {job["attempts"] for job in jobs.values()} == {1}
+        runs = ledger.query(
+            "SELECT count(*) AS n FROM job_attempts WHERE job_id::text = ANY(%(ids)s)", {"ids": ids}
+        )
+        assert runs[0]["n"] == JOBS, "none run twice"
+        copies = [rabbitmq.run_of(body) for body in peek_queue(url, "default.XQ")]
+        assert copies == [(str(dead), 1)], "the dead job's copy is in the new dead-letter queue"
+        assert worker.alive(), worker.log()[-3000:]
+        assert migrate(url).stdout.strip().endswith("nothing to do: every queue is quorum")
+    finally:
+        if consumer is not None:
+            consumer.close()
+        stack.stop()
