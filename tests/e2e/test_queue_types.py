@@ -24,13 +24,14 @@ from app.settings import Settings
 from app.transport import rabbitmq
 from app.transport.confirms import ConfirmingPublisher
 from tests.support import seed
-from tests.support.faults import Ledger, peek_queue
+from tests.support.faults import Ledger, job_message, peek_queue
 from tests.support.infra import Infra, rabbitmqctl
 from tests.support.stack import CONVEYOR, Stack
 
 QUEUES = ("default", "email", "exports")
 QUORUM = {"BROKER_QUEUE_TYPE": "quorum"}
 JOBS = 40
+ECHO = "app.tasks.example.echo"
 
 
 @pytest.fixture
@@ -67,6 +68,23 @@ def migrate(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [CONVEYOR, "queues", "migrate", *args], env=env, capture_output=True, text=True, timeout=60
     )
+
+
+def ring(url: str, ids: list[str], dead: str) -> None:
+    """Publish each job's doorbell to `default` and the dead job's copy to `default.XQ`."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        persistent = pika.BasicProperties(delivery_mode=2)
+        for job_id in ids:
+            body = job_message(job_id, ECHO, {"message": "m"})
+            channel.basic_publish("", "default", body, properties=persistent, mandatory=True)
+        channel.basic_publish(
+            "", "default.XQ", job_message(dead, ECHO, {}), properties=persistent, mandatory=True
+        )
+    finally:
+        connection.close()
 
 
 def test_a_worker_on_queues_of_the_other_type_stops_once_saying_how_to_migrate(
@@ -111,22 +129,17 @@ def test_migrate_turns_classic_queues_into_quorum_and_a_quorum_worker_runs_every
 ) -> None:
     url = url_of(vhost)
     ledger = Ledger(clean_ledger.libpq_url)
-    dead = seed.insert_job(clean_ledger, state="dead", published=False, errors=["boom"])
+    rabbitmq.ensure_queues(url, QUEUES, "classic")
+    dead = str(seed.insert_job(clean_ledger, state="dead", errors=["boom"]))
     ids = [
-        str(seed.insert_job(clean_ledger, state="queued", published=False, payload={"message": f"m{n}"}))
-        for n in range(JOBS)
+        str(seed.insert_job(clean_ledger, state="queued", payload={"message": f"m{n}"})) for n in range(JOBS)
     ]
+    ring(url, ids, dead)  # what a classic relay published for them
+    assert rabbitmq.depths(url, ["default", "default.XQ"]) == {"default": JOBS, "default.XQ": 1}
     stack = Stack(workdir=tmp_path, env={**os.environ, "BROKER_URL": url})
     consumer: pika.BlockingConnection | None = None
     try:
-        classic = stack.start_relay("relay-classic")
-        ledger.wait_until(
-            lambda: rabbitmq.depths(url, ["default", "default.XQ"]) == {"default": JOBS, "default.XQ": 1},
-            30,
-            "the jobs and the dead copy published to classic queues",
-        )
-        classic.stop()
-        stack.start_relay("relay-quorum", env=QUORUM)
+        stack.start_relay(env=QUORUM)
 
         consumer = pika.BlockingConnection(pika.URLParameters(url))
         channel = consumer.channel()
