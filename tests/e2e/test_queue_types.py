@@ -24,7 +24,7 @@ from app.settings import Settings
 from app.transport import rabbitmq
 from app.transport.confirms import ConfirmingPublisher
 from tests.support import seed
-from tests.support.faults import Ledger, job_message, peek_queue
+from tests.support.faults import Ledger, job_message, peek_queue, wait_for_log
 from tests.support.infra import Infra, rabbitmqctl
 from tests.support.stack import CONVEYOR, Stack
 
@@ -139,7 +139,12 @@ def test_migrate_turns_classic_queues_into_quorum_and_a_quorum_worker_runs_every
     stack = Stack(workdir=tmp_path, env={**os.environ, "BROKER_URL": url})
     consumer: pika.BlockingConnection | None = None
     try:
-        stack.start_relay(env=QUORUM)
+        relay = stack.start_relay(env=QUORUM)
+        late = str(seed.insert_job(clean_ledger, state="queued", published=False))
+        wait_for_log(relay, "conveyor queues migrate", 30)  # it cannot publish `late`, and says why
+        said = [line for line in relay.log().splitlines() if "conveyor queues migrate" in line]
+        assert len(said) == 1, said
+        assert "queue 'default' is a classic queue" in said[0]
 
         consumer = pika.BlockingConnection(pika.URLParameters(url))
         channel = consumer.channel()
@@ -173,13 +178,14 @@ def test_migrate_turns_classic_queues_into_quorum_and_a_quorum_worker_runs_every
         assert set(types.values()) == {"quorum"}, types
 
         worker = stack.start_worker(threads=4, env=QUORUM)
+        ids.append(late)
         jobs = ledger.wait_terminal(ids, timeout=60)
         assert {job["state"] for job in jobs.values()} == {"succeeded"}, "none lost"
         assert {job["attempts"] for job in jobs.values()} == {1}
         runs = ledger.query(
             "SELECT count(*) AS n FROM job_attempts WHERE job_id::text = ANY(%(ids)s)", {"ids": ids}
         )
-        assert runs[0]["n"] == JOBS, "none run twice"
+        assert runs[0]["n"] == JOBS + 1, "none run twice"
         copies = [rabbitmq.run_of(body) for body in peek_queue(url, "default.XQ")]
         assert copies == [(str(dead), 1)], "the dead job's copy is in the new dead-letter queue"
         assert worker.alive(), worker.log()[-3000:]
