@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -93,18 +94,27 @@ def test_a_worker_on_queues_of_the_other_type_stops_once_saying_how_to_migrate(
     url = url_of(vhost)
     rabbitmq.ensure_queues(url, QUEUES, "classic")
     stack = Stack(workdir=tmp_path, env={**os.environ, "BROKER_URL": url, **QUORUM})
-    worker = stack.start_worker(threads=1)
     try:
-        code = worker.wait_stopped(timeout=60)
+        # `conveyor worker` checks before it starts its processes; `dramatiq app.worker`, in each.
+        workers = [
+            stack.start_worker(processes=2, threads=1),
+            stack._process(
+                "dramatiq",
+                ["app.worker", "--processes", "1", "--threads", "1", "--skip-logging"],
+                command=[sys.executable, "-m", "dramatiq"],
+            ),
+        ]
+        codes = [worker.wait_stopped(timeout=60) for worker in workers]
     finally:
         stack.stop()
-    log = worker.log()
-    assert code == EXIT_QUEUE_TYPE, log[-3000:]
-    stops = [line for line in log.splitlines() if "worker stopped:" in line]
-    assert len(stops) == 1, log[-3000:]
-    for needle in ("'default'", "classic queue", "BROKER_QUEUE_TYPE=quorum", "conveyor queues migrate"):
-        assert needle in stops[0]
-    assert "Consumer encountered" not in log, "no consumer started, failed and restarted"
+    for worker, code in zip(workers, codes, strict=True):
+        log = worker.log()
+        assert code == EXIT_QUEUE_TYPE, log[-3000:]
+        stops = [line for line in log.splitlines() if "worker stopped:" in line]
+        assert len(stops) == 1, log[-3000:]
+        for needle in ("'default'", "classic queue", "BROKER_QUEUE_TYPE=quorum", "conveyor queues migrate"):
+            assert needle in stops[0]
+        assert "Consumer encountered" not in log, "no consumer started, failed and restarted"
 
     settings = Settings(broker_url=url, broker_queue_type="quorum")
     ready = health.check_broker(settings, list(QUEUES))

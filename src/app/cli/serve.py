@@ -69,7 +69,25 @@ def worker(
     ]
     if queues:
         argv += ["--queues", *queues]
+    _check_queue_types(settings, queues)
     sys.exit(dramatiq_main(make_argument_parser().parse_args(argv)))  # type: ignore[no-untyped-call]
+
+
+def _check_queue_types(settings: Settings, queues: list[str] | None) -> None:
+    """Stop before any worker process starts when a queue has the other type than
+    BROKER_QUEUE_TYPE's: one error, exit code 78 (each process checks too, for `dramatiq`)."""
+    from app import transport
+
+    if transport.kind(settings.broker_url) != "rabbitmq":
+        return
+    from app.cli._common import task_queues
+    from app.execution.queue_types import find_mismatch, stop
+    from app.logs import configure_logging
+
+    mismatch = find_mismatch(settings.broker_url, settings.broker_queue_type, queues or task_queues())
+    if mismatch is not None:
+        configure_logging()
+        stop(mismatch)
 
 
 def relay() -> None:

@@ -6,18 +6,24 @@ every queue the worker will consume (and its .DQ and .XQ); on a mismatch it logs
 naming the queues, the type they have, the setting and the command that migrates them, and
 the worker process exits with EXIT_QUEUE_TYPE, which `dramatiq` (and `conveyor worker`) exits
 with too, so a process manager sees a configuration error rather than a crash to restart.
-A broker that cannot be reached is left to the consumers, which wait for it as always.
+`conveyor worker` checks once before it starts the worker processes, so the error is logged
+once whatever their number. A broker that cannot be reached is left to the consumers, which
+wait for it as always.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NoReturn
 
 import pika.exceptions
 from dramatiq.broker import Broker
 from dramatiq.middleware import Middleware
 from dramatiq.worker import Worker
 
+from app import transport
+from app.errors import QueueTypeMismatch
 from app.logs import get_logger
-from app.transport import rabbitmq
 
 log = get_logger("conveyor.worker")
 
@@ -34,13 +40,23 @@ class QueueTypeCheck(Middleware):
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         queues = worker.consumer_whitelist or broker.get_declared_queues()
-        try:
-            mismatch = rabbitmq.type_mismatch(self.broker_url, queues, self.queue_type)
-        except (pika.exceptions.AMQPError, OSError) as error:
-            log.debug("queue types not checked: the broker did not answer", error=repr(error))
-            return
+        mismatch = find_mismatch(self.broker_url, self.queue_type, queues)
         if mismatch is not None:
-            log.critical(f"worker stopped: {mismatch}", queue=mismatch.queue, exit_code=EXIT_QUEUE_TYPE)
-            # SystemExit passes Dramatiq's hook runner (which logs and goes on after an
-            # Exception) and ends the worker process with this code.
-            raise SystemExit(EXIT_QUEUE_TYPE)
+            stop(mismatch)
+
+
+def find_mismatch(broker_url: str, queue_type: str, queues: Iterable[str]) -> QueueTypeMismatch | None:
+    """The queues (of `queues`, with their .DQ and .XQ) of the other type, as one error; None when
+    there are none, or when the broker cannot be reached (the consumers wait for it)."""
+    try:
+        return transport.type_mismatch(broker_url, queues, queue_type)
+    except (pika.exceptions.AMQPError, OSError) as error:
+        log.debug("queue types not checked: the broker did not answer", error=repr(error))
+        return None
+
+
+def stop(mismatch: QueueTypeMismatch) -> NoReturn:
+    """One critical line, then exit with EXIT_QUEUE_TYPE. SystemExit passes Dramatiq's hook
+    runner (which logs an Exception and goes on) and ends the worker process with this code."""
+    log.critical(f"worker stopped: {mismatch}", queue=mismatch.queue, exit_code=EXIT_QUEUE_TYPE)
+    raise SystemExit(EXIT_QUEUE_TYPE)
