@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NoReturn
 
-import pika.exceptions
 from dramatiq.broker import Broker
 from dramatiq.middleware import Middleware
 from dramatiq.worker import Worker
@@ -47,11 +46,12 @@ class QueueTypeCheck(Middleware):
 
 def find_mismatch(broker_url: str, queue_type: str, queues: Iterable[str]) -> QueueTypeMismatch | None:
     """The queues (of `queues`, with their .DQ and .XQ) of the other type, as one error; None when
-    there are none, or when the broker cannot be reached (the consumers wait for it)."""
+    there are none, or when the broker cannot be reached (the consumers wait for it) or refuses
+    the check for another reason (the consumers meet it as they did before the check)."""
     try:
         return transport.type_mismatch(broker_url, queues, queue_type)
-    except (pika.exceptions.AMQPError, OSError) as error:
-        log.debug("queue types not checked: the broker did not answer", error=repr(error))
+    except Exception as error:  # unreachable, or refused for another reason: as before the check
+        log.debug("queue types not checked", error=repr(error))
         return None
 
 
