@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -87,15 +89,36 @@ class PublishFailed(ConveyorError):
 class QueueTypeMismatch(ConveyorError):
     """Raised when RabbitMQ refuses to declare a queue because it exists with another type."""
 
-    def __init__(self, queue: str, wanted: str, reply: str) -> None:
-        super().__init__(
-            f"RabbitMQ refused to declare queue {queue!r} as {wanted} (BROKER_QUEUE_TYPE={wanted}): "
-            f"it exists with other arguments ({reply}). A queue's type cannot change in place: "
-            f"point BROKER_URL at a new vhost (rabbitmqctl add_vhost …), let every process use it, "
-            f"and drain or delete the old one; or set BROKER_QUEUE_TYPE back to what the queue is."
-        )
+    def __init__(
+        self, queue: str, wanted: str, reply: str, has: str | None = None, others: Sequence[str] = ()
+    ) -> None:
         self.queue = queue
         self.wanted = wanted
+        self.reply = reply
+        self.has = has or type_in_reply(reply, wanted)
+        self.others = list(others)
+        named = ", ".join(repr(name) for name in [queue, *self.others])
+        what = (
+            f"queues {named} are {self.has} queues" if self.others else f"queue {named} is a {self.has} queue"
+        )
+        super().__init__(
+            f"{what}, but BROKER_QUEUE_TYPE={wanted} asks for "
+            f"{wanted} queues: RabbitMQ refused to declare it ({reply}). A queue's type cannot change "
+            f"in place: stop the workers and run `conveyor queues migrate` with "
+            f"BROKER_QUEUE_TYPE={wanted} (it declares the queues again as {wanted}; the ledger "
+            f"publishes their jobs again), or point BROKER_URL at a new vhost "
+            f"(rabbitmqctl add_vhost …), or set BROKER_QUEUE_TYPE back to {self.has}."
+        )
+
+
+def type_in_reply(reply: str, wanted: str) -> str:
+    """The type a queue has, from RabbitMQ's refusal to declare it as `wanted`: the value its
+    `x-queue-type` holds when the refusal names it, else the other of classic and quorum (a
+    classic queue carries `x-max-priority`, which quorum queues refuse)."""
+    found = re.search(r"'x-queue-type'.*current is the value '([^']+)'", reply)
+    if found:
+        return found.group(1)
+    return "quorum" if wanted == "classic" else "classic"
 
 
 class UnstorableInput(ConveyorError):

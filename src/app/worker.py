@@ -25,6 +25,7 @@ from app.execution.actors import bind
 from app.execution.consumer import ClaimingBroker
 from app.execution.exporter import WorkerExporter
 from app.execution.middleware import LedgerMiddleware
+from app.execution.queue_types import QueueTypeCheck
 from app.jobs.registry import MAX_PRIORITY, all_tasks
 from app.logs import configure_logging
 from app.settings import get_settings
@@ -51,6 +52,7 @@ def build_broker(url: str) -> Broker:
         return RedisDoorbellBroker(
             url=url, middleware=middleware, claims=ledger, hold_seconds=settings.worker_hold_seconds
         )
+    middleware.insert(0, QueueTypeCheck(url, settings.broker_queue_type))
     return ClaimingBroker(
         url=url,
         middleware=middleware,

@@ -58,6 +58,30 @@ def test_a_type_mismatch_names_the_queue_the_setting_and_the_way_out() -> None:
     assert "'email'" in message
     assert "BROKER_QUEUE_TYPE=quorum" in message
     assert "new vhost" in message
+    assert "conveyor queues migrate" in message
+
+
+# What RabbitMQ 3.10 answers when a queue is declared over one of the other type.
+OVER_CLASSIC = (
+    "PRECONDITION_FAILED - inequivalent arg 'x-max-priority' for queue 'default' in vhost 'v': "
+    "received none but current is the value '9' of type 'signedint'"
+)
+OVER_QUORUM = (
+    "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost 'v': "
+    "received none but current is the value 'quorum' of type 'longstr'"
+)
+OVER_STREAM = OVER_QUORUM.replace("'quorum'", "'stream'")
+
+
+def test_a_type_mismatch_says_the_type_the_queue_has_from_the_brokers_refusal() -> None:
+    assert QueueTypeMismatch("default", "quorum", OVER_CLASSIC).has == "classic"
+    assert QueueTypeMismatch("q", "classic", OVER_QUORUM).has == "quorum"
+    assert QueueTypeMismatch("q", "classic", OVER_STREAM).has == "stream"
+    one = str(QueueTypeMismatch("default", "quorum", OVER_CLASSIC))
+    assert one.startswith("queue 'default' is a classic queue, but BROKER_QUEUE_TYPE=quorum")
+    assert "set BROKER_QUEUE_TYPE back to classic" in one
+    many = str(QueueTypeMismatch("default", "quorum", OVER_CLASSIC, others=["default.XQ", "email"]))
+    assert many.startswith("queues 'default', 'default.XQ', 'email' are classic queues")
 
 
 def test_production_refuses_a_development_password_on_any_node_of_the_list() -> None:

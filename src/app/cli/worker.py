@@ -49,7 +49,26 @@ def start(processes: int | None, threads: int | None, queues: list[str] | None) 
     ]
     if queues:
         args += ["--queues", *queues]
+    _check_queue_types(settings.broker_url, settings.broker_queue_type, queues)
     # Dramatiq's main process forks the worker processes and the exporter from itself: it
     # becomes `python -m dramatiq` (the same pid, so signals and supervisors see no change)
     # and holds nothing of what this process imported to read the settings.
     os.execv(sys.executable, [sys.executable, "-m", "dramatiq", *args])
+
+
+def _check_queue_types(broker_url: str, queue_type: str, queues: list[str] | None) -> None:
+    """Stop before any worker process starts when a queue has the other type than
+    BROKER_QUEUE_TYPE's: one error, exit code 78, whatever the number of processes (each checks
+    too, for `dramatiq app.worker`; one process alone checks as it boots)."""
+    from app import transport
+
+    if transport.kind(broker_url) != "rabbitmq":
+        return
+    from app.cli._common import task_queues
+    from app.execution.queue_types import find_mismatch, stop
+    from app.logs import configure_logging
+
+    mismatch = find_mismatch(broker_url, queue_type, queues or task_queues())
+    if mismatch is not None:
+        configure_logging()
+        stop(mismatch)

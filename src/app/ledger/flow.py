@@ -1,4 +1,5 @@
-"""Flow control in the ledger: limited claims, jobs held back, the relay's take per key, paused queues.
+"""Flow control in the ledger: limited claims, jobs held back, the relay's take per key, paused queues,
+and what a queue re-made with another type lost (published again).
 
 A task's limits are copied onto each of its jobs when the job is made (`Flow`), so the claim
 and the relay read columns, never the payload. See docs/flow.md for how the pieces fit.
@@ -76,3 +77,19 @@ def pause_queue_sync(conn: SyncConnection, queue: str) -> None:
 
 def resume_queue_sync(conn: SyncConnection, queue: str) -> None:
     run(conn, queries.RESUME_QUEUE, {"queue": queue})
+
+
+async def republish_queue(
+    conn: AsyncConnection, queue: str, *, jobs: bool, dead: bool, dead_ttl_seconds: float, apply: bool = True
+) -> tuple[int, int]:
+    """Publish again what a re-made queue lost (see `republish_queue` in queries.sql): its
+    published, unclaimed jobs (`jobs`) and its dead jobs' copies (`dead`); the relay is woken at
+    commit. How many of each; with `apply` False, how many it would be, changing nothing."""
+    params = {"queue": queue, "jobs": jobs, "dead": dead, "dead_ttl": dead_ttl_seconds}
+    if not apply:
+        row = (await run_async(conn, queries.COUNT_REPUBLISHABLE, params)).rows[0]
+        return int(row[0]), int(row[1])
+    marked = (await run_async(conn, queries.REPUBLISH_QUEUE, params)).rows
+    await run_async(conn, queries.NOTIFY_RELAY)
+    dead_copies = sum(1 for (is_dead,) in marked if is_dead)
+    return len(marked) - dead_copies, dead_copies

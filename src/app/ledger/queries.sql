@@ -603,6 +603,24 @@ WHERE published_at < %(cutoff)s
   AND (state IN ('queued', 'retrying')
        OR (state = 'dead' AND finished_at > %(cutoff)s - make_interval(secs => %(dead_ttl)s)))
 
+-- name: republish_queue
+-- A queue deleted to be declared again with another type (`conveyor queues migrate`) took its
+-- messages along: publish again every job of it that was published and not yet claimed (when
+-- `jobs`), and the dead-letter copy of every dead job of it still within the copies' TTL (when
+-- `dead`). No state changes: no job_event. The caller wakes the relay (notify_relay).
+UPDATE jobs SET published_at = NULL
+WHERE queue = %(queue)s AND published_at IS NOT NULL
+  AND ((%(jobs)s AND state IN ('queued', 'retrying'))
+       OR (%(dead)s AND state = 'dead' AND finished_at > now() - make_interval(secs => %(dead_ttl)s)))
+RETURNING state = 'dead' AS dead
+
+-- name: count_republishable
+-- What republish_queue would publish again, as (jobs, dead-letter copies).
+SELECT count(*) FILTER (WHERE state <> 'dead'), count(*) FILTER (WHERE state = 'dead') FROM jobs
+WHERE queue = %(queue)s AND published_at IS NOT NULL
+  AND ((%(jobs)s AND state IN ('queued', 'retrying'))
+       OR (%(dead)s AND state = 'dead' AND finished_at > now() - make_interval(secs => %(dead_ttl)s)))
+
 -- name: cancel
 -- queued|retrying|waiting → cancelled: a job that has not started never will. A job with limits
 -- whose message was out held a slot of its key (or a place in its rate's allowance): the relay

@@ -59,6 +59,7 @@ class Action(StrEnum):
     SCHEDULE_RESUME = "schedule.resume"
     QUEUE_PAUSE = "queue.pause"
     QUEUE_RESUME = "queue.resume"
+    QUEUE_MIGRATE = "queue.migrate"
     WEBHOOK_CREATE = "webhook.create"
     WEBHOOK_DELETE = "webhook.delete"
     WEBHOOK_REPLAY = "webhook.replay"

@@ -21,6 +21,7 @@ from dramatiq.common import xq_name
 from sqlalchemy import Engine, create_engine, text
 
 from app import transport
+from app.errors import QueueTypeMismatch
 from app.ledger.urls import connect_options
 from app.logs import first_line
 from app.operate.stats import LIVE, live_params, liveness_window_seconds
@@ -34,6 +35,8 @@ DB_STATEMENT_TIMEOUT_MS = 2000
 # Probes arrive every few seconds from each orchestrator and scraper; one AMQP connection
 # per this many seconds serves them all.
 BROKER_CACHE_SECONDS = 1.5
+# A queue's type changes only when an operator migrates it: looked at less often than depths.
+TYPES_CACHE_SECONDS = 10.0
 
 
 @dataclass
@@ -182,6 +185,15 @@ def queue_probe(broker_url: str, queues: Sequence[str]) -> Probe[dict[str, int |
     )
 
 
+def type_probe(settings: Settings, queues: Sequence[str]) -> Probe[QueueTypeMismatch | None]:
+    """The cached answer to whether a queue has another type than BROKER_QUEUE_TYPE's (a worker
+    refuses to start on one, the relay cannot publish to it)."""
+    url, kind, names = settings.broker_url, settings.broker_queue_type, tuple(sorted(set(queues)))
+    return shared_probe(
+        ("types", url, kind, names), lambda: transport.type_mismatch(url, names, kind), TYPES_CACHE_SECONDS
+    )
+
+
 def check_broker(
     settings: Settings | None = None,
     queues: Sequence[str] | None = None,
@@ -203,6 +215,14 @@ def check_broker(
     found = {queue: depths[queue] for queue in main if depths.get(queue) is not None}
     if missing:
         return Check(False, f"queues not declared yet: {', '.join(missing)}", {"queues": found})
+    try:
+        mismatch = type_probe(settings, main).get(timeout)
+    except TimeoutError:
+        return Check(False, f"broker did not answer within {timeout:g}s")
+    except Exception as error:
+        return Check(False, f"broker unreachable: {first_line(error) or type(error).__name__}")
+    if mismatch is not None:
+        return Check(False, str(mismatch), {"queues": found})
     return Check(True, details={"broker": transport.kind(settings.broker_url), "queues": found})
 
 

@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 
 from dramatiq import Message
 
+from app.errors import QueueTypeMismatch
 from app.transport import rabbitmq
 from app.transport.rabbitmq import PROBE_TIMEOUT_SECONDS, Progress
 
@@ -30,6 +31,7 @@ __all__ = [
     "publisher",
     "purge_dead",
     "remove_dead_copies",
+    "type_mismatch",
 ]
 
 
@@ -88,6 +90,17 @@ def depths(broker_url: str, names: Sequence[str]) -> dict[str, int | None]:
 
         return redis.depths(broker_url, names)
     return rabbitmq.depths(broker_url, names)
+
+
+def type_mismatch(
+    broker_url: str, queues: Iterable[str], queue_type: str | None = None
+) -> QueueTypeMismatch | None:
+    """One error naming every queue (of `queues` and their .DQ and .XQ) RabbitMQ holds with
+    another type than `queue_type` (BROKER_QUEUE_TYPE's); None when there is none (always, on
+    Redis). Raises when the broker cannot be reached."""
+    if kind(broker_url) != "rabbitmq":
+        return None
+    return rabbitmq.type_mismatch(broker_url, queues, queue_type)
 
 
 def purge_dead(broker_url: str, queues: Iterable[str]) -> dict[str, int]:

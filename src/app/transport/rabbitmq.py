@@ -10,13 +10,16 @@ made over `resolvable(nodes)`.
 `BROKER_QUEUE_TYPE` decides the type of every queue: `classic` queues carry `x-max-priority`,
 `quorum` queues (replicated over the cluster) carry `x-queue-type: quorum` and no priority,
 which they refuse. The worker (through its Dramatiq broker) and the relay declare with the
-same arguments, from `queue_arguments` and `dead_letter_arguments`.
+same arguments, from `queue_arguments` and `dead_letter_arguments`. A queue that exists with
+another type is refused (QueueTypeMismatch); `inspect` finds such queues without creating any,
+and `redeclare` deletes one and declares it with the wanted type (`conveyor queues migrate`).
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -135,6 +138,92 @@ def ensure_queues(broker_url: str, queues: Iterable[str], kind: str | None = Non
     try:
         for queue in sorted(set(queues)):
             declare(connection.channel(), queue, kind)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def family(queue: str, kind: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """`<queue>`, `<queue>.DQ` and `<queue>.XQ`, each with the arguments BROKER_QUEUE_TYPE gives it."""
+    return [
+        (queue, queue_arguments(queue, kind)),
+        (dq_name(queue), queue_arguments(queue, kind)),
+        (xq_name(queue), dead_letter_arguments(kind)),
+    ]
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """One queue of the broker as `BROKER_QUEUE_TYPE` sees it: absent, of the wanted type, or of
+    another (`mismatch`), with its messages and consumers."""
+
+    queue: str  # the queue it belongs to (`default` for `default.XQ`)
+    name: str
+    exists: bool
+    messages: int = 0
+    consumers: int = 0
+    mismatch: QueueTypeMismatch | None = None
+
+    def has(self, wanted: str) -> str | None:
+        """The queue's type (None when it is absent)."""
+        if not self.exists:
+            return None
+        return self.mismatch.has if self.mismatch else wanted
+
+
+def inspect(broker_url: str, queues: Iterable[str], kind: str | None = None) -> list[QueueState]:
+    """Each queue's family (see `family`) as it is: a passive declare says whether it exists and
+    what it holds, then a declare with the wanted arguments, which creates nothing over a queue
+    that exists, says whether its type is the wanted one. Raises when no node can be reached."""
+    states: list[QueueState] = []
+    connection = connect(broker_url)
+    try:
+        channel = connection.channel()
+        for queue in sorted(set(queues)):
+            for name, arguments in family(queue, kind):
+                try:
+                    found = channel.queue_declare(name, passive=True).method
+                except pika.exceptions.ChannelClosedByBroker:  # 404: it was never declared
+                    states.append(QueueState(queue, name, exists=False))
+                    channel = connection.channel()
+                    continue
+                mismatch = None
+                try:
+                    declare_one(channel, name, arguments)
+                except QueueTypeMismatch as error:
+                    mismatch = error
+                    channel = connection.channel()
+                states.append(
+                    QueueState(queue, name, True, found.message_count, found.consumer_count, mismatch)
+                )
+    finally:
+        if connection.is_open:
+            connection.close()
+    return states
+
+
+def type_mismatch(
+    broker_url: str, queues: Iterable[str], kind: str | None = None
+) -> QueueTypeMismatch | None:
+    """One error naming every queue whose type is not BROKER_QUEUE_TYPE's; None when none is."""
+    refused = [state.mismatch for state in inspect(broker_url, queues, kind) if state.mismatch]
+    if not refused:
+        return None
+    first = refused[0]
+    return QueueTypeMismatch(
+        first.queue, first.wanted, first.reply, first.has, [m.queue for m in refused[1:]]
+    )
+
+
+def redeclare(broker_url: str, name: str, arguments: dict[str, Any], *, delete: bool = True) -> int:
+    """Delete a queue (unless not `delete`) and declare it again with `arguments` (a type it did
+    not have); how many messages went with it."""
+    connection = connect(broker_url)
+    try:
+        channel = connection.channel()
+        dropped = int(channel.queue_delete(name).method.message_count) if delete else 0
+        declare_one(channel, name, arguments)
+        return dropped
     finally:
         if connection.is_open:
             connection.close()
