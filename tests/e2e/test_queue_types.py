@@ -95,9 +95,11 @@ def test_a_worker_on_queues_of_the_other_type_stops_once_saying_how_to_migrate(
     rabbitmq.ensure_queues(url, QUEUES, "classic")
     stack = Stack(workdir=tmp_path, env={**os.environ, "BROKER_URL": url, **QUORUM})
     try:
-        # `conveyor worker` checks before it starts its processes; `dramatiq app.worker`, in each.
+        # `conveyor worker` checks before it starts its processes; `dramatiq app.worker`, in each;
+        # `conveyor worker` of one process (which runs its jobs itself), as it boots.
         workers = [
             stack.start_worker(processes=2, threads=1),
+            stack.start_worker("alone", processes=1, threads=1),
             stack._process(
                 "dramatiq",
                 ["app.worker", "--processes", "1", "--threads", "1", "--skip-logging"],
