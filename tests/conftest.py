@@ -7,6 +7,7 @@ skip when a service is down, in CI (CI=true) they fail.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -155,12 +156,21 @@ def _reset(infra: services.Infra) -> None:
 
     from tests.support.faults import purge_queues
 
-    with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
-        conn.execute(
-            "TRUNCATE jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters, schedules,"
-            " dashboard_sessions, paused_queues, flow_rate_windows, job_events,"
-            " webhooks, webhook_deliveries, workflows CASCADE"
-        )
+    # A process of the test before may still be reading (a relay or worker on its way out): its
+    # locks and the TRUNCATE's can meet in a circle, which PostgreSQL breaks by failing one.
+    for attempt in range(5):
+        try:
+            with psycopg.connect(infra.libpq_url, autocommit=True) as conn:
+                conn.execute(
+                    "TRUNCATE jobs, job_attempts, workers, relays, job_artifacts, stale_dead_letters,"
+                    " schedules, dashboard_sessions, paused_queues, flow_rate_windows, job_events,"
+                    " webhooks, webhook_deliveries, workflows CASCADE"
+                )
+            break
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
     purge_queues(infra.broker_url)
 
 

@@ -22,6 +22,11 @@ class TcpProxy:
         self.port = 0
         self.connections_made = 0
         self._listener: socket.socket | None = None
+        # While cut, a socket bound to the port and not listening holds it: connections are
+        # refused, and the port can be neither taken by another process nor picked as the
+        # source port of a connection to it (on loopback that connects to itself and reads back
+        # what it sent, which a client may take for answers).
+        self._reserved: socket.socket | None = None
         self._pairs: set[tuple[socket.socket, socket.socket]] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -35,6 +40,9 @@ class TcpProxy:
     def close(self) -> None:
         self._closed.set()
         self.cut()
+        reserved, self._reserved = self._reserved, None
+        if reserved is not None:
+            reserved.close()
 
     def __enter__(self) -> TcpProxy:
         return self.start()
@@ -57,6 +65,8 @@ class TcpProxy:
             pairs, self._pairs = self._pairs, set()
         if listener is not None:
             _shut(listener)
+            if not self._closed.is_set():
+                self._reserved = _bound(self.port)
         for client, server in pairs:
             _shut(client)
             _shut(server)
@@ -69,6 +79,9 @@ class TcpProxy:
     # -- plumbing -------------------------------------------------------------------------
 
     def _listen(self) -> None:
+        reserved, self._reserved = self._reserved, None
+        if reserved is not None:
+            reserved.close()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -115,6 +128,18 @@ class TcpProxy:
                 self._pairs.discard(pair)
             _shut(source)
             _shut(sink)
+
+
+def _bound(port: int) -> socket.socket | None:
+    """A socket bound to the port, not listening (None if the port could not be held)."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the cut connections' TIME_WAIT
+    try:
+        held.bind(("127.0.0.1", port))
+    except OSError:
+        held.close()
+        return None
+    return held
 
 
 def _shut(sock: socket.socket) -> None:
