@@ -5,6 +5,8 @@ quorum worker runs every job once, and the dead-letter copies are there again.""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -15,12 +17,17 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pika
+import psycopg
 import pytest
 from dramatiq import Message
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from app.errors import PublishFailed
 from app.execution.queue_types import EXIT_QUEUE_TYPE
+from app.ledger.jobs import take_dead_letters, take_publishable
 from app.operate import health
+from app.operate import queue_types as migration
 from app.settings import Settings
 from app.transport import rabbitmq
 from app.transport.confirms import ConfirmingPublisher
@@ -175,8 +182,11 @@ def test_migrate_turns_classic_queues_into_quorum_and_a_quorum_worker_runs_every
 
         done = migrate(url, "--force")
         assert done.returncode == 0, done.stderr
-        assert f"default: {JOBS} job(s) and 1 dead-letter copy(ies) marked to publish again" in done.stdout
-        assert "done: 9 queue(s) declared as quorum" in done.stdout
+        # Exactly what the deleted queues held: not `late`, which the relay (on quorum) cannot
+        # publish before the migration commits, though `default` is quorum again before then.
+        marked = f"default: {JOBS} job(s) and 1 dead-letter copy(ies) marked to publish again"
+        assert marked in done.stdout, done.stdout
+        assert "done: 9 queue(s) declared as quorum" in done.stdout, done.stdout
         entry = ledger.query(
             "SELECT count, detail FROM audit_log WHERE action = 'queue.migrate' AND target = 'default'"
         )
@@ -204,3 +214,45 @@ def test_migrate_turns_classic_queues_into_quorum_and_a_quorum_worker_runs_every
         if consumer is not None and consumer.is_open:
             consumer.close()
         stack.stop()
+    stopped = [json.loads(line) for line in relay.log().splitlines() if '"relay stopped"' in line]
+    assert [line["published"] for line in stopped] == [JOBS + 2], (
+        "each job once more, `late` and the copy once"
+    )
+
+
+def relay_takes(infra: Infra) -> tuple[list[str], list[str]]:
+    """What a relay would publish now: jobs, dead-letter copies (marked published on return)."""
+    with psycopg.connect(infra.libpq_url, autocommit=True) as conn, conn.transaction():
+        jobs = [str(job.id) for job in take_publishable(conn, 100)]
+        return jobs, [str(job.id) for job in take_dead_letters(conn, 100)]
+
+
+def test_migrate_holds_the_jobs_it_marks_so_no_relay_publishes_one_into_a_re_made_queue_first(
+    clean_ledger: Infra,
+) -> None:
+    """A relay on the new type publishes into `default` as soon as it is quorum again, before the
+    migration marks what the old queue held: it must publish none of the jobs the migration
+    marks (nor `late`, still to publish), or they are counted and published twice; a job added
+    meanwhile is the relay's alone."""
+    dead = str(seed.insert_job(clean_ledger, state="dead", errors=["boom"]))
+    ids = [str(seed.insert_job(clean_ledger, state="queued")) for _ in range(3)]
+    late = str(seed.insert_job(clean_ledger, state="queued", published=False))
+    what = migration.Republish("default", jobs=True, dead=True)
+
+    async def migrate_with_a_relay_in_between() -> tuple[tuple[int, int], tuple[list[str], list[str]], str]:
+        engine = create_async_engine(clean_ledger.database_url, poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                held = await migration.hold(conn, what)
+                fresh = str(seed.insert_job(clean_ledger, state="queued", published=False))
+                between = await asyncio.to_thread(relay_takes, clean_ledger)  # the queues re-made
+                return await migration.republish(conn, what, held), between, fresh
+        finally:
+            await engine.dispose()
+
+    counts, between, fresh = asyncio.run(migrate_with_a_relay_in_between())
+    assert between == ([fresh], []), "the relay publishes only the job added meanwhile"
+    assert counts == (len(ids), 1), "the migration marks what the old queues held, and only that"
+    jobs, copies = relay_takes(clean_ledger)
+    assert sorted(jobs) == sorted([*ids, late])
+    assert copies == [dead]

@@ -3,6 +3,7 @@ declare its RabbitMQ queues again with the type BROKER_QUEUE_TYPE asks for."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -113,19 +114,13 @@ def queues_migrate(
         if not dry_run:
             fail(message)
         warn(message)
-    failed: str | None = None
-    dropped: dict[str, int] = {}
-    for step in steps:  # in order: a queue's .DQ and .XQ after it
-        try:
-            dropped[step.state.name] = _migrate_one(settings.broker_url, step, dry_run)
-        except Exception as error:
-            failed = f"{step.state.name}: {first_line(error) or type(error).__name__}"
-            dropped[step.state.name] = step.state.messages  # it may be deleted already
-            break
-    done = [step for step in steps if step.state.name in dropped]
-    republish = queue_types.republishing(done)
-    if republish:  # what was deleted is published again, also when a queue failed
-        _republish(republish, done, dropped, dry_run)
+    if queue_types.republishing(steps):  # a queue to declare or re-make: the ledger has a part
+        republish, counts, failed = with_database(partial(_migrate, settings.broker_url, steps, dry_run))
+        verb = "would be published again" if dry_run else "marked to publish again"
+        for what, (jobs, dead) in zip(republish, counts, strict=True):
+            typer.echo(f"{what.queue}: {jobs} job(s) and {dead} dead-letter copy(ies) {verb} from the ledger")
+    else:
+        failed = _migrate_all(settings.broker_url, steps, dry_run)[1]
     if failed:
         fail(f"stopped at {failed}; run it again once that is solved")
     moved = sum(step.action != "keep" for step in steps)
@@ -159,34 +154,52 @@ def _migrate_one(broker_url: str, step: Step, dry_run: bool) -> int:
     return held
 
 
-def _republish(republish: list[Republish], steps: list[Step], dropped: dict[str, int], dry_run: bool) -> None:
-    """Mark what the queues lost to be published again, each queue's with its audit entry."""
+def _migrate_all(broker_url: str, steps: list[Step], dry_run: bool) -> tuple[dict[str, int], str | None]:
+    """Each step in order (a queue's .DQ and .XQ after it) up to the first that fails: how many
+    messages went with each queue done, and what failed."""
+    from app.logs import first_line
+
+    dropped: dict[str, int] = {}
+    for step in steps:
+        try:
+            dropped[step.state.name] = _migrate_one(broker_url, step, dry_run)
+        except Exception as error:
+            dropped[step.state.name] = step.state.messages  # it may be deleted already
+            return dropped, f"{step.state.name}: {first_line(error) or type(error).__name__}"
+    return dropped, None
+
+
+async def _migrate(
+    broker_url: str, steps: list[Step], dry_run: bool, engine: AsyncEngine
+) -> tuple[list[Republish], list[tuple[int, int]], str | None]:
+    """Re-make the queues, and mark what they lost to be published again (also when a queue
+    failed), each queue's with its audit entry, in one transaction that holds those jobs from
+    before the first delete: no relay publishes one into a re-made queue before it is marked."""
     from app.operate import audit, queue_types
 
-    async def mark(engine: AsyncEngine) -> list[tuple[int, int]]:
-        conn: AsyncConnection
+    conn: AsyncConnection
+    async with engine.begin() as conn:
+        held = {}
+        if not dry_run:
+            for what in queue_types.republishing(steps):
+                held[what.queue] = await queue_types.hold(conn, what)
+        dropped, failed = _migrate_all(broker_url, steps, dry_run)
+        done = [step for step in steps if step.state.name in dropped]
+        republish = queue_types.republishing(done)
         counts = []
-        async with engine.begin() as conn:
-            for what in republish:
-                jobs, dead = await queue_types.republish(conn, what, apply=not dry_run)
-                counts.append((jobs, dead))
-                if dry_run:
-                    continue
-                names = [s.state.name for s in steps if s.state.queue == what.queue and s.action != "keep"]
-                detail = {
-                    "type": steps[0].wanted,
-                    "declared": names,
-                    "messages": sum(dropped[name] for name in names),
-                    "jobs": jobs,
-                    "dead_copies": dead,
-                }
-                action = audit.Action.QUEUE_MIGRATE
-                await audit.record(
-                    conn, audit.cli_actor(), action, target=what.queue, count=jobs, detail=detail
-                )
-        return counts
-
-    counts = with_database(mark)
-    verb = "would be published again" if dry_run else "marked to publish again"
-    for what, (jobs, dead) in zip(republish, counts, strict=True):
-        typer.echo(f"{what.queue}: {jobs} job(s) and {dead} dead-letter copy(ies) {verb} from the ledger")
+        for what in republish:
+            jobs, dead = await queue_types.republish(conn, what, held.get(what.queue, ()), apply=not dry_run)
+            counts.append((jobs, dead))
+            if dry_run:
+                continue
+            names = [s.state.name for s in done if s.state.queue == what.queue and s.action != "keep"]
+            detail = {
+                "type": steps[0].wanted,
+                "declared": names,
+                "messages": sum(dropped[name] for name in names),
+                "jobs": jobs,
+                "dead_copies": dead,
+            }
+            action = audit.Action.QUEUE_MIGRATE
+            await audit.record(conn, audit.cli_actor(), action, target=what.queue, count=jobs, detail=detail)
+    return republish, counts, failed

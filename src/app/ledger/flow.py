@@ -79,17 +79,37 @@ def resume_queue_sync(conn: SyncConnection, queue: str) -> None:
     run(conn, queries.RESUME_QUEUE, {"queue": queue})
 
 
-async def republish_queue(
-    conn: AsyncConnection, queue: str, *, jobs: bool, dead: bool, dead_ttl_seconds: float, apply: bool = True
-) -> tuple[int, int]:
-    """Publish again what a re-made queue lost (see `republish_queue` in queries.sql): its
-    published, unclaimed jobs (`jobs`) and its dead jobs' copies (`dead`); the relay is woken at
-    commit. How many of each; with `apply` False, how many it would be, changing nothing."""
+async def hold_republishable(
+    conn: AsyncConnection, queue: str, *, jobs: bool, dead: bool, dead_ttl_seconds: float
+) -> list[UUID]:
+    """Lock, until the transaction ends, the jobs of `queue` whose messages deleting its queues
+    could take along (see `hold_republishable` in queries.sql): no relay publishes them meanwhile.
+    Their ids, for republish_queue."""
     params = {"queue": queue, "jobs": jobs, "dead": dead, "dead_ttl": dead_ttl_seconds}
+    return [
+        UUID(str(job_id)) for (job_id,) in (await run_async(conn, queries.HOLD_REPUBLISHABLE, params)).rows
+    ]
+
+
+async def republish_queue(
+    conn: AsyncConnection,
+    queue: str,
+    *,
+    jobs: bool,
+    dead: bool,
+    dead_ttl_seconds: float,
+    held: Sequence[UUID] = (),
+    apply: bool = True,
+) -> tuple[int, int]:
+    """Publish again what a re-made queue lost (see `republish_queue` in queries.sql): of the jobs
+    `held` since before the delete (hold_republishable, in this transaction), the published,
+    unclaimed ones (`jobs`) and the dead ones' copies (`dead`); the relay is woken at commit. How
+    many of each; with `apply` False, how many it would be of all the queue's, changing nothing."""
+    params: dict[str, Any] = {"queue": queue, "jobs": jobs, "dead": dead, "dead_ttl": dead_ttl_seconds}
     if not apply:
         row = (await run_async(conn, queries.COUNT_REPUBLISHABLE, params)).rows[0]
         return int(row[0]), int(row[1])
-    marked = (await run_async(conn, queries.REPUBLISH_QUEUE, params)).rows
+    marked = (await run_async(conn, queries.REPUBLISH_QUEUE, {**params, "held": list(held)})).rows
     await run_async(conn, queries.NOTIFY_RELAY)
     dead_copies = sum(1 for (is_dead,) in marked if is_dead)
     return len(marked) - dead_copies, dead_copies

@@ -603,13 +603,26 @@ WHERE published_at < %(cutoff)s
   AND (state IN ('queued', 'retrying')
        OR (state = 'dead' AND finished_at > %(cutoff)s - make_interval(secs => %(dead_ttl)s)))
 
+-- name: hold_republishable
+-- Locks, before `conveyor queues migrate` deletes a queue, every job of it whose message the
+-- delete could take along (queued or retrying; dead within the copies' TTL), published or not:
+-- until the migration commits, no relay takes them (SKIP LOCKED) and publishes one into the new
+-- queue, which republish_queue would then count and publish a second time. Their ids.
+SELECT id FROM jobs
+WHERE queue = %(queue)s
+  AND ((%(jobs)s AND state IN ('queued', 'retrying'))
+       OR (%(dead)s AND state = 'dead' AND finished_at > now() - make_interval(secs => %(dead_ttl)s)))
+ORDER BY id FOR UPDATE
+
 -- name: republish_queue
 -- A queue deleted to be declared again with another type (`conveyor queues migrate`) took its
 -- messages along: publish again every job of it that was published and not yet claimed (when
 -- `jobs`), and the dead-letter copy of every dead job of it still within the copies' TTL (when
--- `dead`). No state changes: no job_event. The caller wakes the relay (notify_relay).
+-- `dead`), of the jobs hold_republishable locked (`held`) before the delete: a job added since
+-- may have gone to the new queue. No state changes: no job_event. The caller wakes the relay
+-- (notify_relay).
 UPDATE jobs SET published_at = NULL
-WHERE queue = %(queue)s AND published_at IS NOT NULL
+WHERE id = ANY(%(held)s::uuid[]) AND queue = %(queue)s AND published_at IS NOT NULL
   AND ((%(jobs)s AND state IN ('queued', 'retrying'))
        OR (%(dead)s AND state = 'dead' AND finished_at > now() - make_interval(secs => %(dead_ttl)s)))
 RETURNING state = 'dead' AS dead

@@ -5,7 +5,10 @@ declared again. What it held goes with it, and that is safe because messages are
 ledger holds every job, and knows which ones were published and not claimed. Once the queues of
 a queue (`<queue>`, `.DQ`, `.XQ`) are declared again, those jobs are marked unpublished and the
 relay, woken at commit, publishes them again at once; the dead jobs' copies in `.XQ` are made
-again the same way, from the ledger's dead jobs still within the copies' TTL. Workers consuming
+again the same way, from the ledger's dead jobs still within the copies' TTL. Those jobs are
+locked from before the first delete to that commit (`hold`): a relay already on the new type
+would otherwise publish one into a re-made queue before the marking, which would count it and
+have it published twice. Workers consuming
 a queue would declare it again with their own setting meanwhile: the migration refuses to start
 while a queue it would re-make has consumers, unless forced.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from uuid import UUID
 
 from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 from dramatiq.common import xq_name
@@ -86,14 +90,25 @@ def remake(broker_url: str, step: Step) -> int:
     return rabbitmq.redeclare(broker_url, step.state.name, arguments)
 
 
-async def republish(conn: AsyncConnection, what: Republish, *, apply: bool = True) -> tuple[int, int]:
-    """Mark unpublished what the re-made queues lost: (jobs, dead-letter copies); with `apply`
-    False, only count them."""
+async def hold(conn: AsyncConnection, what: Republish) -> list[UUID]:
+    """Lock, until `conn`'s transaction ends, the jobs whose messages re-making the queue's queues
+    could take along (no relay publishes them meanwhile); their ids, for `republish`."""
+    return await flow.hold_republishable(
+        conn, what.queue, jobs=what.jobs, dead=what.dead, dead_ttl_seconds=DEAD_MESSAGE_TTL / 1000
+    )
+
+
+async def republish(
+    conn: AsyncConnection, what: Republish, held: Sequence[UUID] = (), *, apply: bool = True
+) -> tuple[int, int]:
+    """Mark unpublished what the re-made queues lost, of the jobs `held` since before (`hold`):
+    (jobs, dead-letter copies); with `apply` False, only count them (of all the queue's jobs)."""
     return await flow.republish_queue(
         conn,
         what.queue,
         jobs=what.jobs,
         dead=what.dead,
         dead_ttl_seconds=DEAD_MESSAGE_TTL / 1000,
+        held=held,
         apply=apply,
     )
