@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import psycopg
 import pytest
 import redis
 
 from app.transport import redis as redis_transport
 from tests.faults.conftest import FAULT_ENV
 from tests.faults.test_duplicate_faults import _Mkdir
+from tests.support import infra as services
 from tests.support import redis_db as dbs
 from tests.support.faults import EFFECT_TASK, QUEUE, Ledger, job_message, post, post_many
 from tests.support.infra import Infra
@@ -34,13 +36,39 @@ def redis_proxy() -> Iterator[TcpProxy]:
         yield proxy
 
 
+@pytest.fixture(scope="module")
+def own_ledger(infra: Infra) -> Iterator[Infra]:
+    """A database of these tests' own: the fault suite's RabbitMQ stack (`base_stack`, one per
+    package) keeps its relay on the run's database, and would publish these tests' jobs to its
+    broker."""
+    from app.ledger.migrate import upgrade
+
+    own = services.new_infra()
+    services.create(own)
+    try:
+        upgrade(own.database_url)
+        with psycopg.connect(infra.libpq_url) as source, psycopg.connect(own.libpq_url) as target:
+            for table in ("api_keys", "conveyor_secrets"):  # the run's key works here too
+                target.execute(f"TRUNCATE {table} CASCADE")
+                with (
+                    source.cursor().copy(f"COPY {table} TO STDOUT") as out,
+                    target.cursor().copy(f"COPY {table} FROM STDIN") as into,
+                ):
+                    for data in out:
+                        into.write(data)
+        yield own
+    finally:
+        services.drop(own)
+
+
 @pytest.fixture
 def proxied_stack(
-    clean_ledger: Infra, redis_url: str, redis_db: int, redis_proxy: TcpProxy, tmp_path: Path
+    own_ledger: Infra, redis_url: str, redis_db: int, redis_proxy: TcpProxy, tmp_path: Path
 ) -> Iterator[Stack]:
     """api + relay whose BROKER_URL is this run's Redis db through the proxy; workers per test."""
-    Ledger(clean_ledger.libpq_url).reset()
-    with dbs.stack_on(redis_db, tmp_path, dict(os.environ) | FAULT_ENV, port=redis_proxy.port) as stack:
+    Ledger(own_ledger.libpq_url).reset()
+    env = dict(os.environ) | FAULT_ENV | {"DATABASE_URL": own_ledger.database_url}
+    with dbs.stack_on(redis_db, tmp_path, env, port=redis_proxy.port) as stack:
         yield stack
 
 
@@ -54,9 +82,9 @@ def outage_lines(process: Process, offset: int) -> dict[str, list[dict[str, obje
 
 
 def test_500_jobs_posted_while_redis_is_cut_off_for_10_seconds_all_succeed_once(
-    proxied_stack: Stack, clean_ledger: Infra, redis_proxy: TcpProxy
+    proxied_stack: Stack, own_ledger: Infra, redis_proxy: TcpProxy
 ) -> None:
-    ledger = Ledger(clean_ledger.libpq_url)
+    ledger = Ledger(own_ledger.libpq_url)
     worker = proxied_stack.start_worker(threads=8)
     relay = proxied_stack.processes["relay"]
     warm = post(proxied_stack.base_url, EFFECT_TASK, {})  # the worker consumes through the proxy
@@ -98,7 +126,7 @@ def test_500_jobs_posted_while_redis_is_cut_off_for_10_seconds_all_succeed_once(
 
 
 def test_bytes_that_are_not_a_json_message_go_to_the_dead_letter_set_unread(
-    proxied_stack: Stack, clean_ledger: Infra, redis_db: int, tmp_path: Path
+    proxied_stack: Stack, own_ledger: Infra, redis_db: int, tmp_path: Path
 ) -> None:
     marker = tmp_path / "unpickled"
     bodies = [
@@ -118,7 +146,7 @@ def test_bytes_that_are_not_a_json_message_go_to_the_dead_letter_set_unread(
         pipe.execute()
     worker = proxied_stack.start_worker(threads=2)
     job_id = post(proxied_stack.base_url, EFFECT_TASK, {})
-    ledger = Ledger(clean_ledger.libpq_url)
+    ledger = Ledger(own_ledger.libpq_url)
 
     assert ledger.wait_terminal([job_id], timeout=30)[job_id]["state"] == "succeeded"
     ledger.wait_until(
