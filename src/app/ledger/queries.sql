@@ -619,12 +619,11 @@ ORDER BY id FOR UPDATE
 -- messages along: publish again every job of it that was published and not yet claimed (when
 -- `jobs`), and the dead-letter copy of every dead job of it still within the copies' TTL (when
 -- `dead`), of the jobs hold_republishable locked (`held`) before the delete: a job added since
--- may have gone to the new queue. No state changes: no job_event. The caller wakes the relay
--- (notify_relay).
+-- may have gone to the new queue. The held rows were chosen by queue, state and TTL and stay
+-- locked by this transaction, so those tests are not made again. No state changes: no
+-- job_event. The caller wakes the relay (notify_relay).
 UPDATE jobs SET published_at = NULL
-WHERE id = ANY(%(held)s::uuid[]) AND queue = %(queue)s AND published_at IS NOT NULL
-  AND ((%(jobs)s AND state IN ('queued', 'retrying'))
-       OR (%(dead)s AND state = 'dead' AND finished_at > now() - make_interval(secs => %(dead_ttl)s)))
+WHERE id = ANY(%(held)s::uuid[]) AND published_at IS NOT NULL
 RETURNING state = 'dead' AS dead
 
 -- name: count_republishable
